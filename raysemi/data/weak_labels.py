@@ -1,0 +1,98 @@
+"""Weak labels derived from full masks: image-level tags, per-class boxes, base/novel class partitions.
+
+Deriving them from masks lets any fully labeled dataset serve every method; real weak annotations (VOC's
+box XML, for instance) are converted to the same forms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from raysemi.data.formats import IGNORE_INDEX
+from raysemi.errors import DataError
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box of one class, pixel coordinates with exclusive ends: ``mask[y0:y1, x0:x1]``."""
+
+    label: int
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+
+def image_tags(mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """``(H, W)`` class ids → ``(num_classes,)`` float32 multi-hot of the classes present (ignore excluded)."""
+    present = np.unique(mask)
+    present = present[(present != ignore_index) & (present < num_classes)]
+    tags = np.zeros(num_classes, np.float32)
+    tags[present] = 1.0
+    return tags
+
+
+def class_boxes(mask: np.ndarray, num_classes: int, skip_classes: tuple[int, ...] = (0,), min_pixels: int = 1) -> list[Box]:
+    """One box per 8-connected component of each class (``skip_classes``, e.g. background, excluded)."""
+    boxes = []
+    structure = np.ones((3, 3), bool)
+    for label in range(num_classes):
+        if label in skip_classes:
+            continue
+        components, count = ndimage.label(mask == label, structure=structure)
+        if count == 0:
+            continue
+        sizes = ndimage.sum_labels(np.ones_like(mask), components, index=np.arange(1, count + 1))
+        for index, region in enumerate(ndimage.find_objects(components)):
+            if region is not None and sizes[index] >= min_pixels:
+                boxes.append(Box(label, region[0].start, region[1].start, region[0].stop, region[1].stop))
+    return boxes
+
+
+def rasterize_boxes(boxes: list[Box], num_classes: int, height: int, width: int) -> torch.Tensor:
+    """Boxes → ``(num_classes + 1, H, W)`` float 0/1 raster.
+
+    Channel ``c < num_classes`` is 1 inside every box of class ``c``; the last channel (background) is 1
+    outside all boxes.
+    """
+    raster = torch.zeros(num_classes + 1, height, width)
+    for box in boxes:
+        raster[box.label, box.y0 : box.y1, box.x0 : box.x1] = 1.0
+    raster[num_classes] = (raster[:num_classes].sum(0) == 0).float()
+    return raster
+
+
+def partition_classes(
+    num_classes: int,
+    novel: list[int] | None = None,
+    novel_fraction: float = 0.25,
+    seed: int = 0,
+    keep_base: tuple[int, ...] = (0,),
+) -> tuple[list[int], list[int]]:
+    """Split class ids into (base, novel).
+
+    ``novel`` lists the novel classes explicitly; otherwise ``round(novel_fraction * eligible)`` classes are
+    drawn with ``seed`` from those not in ``keep_base`` (background stays a base class by default).
+    """
+    if novel is not None:
+        bad = [c for c in novel if not 0 <= c < num_classes]
+        if bad:
+            raise DataError(f"novel classes {bad} are not class ids 0..{num_classes - 1}")
+        chosen = sorted(set(novel))
+    else:
+        eligible = [c for c in range(num_classes) if c not in keep_base]
+        k = max(1, round(novel_fraction * len(eligible)))
+        chosen = sorted(int(c) for c in np.random.default_rng(seed).choice(eligible, size=k, replace=False))
+    base = [c for c in range(num_classes) if c not in chosen]
+    return base, chosen
+
+
+def hide_novel(mask: np.ndarray, novel: list[int], unknown: int = IGNORE_INDEX) -> np.ndarray:
+    """Copy of ``mask`` with novel-class pixels set to ``unknown`` (no mask supervision for them)."""
+    hidden = mask.copy()
+    hidden[np.isin(mask, novel)] = unknown
+    return hidden

@@ -1,0 +1,112 @@
+"""Checkpoints in ``<run.dir>/checkpoints/step_<N>/``, written atomically.
+
+Each holds ``model.pt`` (the eval model's weights only: a plain state dict that loads with
+``torch.load(weights_only=True)``), ``training_state.pt`` (every model, optimizer, LR scheduler and AMP
+scaler state, also tensors and primitives only), ``config.yaml`` (the resolved config) and ``meta.json``
+(step, class names). A checkpoint is assembled in a hidden temporary folder and renamed into place, so a crash
+mid-write never leaves a folder that :func:`latest_checkpoint` would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raysemi.errors import CheckpointError
+
+PREFIX = "step_"
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    path: Path
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def training_state(self) -> Path:
+        return self.path / "training_state.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+    def read_meta(self) -> dict[str, Any]:
+        return json.loads(self.meta.read_text())
+
+
+def write_checkpoint(
+    run_dir: Path,
+    step: int,
+    eval_weights: dict[str, torch.Tensor],
+    training_state: dict[str, Any],
+    config_yaml: str,
+    meta: dict[str, Any],
+    keep: int = 2,
+) -> CheckpointFiles:
+    """Write ``checkpoints/step_<step>`` atomically and prune to the newest ``keep``."""
+    parent = run_dir / "checkpoints"
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / f"{PREFIX}{step:08d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
+    try:
+        torch.save(eval_weights, staging / "model.pt")
+        torch.save(training_state, staging / "training_state.pt")
+        (staging / "config.yaml").write_text(config_yaml)
+        (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return CheckpointFiles(final)
+
+
+def list_checkpoints(run_dir: Path) -> list[CheckpointFiles]:
+    """Complete checkpoints of a run, oldest first (temporary folders are never listed)."""
+    parent = run_dir / "checkpoints"
+    if not parent.is_dir():
+        return []
+    found = [CheckpointFiles(p) for p in parent.iterdir() if p.name.startswith(PREFIX) and p.is_dir()]
+    return sorted((c for c in found if c.meta.is_file()), key=lambda c: c.path.name)
+
+
+def latest_checkpoint(run_dir: Path) -> CheckpointFiles | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> CheckpointFiles:
+    """A checkpoint folder, or a run directory (→ its newest checkpoint)."""
+    path = Path(path).expanduser()
+    if (path / "model.pt").is_file() and (path / "meta.json").is_file():
+        return CheckpointFiles(path)
+    latest = latest_checkpoint(path) if path.is_dir() else None
+    if latest is None:
+        raise CheckpointError(f"{path}: not a checkpoint (model.pt + meta.json) nor a run directory holding one")
+    return latest
+
+
+def load_tensors(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a one-line error for a missing or corrupt file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({type(exc).__name__})") from None

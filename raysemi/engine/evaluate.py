@@ -1,0 +1,73 @@
+"""Inference (whole image or sliding window) and evaluation over batches of images and masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysemi.config import EvalConfig
+from raysemi.engine.metrics import ConfusionMatrix
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
+    """``(N, 3, H, W)`` normalised images → ``(N, C, H, W)`` logits, whole-image or sliding-window."""
+    if cfg.mode == "whole":
+        return model(images)
+    return sliding_window_logits(model, images, cfg.crop_size, cfg.stride)
+
+
+def sliding_window_logits(
+    model: nn.Module, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
+    """Average the logits of overlapping ``crop`` windows placed every ``stride`` pixels.
+
+    A crop larger than the image shrinks to the image; the last window is aligned to the bottom/right edge
+    so every pixel is covered.
+    """
+    height, width = images.shape[-2:]
+    crop_h, crop_w = min(crop[0], height), min(crop[1], width)
+    tops = _window_starts(height, crop_h, stride[0])
+    lefts = _window_starts(width, crop_w, stride[1])
+    total, counts = None, images.new_zeros(1, 1, height, width)
+    for top in tops:
+        for left in lefts:
+            logits = model(images[..., top : top + crop_h, left : left + crop_w])
+            if total is None:
+                total = images.new_zeros(images.shape[0], logits.shape[1], height, width)
+            total[..., top : top + crop_h, left : left + crop_w] += logits
+            counts[..., top : top + crop_h, left : left + crop_w] += 1
+    return total / counts
+
+
+def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    starts = list(range(0, max(size - crop, 0) + 1, stride))
+    if starts[-1] + crop < size:
+        starts.append(size - crop)
+    return starts
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    num_classes: int,
+    cfg: EvalConfig,
+    ignore_index: int = 255,
+) -> ConfusionMatrix:
+    """Accumulate a confusion matrix over ``batches`` of ``{"image": (N,3,H,W) float, "mask": (N,H,W)}``."""
+    was_training = model.training
+    model.eval()
+    confusion = None
+    for batch in batches:
+        images = batch["image"]
+        if confusion is None:
+            confusion = ConfusionMatrix(num_classes, ignore_index, device=images.device)
+        logits = predict_logits(model, images, cfg)
+        if logits.shape[-2:] != images.shape[-2:]:
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        confusion.update(logits.argmax(1), batch["mask"])
+    model.train(was_training)
+    return confusion or ConfusionMatrix(num_classes, ignore_index)

@@ -1,0 +1,104 @@
+"""Evaluation and prediction from a checkpoint, in this process (CUDA when present, else CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from raysemi.config import Config, load_config
+from raysemi.data.dataset import load_sample, open_dataset
+from raysemi.data.formats import IMAGE_SUFFIXES, DatasetFormat, Sample, read_image
+from raysemi.data.transforms import normalize, to_tensors
+from raysemi.engine.checkpoint import CheckpointFiles, load_tensors, resolve_checkpoint
+from raysemi.engine.evaluate import evaluate, predict_logits
+from raysemi.engine.metrics import ConfusionMatrix
+from raysemi.errors import CheckpointError, DataError
+from raysemi.methods import build_method
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    cfg: Config
+    class_names: tuple[str, ...]
+    palette: list[tuple[int, int, int]]
+    checkpoint: CheckpointFiles
+    device: torch.device
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_eval_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedModel:
+    """Rebuild the method's eval model from a checkpoint (or a run directory's newest) and load ``model.pt``.
+
+    ``overrides`` (``key=value``) adjust the checkpoint's config, e.g. ``eval.mode=slide``.
+    """
+    checkpoint = resolve_checkpoint(path)
+    # The checkpoint holds every weight, so no backbone file is needed.
+    cfg = load_config(checkpoint.config, [*overrides, "model.pretrained=false", "model.weights=null"])
+    meta = checkpoint.read_meta()
+    class_names = tuple(meta["classes"])
+    method = build_method(cfg)
+    model = method.eval_model(method.build_models(len(class_names)))
+    try:
+        model.load_state_dict(load_tensors(checkpoint.model))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint.model}: weights do not fit the model in its config ({exc})"[:300]) from None
+    device = default_device()
+    return LoadedModel(model.to(device).eval(), cfg, class_names, meta["palette"], checkpoint, device)
+
+
+def evaluate_checkpoint(loaded: LoadedModel, threads: int = 4) -> ConfusionMatrix:
+    """mIoU of a checkpoint on its config's val split."""
+    source = open_dataset(loaded.cfg.data)
+    batches = _val_batches(source.reader, source.val, loaded.cfg.eval.batch_size, loaded.device, threads)
+    return evaluate(loaded.model, batches, len(loaded.class_names), loaded.cfg.eval, source.classes.ignore_index)
+
+
+def _val_batches(reader: DatasetFormat, samples: list[Sample], batch_size: int, device: torch.device,
+                 threads: int) -> Iterator[dict[str, torch.Tensor]]:
+    with ThreadPoolExecutor(threads) as pool:
+        decoded = pool.map(lambda s: to_tensors(*load_sample(reader, s)), samples)
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for item in decoded:
+            pending.append(item)
+            if len(pending) == batch_size:
+                yield _stack(pending, device)
+                pending = []
+        if pending:
+            yield _stack(pending, device)
+
+
+def _stack(items: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:
+    shapes = {tuple(image.shape) for image, _ in items}
+    if len(shapes) > 1:
+        raise DataError(f"val images differ in size ({sorted(shapes)[:2]}...); set eval.batch_size=1")
+    images = torch.stack([image for image, _ in items]).to(device)
+    masks = torch.stack([mask for _, mask in items]).to(device).long()
+    return {"image": normalize(images), "mask": masks}
+
+
+def predict_folder(loaded: LoadedModel, images_dir: Path, out_dir: Path) -> int:
+    """Write ``<name>.png`` (raw class ids) and ``<name>_color.png`` (dataset palette) per image; return count."""
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images_dir.is_dir() else []
+    if not paths:
+        raise DataError(f"{images_dir}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colours = np.zeros((256, 3), np.uint8)
+    colours[: len(loaded.palette)] = np.asarray(loaded.palette, np.uint8)
+    for path in paths:
+        image, _ = to_tensors(read_image(path), None)
+        logits = predict_logits(loaded.model, normalize(image[None].to(loaded.device)), loaded.cfg.eval)
+        labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        Image.fromarray(labels).save(out_dir / f"{path.stem}.png")
+        Image.fromarray(colours[labels]).save(out_dir / f"{path.stem}_color.png")
+    return len(paths)

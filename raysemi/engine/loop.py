@@ -1,0 +1,288 @@
+"""The per-worker training loop: models, optimizer, AMP, resume, evaluation, checkpoints and logging.
+
+It knows nothing of Ray: the Ray layer (``raysemi.ray.train``) hands it a :class:`WorkerEnv` holding this
+worker's rank, device and data iterators, and a ``report`` callback. With a world size above 1 the process
+group is already initialised (gloo on CPU, nccl on GPU); the loop wraps models in DDP itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raysemi.config import Config
+from raysemi.data.transforms import normalize
+from raysemi.engine.checkpoint import CheckpointFiles, latest_checkpoint, load_tensors, write_checkpoint
+from raysemi.engine.evaluate import evaluate
+from raysemi.engine.optim import build_optimizer
+from raysemi.errors import RaysemiError
+from raysemi.methods import Method, build_method
+from raysemi.models import unwrap
+from raysemi.tracking import Tracker, read_metrics
+
+RawBatch = dict[str, torch.Tensor]
+
+
+@dataclass
+class WorkerEnv:
+    rank: int
+    world_size: int
+    device: torch.device
+    streams: dict[str, Iterator[RawBatch]]  # this worker's training batches, starting at plan_start_step
+    val_batches: Callable[[], Iterable[RawBatch]]  # a fresh pass over this worker's share of val
+    report: Callable[[dict[str, Any]], None]
+    plan_start_step: int = 0
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_dir: Path
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = 255
+
+
+def prepare_batch(raw: RawBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a stream batch to ``device``: uint8 ``image`` → normalised float, ``mask`` → int64.
+
+    Rows with ``valid == False`` (padding that evens out the val shards) get an all-ignore mask.
+    """
+    batch = {k: v.to(device, non_blocking=True) for k, v in raw.items()}
+    batch["image"] = normalize(batch["image"])
+    if "mask" in batch:
+        batch["mask"] = batch["mask"].long()
+        if "valid" in batch:
+            batch["mask"][~batch.pop("valid").bool()] = 255
+    return batch
+
+
+class TrainingRun:
+    """One worker's share of a run. Build it, then call :meth:`fit`."""
+
+    def __init__(self, cfg: Config, run: RunInfo, env: WorkerEnv):
+        self.cfg, self.run, self.env = cfg, run, env
+        self.is_chief = env.rank == 0
+        self.use_amp = cfg.train.amp and env.device.type == "cuda"
+        torch.manual_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
+        self.method: Method = build_method(cfg)
+        self.models = {name: self._place(m) for name, m in self.method.build_models(len(run.class_names)).items()}
+        self.optimizer, self.scheduler = build_optimizer(self.models, cfg.optim, cfg.train.steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = self._restore()
+        self.tracker = Tracker(cfg, run.run_dir, self.step) if self.is_chief else None
+        self.last_checkpoint: CheckpointFiles | None = latest_checkpoint(run.run_dir)
+
+    def _place(self, model: nn.Module) -> nn.Module:
+        model.to(self.env.device)
+        if self.env.world_size == 1:
+            return model
+        if self.cfg.model.sync_bn and self.env.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [self.env.device] if self.env.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def _restore(self) -> int:
+        """Load the newest checkpoint of this run directory, if any; return the step to continue from."""
+        checkpoint = latest_checkpoint(self.run.run_dir)
+        if checkpoint is None:
+            return 0
+        state = load_tensors(checkpoint.training_state)
+        for name, model in self.models.items():
+            unwrap(model).load_state_dict(state["models"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])  # dropout draws continue where they stopped
+        if "rng_cuda" in state and self.env.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.env.device)
+        if self.is_chief:
+            print(f"[raysemi] resuming {self.run.run_dir} from step {state['step']}", flush=True)
+        return int(state["step"])
+
+    def fit(self) -> dict[str, Any] | None:
+        """Train to ``train.steps``; rank 0 returns (and writes) the summary."""
+        self._skip_consumed_batches()
+        timer = _IntervalTimer()
+        sums: dict[str, float] = {}
+        for model in self.models.values():
+            model.train()
+        while self.step < self.cfg.train.steps:
+            with timer.waiting():
+                raw = {name: next(stream) for name, stream in self.env.streams.items()}
+            logged = self._train_step({name: prepare_batch(b, self.env.device) for name, b in raw.items()})
+            self.step += 1
+            timer.tick(sum(len(b["image"]) for b in raw.values()) * self.env.world_size)
+            for key, value in logged.items():
+                sums[key] = sums.get(key, 0.0) + value
+            self._after_step(sums, timer)
+        return self._finish()
+
+    def _train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+        with torch.autocast(self.env.device.type, enabled=self.use_amp):
+            outputs = self.method.training_step(self.models, batch, self.step)
+        loss = outputs["loss"]
+        if not torch.isfinite(loss):
+            raise RaysemiError(f"the loss became {loss.item()} at step {self.step}; lower optim.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {k: float(v.detach()) for k, v in outputs.items()}
+
+    def _after_step(self, sums: dict[str, float], timer: _IntervalTimer) -> None:
+        train = self.cfg.train
+        final = self.step == train.steps
+        metrics: dict[str, Any] = {}
+        if self.step % train.log_every == 0 or final:
+            metrics.update(self._averaged(sums, timer.steps))
+            metrics.update(timer.rates())
+            metrics["lr"] = self.scheduler.get_last_lr()[0]
+            sums.clear()
+            timer.reset()
+        if final or (train.eval_every and self.step % train.eval_every == 0):
+            metrics["val"] = self.evaluate()
+        if final or (train.checkpoint_every and self.step % train.checkpoint_every == 0):
+            self._checkpoint()
+        if metrics:
+            if self.tracker is not None:
+                self.tracker.log(self.step, metrics)
+                print(_log_line(self.step, train.steps, metrics), flush=True)
+            self.env.report({"step": self.step, **_scalars(metrics)})
+
+    def _averaged(self, sums: dict[str, float], steps: int) -> dict[str, float]:
+        """Means over the interval and over workers."""
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        values = torch.tensor([sums[k] / max(steps, 1) for k in keys], dtype=torch.float64)
+        if self.env.world_size > 1:
+            values = values.to(self.env.device)
+            dist.all_reduce(values)
+            values = values.cpu() / self.env.world_size
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def evaluate(self) -> dict[str, Any]:
+        """mIoU over the whole val set: each worker evaluates its shard; the confusion matrices are summed."""
+        model = self.method.eval_model(self.models)
+        batches = (prepare_batch(b, self.env.device) for b in self.env.val_batches())
+        confusion = evaluate(model, batches, len(self.run.class_names), self.cfg.eval, self.run.ignore_index)
+        confusion.matrix = confusion.matrix.to(self.env.device)
+        if self.env.world_size > 1:
+            dist.all_reduce(confusion.matrix)
+        return confusion.summary(self.run.class_names)
+
+    def _checkpoint(self) -> None:
+        if self.is_chief:
+            eval_model = self.method.eval_model(self.models)
+            state = {
+                "step": self.step,
+                "models": {name: unwrap(m).state_dict() for name, m in self.models.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+            }
+            if self.env.device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state(self.env.device)
+            self.last_checkpoint = write_checkpoint(
+                self.run.run_dir,
+                self.step,
+                eval_model.state_dict(),
+                state,
+                self.cfg.to_yaml(),
+                {"method": self.cfg.method, "classes": list(self.run.class_names), "palette": self.run.palette},
+                keep=self.cfg.train.keep_checkpoints,
+            )
+        if self.env.world_size > 1:
+            dist.barrier()
+
+    def _skip_consumed_batches(self) -> None:
+        """After an in-run restart the streams start at the plan's first step; skip to the checkpoint's."""
+        for _ in range(self.step - self.env.plan_start_step):
+            for stream in self.env.streams.values():
+                next(stream)
+
+    def _finish(self) -> dict[str, Any] | None:
+        if self.tracker is None:
+            return None
+        records = [r for r in read_metrics(self.run.run_dir) if "val" in r]
+        final = records[-1]["val"] if records else self.evaluate()
+        summary = {
+            "method": self.cfg.method,
+            "steps": self.cfg.train.steps,
+            "miou": final["miou"],
+            "pixel_acc": final["pixel_acc"],
+            "iou": final["iou"],
+            "checkpoint": str(self.last_checkpoint.path) if self.last_checkpoint else None,
+            "run_dir": str(self.run.run_dir),
+        }
+        tmp = self.run.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(self.run.run_dir / "summary.json")
+        self.tracker.close({"val": final})
+        return summary
+
+
+class _IntervalTimer:
+    """Wall time and data-wait time since the last reset."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.wait, self.steps, self.images = time.perf_counter(), 0.0, 0, 0
+
+    @contextlib.contextmanager
+    def waiting(self):
+        began = time.perf_counter()
+        yield
+        self.wait += time.perf_counter() - began
+
+    def tick(self, images: int) -> None:
+        self.steps += 1
+        self.images += images
+
+    def rates(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {
+            "steps_per_s": self.steps / elapsed,
+            "images_per_s": self.images / elapsed,
+            "data_wait_frac": self.wait / elapsed,
+        }
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    if "val" in metrics:
+        flat["val_miou"] = metrics["val"]["miou"]
+    return flat
+
+
+def _log_line(step: int, total: int, metrics: dict[str, Any]) -> str:
+    parts = [f"step {step}/{total}"]
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f}")
+    if "steps_per_s" in metrics:
+        parts.append(f"{metrics['steps_per_s']:.2f} it/s, data wait {100 * metrics['data_wait_frac']:.1f}%")
+    if "val" in metrics:
+        parts.append(f"val mIoU {metrics['val']['miou']:.4f}")
+    return "[raysemi] " + " | ".join(parts)
+
+
+def set_torch_threads(cfg: Config, local_workers: int) -> int:
+    """Intra-op threads per worker: ``train.torch_threads``, else the node's cores shared among its workers."""
+    threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(local_workers, 1))
+    torch.set_num_threads(threads)
+    return threads
+

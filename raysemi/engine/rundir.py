@@ -1,0 +1,83 @@
+"""The run directory: ``config.yaml``, split files, ``metrics.jsonl``, ``checkpoints/``, ``summary.json``.
+
+A directory is created only after the config and the data passed their checks, and its files are written
+through temporary names, so a failed start leaves nothing behind. Re-running the same config on an existing
+run directory resumes it; a different config is refused rather than mixed into the old run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raysemi.config import Config
+from raysemi.data.dataset import DatasetSource
+from raysemi.data.splits import write_split_file
+from raysemi.engine.checkpoint import latest_checkpoint
+from raysemi.errors import ConfigError
+
+# Keys that may change between an interrupted run and its resumption.
+RESUMABLE_KEYS = {"scaling", "tracking", "run.name", "train.log_every"}
+
+
+def run_directory(cfg: Config) -> Path:
+    return Path(cfg.run.dir).expanduser().resolve()
+
+
+def prepare_run_dir(cfg: Config, source: DatasetSource) -> tuple[Path, int]:
+    """Create (or reopen) the run directory; return it and the step training continues from."""
+    run_dir = run_directory(cfg)
+    if (run_dir / "config.yaml").is_file():
+        _check_same_run(run_dir, cfg)
+        checkpoint = latest_checkpoint(run_dir)
+        return run_dir, checkpoint.read_meta()["step"] if checkpoint else 0
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run.dir={run_dir} exists and is not a raysemi run; choose an empty or new folder")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    try:
+        write_split_file(staging / "labeled.txt", source.split.labeled, source.root)
+        write_split_file(staging / "unlabeled.txt", source.split.unlabeled, source.root)
+        (staging / "config.yaml").write_text(cfg.to_yaml())
+        if run_dir.exists():
+            run_dir.rmdir()
+        staging.rename(run_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return run_dir, 0
+
+
+def _check_same_run(run_dir: Path, cfg: Config) -> None:
+    old = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    new = _flatten(cfg.model_dump(mode="json"))
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not _resumable(k)]
+    if changed:
+        key = changed[0]
+        raise ConfigError(
+            f"run.dir={run_dir} holds a run with a different config ({key}: {old.get(key)!r} there, "
+            f"{new.get(key)!r} now); choose a new run.dir or restore the old value"
+        )
+
+
+def _resumable(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,61 @@
+"""The method contract (see DESIGN.md) and the pieces every method shares.
+
+A method builds its models, declares the data streams it consumes and maps one batch of each stream to a dict
+of scalars whose ``"loss"`` the engine back-propagates. It never calls ``backward()``, an optimizer, AMP,
+``.cuda()`` or a logger, and never imports ray or wandb: a method trains in a plain Python loop too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+from raysemi.config import Config, LossConfig
+from raysemi.losses import ohem_cross_entropy, pixel_cross_entropy
+
+Batch = dict[str, dict[str, torch.Tensor]]  # stream name -> {"image": (N,3,H,W), "mask": (N,H,W), ...}
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A training stream: which samples it draws from and its global batch size per step.
+
+    ``source="labeled"`` yields ``image`` and ``mask``; ``source="unlabeled"`` yields ``image`` only (its
+    samples carry no mask path, so their masks are never read).
+    """
+
+    source: Literal["labeled", "unlabeled"]
+    batch_size: int
+
+
+class Method(Protocol):
+    name: str
+
+    def build_models(self, num_classes: int) -> dict[str, nn.Module]: ...
+
+    def streams(self) -> dict[str, StreamSpec]: ...
+
+    def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]: ...
+
+    def eval_model(self, models: dict[str, nn.Module]) -> nn.Module: ...
+
+
+def labeled_criterion(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(logits (N,C,H,W), mask (N,H,W)) -> scalar``: CE, or OHEM CE when ``loss.ohem`` is set."""
+    if cfg.ohem:
+        return partial(
+            ohem_cross_entropy, threshold=cfg.ohem_threshold, min_kept=cfg.ohem_min_kept, ignore_index=cfg.ignore_index
+        )
+    return partial(pixel_cross_entropy, ignore_index=cfg.ignore_index)
+
+
+def build_method(cfg: Config) -> Method:
+    from raysemi.methods.supervised import Supervised
+
+    registry: dict[str, type] = {Supervised.name: Supervised}
+    return registry[cfg.method](cfg)

@@ -1,0 +1,1 @@
+"""The only package that imports ray: Ray Data streams, the TorchTrainer driver, (later) Tune."""

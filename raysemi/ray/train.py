@@ -1,0 +1,129 @@
+"""The training driver: checks, run directory, Ray Data streams, and a Ray Train V2 ``TorchTrainer``.
+
+``scaling.num_workers=0`` runs the loop in this process (Ray Train's local mode; tests use it);
+``num_workers>=1`` starts that many DDP workers (gloo on CPU, nccl on GPU). Checkpoints live in the run
+directory, written by rank 0, so local mode, multi-worker runs and re-invoked commands resume the same way;
+on a multi-node cluster ``run.dir`` must be on storage every node sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raysemi.config import Config
+from raysemi.data.dataset import open_dataset, preflight
+from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, set_torch_threads
+from raysemi.engine.rundir import prepare_run_dir, read_summary
+from raysemi.errors import ConfigError, find_user_error
+from raysemi.methods import build_method
+from raysemi.ray.data import build_datasets
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train and evaluate; return the summary (also in ``<run.dir>/summary.json``)."""
+    source = open_dataset(cfg.data)
+    preflight(source, cfg.data)
+    run_dir, start_step = prepare_run_dir(cfg, source)
+    if start_step >= cfg.train.steps and read_summary(run_dir):
+        print(f"[raysemi] {run_dir} already finished {cfg.train.steps} steps; nothing to do")
+        return read_summary(run_dir)
+    init_ray(cfg)
+    check_cpu_budget(cfg)
+    streams = build_method(cfg).streams()
+    loop_config = {
+        "config": cfg.model_dump(mode="json"),
+        "run_dir": str(run_dir),
+        "classes": list(source.classes.names),
+        "palette": [list(c) for c in source.classes.palette],
+        "ignore_index": source.classes.ignore_index,
+        "plan_start_step": start_step,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg),
+        run_config=RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir / "ray"),
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+        ),
+        datasets=build_datasets(cfg, source, streams, start_step),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
+    return summary
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (or in-process in local mode)."""
+    cfg = Config.model_validate(loop_config["config"])
+    context = ray.train.get_context()
+    world_size = context.get_world_size()
+    set_torch_threads(cfg, context.get_local_world_size())
+    specs = build_method(cfg).streams()
+    streams = {
+        name: iter(ray.train.get_dataset_shard(name).iter_torch_batches(
+            batch_size=spec.batch_size // world_size, drop_last=True, prefetch_batches=4
+        ))
+        for name, spec in specs.items()
+    }
+    val_shard = ray.train.get_dataset_shard("val")
+    env = WorkerEnv(
+        rank=context.get_world_rank(),
+        world_size=world_size,
+        device=ray.train.torch.get_device(),
+        streams=streams,
+        val_batches=lambda: val_shard.iter_torch_batches(batch_size=cfg.eval.batch_size),
+        report=ray.train.report,
+        plan_start_step=loop_config["plan_start_step"],
+    )
+    run = RunInfo(
+        Path(loop_config["run_dir"]),
+        tuple(loop_config["classes"]),
+        tuple(tuple(c) for c in loop_config["palette"]),
+        loop_config["ignore_index"],
+    )
+    TrainingRun(cfg, run, env).fit()
+
+
+def init_ray(cfg: Config) -> None:
+    """Join ``scaling.address`` (or ``RAY_ADDRESS``), else start a local Ray on this machine's resources."""
+    if ray.is_initialized():
+        return
+    ray.init(address=cfg.scaling.address, log_to_driver=True, logging_level="warning")
+
+
+def scaling_config(cfg: Config) -> ScalingConfig:
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    if s.num_workers == 0:
+        return ScalingConfig(num_workers=0)
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
+
+
+def check_cpu_budget(cfg: Config) -> None:
+    """Refuse a layout whose workers take every CPU: Ray Data's decode tasks would wait forever."""
+    s = cfg.scaling
+    total = ray.cluster_resources().get("CPU", 0)
+    claimed = s.num_workers * s.cpus_per_worker
+    if claimed > total - 1:
+        raise ConfigError(
+            f"scaling: {s.num_workers} workers x {s.cpus_per_worker} CPUs leave less than 1 of this Ray's "
+            f"{total:g} CPUs for data loading; lower scaling.cpus_per_worker (e.g. "
+            f"{max((total - 1) / max(s.num_workers, 1), 0.25):g}) or scaling.num_workers"
+        )

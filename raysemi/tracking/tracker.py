@@ -1,0 +1,101 @@
+"""``metrics.jsonl`` (one JSON object per logged step) and optional W&B, behind one ``log`` call.
+
+W&B (``tracking.wandb.mode``: disabled | offline | online) is initialised here, on rank 0 only, as Ray Train
+V2 requires. Its API key comes only from the environment (``WANDB_API_KEY``) or ``wandb login``; raysemi never
+writes it anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from raysemi.config import Config
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, after_step: int) -> None:
+    """Drop records logged after ``after_step`` (work a resumed run will redo), keeping one continuous log."""
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(path)
+
+
+class Tracker:
+    """Rank-0 logger: appends to ``metrics.jsonl`` and mirrors to W&B when enabled."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume_step: int):
+        self.path = run_dir / "metrics.jsonl"
+        truncate_metrics(run_dir, resume_step)
+        self.wandb_run = _init_wandb(cfg, run_dir) if cfg.tracking.wandb.mode != "disabled" else None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(_flatten(metrics), step=step)
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        if self.wandb_run is not None:
+            if summary:
+                self.wandb_run.summary.update(_flatten(summary))
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def _init_wandb(cfg: Config, run_dir: Path):
+    import wandb
+
+    w = cfg.tracking.wandb
+    return wandb.init(
+        project=w.project,
+        entity=w.entity,
+        group=w.group,
+        name=cfg.run.name or run_dir.name,
+        id=_wandb_id(run_dir),
+        resume="allow",
+        mode=w.mode,
+        dir=str(run_dir),
+        config=cfg.model_dump(mode="json"),
+    )
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """A stable id per run directory, so a resumed run continues the same W&B run."""
+    path = run_dir / "wandb_id.txt"
+    if not path.is_file():
+        import wandb
+
+        path.write_text(wandb.util.generate_id())
+    return path.read_text().strip()
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}/"))
+        elif value is not None:
+            flat[name] = value
+    return flat
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value

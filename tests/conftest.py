@@ -1,0 +1,55 @@
+"""Shared fixtures: a small synthetic dataset, configs for fast CPU runs, and one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from raysemi.config import Config, load_config  # noqa: E402
+from raysemi.data.synthetic import write_synthetic  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """24 train and 8 val synthetic scenes at 48×64 in the generic layout."""
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(root, num_train=24, num_val=8, height=48, width=64, seed=0)
+    return root
+
+
+def fast_config(data_root: Path, run_dir: Path, *overrides: str) -> Config:
+    """Tiny backbone, 48×64 crops, a few steps, the loop in-process: seconds per run on 2 CPUs."""
+    base = [
+        "data.format=generic",
+        f"data.root={data_root}",
+        "data.crop_size=[48,64]",
+        "model.backbone=tiny",
+        "model.pretrained=false",
+        "model.head_channels=16",
+        "train.steps=4",
+        "train.batch_size=4",
+        "train.log_every=2",
+        "train.torch_threads=1",
+        "eval.batch_size=4",
+        "scaling.num_workers=0",
+        f"run.dir={run_dir}",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (2 CPUs, like CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
+    yield ray
+    ray.shutdown()

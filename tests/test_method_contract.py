@@ -1,0 +1,67 @@
+"""The contract every method must meet. A new method joins by adding its name (and a config) to METHODS."""
+
+import pytest
+import torch
+
+from raysemi.config import load_config
+from raysemi.methods import build_method
+
+METHODS = {
+    "supervised": [],
+}
+
+
+def _config(name):
+    return load_config(None, [f"method={name}", "model.backbone=tiny", "model.pretrained=false",
+                              "model.head_channels=16", "train.batch_size=2", "train.unlabeled_batch_size=2",
+                              *METHODS[name]])
+
+
+def _batch(method, seed=0, size=(40, 56)):
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for name, spec in method.streams().items():
+        n = spec.batch_size
+        stream = {"image": torch.randn(n, 3, *size, generator=g)}
+        if spec.source == "labeled":
+            stream["mask"] = torch.randint(0, 4, (n, *size), generator=g)
+            stream["mask"][:, :3] = 255
+        batch[name] = stream
+    return batch
+
+
+def _models(method, seed=0):
+    torch.manual_seed(seed)
+    return method.build_models(num_classes=4)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_loss_is_finite_and_reaches_every_trainable_parameter(name):
+    method = build_method(_config(name))
+    models = _models(method)
+    out = method.training_step(models, _batch(method), step=0)
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for model_name, model in models.items():
+        for param_name, param in model.named_parameters():
+            if param.requires_grad:
+                assert param.grad is not None and param.grad.abs().sum() > 0, f"{model_name}.{param_name}"
+    assert all(v.ndim == 0 for v in out.values())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_eval_model_keeps_odd_input_sizes(name):
+    method = build_method(_config(name))
+    model = method.eval_model(_models(method)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 37, 53)).shape == (1, 4, 37, 53)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_same_seed_same_loss(name):
+    losses = []
+    for _ in range(2):
+        method = build_method(_config(name))
+        torch.manual_seed(1)  # dropout
+        losses.append(method.training_step(_models(method), _batch(method), step=0)["loss"].item())
+    assert losses[0] == losses[1]

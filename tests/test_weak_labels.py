@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from raysemi.data.weak_labels import Box, class_boxes, hide_novel, image_tags, partition_classes, rasterize_boxes
+from raysemi.errors import DataError
+
+MASK = np.array(
+    [
+        [0, 1, 1, 0, 0, 0],
+        [0, 1, 1, 0, 2, 0],
+        [0, 0, 0, 0, 2, 0],
+        [1, 0, 0, 0, 255, 0],
+    ],
+    np.uint8,
+)
+
+
+def test_image_tags_are_multi_hot_without_ignore():
+    assert image_tags(MASK, 4).tolist() == [1, 1, 1, 0]
+
+
+def test_boxes_per_connected_component():
+    boxes = class_boxes(MASK, 4)
+    assert boxes == [Box(1, 0, 1, 2, 3), Box(1, 3, 0, 4, 1), Box(2, 1, 4, 3, 5)]
+
+
+def test_rasterized_boxes_and_background_channel():
+    raster = rasterize_boxes([Box(1, 0, 1, 2, 3), Box(2, 1, 2, 3, 4)], 3, 4, 6)
+    assert raster.shape == (4, 4, 6)
+    assert raster[1].sum() == 4 and raster[2].sum() == 4 and raster[0].sum() == 0
+    assert raster[3].sum() == 24 - 7  # the two boxes overlap in one pixel
+    assert (raster[3] * (raster[1] + raster[2])).sum() == 0
+
+
+def test_partition_is_seeded_and_keeps_background_base():
+    base, novel = partition_classes(21, novel_fraction=0.25, seed=0)
+    assert len(novel) == 5 and 0 in base and sorted(base + novel) == list(range(21))
+    assert partition_classes(21, novel_fraction=0.25, seed=0) == (base, novel)
+    assert partition_classes(21, novel=[3, 5]) == ([c for c in range(21) if c not in (3, 5)], [3, 5])
+    with pytest.raises(DataError, match="not class ids 0..20"):
+        partition_classes(21, novel=[21])
+
+
+def test_hide_novel_turns_novel_pixels_unknown():
+    hidden = hide_novel(MASK, [2])
+    assert (hidden == 2).sum() == 0 and (hidden == 255).sum() == 3 and (hidden == 1).sum() == 5
