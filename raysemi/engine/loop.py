@@ -174,6 +174,7 @@ class TrainingRun:
 
     def evaluate(self) -> dict[str, Any]:
         """mIoU over the whole val set: each worker evaluates its shard; the confusion matrices are summed."""
+        self._sync_buffers()
         model = self.method.eval_model(self.models)
         batches = (prepare_batch(b, self.env.device) for b in self.env.val_batches())
         confusion = evaluate(model, batches, len(self.run.class_names), self.cfg.eval, self.run.ignore_index)
@@ -181,6 +182,14 @@ class TrainingRun:
         if self.env.world_size > 1:
             dist.all_reduce(confusion.matrix)
         return confusion.summary(self.run.class_names)
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm statistics: DDP syncs buffers only at the start of a training
+        forward, so after the last step each rank holds the statistics of its own last batch."""
+        if self.env.world_size > 1:
+            for model in self.models.values():
+                for buffer in unwrap(model).buffers():
+                    dist.broadcast(buffer, src=0)
 
     def _checkpoint(self) -> None:
         if self.is_chief:
