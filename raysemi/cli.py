@@ -131,7 +131,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     from raysemi.data.formats import open_format
-    from raysemi.data.splits import Split, complement, make_split, parse_fraction, read_split_file, write_split_file
+    from raysemi.data.splits import (
+        Split,
+        complement,
+        make_split,
+        parse_fraction,
+        read_split_file,
+        write_split_file,
+    )
 
     reader = open_format(args.format, args.root)
     train = reader.samples(args.split)

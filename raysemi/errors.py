@@ -25,10 +25,11 @@ class CheckpointError(RaysemiError):
 
 
 def find_user_error(exc: BaseException) -> RaysemiError | None:
-    """The first :class:`RaysemiError` in ``exc``'s cause/context chain, or None.
+    """The first :class:`RaysemiError` in ``exc``'s chain, or None.
 
-    Ray wraps exceptions raised in workers (``RayTaskError``, ``TrainingFailedError``); the original error is
-    kept in the chain, or only its text survives in the wrapper's message. Both are searched.
+    Ray wraps exceptions raised in workers and tasks (``RayTaskError``, Train's ``WorkerGroupError`` with its
+    ``worker_failures``); the original is kept in the cause chain, or only its text survives in the wrapper's
+    message. Both are searched.
     """
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
@@ -39,25 +40,18 @@ def find_user_error(exc: BaseException) -> RaysemiError | None:
         seen.add(id(current))
         if isinstance(current, RaysemiError):
             return current
-        for attr in ("cause", "__cause__", "__context__", "error"):
-            nested = getattr(current, attr, None)
-            if isinstance(nested, BaseException):
-                stack.append(nested)
-        for nested in getattr(current, "worker_failures", {}).values() if hasattr(
-            getattr(current, "worker_failures", None), "values"
-        ) else []:
-            if isinstance(nested, BaseException):
-                stack.append(nested)
+        nested = [getattr(current, name, None) for name in ("__cause__", "__context__", "cause")]
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict):
+            nested += list(failures.values())
+        stack += [n for n in nested if isinstance(n, BaseException)]
     return _error_from_text(str(exc))
 
 
 def _error_from_text(text: str) -> RaysemiError | None:
     """Recover a user error whose class name survives only in a wrapped traceback's text."""
     for cls in (ConfigError, DataError, CheckpointError, RaysemiError):
-        marker = f"{cls.__module__}.{cls.__name__}: "
-        alt_marker = f"{cls.__name__}: "
-        for m in (marker, alt_marker):
-            if m in text:
-                message = text.rsplit(m, 1)[1].strip().splitlines()[0]
-                return cls(message)
+        marker = f"{cls.__name__}: "
+        if marker in text:
+            return cls(text.rsplit(marker, 1)[1].strip().splitlines()[0])
     return None

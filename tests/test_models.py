@@ -41,7 +41,8 @@ def test_resnet50_dilated_output_stride_8():
 
 def test_pretrained_resnet_without_local_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(ConfigError, match=r"model.pretrained=true needs ImageNet weights for resnet101: set model.weights"):
+    expected = r"model.pretrained=true needs ImageNet weights for resnet101: set model.weights"
+    with pytest.raises(ConfigError, match=expected):
         build_segmenter(ModelConfig(backbone="resnet101", pretrained=True), 2)
     with pytest.raises(ConfigError, match=r"model.weights: .*nope.pth not found"):
         build_segmenter(ModelConfig(backbone="resnet50", weights=str(tmp_path / "nope.pth")), 2)

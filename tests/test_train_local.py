@@ -37,7 +37,8 @@ def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path, ray_loc
     # `raysemi eval` on the checkpoint reproduces the final mIoU; `predict` writes label and colour PNGs
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run_dir)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["miou"] == pytest.approx(summary["miou"], abs=1e-9)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["miou"] == pytest.approx(summary["miou"], abs=1e-9)
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(run_dir), "--images", str(synthetic_root / "val/images"),
                  "--out", str(out)]) == 0
@@ -88,3 +89,31 @@ def test_unlabeled_masks_are_never_read(synthetic_root, tmp_path, ray_local):
     out = decode({k: [r[k] for r in records] for k in records[0]})
     assert set(out) == {"image"} and out["image"].shape == (8, 3, 48, 64)
     assert train(cfg)["steps"] == 4
+
+
+def test_labeled_stream_repeats_to_the_length_of_the_unlabeled_one(synthetic_root, tmp_path, ray_local):
+    """3 labeled and 21 unlabeled images, 5 steps of 4: both streams deliver 20 rows; unlabeled rows have no mask."""
+    from raysemi.data.dataset import open_dataset
+    from raysemi.methods import StreamSpec
+    from raysemi.ray.data import build_datasets
+
+    cfg = fast_config(synthetic_root, tmp_path / "run", "data.label_count=3", "train.steps=5")
+    source = open_dataset(cfg.data)
+    streams = {"labeled": StreamSpec("labeled", 4), "unlabeled": StreamSpec("unlabeled", 4)}
+    datasets = build_datasets(cfg, source, streams, start_step=0)
+    labeled = datasets["labeled"].take_all()
+    unlabeled = datasets["unlabeled"].take_all()
+    assert len(labeled) == len(unlabeled) == 20
+    assert set(unlabeled[0]) == {"image"} and set(labeled[0]) == {"image", "mask"}
+    assert labeled[0]["image"].shape == (3, 48, 64) and labeled[0]["mask"].shape == (48, 64)
+    assert datasets["val"].count() == 8
+
+
+def test_wandb_offline_run_logs_from_rank_zero(synthetic_root, tmp_path, ray_local):
+    cfg = fast_config(synthetic_root, tmp_path / "run", "tracking.wandb.mode=offline")
+    train(cfg)
+    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
+    assert offline_runs[0].name.endswith(run_id)
+    assert list(offline_runs[0].glob("*.wandb"))

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from raysemi.data.weak_labels import Box, class_boxes, hide_novel, image_tags, partition_classes, rasterize_boxes
+from raysemi.data.weak_labels import (
+    Box,
+    class_boxes,
+    hide_novel,
+    image_tags,
+    partition_classes,
+    rasterize_boxes,
+)
 from raysemi.errors import DataError
 
 MASK = np.array(

@@ -61,7 +61,7 @@ def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
 
     torch.set_num_threads(cfg.train.torch_threads or 2)
     source = open_dataset(cfg.data)
-    augment = TrainAugment(tuple(cfg.data.crop_size), tuple(cfg.data.scale_range), cfg.data.hflip, cfg.data.color_jitter)
+    augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
     method = build_method(cfg)
     batches = []
     for index, stream in enumerate(method.streams()):

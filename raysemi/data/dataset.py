@@ -18,6 +18,7 @@ from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, open_format, 
 from raysemi.data.splits import Split, complement, make_split, read_split_file
 from raysemi.data.synthetic import ensure_synthetic
 from raysemi.errors import DataError
+from raysemi.progress import progress
 
 
 @dataclass
@@ -113,7 +114,7 @@ def find_problems(reader: DatasetFormat, samples: list[Sample], decode: bool = T
         return None
 
     with ThreadPoolExecutor(threads) as pool:
-        return [p for p in pool.map(check, samples) if p]
+        return [p for p in progress(pool.map(check, samples), "checking", total=len(samples)) if p]
 
 
 def preflight(source: DatasetSource, cfg: DataConfig) -> None:

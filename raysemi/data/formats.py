@@ -151,11 +151,16 @@ CITYSCAPES_PALETTE = (
 )  # fmt: skip
 
 
+def lookup_table(mapping: dict[int, int]) -> np.ndarray:
+    """A 256-entry uint8 table sending each stored value to its train id (unmapped values to ignore)."""
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    table[list(mapping)] = list(mapping.values())
+    return table
+
+
 class CityscapesFormat(DatasetFormat):
     name = "cityscapes"
-    _lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for _label_id, _train_id in CITYSCAPES_ID_TO_TRAIN_ID.items():
-        _lookup[_label_id] = _train_id
+    _lookup = lookup_table(CITYSCAPES_ID_TO_TRAIN_ID)
 
     @cached_property
     def classes(self) -> ClassInfo:
@@ -182,9 +187,8 @@ COCOSTUFF_UNUSED_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
 
 class CocoStuff10kFormat(DatasetFormat):
     name = "cocostuff10k"
-    _lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     _used = [i for i in range(1, 183) if i not in COCOSTUFF_UNUSED_IDS]
-    _lookup[_used] = np.arange(len(_used))
+    _lookup = lookup_table({stuff_id: train_id for train_id, stuff_id in enumerate(_used)})
 
     @cached_property
     def classes(self) -> ClassInfo:

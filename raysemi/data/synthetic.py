@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from raysemi.data.formats import voc_palette
+from raysemi.progress import progress
 
 CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
 VERSION = 1
@@ -40,7 +41,9 @@ def synthetic_root(num_train: int, num_val: int, height: int, width: int, seed: 
     return (cache or default_cache_dir()) / name
 
 
-def ensure_synthetic(num_train: int, num_val: int, height: int, width: int, seed: int, cache: Path | None = None) -> Path:
+def ensure_synthetic(
+    num_train: int, num_val: int, height: int, width: int, seed: int, cache: Path | None = None
+) -> Path:
     """Generate the dataset once (atomically: a temporary folder renamed into place) and return its root."""
     root = synthetic_root(num_train, num_val, height, width, seed, cache)
     if (root / "classes.json").is_file():
@@ -65,7 +68,7 @@ def write_synthetic(root: Path, num_train: int, num_val: int, height: int, width
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         (root / split / "labels").mkdir(parents=True, exist_ok=True)
         names = []
-        for index in range(count):
+        for index in progress(range(count), f"synthetic {split}"):
             rng = np.random.default_rng([split_seed, index])
             image, mask = render_scene(rng, height, width)
             name = f"{split}_{index:05d}.png"

@@ -15,6 +15,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from raysemi.config import DataConfig
 from raysemi.data.formats import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,6 +56,10 @@ class TrainAugment:
     hflip: bool = True
     color_jitter: float = 0.2
     ignore_index: int = IGNORE_INDEX
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, ignore_index: int = IGNORE_INDEX) -> TrainAugment:
+        return cls(tuple(cfg.crop_size), tuple(cfg.scale_range), cfg.hflip, cfg.color_jitter, ignore_index)
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator

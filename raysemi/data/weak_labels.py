@@ -36,7 +36,9 @@ def image_tags(mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_IN
     return tags
 
 
-def class_boxes(mask: np.ndarray, num_classes: int, skip_classes: tuple[int, ...] = (0,), min_pixels: int = 1) -> list[Box]:
+def class_boxes(
+    mask: np.ndarray, num_classes: int, skip_classes: tuple[int, ...] = (0,), min_pixels: int = 1
+) -> list[Box]:
     """One box per 8-connected component of each class (``skip_classes``, e.g. background, excluded)."""
     boxes = []
     structure = np.ones((3, 3), bool)

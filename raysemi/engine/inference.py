@@ -21,6 +21,7 @@ from raysemi.engine.evaluate import evaluate, predict_logits
 from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.errors import CheckpointError, DataError
 from raysemi.methods import build_method
+from raysemi.progress import progress
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _val_batches(reader: DatasetFormat, samples: list[Sample], batch_size: int, 
     with ThreadPoolExecutor(threads) as pool:
         decoded = pool.map(lambda s: to_tensors(*load_sample(reader, s)), samples)
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for item in decoded:
+        for item in progress(decoded, "evaluating", total=len(samples)):
             pending.append(item)
             if len(pending) == batch_size:
                 yield _stack(pending, device)
@@ -95,7 +96,7 @@ def predict_folder(loaded: LoadedModel, images_dir: Path, out_dir: Path) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     colours = np.zeros((256, 3), np.uint8)
     colours[: len(loaded.palette)] = np.asarray(loaded.palette, np.uint8)
-    for path in paths:
+    for path in progress(paths, "predicting"):
         image, _ = to_tensors(read_image(path), None)
         logits = predict_logits(loaded.model, normalize(image[None].to(loaded.device)), loaded.cfg.eval)
         labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

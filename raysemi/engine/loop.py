@@ -113,7 +113,7 @@ class TrainingRun:
         """Train to ``train.steps``; rank 0 returns (and writes) the summary."""
         self._skip_consumed_batches()
         timer = _IntervalTimer()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         for model in self.models.values():
             model.train()
         while self.step < self.cfg.train.steps:
@@ -123,11 +123,11 @@ class TrainingRun:
             self.step += 1
             timer.tick(sum(len(b["image"]) for b in raw.values()) * self.env.world_size)
             for key, value in logged.items():
-                sums[key] = sums.get(key, 0.0) + value
+                sums[key] = sums[key] + value if key in sums else value
             self._after_step(sums, timer)
         return self._finish()
 
-    def _train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+    def _train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         with torch.autocast(self.env.device.type, enabled=self.use_amp):
             outputs = self.method.training_step(self.models, batch, self.step)
         loss = outputs["loss"]
@@ -138,9 +138,9 @@ class TrainingRun:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {k: float(v.detach()) for k, v in outputs.items()}
+        return {k: v.detach().float() for k, v in outputs.items()}  # summed on device, read at log steps
 
-    def _after_step(self, sums: dict[str, float], timer: _IntervalTimer) -> None:
+    def _after_step(self, sums: dict[str, torch.Tensor], timer: _IntervalTimer) -> None:
         train = self.cfg.train
         final = self.step == train.steps
         metrics: dict[str, Any] = {}
@@ -160,17 +160,16 @@ class TrainingRun:
                 print(_log_line(self.step, train.steps, metrics), flush=True)
             self.env.report({"step": self.step, **_scalars(metrics)})
 
-    def _averaged(self, sums: dict[str, float], steps: int) -> dict[str, float]:
+    def _averaged(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         """Means over the interval and over workers."""
         if not sums:
             return {}
         keys = sorted(sums)
-        values = torch.tensor([sums[k] / max(steps, 1) for k in keys], dtype=torch.float64)
+        values = torch.stack([sums[k] for k in keys]).to(self.env.device, torch.float64) / max(steps, 1)
         if self.env.world_size > 1:
-            values = values.to(self.env.device)
             dist.all_reduce(values)
-            values = values.cpu() / self.env.world_size
-        return dict(zip(keys, values.tolist(), strict=True))
+            values /= self.env.world_size
+        return dict(zip(keys, values.cpu().tolist(), strict=True))
 
     def evaluate(self) -> dict[str, Any]:
         """mIoU over the whole val set: each worker evaluates its shard; the confusion matrices are summed."""

@@ -22,7 +22,7 @@ from raysemi.engine.checkpoint import latest_checkpoint
 from raysemi.errors import ConfigError
 
 # Keys that may change between an interrupted run and its resumption.
-RESUMABLE_KEYS = {"scaling", "tracking", "run.name", "train.log_every"}
+RESUMABLE_KEYS = {"scaling", "tracking", "run.dir", "run.name", "train.log_every", "data.verify"}
 
 
 def run_directory(cfg: Config) -> Path:

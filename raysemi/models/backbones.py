@@ -133,7 +133,9 @@ def build_backbone(name: str, output_stride: int, pretrained: bool, weights: str
         return ResNetBackbone(name, output_stride, pretrained, weights)
     if name == "efficientnet_lite0":
         return EfficientNetLite0Backbone(output_stride, pretrained, weights)
-    raise ConfigError(f"model.backbone={name!r} is not accepted; choose one of tiny, resnet50, resnet101, efficientnet_lite0")
+    raise ConfigError(
+        f"model.backbone={name!r} is not accepted; choose one of tiny, resnet50, resnet101, efficientnet_lite0"
+    )
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
