@@ -122,6 +122,25 @@ class ScalingSection(Section):
     address: str | None = None  # Ray address; None starts or joins a local Ray
 
 
+class CPSConfig(Section):
+    """Cross pseudo supervision (``method: cps``); see :mod:`raysemi.methods.cps`."""
+
+    cutmix: bool = True
+    weight: float | None = Field(None, ge=0.0)  # λ; None: 1.0 with CutMix, 1.5 without (VOC-style defaults)
+    rampup_steps: int = Field(0, ge=0)  # λ grows linearly from 0 over these steps
+    on_labeled: bool = False  # also apply the CPS loss to labeled images (the paper's form without CutMix)
+    prop_range: tuple[float, float] = (0.25, 0.5)  # area share of each CutMix box
+    n_boxes: int = Field(3, ge=1)
+    init_backbones: Literal["same", "different"] = "same"  # "different": kaiming-init both backbones apart
+    eval: Literal["first", "second", "mean"] = "first"
+
+    @property
+    def resolved_weight(self) -> float:
+        if self.weight is not None:
+            return self.weight
+        return 1.0 if self.cutmix else 1.5
+
+
 class WandbConfig(Section):
     mode: Literal["disabled", "offline", "online"] = "disabled"
     project: str = "raysemi"
@@ -140,7 +159,7 @@ class RunSection(Section):
 
 
 class Config(Section):
-    method: Literal["supervised"] = "supervised"
+    method: Literal["supervised", "cps"] = "supervised"
     run: RunSection = RunSection()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -150,6 +169,7 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     scaling: ScalingSection = ScalingSection()
     tracking: TrackingConfig = TrackingConfig()
+    cps: CPSConfig = CPSConfig()
 
     @model_validator(mode="after")
     def _batches_divide(self) -> Config:

@@ -7,14 +7,15 @@ from raysemi.config import load_config
 from raysemi.methods import build_method
 
 METHODS = {
-    "supervised": [],
+    "supervised": ["method=supervised"],
+    "cps": ["method=cps"],
+    "cps-no-cutmix-on-labeled": ["method=cps", "cps.cutmix=false", "cps.on_labeled=true", "cps.eval=mean"],
 }
 
 
 def _config(name):
-    return load_config(None, [f"method={name}", "model.backbone=tiny", "model.pretrained=false",
-                              "model.head_channels=16", "train.batch_size=2", "train.unlabeled_batch_size=2",
-                              *METHODS[name]])
+    return load_config(None, ["model.backbone=tiny", "model.pretrained=false", "model.head_channels=16",
+                              "train.batch_size=2", "train.unlabeled_batch_size=2", *METHODS[name]])
 
 
 def _batch(method, seed=0, size=(40, 56)):

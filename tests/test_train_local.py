@@ -117,3 +117,27 @@ def test_wandb_offline_run_logs_from_rank_zero(synthetic_root, tmp_path, ray_loc
     run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
     assert offline_runs[0].name.endswith(run_id)
     assert list(offline_runs[0].glob("*.wandb"))
+
+
+def test_workers_that_leave_no_cpu_for_data_are_refused(synthetic_root, tmp_path, ray_local):
+    from raysemi.errors import ConfigError
+    from raysemi.ray.train import check_cpu_budget
+
+    cfg = fast_config(synthetic_root, tmp_path / "run", "scaling.num_workers=2", "scaling.cpus_per_worker=1")
+    with pytest.raises(ConfigError, match=r"2 workers x 1.0 CPUs leave less than 1 of this Ray's 2 CPUs"):
+        check_cpu_budget(cfg)
+    check_cpu_budget(fast_config(synthetic_root, tmp_path / "run", "scaling.num_workers=2",
+                                 "scaling.cpus_per_worker=0.5"))
+
+
+def test_cps_trains_on_labeled_and_unlabeled_streams(synthetic_root, tmp_path, ray_local):
+    cfg = fast_config(synthetic_root, tmp_path / "run", "method=cps", "data.label_count=4",
+                      "train.unlabeled_batch_size=4")
+    summary = train(cfg)
+    records = read_metrics(tmp_path / "run")
+    assert summary["method"] == "cps" and [r["step"] for r in records] == [2, 4]
+    for record in records:
+        assert record["loss"] == pytest.approx(record["loss_sup"] + record["cps_weight"] * record["loss_cps"])
+        assert 0 <= record["pseudo_agreement"] <= 1 and 0 < record["pseudo_confidence"] <= 1
+    weights = torch.load(latest_checkpoint(tmp_path / "run").model, weights_only=True)
+    assert all(k.startswith("segmenter.") for k in weights)  # cps.eval=first: network 1 alone

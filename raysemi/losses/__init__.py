@@ -1,5 +1,6 @@
 """Loss functions: pure tensor functions, one module per family. Never imports ray or wandb."""
 
 from raysemi.losses.cross_entropy import ohem_cross_entropy, pixel_cross_entropy
+from raysemi.losses.pseudo_supervision import cross_pseudo_supervision
 
-__all__ = ["ohem_cross_entropy", "pixel_cross_entropy"]
+__all__ = ["cross_pseudo_supervision", "ohem_cross_entropy", "pixel_cross_entropy"]

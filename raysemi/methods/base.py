@@ -55,7 +55,8 @@ def labeled_criterion(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor],
 
 
 def build_method(cfg: Config) -> Method:
+    from raysemi.methods.cps import CrossPseudoSupervision
     from raysemi.methods.supervised import Supervised
 
-    registry: dict[str, type] = {Supervised.name: Supervised}
+    registry: dict[str, type] = {Supervised.name: Supervised, CrossPseudoSupervision.name: CrossPseudoSupervision}
     return registry[cfg.method](cfg)

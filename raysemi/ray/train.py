@@ -117,8 +117,13 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 
 
 def check_cpu_budget(cfg: Config) -> None:
-    """Refuse a layout whose workers take every CPU: Ray Data's decode tasks would wait forever."""
+    """Refuse a layout whose workers take every CPU: Ray Data's decode tasks would wait forever.
+
+    Skipped for an explicit ``scaling.address``: a cluster may autoscale past what it has now.
+    """
     s = cfg.scaling
+    if s.address:
+        return
     total = ray.cluster_resources().get("CPU", 0)
     claimed = s.num_workers * s.cpus_per_worker
     if claimed > total - 1:

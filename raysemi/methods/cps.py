@@ -1,0 +1,150 @@
+"""CPS: cross pseudo supervision (Chen et al., "Semi-Supervised Semantic Segmentation with Cross Pseudo
+Supervision", CVPR 2021), with CutMix.
+
+Two segmenters of the same architecture. Their backbones start from the same (pretrained) weights; their heads
+are kaiming-initialised from two different seeds (``cps.init_backbones=different`` re-initialises the
+backbones apart too). Per step:
+
+    L = L_s + λ · L_cps
+    L_s   = CE(p1(x_l), y) + CE(p2(x_l), y)                       (``loss.ohem`` for OHEM)
+    L_cps = CE(p1(x), argmax p2(x)) + CE(p2(x), argmax p1(x))      on unlabeled x (+ labeled if cps.on_labeled)
+
+With CutMix (``cps.cutmix``, default) x is ``u0·(1−M) + u1·M`` for a box mask M; the pseudo-labels are the
+argmax of each network's no-grad predictions on u0 and u1, mixed with the same M. u1 is the unlabeled batch
+rolled by one, so u0 and u1 are always different images of the same batch and no second stream is decoded.
+
+λ (``cps.weight``) defaults to 1.0 with CutMix and 1.5 without, the paper's VOC values (its Cityscapes configs
+use 5 and 6); ``cps.rampup_steps`` ramps it up linearly from 0, since full weight from the first step hurts a
+network that cannot predict yet.
+
+Normalisation under DDP: each worker's loss is the mean over its own pixels and DDP averages gradients over
+workers, so the loss is the mean over the global batch (``train.batch_size`` is global). The reference
+implementation (TorchSemiSeg) uses the same per-worker mean but counts its batch size per GPU: its learning
+rates go with ``batch_size × GPUs`` global images here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raysemi.config import Config
+from raysemi.data.cutmix import box_mask, mix
+from raysemi.losses import cross_pseudo_supervision
+from raysemi.methods.base import Batch, StreamSpec, labeled_criterion
+from raysemi.models import LogitsOnly, build_segmenter, unwrap
+
+
+class CrossPseudoSupervision:
+    """Config keys: ``cps.*`` (see :class:`raysemi.config.CPSConfig`), ``model.*``, ``loss.*``."""
+
+    name = "cps"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.options = cfg.cps
+        self.criterion = labeled_criterion(cfg.loss)
+
+    def build_models(self, num_classes: int) -> dict[str, nn.Module]:
+        models = {}
+        for index, name in enumerate(("net1", "net2")):
+            model = build_segmenter(self.cfg.model, num_classes)
+            generator = torch.Generator().manual_seed(self.cfg.run.seed * 2 + index)
+            kaiming_init([model.head, model.classifier], generator)
+            if self.options.init_backbones == "different":
+                kaiming_init([model.backbone], generator)
+            elif models:  # the same starting backbone, pretrained or not
+                model.backbone.load_state_dict(models["net1"].backbone.state_dict())
+            models[name] = model
+        return models
+
+    def streams(self) -> dict[str, StreamSpec]:
+        return {
+            "labeled": StreamSpec("labeled", self.cfg.train.batch_size),
+            "unlabeled": StreamSpec("unlabeled", self.cfg.train.unlabeled_batch_size),
+        }
+
+    def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        net1, net2 = models["net1"], models["net2"]
+        labeled, unlabeled = batch["labeled"]["image"], batch["unlabeled"]["image"]
+        if self.options.cutmix:
+            mixed, teacher_1, teacher_2 = self._cutmix(net1, net2, unlabeled)
+        else:
+            mixed, teacher_1, teacher_2 = unlabeled, None, None
+        n = len(labeled)
+        logits_1 = net1(torch.cat([labeled, mixed]))["logits"]  # one pass: BN sees both, as in the references
+        logits_2 = net2(torch.cat([labeled, mixed]))["logits"]
+        mask = batch["labeled"]["mask"]
+        loss_sup = self.criterion(logits_1[:n], mask) + self.criterion(logits_2[:n], mask)
+        loss_cps = cross_pseudo_supervision(logits_1[n:], logits_2[n:], teacher_1=teacher_1, teacher_2=teacher_2)
+        if self.options.on_labeled:
+            loss_cps = loss_cps + cross_pseudo_supervision(logits_1[:n], logits_2[:n])
+        weight = self.weight(step)
+        return {
+            "loss": loss_sup + weight * loss_cps,
+            "loss_sup": loss_sup.detach(),
+            "loss_cps": loss_cps.detach(),
+            "cps_weight": loss_sup.new_tensor(weight),
+            **pseudo_label_stats(logits_1[n:].detach(), logits_2[n:].detach()),
+        }
+
+    def _cutmix(self, net1: nn.Module, net2: nn.Module, images: torch.Tensor):
+        """Mixed images ``(N, 3, H, W)`` and each network's mixed no-grad predictions ``(N, C, H, W)``."""
+        second = images.roll(1, dims=0)
+        masks = box_mask(len(images), *images.shape[-2:], self.options.prop_range, self.options.n_boxes)
+        masks = masks.to(images.device)
+        with torch.no_grad():
+            teacher_1 = mix(net1(images)["logits"], net1(second)["logits"], masks)
+            teacher_2 = mix(net2(images)["logits"], net2(second)["logits"], masks)
+        return mix(images, second, masks), teacher_1, teacher_2
+
+    def weight(self, step: int) -> float:
+        """λ at ``step``: linear ramp-up over ``cps.rampup_steps``, then constant."""
+        ramp = min(1.0, step / self.options.rampup_steps) if self.options.rampup_steps else 1.0
+        return self.options.resolved_weight * ramp
+
+    def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
+        net1, net2 = unwrap(models["net1"]), unwrap(models["net2"])
+        if self.options.eval == "first":
+            return LogitsOnly(net1)
+        if self.options.eval == "second":
+            return LogitsOnly(net2)
+        return MeanOfSoftmaxes(net1, net2)
+
+
+class MeanOfSoftmaxes(nn.Module):
+    """``(N, 3, H, W)`` → ``(N, C, H, W)`` log of the mean of the two networks' softmaxes."""
+
+    def __init__(self, net1: nn.Module, net2: nn.Module):
+        super().__init__()
+        self.net1, self.net2 = net1, net2
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = (self.net1(images)["logits"].softmax(1) + self.net2(images)["logits"].softmax(1)) / 2
+        return probs.clamp_min(1e-12).log()
+
+
+def kaiming_init(modules: list[nn.Module], generator: torch.Generator) -> None:
+    """Kaiming-normal conv weights (fan-out, ReLU), zero biases, unit BatchNorm, drawn from ``generator``."""
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1] // module.groups
+                with torch.no_grad():
+                    module.weight.normal_(0.0, (2.0 / fan_out) ** 0.5, generator=generator)
+                    if module.bias is not None:
+                        module.bias.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+def pseudo_label_stats(logits_1: torch.Tensor, logits_2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Share of pixels where the two networks' argmaxes agree, and their mean top-class confidence."""
+    probs_1, probs_2 = logits_1.float().softmax(1), logits_2.float().softmax(1)
+    confidence_1, labels_1 = probs_1.max(1)
+    confidence_2, labels_2 = probs_2.max(1)
+    return {
+        "pseudo_agreement": (labels_1 == labels_2).float().mean(),
+        "pseudo_confidence": (confidence_1.mean() + confidence_2.mean()) / 2,
+    }

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raysemi.config import load_config
+from raysemi.data.cutmix import box_mask, mix
+from raysemi.losses import cross_pseudo_supervision
+from raysemi.methods import build_method
+
+
+def _pixels(*vectors):
+    """``(1, C, 1, P)`` logits from P per-pixel vectors."""
+    return torch.tensor(vectors, dtype=torch.float32).T.reshape(1, len(vectors[0]), 1, -1)
+
+
+def test_cps_loss_on_hand_values():
+    # network 1 predicts classes (0, 1); network 2 predicts (0, 0)
+    l1 = _pixels([math.log(3.0), 0.0], [0.0, math.log(4.0)])
+    l2 = _pixels([0.0, -1.0], [1.0, 0.0])
+    # CE(l1, [0, 0]) = (-log(3/4) - log(1/5)) / 2 ; CE(l2, [0, 1]) = (-log(e/(e+e^-1)... computed below
+    ce_1 = (-math.log(3 / 4) - math.log(1 / 5)) / 2
+    p2 = [math.exp(0) / (math.exp(0) + math.exp(-1)), math.exp(0) / (math.exp(1) + math.exp(0))]
+    ce_2 = (-math.log(p2[0]) - math.log(p2[1])) / 2
+    assert cross_pseudo_supervision(l1, l2).item() == pytest.approx(ce_1 + ce_2, rel=1e-6)
+
+
+def test_gradient_reaches_both_logits_but_not_through_pseudo_labels():
+    l1 = torch.randn(2, 4, 3, 5, requires_grad=True)
+    l2 = torch.randn(2, 4, 3, 5, requires_grad=True)
+    cross_pseudo_supervision(l1, l2).backward()
+    reference_1 = torch.autograd.grad(F.cross_entropy(l1, l2.argmax(1)), l1)[0]
+    reference_2 = torch.autograd.grad(F.cross_entropy(l2, l1.argmax(1)), l2)[0]
+    assert torch.allclose(l1.grad, reference_1) and torch.allclose(l2.grad, reference_2)
+
+
+def test_mixed_pseudo_labels_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    p_first, p_second = torch.randn(3, 5, 16, 16, generator=g), torch.randn(3, 5, 16, 16, generator=g)
+    masks = box_mask(3, 16, 16, generator=g)
+    mixed_labels = mix(p_first, p_second, masks).argmax(1)
+    direct = torch.where(masks[:, 0].bool(), p_second.argmax(1), p_first.argmax(1))
+    assert torch.equal(mixed_labels, direct)
+    student = torch.randn(3, 5, 16, 16, requires_grad=True)
+    teacher_2 = mix(p_first, p_second, masks)
+    loss = cross_pseudo_supervision(student, student.detach(), teacher_1=p_first, teacher_2=teacher_2)
+    expected = F.cross_entropy(student, direct) + F.cross_entropy(student.detach(), p_first.argmax(1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_single_box_covers_its_drawn_share_and_stays_inside():
+    masks = box_mask(500, 40, 60, prop_range=(0.25, 0.5), n_boxes=1, generator=torch.Generator().manual_seed(1))
+    assert masks.shape == (500, 1, 40, 60) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    share = masks.mean(dim=(1, 2, 3))
+    assert share.min() > 0.22 and share.max() < 0.53  # rounding of box sides to whole pixels
+    assert 0.35 < share.mean() < 0.40  # the mean of U(0.25, 0.5) is 0.375
+
+
+def test_three_boxes_toggle_where_they_overlap():
+    g = torch.Generator().manual_seed(2)
+    masks = box_mask(400, 32, 32, n_boxes=3, generator=g)
+    share = masks.mean(dim=(1, 2, 3))
+    # three boxes of 25-50 % each: XOR coverage stays below their summed area and above zero on average
+    assert 0.35 < share.mean() < 0.75 and (share < 1.0).all()
+    assert torch.equal(box_mask(4, 32, 32, generator=torch.Generator().manual_seed(5)),
+                       box_mask(4, 32, 32, generator=torch.Generator().manual_seed(5)))
+
+
+def _cps(*overrides):
+    return build_method(load_config(None, ["method=cps", "model.backbone=tiny", "model.pretrained=false",
+                                           "model.head_channels=8", *overrides]))
+
+
+def test_default_weights_and_ramp_up():
+    assert _cps().weight(0) == 1.0 and _cps("cps.cutmix=false").weight(0) == 1.5
+    ramped = _cps("cps.weight=6", "cps.rampup_steps=100")
+    assert [ramped.weight(s) for s in (0, 50, 100, 500)] == [0.0, 3.0, 6.0, 6.0]
+
+
+def test_heads_start_apart_and_backbones_together_unless_asked():
+    models = _cps().build_models(3)
+    assert not torch.equal(models["net1"].classifier.weight, models["net2"].classifier.weight)
+    assert not torch.equal(models["net1"].head.fuse[0][0].weight, models["net2"].head.fuse[0][0].weight)
+    b1, b2 = models["net1"].backbone.state_dict(), models["net2"].backbone.state_dict()
+    assert all(torch.equal(b1[k], b2[k]) for k in b1)
+    apart = _cps("cps.init_backbones=different").build_models(3)
+    assert not torch.equal(apart["net1"].backbone.stem[0][0].weight, apart["net2"].backbone.stem[0][0].weight)
+
+
+def test_mean_eval_averages_softmaxes():
+    method = _cps("cps.eval=mean")
+    models = method.build_models(3)
+    images = torch.randn(1, 3, 24, 32)
+    with torch.no_grad():
+        for m in models.values():
+            m.eval()
+        expected = (models["net1"](images)["logits"].softmax(1) + models["net2"](images)["logits"].softmax(1)) / 2
+        assert torch.allclose(method.eval_model(models)(images).exp(), expected, atol=1e-6)
