@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ class TrainingRun:
         if "rng_cuda" in state and self.env.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.env.device)
         if self.is_chief:
-            print(f"[raysemi] resuming {self.run.run_dir} from step {state['step']}", flush=True)
+            say(f"resuming {self.run.run_dir} from step {state['step']}")
         return int(state["step"])
 
     def fit(self) -> dict[str, Any] | None:
@@ -157,7 +158,7 @@ class TrainingRun:
         if metrics:
             if self.tracker is not None:
                 self.tracker.log(self.step, metrics)
-                print(_log_line(self.step, train.steps, metrics), flush=True)
+                say(_log_line(self.step, train.steps, metrics))
             self.env.report({"step": self.step, **_scalars(metrics)})
 
     def _averaged(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
@@ -285,7 +286,14 @@ def _log_line(step: int, total: int, metrics: dict[str, Any]) -> str:
         parts.append(f"{metrics['steps_per_s']:.2f} it/s, data wait {100 * metrics['data_wait_frac']:.1f}%")
     if "val" in metrics:
         parts.append(f"val mIoU {metrics['val']['miou']:.4f}")
-    return "[raysemi] " + " | ".join(parts)
+    return " | ".join(parts)
+
+
+def say(text: str) -> None:
+    """One ``[raysemi]`` line on stdout. Written directly: Ray Train V2 patches ``print`` in workers to tee
+    into its logger, which shows every printed line twice on the driver."""
+    sys.stdout.write(f"[raysemi] {text}\n")
+    sys.stdout.flush()
 
 
 def set_torch_threads(cfg: Config, local_workers: int) -> int:

@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from raysemi.config import Config
 from raysemi.data.dataset import open_dataset, preflight
-from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, set_torch_threads
+from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
 from raysemi.engine.rundir import prepare_run_dir, read_summary
 from raysemi.errors import ConfigError, find_user_error
 from raysemi.methods import build_method
@@ -32,7 +32,7 @@ def train(cfg: Config) -> dict[str, Any]:
     preflight(source, cfg.data)
     run_dir, start_step = prepare_run_dir(cfg, source)
     if start_step >= cfg.train.steps and read_summary(run_dir):
-        print(f"[raysemi] {run_dir} already finished {cfg.train.steps} steps; nothing to do")
+        say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         return read_summary(run_dir)
     init_ray(cfg)
     check_cpu_budget(cfg)
@@ -55,6 +55,7 @@ def train(cfg: Config) -> dict[str, Any]:
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         ),
         datasets=build_datasets(cfg, source, streams, start_step),
+        dataset_config=data_config(cfg),
     )
     try:
         trainer.fit()
@@ -114,6 +115,14 @@ def scaling_config(cfg: Config) -> ScalingConfig:
     if s.num_workers == 0:
         return ScalingConfig(num_workers=0)
     return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
+
+
+def data_config(cfg: Config) -> ray.train.DataConfig:
+    """Split the streams among workers; a single worker reads them whole, without the split coordinator actor
+    (on 2 CPUs that actor alone took 15 % of a core)."""
+    if cfg.scaling.num_workers <= 1:
+        return ray.train.DataConfig(datasets_to_split=[])
+    return ray.train.DataConfig()
 
 
 def check_cpu_budget(cfg: Config) -> None:
