@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,7 @@ def _wandb_id(run_dir: Path) -> str:
     """A stable id per run directory, so a resumed run continues the same W&B run."""
     path = run_dir / "wandb_id.txt"
     if not path.is_file():
-        import wandb
-
-        path.write_text(wandb.util.generate_id())
+        path.write_text(uuid.uuid4().hex[:12])
     return path.read_text().strip()
 
 
