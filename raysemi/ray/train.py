@@ -55,7 +55,6 @@ def train(cfg: Config) -> dict[str, Any]:
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         ),
         datasets=build_datasets(cfg, source, streams, start_step),
-        dataset_config=data_config(cfg),
     )
     try:
         trainer.fit()
@@ -115,14 +114,6 @@ def scaling_config(cfg: Config) -> ScalingConfig:
     if s.num_workers == 0:
         return ScalingConfig(num_workers=0)
     return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
-
-
-def data_config(cfg: Config) -> ray.train.DataConfig:
-    """Split the streams among workers; a single worker reads them whole, without the split coordinator actor
-    (on 2 CPUs that actor alone took 15 % of a core)."""
-    if cfg.scaling.num_workers <= 1:
-        return ray.train.DataConfig(datasets_to_split=[])
-    return ray.train.DataConfig()
 
 
 def check_cpu_budget(cfg: Config) -> None:
