@@ -141,3 +141,14 @@ def test_cps_trains_on_labeled_and_unlabeled_streams(synthetic_root, tmp_path, r
         assert 0 <= record["pseudo_agreement"] <= 1 and 0 < record["pseudo_confidence"] <= 1
     weights = torch.load(latest_checkpoint(tmp_path / "run").model, weights_only=True)
     assert all(k.startswith("segmenter.") for k in weights)  # cps.eval=first: network 1 alone
+
+
+def test_finished_run_is_not_retrained_and_a_lost_summary_is_rebuilt(synthetic_root, tmp_path, ray_local):
+    cfg = fast_config(synthetic_root, tmp_path / "run")
+    summary = train(cfg)
+    stamp = latest_checkpoint(tmp_path / "run").model.stat().st_mtime_ns
+    assert train(cfg) == summary  # already finished: nothing runs
+    (tmp_path / "run" / "summary.json").unlink()  # e.g. a crash between the last checkpoint and the summary
+    rebuilt = train(cfg)
+    assert rebuilt["miou"] == pytest.approx(summary["miou"], abs=1e-9)
+    assert latest_checkpoint(tmp_path / "run").model.stat().st_mtime_ns == stamp

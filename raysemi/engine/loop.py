@@ -29,7 +29,7 @@ from raysemi.engine.optim import build_optimizer
 from raysemi.errors import RaysemiError
 from raysemi.methods import Method, build_method
 from raysemi.models import unwrap
-from raysemi.tracking import Tracker, read_metrics
+from raysemi.tracking import Tracker
 
 RawBatch = dict[str, torch.Tensor]
 
@@ -82,6 +82,7 @@ class TrainingRun:
         self.step = self._restore()
         self.tracker = Tracker(cfg, run.run_dir, self.step) if self.is_chief else None
         self.last_checkpoint: CheckpointFiles | None = latest_checkpoint(run.run_dir)
+        self.last_val: dict[str, Any] | None = None
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device)
@@ -152,7 +153,7 @@ class TrainingRun:
             sums.clear()
             timer.reset()
         if final or (train.eval_every and self.step % train.eval_every == 0):
-            metrics["val"] = self.evaluate()
+            metrics["val"] = self.last_val = self.evaluate()
         if final or (train.checkpoint_every and self.step % train.checkpoint_every == 0):
             self._checkpoint()
         if metrics:
@@ -223,10 +224,10 @@ class TrainingRun:
                 next(stream)
 
     def _finish(self) -> dict[str, Any] | None:
+        # A run resumed at its last step trains nothing: evaluate then, on every rank (it is collective).
+        final = self.last_val or self.evaluate()
         if self.tracker is None:
             return None
-        records = [r for r in read_metrics(self.run.run_dir) if "val" in r]
-        final = records[-1]["val"] if records else self.evaluate()
         summary = {
             "method": self.cfg.method,
             "steps": self.cfg.train.steps,
