@@ -35,6 +35,14 @@ def test_gradient_reaches_both_logits_but_not_through_pseudo_labels():
     assert torch.allclose(l1.grad, reference_1) and torch.allclose(l2.grad, reference_2)
 
 
+def test_pixels_outside_valid_do_not_count():
+    l1, l2 = torch.randn(1, 3, 2, 4), torch.randn(1, 3, 2, 4)
+    valid = torch.ones(1, 2, 4, dtype=torch.bool)
+    valid[0, 1] = False
+    expected = cross_pseudo_supervision(l1[..., :1, :], l2[..., :1, :])
+    assert cross_pseudo_supervision(l1, l2, valid=valid).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_mixed_pseudo_labels_match_a_direct_computation():
     g = torch.Generator().manual_seed(0)
     p_first, p_second = torch.randn(3, 5, 16, 16, generator=g), torch.randn(3, 5, 16, 16, generator=g)

@@ -64,8 +64,7 @@ def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
     method = build_method(cfg)
     batches = []
-    for index, stream in enumerate(method.streams()):
-        spec = method.streams()[stream]
+    for index, (stream, spec) in enumerate(method.streams().items()):
         samples = source.split.labeled if spec.source == "labeled" else source.split.unlabeled
         crops = [augment(*to_tensors(*load_sample(source.reader, samples[i % len(samples)])),
                          torch.Generator().manual_seed(index * 1000 + i)) for i in range(spec.batch_size)]
