@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--import", dest="import_file", type=Path, help="a published labeled split file")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--out", type=Path, required=True, help="folder for labeled.txt and unlabeled.txt")
+    split.add_argument("--tags", action="store_true",
+                       help="also write unlabeled_tags.txt: each unlabeled image's classes, from its mask")
     split.set_defaults(handler=cmd_split)
 
     check = data.add_parser("check", help="report every problem in a dataset in one pass")
@@ -150,6 +152,10 @@ def cmd_split(args: argparse.Namespace) -> int:
         split = make_split(train, fraction, args.count, args.seed)
     write_split_file(args.out / "labeled.txt", split.labeled, reader.root)
     write_split_file(args.out / "unlabeled.txt", split.unlabeled, reader.root)
+    if args.tags:
+        from raysemi.data.weak_labels import tags_from_masks, write_tags_file
+
+        write_tags_file(args.out / "unlabeled_tags.txt", tags_from_masks(reader, split.unlabeled), reader.root)
     print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled -> {args.out}")
     return 0
 

@@ -52,6 +52,7 @@ class DataConfig(Section):
     val_split: str = "val"
     labeled_split: str | None = None  # split file of `image mask` lines; overrides label_fraction/count
     unlabeled_split: str | None = None  # default: the train images not in the labeled split
+    unlabeled_tags: str | None = None  # image-level tags file for the unlabeled images (`data split --tags`)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     label_count: int | None = Field(None, ge=1)
     split_seed: int = 0
@@ -141,6 +142,38 @@ class CPSConfig(Section):
         return 1.0 if self.cutmix else 1.5
 
 
+class CACConfig(Section):
+    """Directional context-aware consistency (``method: cac``); see :mod:`raysemi.methods.cac`."""
+
+    weight: float = Field(0.1, ge=0.0)  # λ for L_dc, with L_dc normalised by the kept anchors (released code)
+    start_step: int = Field(0, ge=0)  # L_dc is off before this step
+    rampup_steps: int = Field(0, ge=0)  # then λ grows linearly from 0 over these steps
+    temperature: float = Field(0.1, gt=0.0)  # τ
+    gamma: float = Field(0.75, ge=0.0, lt=1.0)  # positive filtering threshold γ
+    num_negatives: int = Field(19_200, ge=1)  # negatives per step, over all workers (before the queue)
+    queue_steps: int = Field(0, ge=0)  # also use the negatives of the last K steps
+    chunk_size: int = Field(2048, ge=1)  # negatives per chunk of the memory-efficient loss
+    projection_dim: int = Field(128, ge=1)
+    iou_range: tuple[float, float] = (0.1, 1.0)  # accepted IoU of the two crops, [low, high)
+    # ablation switches (the paper's Table 3)
+    projector: bool = True  # False: the loss works on the (L2-normalised) decoder features
+    context: bool = True  # False: the same crop twice (independent flips and photometric augmentation)
+    loss: Literal["contrastive", "l2"] = "contrastive"  # l2: align positive pairs with ||φ1 − φ2||²
+    directional: bool = True  # directional mask 1[c1 < c2]
+    negative_sampling: bool = True  # drop negatives with the anchor's pseudo-label
+    positive_filtering: bool = True  # keep anchors whose positive is confident (c2 > γ)
+    # image-level tags on the unlabeled images (needs data.unlabeled_tags)
+    image_tags: bool = False
+    tags_weight: float = Field(1.0, ge=0.0)  # λ_w
+
+    @field_validator("iou_range")
+    @classmethod
+    def _iou_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 1:
+            raise ValueError(f"iou_range must be (low, high) with 0 <= low < high <= 1, got {list(value)}")
+        return value
+
+
 class WandbConfig(Section):
     mode: Literal["disabled", "offline", "online"] = "disabled"
     project: str = "raysemi"
@@ -159,7 +192,7 @@ class RunSection(Section):
 
 
 class Config(Section):
-    method: Literal["supervised", "cps"] = "supervised"
+    method: Literal["supervised", "cps", "cac"] = "supervised"
     run: RunSection = RunSection()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -170,6 +203,14 @@ class Config(Section):
     scaling: ScalingSection = ScalingSection()
     tracking: TrackingConfig = TrackingConfig()
     cps: CPSConfig = CPSConfig()
+    cac: CACConfig = CACConfig()
+
+    @model_validator(mode="after")
+    def _tags_available(self) -> Config:
+        if self.method == "cac" and self.cac.image_tags and not self.data.unlabeled_tags:
+            raise ValueError("cac.image_tags=true needs data.unlabeled_tags, a tags file for the unlabeled "
+                             "images (write one with `raysemi data split ... --tags`)")
+        return self
 
     @model_validator(mode="after")
     def _batches_divide(self) -> Config:
@@ -258,7 +299,10 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         return f"{key}={_value_at(raw, loc)!r} is not accepted; choose one of {expected}"
-    return f"{key}: {error['msg']} (got {_value_at(raw, loc)!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections: the message names its keys
+        return message
+    return f"{key}: {message} (got {_value_at(raw, loc)!r})"
 
 
 def _section_for(path: list[str]) -> type[BaseModel] | None:

@@ -4,12 +4,19 @@ import pytest
 import torch
 
 from raysemi.config import load_config
+from raysemi.data.transforms import normalize
 from raysemi.methods import build_method
 
 METHODS = {
     "supervised": ["method=supervised"],
     "cps": ["method=cps"],
     "cps-no-cutmix-on-labeled": ["method=cps", "cps.cutmix=false", "cps.on_labeled=true", "cps.eval=mean"],
+    # γ = 0: an untrained 4-class head is never 75 % confident, and every parameter must get a gradient
+    "cac": ["method=cac", "cac.gamma=0", "cac.num_negatives=64", "cac.chunk_size=16", "data.crop_size=[40,56]"],
+    "cac-ablations-and-tags": [
+        "method=cac", "cac.gamma=0", "cac.projector=false", "cac.context=false", "cac.loss=l2",
+        "cac.image_tags=true", "data.unlabeled_tags=tags.txt", "data.crop_size=[40,56]",
+    ],
 }
 
 
@@ -27,8 +34,25 @@ def _batch(method, seed=0, size=(40, 56)):
         if spec.source == "labeled":
             stream["mask"] = torch.randint(0, 4, (n, *size), generator=g)
             stream["mask"][:, :3] = 255
+        else:
+            stream["image_tags"] = torch.randint(0, 2, (n, 4), generator=g).float()
+        if spec.crops is not None:
+            stream |= _crop_pairs(spec.crops, n, g)
         batch[name] = stream
     return batch
+
+
+def _crop_pairs(crops, n, generator):
+    """The crop-pair view of ``n`` random images, as the pipeline delivers it (after normalisation)."""
+    pairs = [crops(torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8, generator=generator), generator)
+             for _ in range(n)]
+    return {
+        "image": normalize(torch.stack([p.images[0] for p in pairs])),
+        "image_2": normalize(torch.stack([p.images[1] for p in pairs])),
+        "valid_pixels": torch.stack([p.valid for p in pairs]),
+        "crop_boxes": torch.stack([p.boxes for p in pairs]),
+        "flips": torch.stack([p.flips for p in pairs]),
+    }
 
 
 def _models(method, seed=0):

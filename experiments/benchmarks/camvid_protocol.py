@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +33,7 @@ RESULTS = REPO / "experiments" / "benchmarks" / "results"
 CAMVID = REPO.parent / "shared" / "data" / "camvid-96x128"
 
 
-def protocol_config(method: str, labels: str, seed: int, iterations: int, run_dir: Path):
+def protocol_config(method: str, labels: str, seed: int, iterations: int, run_dir: Path, overrides=()):
     from raysemi.config import load_config
     from raysemi.data.splits import parse_fraction
 
@@ -48,14 +50,17 @@ def protocol_config(method: str, labels: str, seed: int, iterations: int, run_di
             "train.torch_threads=2",
             "train.eval_every=0",
             "train.checkpoint_every=0",
+            *overrides,
         ],
     )
 
 
 def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     """A single-process loop over in-memory batches: same model, optimizer, batch size and threads."""
-    from raysemi.data.dataset import load_sample, open_dataset
-    from raysemi.data.transforms import TrainAugment, normalize, to_tensors
+    from raysemi.data.dataset import open_dataset
+    from raysemi.data.pipeline import plan_records, stream_decoder
+    from raysemi.data.transforms import TrainAugment
+    from raysemi.engine.loop import prepare_batch
     from raysemi.engine.optim import build_optimizer
     from raysemi.methods import build_method
 
@@ -63,37 +68,40 @@ def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     source = open_dataset(cfg.data)
     augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
     method = build_method(cfg)
-    batches = []
-    for index, (stream, spec) in enumerate(method.streams().items()):
+    batch = {}
+    for stream, spec in method.streams().items():
         samples = source.split.labeled if spec.source == "labeled" else source.split.unlabeled
-        crops = [augment(*to_tensors(*load_sample(source.reader, samples[i % len(samples)])),
-                         torch.Generator().manual_seed(index * 1000 + i)) for i in range(spec.batch_size)]
-        batch = {"image": normalize(torch.stack([c[0] for c in crops]))}
-        if spec.source == "labeled":
-            batch["mask"] = torch.stack([c[1] for c in crops]).long()
-        batches.append((stream, batch))
-    batch = dict(batches)
+        records = plan_records(samples, spec.batch_size, 1, 0, cfg.run.seed, stream)
+        decode = stream_decoder(spec.crops, cfg.data.format, str(source.root), augment)
+        raw = decode({key: np.array([r[key] for r in records]) for key in records[0]})
+        batch[stream] = prepare_batch({k: torch.from_numpy(v) for k, v in raw.items()}, torch.device("cpu"))
     models = method.build_models(source.classes.num_classes)
     optimizer, _ = build_optimizer(models, cfg.optim, cfg.train.steps)
     images = sum(len(b["image"]) for b in batch.values())
-    for step in range(warmup + iterations):
-        if step == warmup:
-            start = time.perf_counter()
-        loss = method.training_step(models, batch, step)["loss"]
+    seconds = []
+    for _ in range(warmup + iterations):
+        started = time.perf_counter()
+        loss = method.training_step(models, batch, cfg.train.steps // 2)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return images * iterations / (time.perf_counter() - start)
+        seconds.append(time.perf_counter() - started)
+    return images / statistics.median(seconds[warmup:])
 
 
-def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: int) -> dict:
+def run_name(method: str, labels: str, seed: int, iterations: int) -> str:
+    suffix = "" if iterations == 1000 else f"-it{iterations}"
+    return f"{method}-{labels.replace('/', 'of')}-seed{seed}{suffix}"
+
+
+def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: int, overrides=()) -> dict:
     from raysemi.ray.train import train
     from raysemi.tracking import read_metrics
 
-    name = f"{method}-{labels.replace('/', 'of')}-seed{seed}"
+    name = run_name(method, labels, seed, iterations)
     run_dir = REPO / "experiments" / "benchmarks" / "_work" / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = protocol_config(method, labels, seed, iterations, run_dir)
+    cfg = protocol_config(method, labels, seed, iterations, run_dir, overrides)
     started = time.perf_counter()
     summary = train(cfg)
     wall = time.perf_counter() - started
@@ -106,10 +114,11 @@ def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: 
         "labeled_images": labeled,
         "seed": seed,
         "iterations": iterations,
+        "overrides": list(overrides),
         "val_miou": round(summary["miou"], 4),
         "wall_time_s": round(wall, 1),
-        "images_per_s": round(sum(r["images_per_s"] for r in steady) / len(steady), 2),
-        "data_wait_frac": round(sum(r["data_wait_frac"] for r in steady) / len(steady), 4),
+        "images_per_s": round(statistics.median(r["images_per_s"] for r in steady), 2),
+        "data_wait_frac": round(statistics.median(r["data_wait_frac"] for r in steady), 4),
         "plain_pytorch_images_per_s": round(plain_pytorch_images_per_s(cfg, plain_iterations), 2),
         "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
         "device": "cpu, 2 cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
@@ -123,14 +132,36 @@ def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: 
 
 
 def write_table() -> None:
+    """Rebuild ``results/README.md``: mean ± std over seeds per setting, every run, then ``notes.md``."""
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     lines = [
         "# CamVid 96×128 benchmark results",
         "",
         "Protocol and script: [`camvid_protocol.py`](../camvid_protocol.py). EfficientNet-Lite0 (ImageNet) +",
-        "DeepLabv3+ (64 channels), batch 8, SGD (head LR 0.2, backbone 0.02), poly LR, CPU with 2 cores;",
-        "one Ray Train worker (1 CPU reserved) with Ray Data decoding on the other CPU; 2 torch threads.",
-        "Throughput is the mean over logging intervals after the first (which includes start-up).",
+        "DeepLabv3+ (64 channels), batch 8 (+ 8 unlabeled for semi-supervised methods), SGD (head LR 0.2,",
+        "backbone 0.02), poly LR, CPU with 2 cores; one Ray Train worker (1 CPU reserved) with Ray Data decoding",
+        "on the other CPU; 2 torch threads. Images/s counts labeled + unlabeled images and is the median over",
+        "logging intervals after the first (which includes start-up); the plain PyTorch figure is the median",
+        "step time of a single-process loop over in-memory batches. Medians keep the figures honest when",
+        "another process shared the 2 cores for part of a run; wall times are not corrected for that.",
+        "",
+        "## Summary (mean ± std over seeds)",
+        "",
+        "| method | labels | iterations | seeds | val mIoU | wall time (s) | images/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, group in _settings(rows).items():
+        method, labels, labeled, iterations, overrides = key
+        mious = [r["val_miou"] for r in group]
+        extra = f" ({', '.join(overrides)})" if overrides else ""
+        lines.append(
+            f"| {method}{extra} | {labeled} ({labels}) | {iterations} | {len(group)} | {_mean_std(mious)} "
+            f"| {statistics.mean(r['wall_time_s'] for r in group):.0f} "
+            f"| {statistics.mean(r['images_per_s'] for r in group):.2f} |"
+        )
+    lines += [
+        "",
+        "## Every run",
         "",
         "| method | labels | iterations | val mIoU | wall time (s) | images/s | plain PyTorch images/s "
         "| ratio | data wait |",
@@ -143,7 +174,24 @@ def write_table() -> None:
             f"| {r['plain_pytorch_images_per_s']:.2f} | {r['throughput_vs_plain']:.2f} "
             f"| {100 * r['data_wait_frac']:.1f}% |"
         )
+    notes = RESULTS / "notes.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _settings(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["method"], r["labels"], r["labeled_images"], r["iterations"], tuple(r.get("overrides", [])))
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main() -> int:
@@ -153,11 +201,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--plain-iterations", type=int, default=100)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override on top of the protocol (repeatable); recorded in the results")
     args = parser.parse_args()
     if not CAMVID.is_dir():
         print(f"skipped: {CAMVID} not found (the benchmark needs ../shared/data)", file=sys.stderr)
         return 0
-    print(json.dumps(run(args.method, args.labels, args.seed, args.iterations, args.plain_iterations), indent=1))
+    result = run(args.method, args.labels, args.seed, args.iterations, args.plain_iterations, args.set)
+    print(json.dumps(result, indent=1))
     return 0
 
 

@@ -38,10 +38,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its mask (None when the dataset has no mask for it)."""
+    """One image, its mask (None when the dataset has no mask for it) and, for weakly labeled images, the ids
+    of the classes present (image-level tags; None when the image carries none)."""
 
     image: Path
     mask: Path | None
+    tags: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

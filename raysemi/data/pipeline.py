@@ -20,6 +20,7 @@ import torch
 
 from raysemi.data.dataset import load_sample
 from raysemi.data.formats import DatasetFormat, Sample, open_format
+from raysemi.data.overlapping_crops import OverlappingCrops
 from raysemi.data.transforms import TrainAugment, to_tensors
 
 Record = dict[str, Any]
@@ -31,7 +32,8 @@ def plan_records(
     """Records for steps ``start_step .. total_steps - 1`` of a stream with ``batch_size`` images per step.
 
     Returns:
-        ``[{"image_path", "mask_path" ("" for no mask), "seed"}]`` in delivery order.
+        ``[{"image_path", "mask_path" ("" for no mask), "seed"}]`` in delivery order, plus ``"tags"`` (class ids
+        separated by spaces) when the samples carry image-level tags.
     """
     stream_id = sum(stream.encode())  # distinct, stable seeds per stream name
     first, last = start_step * batch_size, total_steps * batch_size
@@ -43,11 +45,14 @@ def plan_records(
             position = epoch * len(samples) + offset
             if first <= position < last:
                 sample = samples[index]
-                records.append({
+                record = {
                     "image_path": str(sample.image),
                     "mask_path": str(sample.mask) if sample.mask else "",
                     "seed": int(np.random.default_rng([seed, stream_id, position]).integers(2**62)),
-                })
+                }
+                if sample.tags is not None:
+                    record["tags"] = " ".join(str(t) for t in sample.tags)
+                records.append(record)
         epoch += 1
     return records
 
@@ -94,7 +99,54 @@ class DecodeTrainBatch:
         out = {"image": np.stack(images)}
         if masks:
             out["mask"] = np.stack(masks)
-        return out
+        return out | _tags(batch, reader.classes.num_classes)
+
+
+@dataclass(frozen=True)
+class DecodeCropPairs:
+    """Ray Data ``map_batches`` function: unlabeled records → two overlapping crops per image (CAC).
+
+    Output: ``image`` and ``image_2`` ``(B, 3, h, w)`` uint8 (crop 1, crop 2, each maybe flipped), ``valid``
+    ``(B, 2, h, w)`` uint8 (1 on image pixels), ``crop_boxes`` ``(B, 2, 4)`` int64 overlap boxes in unflipped
+    crop coordinates, ``flips`` ``(B, 2)`` bool, and ``image_tags`` ``(B, C)`` when the records carry tags.
+    See :mod:`raysemi.data.overlapping_crops`.
+    """
+
+    format_name: str
+    root: str
+    crops: OverlappingCrops
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reader = _reader(self.format_name, self.root)
+        pairs = []
+        for row in _rows(batch):
+            image, _ = to_tensors(*load_sample(reader, _sample(row)))
+            pairs.append(self.crops(image, torch.Generator().manual_seed(int(row["seed"]))))
+        out = {
+            "image": np.stack([p.images[0].numpy() for p in pairs]),
+            "image_2": np.stack([p.images[1].numpy() for p in pairs]),
+            "valid_pixels": np.stack([p.valid.numpy() for p in pairs]),
+            "crop_boxes": np.stack([p.boxes.numpy() for p in pairs]),
+            "flips": np.stack([p.flips.numpy() for p in pairs]),
+        }
+        return out | _tags(batch, reader.classes.num_classes)
+
+
+def stream_decoder(crops: OverlappingCrops | None, format_name: str, root: str, augment: TrainAugment):
+    """The ``map_batches`` function of a training stream: crop pairs when ``crops`` is set, else single crops."""
+    if crops is not None:
+        return DecodeCropPairs(format_name, root, crops)
+    return DecodeTrainBatch(format_name, root, augment)
+
+
+def _tags(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
+    """``{"image_tags": (B, C) float32 multi-hot}`` from the records' ``tags`` strings, or ``{}``."""
+    if "tags" not in batch:
+        return {}
+    tags = np.zeros((len(batch["tags"]), num_classes), np.float32)
+    for row, text in enumerate(batch["tags"]):
+        tags[row, [int(t) for t in str(text).split()]] = 1.0
+    return {"image_tags": tags}
 
 
 @dataclass(frozen=True)

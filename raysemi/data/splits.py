@@ -97,15 +97,15 @@ def read_split_file(path: str | Path, root: Path, require_masks: bool = True) ->
         if len(parts) > 2 or (require_masks and len(parts) != 2):
             expected = "'image mask'" if require_masks else "'image' or 'image mask'"
             raise DataError(f"{path}:{number}: expected {expected}, got {line.strip()!r}")
-        image = _inside(root, parts[0], path, number)
-        mask = _inside(root, parts[1], path, number) if len(parts) == 2 else None
+        image = resolve_inside(root, parts[0], path, number)
+        mask = resolve_inside(root, parts[1], path, number) if len(parts) == 2 else None
         samples.append(Sample(image, mask))
     if not samples:
         raise DataError(f"{path}: the split file lists no images")
     return samples
 
 
-def _inside(root: Path, relative: str, source: Path, number: int) -> Path:
+def resolve_inside(root: Path, relative: str, source: Path, number: int) -> Path:
     resolved = (root / relative.lstrip("/")).resolve()
     if not resolved.is_relative_to(root):
         raise DataError(f"{source}:{number}: {relative} resolves outside the dataset root {root}")

@@ -7,6 +7,7 @@ box XML, for instance) are converted to the same forms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,3 +99,49 @@ def hide_novel(mask: np.ndarray, novel: list[int], unknown: int = IGNORE_INDEX) 
     hidden = mask.copy()
     hidden[np.isin(mask, novel)] = unknown
     return hidden
+
+
+def tags_from_masks(reader, samples: list) -> dict[Path, tuple[int, ...]]:
+    """``{image path: class ids present in its mask}`` for samples with masks (``reader``: a dataset format)."""
+    tags = {}
+    for sample in samples:
+        mask = reader.decode_mask(sample.mask)
+        present = np.nonzero(image_tags(mask, reader.classes.num_classes, reader.classes.ignore_index))[0]
+        tags[sample.image] = tuple(int(c) for c in present)
+    return tags
+
+
+def write_tags_file(path: Path, tags: dict[Path, tuple[int, ...]], root: Path) -> None:
+    """One ``image_path class_id class_id ...`` line per image, paths relative to ``root``."""
+    lines = [" ".join([image.relative_to(root).as_posix(), *map(str, ids)]) for image, ids in tags.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path, tuple[int, ...]]:
+    """Read an image-level tags file (see :func:`write_tags_file`).
+
+    Raises:
+        DataError: naming the file and line of a path outside ``root``, a missing image or a bad class id.
+    """
+    from raysemi.data.splits import resolve_inside
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: tags file not found (write one with `raysemi data split ... --tags`)")
+    tags = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        image = resolve_inside(root.resolve(), parts[0], path, number)
+        try:
+            ids = tuple(int(t) for t in parts[1:])
+        except ValueError:
+            raise DataError(f"{path}:{number}: tags must be class ids 0..{num_classes - 1}, got {line!r}") from None
+        if any(not 0 <= t < num_classes for t in ids):
+            raise DataError(f"{path}:{number}: tags must be class ids 0..{num_classes - 1}, got {list(ids)}")
+        tags[image] = ids
+    return tags

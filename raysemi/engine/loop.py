@@ -54,12 +54,15 @@ class RunInfo:
 
 
 def prepare_batch(raw: RawBatch, device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a stream batch to ``device``: uint8 ``image`` → normalised float, ``mask`` → int64.
+    """Move a stream batch to ``device``: uint8 ``image`` (and CAC's second crop ``image_2``) → normalised
+    float, ``mask`` → int64.
 
     Rows with ``valid == False`` (padding that evens out the val shards) get an all-ignore mask.
     """
     batch = {k: v.to(device, non_blocking=True) for k, v in raw.items()}
-    batch["image"] = normalize(batch["image"])
+    for key in ("image", "image_2"):
+        if key in batch:
+            batch[key] = normalize(batch[key])
     if "mask" in batch:
         batch["mask"] = batch["mask"].long()
         if "valid" in batch:

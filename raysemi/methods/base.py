@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from raysemi.config import Config, LossConfig
+from raysemi.data.overlapping_crops import OverlappingCrops
 from raysemi.losses import ohem_cross_entropy, pixel_cross_entropy
 
 Batch = dict[str, dict[str, torch.Tensor]]  # stream name -> {"image": (N,3,H,W), "mask": (N,H,W), ...}
@@ -23,14 +24,17 @@ Batch = dict[str, dict[str, torch.Tensor]]  # stream name -> {"image": (N,3,H,W)
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """A training stream: which samples it draws from and its global batch size per step.
+    """A training stream: which samples it draws from, its global batch size per step, and its view.
 
     ``source="labeled"`` yields ``image`` and ``mask``; ``source="unlabeled"`` yields ``image`` only (its
-    samples carry no mask path, so their masks are never read).
+    samples carry no mask path, so their masks are never read), plus ``image_tags`` when ``data.unlabeled_tags``
+    is set. With ``crops`` set, each image arrives as two overlapping crops instead (CAC; see
+    :class:`raysemi.data.pipeline.DecodeCropPairs` for the keys).
     """
 
     source: Literal["labeled", "unlabeled"]
     batch_size: int
+    crops: OverlappingCrops | None = None
 
 
 class Method(Protocol):
@@ -55,8 +59,10 @@ def labeled_criterion(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor],
 
 
 def build_method(cfg: Config) -> Method:
+    from raysemi.methods.cac import ContextAwareConsistency
     from raysemi.methods.cps import CrossPseudoSupervision
     from raysemi.methods.supervised import Supervised
 
-    registry: dict[str, type] = {Supervised.name: Supervised, CrossPseudoSupervision.name: CrossPseudoSupervision}
+    methods = (Supervised, CrossPseudoSupervision, ContextAwareConsistency)
+    registry: dict[str, type] = {method.name: method for method in methods}
     return registry[cfg.method](cfg)

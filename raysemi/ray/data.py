@@ -11,7 +11,7 @@ import ray.data
 
 from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource
-from raysemi.data.pipeline import DecodeEvalRow, DecodeTrainBatch, plan_records, val_records
+from raysemi.data.pipeline import DecodeEvalRow, plan_records, stream_decoder, val_records
 from raysemi.data.transforms import TrainAugment
 from raysemi.methods.base import StreamSpec
 
@@ -32,7 +32,6 @@ def build_datasets(
     """``{stream name: Dataset of augmented crops, "val": Dataset of full images}``."""
     configure_data_context()
     augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
-    decode = DecodeTrainBatch(_format_name(cfg), str(source.root), augment)
     workers = max(cfg.scaling.num_workers, 1)
     datasets = {}
     for name, spec in streams.items():
@@ -40,6 +39,7 @@ def build_datasets(
         records = plan_records(samples, spec.batch_size, cfg.train.steps, start_step, cfg.run.seed, name)
         local_batch = max(spec.batch_size // workers, 1)
         blocks = _num_blocks(records, local_batch)
+        decode = stream_decoder(spec.crops, _format_name(cfg), str(source.root), augment)
         datasets[name] = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
             decode, batch_size=local_batch, batch_format="numpy"
         )

@@ -1,0 +1,241 @@
+"""CAC: directional context-aware consistency (Lai et al., "Semi-supervised Semantic Segmentation with
+Directional Context-aware Consistency", CVPR 2021), with its image-level-tag variant.
+
+Each unlabeled image arrives as two partially overlapping crops (:mod:`raysemi.data.overlapping_crops`). The
+segmenter's decoder features are resampled to stride 8 and projected to unit-length embeddings φ; on the
+overlap, each pixel's embedding in one crop should match its embedding in the other crop, seen in a different
+context, against negatives of other pseudo-classes. Per step::
+
+    L = L_ce + λ · L_dc (+ λ_w · L_w with image tags)
+    L_dc = l(φ1, φ2) + l(φ2, φ1)                    (raysemi.losses.directional_contrastive_loss)
+    L_w  = ½ (BCE(C_w(f_u1), tags) + BCE(C_w(f_u2), tags))   multi-label, on average-pooled decoder features
+
+Pseudo-labels ŷ and confidences c come from the segmenter's classifier on the same stride-8 features, without
+gradient. Negatives are embeddings (no gradient) of pixels of both crops, sampled from the batch, gathered
+from every DDP worker (``cac.num_negatives`` in all), optionally with those of the last ``cac.queue_steps``
+steps. The queue lives in memory: after a resume it starts empty and refills within K steps.
+
+Choices where the paper is silent or disagrees with its code:
+- λ: the paper's text says 30; its released code uses 0.1 with each direction normalised by the number of kept
+  anchors, as here: ``cac.weight`` defaults to 0.1. ``cac.start_step`` (the code's ``epoch_start_unsup``) and
+  ``cac.rampup_steps`` schedule it.
+- The loss of one direction is averaged over the kept anchors of the whole worker batch (the released code's
+  form), not per image; under DDP each worker averages its own anchors and DDP averages the gradients.
+- Labeled images and both crops go through the segmenter in one forward pass, so BatchNorm sees them together.
+- Padding (crops larger than the rescaled image) never serves as an anchor or a negative.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from raysemi.config import Config
+from raysemi.data.overlapping_crops import OverlappingCrops
+from raysemi.losses import directional_alignment_loss, directional_contrastive_loss, kept_anchor_shares
+from raysemi.methods.base import Batch, StreamSpec, labeled_criterion
+from raysemi.models import LogitsOnly, Projector, build_segmenter, resample_to_stride, unwrap
+
+FEATURE_STRIDE = 8
+
+
+class ContextAwareConsistency:
+    """Config keys: ``cac.*`` (see :class:`raysemi.config.CACConfig`), ``model.*``, ``loss.*``."""
+
+    name = "cac"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.options = cfg.cac
+        self.criterion = labeled_criterion(cfg.loss)
+        self.queue: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=max(self.options.queue_steps, 1))
+        self._warned_short = False
+
+    def build_models(self, num_classes: int) -> dict[str, nn.Module]:
+        segmenter = build_segmenter(self.cfg.model, num_classes)
+        models: dict[str, nn.Module] = {"segmenter": segmenter}
+        width = segmenter.head.out_channels
+        if self.options.projector:
+            models["projector"] = Projector(width, self.options.projection_dim)
+        if self.options.image_tags:
+            models["tag_classifier"] = nn.Linear(width, num_classes)
+        return models
+
+    def streams(self) -> dict[str, StreamSpec]:
+        crops = OverlappingCrops.from_config(
+            self.cfg.data, self.options.iou_range, FEATURE_STRIDE, same_crop=not self.options.context
+        )
+        return {
+            "labeled": StreamSpec("labeled", self.cfg.train.batch_size),
+            "unlabeled": StreamSpec("unlabeled", self.cfg.train.unlabeled_batch_size, crops=crops),
+        }
+
+    def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+        weight = self.weight(step)
+        uses_unlabeled = weight > 0 or self.options.image_tags
+        images = [labeled["image"]] + ([unlabeled["image"], unlabeled["image_2"]] if uses_unlabeled else [])
+        outputs = models["segmenter"](torch.cat(images))
+        n, u = len(labeled["image"]), len(unlabeled["image"])
+        loss_sup = self.criterion(outputs["logits"][:n], labeled["mask"])
+        logged = {"loss_sup": loss_sup.detach(), "cac_weight": loss_sup.new_tensor(weight)}
+        loss = loss_sup
+        features = outputs["features"][n:].split(u) if uses_unlabeled else ()
+        if weight > 0:
+            loss_dc, stats = self._consistency(models, features, unlabeled, step)
+            loss = loss + weight * loss_dc
+            logged |= {"loss_dc": loss_dc.detach(), **stats}
+        if self.options.image_tags:
+            loss_tags = self._tag_loss(models["tag_classifier"], features, unlabeled["image_tags"])
+            loss = loss + self.options.tags_weight * loss_tags
+            logged["loss_tags"] = loss_tags.detach()
+        return {"loss": loss, **logged}
+
+    def weight(self, step: int) -> float:
+        """λ at ``step``: 0 before ``cac.start_step``, then a linear ramp over ``cac.rampup_steps``."""
+        if step < self.options.start_step:
+            return 0.0
+        ramp = self.options.rampup_steps
+        return self.options.weight * (min(1.0, (step - self.options.start_step) / ramp) if ramp else 1.0)
+
+    def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
+        return LogitsOnly(unwrap(models["segmenter"]))
+
+    # --- the consistency loss -------------------------------------------------------------------------------
+
+    def _consistency(self, models, features, unlabeled, step: int):
+        """``L_dc`` for the two crops' decoder features ``(u, D, h, w)`` each, and the step's statistics."""
+        crop_size = unlabeled["image"].shape[-2:]
+        views = [
+            self._view(models, f, unlabeled["valid_pixels"][:, k], unlabeled["flips"][:, k], crop_size)
+            for k, f in enumerate(features)
+        ]
+        first, second = (_overlap(view, unlabeled["crop_boxes"][:, k]) for k, view in enumerate(views))
+        both_valid = first["valid"] & second["valid"]
+        first = {key: value[both_valid] for key, value in first.items()}
+        second = {key: value[both_valid] for key, value in second.items()}
+        contrastive = self.options.loss == "contrastive"
+        neg_feats, neg_labels = self._negatives(views, step) if contrastive else (None, None)
+        loss = self._one_direction(first, second, neg_feats, neg_labels)
+        loss = loss + self._one_direction(second, first, neg_feats, neg_labels)
+        stats = _mean_of(
+            kept_anchor_shares(first["conf"], second["conf"], self._gamma),
+            kept_anchor_shares(second["conf"], first["conf"], self._gamma),
+        )
+        stats["anchors"] = loss.new_tensor(float(len(first["emb"])))
+        if contrastive:
+            stats["negatives"] = loss.new_tensor(float(len(neg_feats)))
+        return loss, stats
+
+    @property
+    def _gamma(self) -> float:
+        return self.options.gamma if self.options.positive_filtering else 0.0
+
+    def _one_direction(self, anchor, positive, neg_feats, neg_labels) -> torch.Tensor:
+        if self.options.loss == "l2":
+            return directional_alignment_loss(
+                anchor["emb"], positive["emb"], anchor["conf"], positive["conf"], self._gamma,
+                directional=self.options.directional,
+            )
+        return directional_contrastive_loss(
+            anchor["emb"], positive["emb"], anchor["conf"], positive["conf"], anchor["label"],
+            neg_feats, neg_labels, self.options.temperature, self._gamma, self.options.chunk_size,
+            directional=self.options.directional, negative_sampling=self.options.negative_sampling,
+        )
+
+    def _view(self, models, features, valid_pixels, flips, crop_size) -> dict[str, torch.Tensor]:
+        """One crop at stride 8, flipped back to image orientation.
+
+        Returns ``emb`` ``(u, E, h, w)``, ``conf`` and ``label`` ``(u, h, w)`` (no gradient), ``valid``
+        ``(u, h, w)`` bool (cells wholly inside the image).
+        """
+        features = resample_to_stride(features, tuple(crop_size), FEATURE_STRIDE)
+        with torch.no_grad():
+            probs = unwrap(models["segmenter"]).classifier(features).float().softmax(1)
+            conf, label = probs.max(1)
+        emb = models["projector"](features) if self.options.projector else F.normalize(features, dim=1)
+        valid = F.avg_pool2d(valid_pixels[:, None].float(), FEATURE_STRIDE)[:, 0] == 1.0
+        view = {"emb": emb, "conf": conf, "label": label, "valid": valid}
+        flipped = flips.bool()
+        return {key: torch.where(_expand(flipped, value), value.flip(-1), value) for key, value in view.items()}
+
+    def _negatives(self, views, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negatives ``(M, E)`` and their pseudo-labels ``(M,)``: sampled here, gathered, plus the queue."""
+        emb = torch.cat([v["emb"].detach().permute(0, 2, 3, 1)[v["valid"]] for v in views])
+        labels = torch.cat([v["label"][v["valid"]] for v in views])
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        wanted = math.ceil(self.options.num_negatives / world)
+        generator = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + step * 1_009 + _rank())
+        chosen = torch.randperm(len(emb), generator=generator)[:wanted].to(emb.device)
+        if len(chosen) < wanted:
+            self._warn_short(len(chosen), wanted)
+        feats, labels = _gather_padded(emb[chosen], labels[chosen], wanted, world)
+        current = (feats, labels)
+        if self.options.queue_steps:
+            feats = torch.cat([feats] + [f for f, _ in self.queue])
+            labels = torch.cat([labels] + [lab for _, lab in self.queue])
+            self.queue.append(current)
+        return feats, labels
+
+    def _warn_short(self, available: int, wanted: int) -> None:
+        if not self._warned_short:
+            warnings.warn(
+                f"cac.num_negatives: a worker's batch holds {available} valid pixels, fewer than the {wanted} "
+                "negatives asked of it; using what is there (the logged `negatives` shows the count per step)",
+                stacklevel=2,
+            )
+            self._warned_short = True
+
+    @staticmethod
+    def _tag_loss(classifier: nn.Module, features, tags: torch.Tensor) -> torch.Tensor:
+        """½ Σ over the two crops of the multi-label BCE of ``C_w(average-pooled features)`` against tags."""
+        losses = [F.multilabel_soft_margin_loss(classifier(f.mean((2, 3))), tags) for f in features]
+        return (losses[0] + losses[1]) / 2
+
+
+def _overlap(view: dict[str, torch.Tensor], boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The overlap cells of every image of a view, flattened: ``emb`` ``(A, E)``, others ``(A,)``.
+
+    ``boxes`` ``(u, 4)`` are pixel boxes (y0, x0, y1, x1), multiples of the stride.
+    """
+    cells = (boxes // FEATURE_STRIDE).tolist()
+    out: dict[str, list[torch.Tensor]] = {key: [] for key in view}
+    for index, (y0, x0, y1, x1) in enumerate(cells):
+        for key, value in view.items():
+            region = value[index, ..., y0:y1, x0:x1]
+            out[key].append(region.flatten(1).T if key == "emb" else region.flatten())
+    return {key: torch.cat(parts) for key, parts in out.items()}
+
+
+def _expand(flipped: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return flipped.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _mean_of(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: (a[key] + b[key]) / 2 for key in a}
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _gather_padded(feats: torch.Tensor, labels: torch.Tensor, size: int, world: int):
+    """All workers' negatives: each pads to ``size`` rows (label −1), gathers, and drops the padding."""
+    if world == 1:
+        return feats, labels
+    padded_feats = feats.new_zeros(size, feats.shape[1])
+    padded_labels = labels.new_full((size,), -1)
+    padded_feats[: len(feats)], padded_labels[: len(labels)] = feats, labels
+    all_feats = [torch.empty_like(padded_feats) for _ in range(world)]
+    all_labels = [torch.empty_like(padded_labels) for _ in range(world)]
+    dist.all_gather(all_feats, padded_feats.contiguous())
+    dist.all_gather(all_labels, padded_labels.contiguous())
+    feats, labels = torch.cat(all_feats), torch.cat(all_labels)
+    real = labels >= 0
+    return feats[real], labels[real]
