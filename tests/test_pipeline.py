@@ -1,7 +1,12 @@
 from pathlib import Path
 
-from raysemi.data.formats import Sample
-from raysemi.data.pipeline import plan_records, val_records
+import numpy as np
+
+from raysemi.data.formats import GenericFormat, Sample
+from raysemi.data.overlapping_crops import OverlappingCrops
+from raysemi.data.pipeline import plan_records, stream_decoder, val_records
+from raysemi.data.transforms import TrainAugment
+from raysemi.data.weak_labels import tags_from_masks
 
 SAMPLES = [Sample(Path(f"/d/{i}.png"), Path(f"/d/{i}_m.png")) for i in range(5)]
 
@@ -33,3 +38,18 @@ def test_val_records_pad_to_equal_shards_with_invalid_rows():
     records = val_records(SAMPLES, world_size=4)
     assert len(records) == 8 and [r["valid"] for r in records] == [True] * 5 + [False] * 3
     assert len(val_records(SAMPLES, world_size=1)) == 5
+
+
+def test_crop_pair_stream_decodes_both_crops_boxes_and_tags(synthetic_root):
+    reader = GenericFormat(synthetic_root)
+    tags = tags_from_masks(reader, reader.samples("train")[:3])
+    samples = [Sample(image, None, ids) for image, ids in tags.items()]
+    records = plan_records(samples, batch_size=3, total_steps=1, start_step=0, seed=0, stream="unlabeled")
+    crops = OverlappingCrops((32, 48), scale_range=(1.0, 1.0))
+    decode = stream_decoder(crops, "generic", str(synthetic_root), TrainAugment((32, 48)))
+    out = decode({key: np.array([r[key] for r in records]) for key in records[0]})
+    assert out["image"].shape == out["image_2"].shape == (3, 3, 32, 48) and out["image"].dtype == np.uint8
+    assert out["valid_pixels"].shape == (3, 2, 32, 48) and out["valid_pixels"].all()  # 48×64 images: no padding
+    assert out["crop_boxes"].shape == (3, 2, 4) and out["flips"].shape == (3, 2)
+    for record, row in zip(records, out["image_tags"], strict=True):
+        assert set(np.flatnonzero(row)) == set(tags[Path(record["image_path"])])

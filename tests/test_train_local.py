@@ -152,3 +152,21 @@ def test_finished_run_is_not_retrained_and_a_lost_summary_is_rebuilt(synthetic_r
     rebuilt = train(cfg)
     assert rebuilt["miou"] == pytest.approx(summary["miou"], abs=1e-9)
     assert latest_checkpoint(tmp_path / "run").model.stat().st_mtime_ns == stamp
+
+
+def test_cac_with_image_tags_trains_on_crop_pairs(synthetic_root, tmp_path, ray_local):
+    split = tmp_path / "split"
+    assert main(["data", "split", str(synthetic_root), "--count", "4", "--out", str(split), "--tags"]) == 0
+    cfg = fast_config(
+        synthetic_root, tmp_path / "run", "method=cac", "train.unlabeled_batch_size=4", "cac.gamma=0",
+        "cac.num_negatives=500", "cac.image_tags=true", "cac.tags_weight=0.5",
+        f"data.labeled_split={split / 'labeled.txt'}", f"data.unlabeled_split={split / 'unlabeled.txt'}",
+        f"data.unlabeled_tags={split / 'unlabeled_tags.txt'}",
+    )
+    summary = train(cfg)
+    records = read_metrics(tmp_path / "run")
+    assert summary["method"] == "cac" and [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert r["loss"] == pytest.approx(r["loss_sup"] + r["cac_weight"] * r["loss_dc"] + 0.5 * r["loss_tags"])
+        # 4 images × 2 crops × 6×8 cells at stride 8 = 384 pixels < the 500 negatives asked: all of them
+        assert r["negatives"] == 384 and r["loss_dc"] > 0 and 0 < r["kept_both"] <= 1

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from raysemi.data.formats import GenericFormat
 from raysemi.data.weak_labels import (
     Box,
     class_boxes,
@@ -8,6 +9,9 @@ from raysemi.data.weak_labels import (
     image_tags,
     partition_classes,
     rasterize_boxes,
+    read_tags_file,
+    tags_from_masks,
+    write_tags_file,
 )
 from raysemi.errors import DataError
 
@@ -51,3 +55,22 @@ def test_partition_is_seeded_and_keeps_background_base():
 def test_hide_novel_turns_novel_pixels_unknown():
     hidden = hide_novel(MASK, [2])
     assert (hidden == 2).sum() == 0 and (hidden == 255).sum() == 3 and (hidden == 1).sum() == 5
+
+
+def test_tags_file_round_trip_matches_the_masks(synthetic_root, tmp_path):
+    reader = GenericFormat(synthetic_root)
+    samples = reader.samples("train")[:5]
+    tags = tags_from_masks(reader, samples)
+    write_tags_file(tmp_path / "tags.txt", tags, reader.root)
+    assert read_tags_file(tmp_path / "tags.txt", reader.root, reader.classes.num_classes) == tags
+    for sample in samples:
+        present = set(np.unique(reader.decode_mask(sample.mask)).tolist()) - {255}
+        assert set(tags[sample.image]) == present
+
+
+def test_bad_tags_files_name_the_line(synthetic_root, tmp_path):
+    reader = GenericFormat(synthetic_root)
+    image = reader.samples("train")[0].image.relative_to(reader.root).as_posix()
+    (tmp_path / "tags.txt").write_text(f"{image} 1 2\n{image} 1 99\n")
+    with pytest.raises(DataError, match=r"tags.txt:2: tags must be class ids 0..5, got \[1, 99\]"):
+        read_tags_file(tmp_path / "tags.txt", reader.root, reader.classes.num_classes)

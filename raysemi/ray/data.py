@@ -16,6 +16,7 @@ from raysemi.data.transforms import TrainAugment
 from raysemi.methods.base import StreamSpec
 
 BATCHES_PER_BLOCK = 32
+DECODE_CPUS = 0.5
 
 
 def configure_data_context() -> None:
@@ -41,7 +42,7 @@ def build_datasets(
         blocks = _num_blocks(records, local_batch)
         decode = stream_decoder(spec.crops, _format_name(cfg), str(source.root), augment)
         datasets[name] = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-            decode, batch_size=local_batch, batch_format="numpy"
+            decode, batch_size=local_batch, batch_format="numpy", num_cpus=DECODE_CPUS
         )
     val = val_records(source.val, workers)
     datasets["val"] = ray.data.from_items(val, override_num_blocks=_num_blocks(val, cfg.eval.batch_size)).map(

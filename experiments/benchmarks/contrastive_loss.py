@@ -1,0 +1,174 @@
+"""Time and peak memory of CAC's directional contrastive loss: chunked (never holds the N×M matrix) against the
+plain version that materialises it (``chunk_size=None``: plain autograd).
+
+Setting (the issue's): N = 6,400 anchors, D = 128, M = 19,200 and 76,800 negatives, every anchor kept (γ = 0,
+directional mask off) so the whole N×M product is computed; forward + backward into the anchors.
+
+- Time: median of ``--repeats`` forward+backward passes, against the matrix-product floor: one N×D @ D×M
+  product (2·N·M·D flops) at the matmul rate measured here on the same shapes.
+- Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the pass; on CPU, the growth of the process's
+  peak resident set (``ru_maxrss``) during the pass, each variant in a fresh subprocess so one cannot hide in
+  the other's peak (large tensors are mmapped and returned to the OS on free, so the peak RSS tracks them).
+
+Usage (from the repository root)::
+
+    python experiments/benchmarks/contrastive_loss.py [--negatives 19200 76800] [--chunk-size 2048]
+
+Writes ``experiments/benchmarks/results/contrastive_loss.json`` and ``contrastive_loss.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "experiments" / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))
+
+from raysemi.losses import directional_contrastive_loss  # noqa: E402
+
+
+def make_inputs(n: int, m: int, d: int, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    anchor = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device).requires_grad_()
+    positive = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device)
+    negatives = F.normalize(torch.randn(m, d, generator=g), dim=1).to(device)
+    labels = torch.randint(0, 21, (n,), generator=g).to(device)
+    neg_labels = torch.randint(0, 21, (m,), generator=g).to(device)
+    conf = torch.full((n,), 0.9, device=device)
+    return anchor, positive, conf, labels, negatives, neg_labels
+
+
+def forward_backward(inputs, chunk_size: int | None) -> None:
+    anchor, positive, conf, labels, negatives, neg_labels = inputs
+    anchor.grad = None
+    loss = directional_contrastive_loss(
+        anchor, positive, conf, conf, labels, negatives, neg_labels, gamma=0.0, chunk_size=chunk_size,
+        directional=False,
+    )
+    loss.backward()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_pass(inputs, chunk_size: int | None, repeats: int, device: torch.device) -> float:
+    forward_backward(inputs, chunk_size)  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        forward_backward(inputs, chunk_size)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def matmul_rate(n: int, m: int, d: int, device: torch.device, repeats: int = 5) -> float:
+    """Flops/s of an (n, d) @ (d, m) float32 product on this machine."""
+    a, b = torch.randn(n, d, device=device), torch.randn(d, m, device=device)
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return 2 * n * m * d / statistics.median(seconds)
+
+
+def peak_memory_bytes(n: int, m: int, d: int, chunk_size: int | None, device: torch.device) -> int:
+    """Peak memory of one forward+backward beyond the inputs (see the module docstring)."""
+    if device.type == "cuda":
+        inputs = make_inputs(n, m, d, device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        forward_backward(inputs, chunk_size)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    code = (
+        "import resource, sys, torch; sys.path.insert(0, sys.argv[1]); "
+        "from experiments.benchmarks.contrastive_loss import make_inputs, forward_backward; "
+        "n, m, d = map(int, sys.argv[2:5]); chunk = None if sys.argv[5] == 'None' else int(sys.argv[5]); "
+        "inputs = make_inputs(n, m, d, torch.device('cpu')); "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "forward_backward(inputs, chunk); "
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO), str(n), str(m), str(d), str(chunk_size)],
+        check=True, capture_output=True, text=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--anchors", type=int, default=6400)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--negatives", type=int, nargs="+", default=[19200, 76800])
+    parser.add_argument("--chunk-size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n, d = args.anchors, args.dim
+    rows = []
+    for m in args.negatives:
+        rate = matmul_rate(n, m, d, device)
+        floor = 2 * n * m * d / rate
+        inputs = make_inputs(n, m, d, device)
+        row = {"anchors": n, "dim": d, "negatives": m, "chunk_size": args.chunk_size,
+               "matmul_gflops": round(rate / 1e9, 1), "floor_s": round(floor, 4)}
+        for name, chunk in (("plain", None), ("chunked", args.chunk_size)):
+            seconds = time_pass(inputs, chunk, args.repeats, device)
+            row[f"{name}_s"] = round(seconds, 4)
+            row[f"{name}_vs_floor"] = round(seconds / floor, 2)
+            row[f"{name}_peak_mib"] = round(peak_memory_bytes(n, m, d, chunk, device) / 2**20, 1)
+        row["time_ratio"] = round(row["chunked_s"] / row["plain_s"], 3)
+        row["memory_ratio"] = round(row["plain_peak_mib"] / max(row["chunked_peak_mib"], 1e-9), 1)
+        rows.append(row)
+        print(json.dumps(row))
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "contrastive_loss.json").write_text(json.dumps({"device": device_name, "rows": rows}, indent=1) + "\n")
+    write_table(rows, device_name)
+    return 0
+
+
+def write_table(rows: list[dict], device_name: str) -> None:
+    lines = [
+        "# Directional contrastive loss: chunked vs plain",
+        "",
+        f"Script: [`contrastive_loss.py`](../contrastive_loss.py). Device: {device_name}. N anchors, D = 128, every",
+        "anchor kept; forward + backward into the anchors; time is the median of 5 passes; the floor is one",
+        "N×D @ D×M product at the matmul rate measured on the same shapes; peak memory is beyond the inputs.",
+        "",
+        "| N | M | chunk | plain (s) | chunked (s) | chunked / plain | floor (s) | chunked / floor "
+        "| plain peak (MiB) | chunked peak (MiB) | memory saved |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['anchors']} | {r['negatives']} | {r['chunk_size']} | {r['plain_s']:.3f} | {r['chunked_s']:.3f} "
+            f"| {r['time_ratio']:.2f} | {r['floor_s']:.3f} | {r['chunked_vs_floor']:.2f} "
+            f"| {r['plain_peak_mib']:.0f} | {r['chunked_peak_mib']:.0f} | {r['memory_ratio']:.1f}× |"
+        )
+    (RESULTS / "contrastive_loss.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

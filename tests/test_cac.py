@@ -1,0 +1,209 @@
+"""CAC: the directional contrastive loss, the overlapping crops, and the method's geometry and schedule."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysemi.config import load_config
+from raysemi.data.overlapping_crops import OverlappingCrops, overlap_boxes
+from raysemi.losses import directional_alignment_loss, directional_contrastive_loss
+from raysemi.methods.cac import ContextAwareConsistency, _overlap
+
+
+def _unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=1)
+
+
+def _random_case(n=40, m=300, d=16, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    anchor = (F.normalize(torch.randn(n, d, generator=g), dim=1) * scale).requires_grad_()
+    positive = (F.normalize(torch.randn(n, d, generator=g), dim=1) * scale).requires_grad_()
+    negatives = (F.normalize(torch.randn(m, d, generator=g), dim=1) * scale).requires_grad_()
+    conf_1, conf_2 = torch.rand(n, generator=g), 0.5 + 0.5 * torch.rand(n, generator=g)
+    labels, neg_labels = torch.randint(0, 4, (n,), generator=g), torch.randint(0, 4, (m,), generator=g)
+    return anchor, positive, conf_1, conf_2, labels, negatives, neg_labels
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_loss_on_a_hand_made_case(chunk_size):
+    # anchor (1,0), positive (0,1): pos logit 0; negative (1,0) of another class: logit 1; negative (-1,0) of
+    # the anchor's class is dropped by negative sampling. τ = 1: l = -log(e^0 / (e^0 + e^1)) = log(1 + e).
+    anchor = _unit([1.0, 0.0]).requires_grad_()
+    loss = directional_contrastive_loss(
+        anchor, _unit([0.0, 1.0]), torch.tensor([0.5]), torch.tensor([0.9]), torch.tensor([0]),
+        _unit([1.0, 0.0], [-1.0, 0.0]), torch.tensor([1, 0]), temperature=1.0, chunk_size=chunk_size,
+    )
+    assert loss.item() == pytest.approx(math.log(1 + math.e), abs=1e-6)
+
+
+def test_without_negative_sampling_every_negative_counts():
+    # the same case, the same-class negative (-1,0) now counts too: logit -1
+    loss = directional_contrastive_loss(
+        _unit([1.0, 0.0]), _unit([0.0, 1.0]), torch.tensor([0.5]), torch.tensor([0.9]), torch.tensor([0]),
+        _unit([1.0, 0.0], [-1.0, 0.0]), torch.tensor([1, 0]), temperature=1.0, negative_sampling=False,
+    )
+    assert loss.item() == pytest.approx(math.log(1 + math.e + math.exp(-1)), abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_gradient_reaches_the_anchor_only(chunk_size):
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case()
+    directional_contrastive_loss(anchor, positive, c1, c2, labels, negatives, neg_labels, chunk_size=chunk_size).backward()
+    assert anchor.grad.abs().sum() > 0
+    assert positive.grad is None and negatives.grad is None
+
+
+def test_masked_anchors_contribute_nothing():
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case()
+    c1[:10], c2[10:20] = 0.99, 0.5  # 0..9 fail the directional mask, 10..19 positive filtering (γ = 0.75)
+    base = directional_contrastive_loss(anchor, positive, c1, c2, labels, negatives, neg_labels, chunk_size=64)
+    base.backward()
+    assert anchor.grad[:20].abs().sum() == 0 and anchor.grad[20:].abs().sum() > 0
+    moved = anchor.detach().clone()
+    moved[:20] = F.normalize(torch.randn(20, 16), dim=1)
+    again = directional_contrastive_loss(moved, positive, c1, c2, labels, negatives, neg_labels, chunk_size=64)
+    assert again.item() == pytest.approx(base.item(), rel=1e-6)
+
+
+def test_no_kept_anchor_gives_zero_with_a_graph():
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case()
+    never_confident = torch.full_like(c2, 0.7)  # below γ = 0.75 everywhere
+    loss = directional_contrastive_loss(anchor, positive, c1 * 0, never_confident, labels, negatives, neg_labels)
+    loss.backward()
+    assert loss.item() == 0.0 and anchor.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 299, 300, 10_000])
+def test_chunked_equals_unchunked_in_value_and_gradient(chunk_size):
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case()
+    dense = directional_contrastive_loss(anchor, positive, c1, c2, labels, negatives, neg_labels)
+    (dense_grad,) = torch.autograd.grad(dense, anchor)
+    chunked = directional_contrastive_loss(anchor, positive, c1, c2, labels, negatives, neg_labels, chunk_size=chunk_size)
+    (chunked_grad,) = torch.autograd.grad(chunked, anchor)
+    assert chunked.item() == pytest.approx(dense.item(), rel=1e-5)
+    torch.testing.assert_close(chunked_grad, dense_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_chunked_gradient_passes_gradcheck():
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case(n=6, m=20, d=4)
+    anchor = anchor.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a: directional_contrastive_loss(
+            a, positive.double(), c1, c2, labels, negatives.double(), neg_labels, chunk_size=3
+        ),
+        (anchor,),
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_large_exponents_stay_finite(chunk_size):
+    # τ = 0.05 with features of norm 30: logits up to 18,000, far past exp's float range
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case(scale=30.0)
+    loss = directional_contrastive_loss(
+        anchor, positive, c1, c2, labels, negatives, neg_labels, temperature=0.05, chunk_size=chunk_size
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(anchor.grad).all()
+
+
+def test_chunked_loss_saves_no_n_by_m_tensor_for_backward():
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case(n=64, m=2000)
+    c1.zero_()  # every anchor kept
+    for chunk_size, check in ((None, lambda saved: saved >= 64 * 2000), (100, lambda saved: saved < 64 * 100)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            directional_contrastive_loss(
+                anchor, positive, c1, c2, labels, negatives, neg_labels, gamma=0.0, chunk_size=chunk_size
+            )
+        assert check(max(saved)), (chunk_size, max(saved))
+
+
+def test_l2_alignment_on_a_hand_made_case():
+    anchor = _unit([1.0, 0.0], [0.0, 1.0]).requires_grad_()
+    positive = _unit([0.0, 1.0], [0.0, 1.0])
+    # anchor 0 is kept (‖(1,-1)‖² = 2), anchor 1 fails the directional mask
+    loss = directional_alignment_loss(anchor, positive, torch.tensor([0.1, 0.95]), torch.tensor([0.9, 0.9]))
+    loss.backward()
+    assert loss.item() == pytest.approx(2.0)
+    assert anchor.grad[1].abs().sum() == 0
+
+
+# --- the overlapping crops ----------------------------------------------------------------------------------
+
+
+def _coordinate_image(height=120, width=150):
+    """uint8 image whose pixels name their position: R = y, G = x (mod 256), B = (y + 2x) mod 256."""
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([y % 256, x % 256, (y + 2 * x) % 256]).to(torch.uint8)
+
+
+def test_overlap_boxes_point_at_the_same_image_content():
+    crops = OverlappingCrops((64, 96), scale_range=(1.0, 1.0), photometric=False)
+    image = _coordinate_image()
+    ious = []
+    for seed in range(60):
+        pair = crops(image, torch.Generator().manual_seed(seed))
+        unflipped = [im.flip(-1) if f else im for im, f in zip(pair.images, pair.flips, strict=True)]
+        (a0, a1, a2, a3), (b0, b1, b2, b3) = pair.boxes.tolist()
+        assert torch.equal(unflipped[0][:, a0:a2, a1:a3], unflipped[1][:, b0:b2, b1:b3])
+        assert (pair.boxes % 8 == 0).all()
+        ious.append((a2 - a0) * (a3 - a1) / (2 * 64 * 96 - (a2 - a0) * (a3 - a1)))
+    assert all(0.1 <= iou <= 1.0 for iou in ious) and min(ious) < 0.9  # the crops do move apart
+    assert any(pair.flips.tolist() for pair in [crops(image, torch.Generator().manual_seed(s)) for s in range(5)])
+
+
+def test_crop_two_falls_back_to_crop_one_when_no_offset_fits_the_iou_range():
+    crops = OverlappingCrops((64, 96), scale_range=(1.0, 1.0), iou_range=(0.99, 1.0), photometric=False)
+    pair = crops(_coordinate_image(), torch.Generator().manual_seed(0))
+    assert pair.boxes.tolist() == [[0, 0, 64, 96], [0, 0, 64, 96]]
+
+
+def test_padding_is_marked_invalid():
+    crops = OverlappingCrops((64, 96), scale_range=(1.0, 1.0), hflip=False, photometric=False)
+    pair = crops(_coordinate_image(40, 96), torch.Generator().manual_seed(0))
+    assert pair.valid.shape == (2, 64, 96)
+    assert pair.valid[:, :40].all() and not pair.valid[:, 40:].any()
+
+
+def test_overlap_box_arithmetic():
+    box_1, box_2, iou = overlap_boxes((0, 0), (8, 16), (32, 32))
+    assert box_1 == (8, 16, 32, 32) and box_2 == (0, 0, 24, 16)
+    assert iou == pytest.approx(24 * 16 / (2 * 32 * 32 - 24 * 16))
+
+
+# --- the method ---------------------------------------------------------------------------------------------
+
+
+class _ImageAsFeatures(nn.Module):
+    """A 'segmenter' whose decoder features are the image itself: a pure per-pixel function."""
+
+    def __init__(self):
+        super().__init__()
+        self.classifier = nn.Conv2d(3, 4, kernel_size=1)
+
+
+def test_views_flip_back_and_cut_the_same_pixels_from_both_crops():
+    method = ContextAwareConsistency(load_config(None, ["method=cac", "cac.projector=false"]))
+    crops = OverlappingCrops((64, 96), scale_range=(1.0, 1.0), photometric=False)
+    pairs = [crops(_coordinate_image().float(), torch.Generator().manual_seed(s)) for s in range(6)]
+    models = {"segmenter": _ImageAsFeatures()}
+    views = []
+    for k in range(2):
+        features = torch.stack([p.images[k] for p in pairs]).float()
+        valid = torch.stack([p.valid[k] for p in pairs])
+        flips = torch.stack([p.flips[k] for p in pairs])
+        views.append(_overlap(method._view(models, features, valid, flips, (64, 96)),
+                              torch.stack([p.boxes[k] for p in pairs])))
+    assert len(views[0]["emb"]) > 0
+    torch.testing.assert_close(views[0]["emb"], views[1]["emb"])
+    torch.testing.assert_close(views[0]["conf"], views[1]["conf"])
+
+
+def test_weight_is_off_before_the_start_step_then_ramps():
+    method = ContextAwareConsistency(
+        load_config(None, ["method=cac", "cac.weight=2.0", "cac.start_step=10", "cac.rampup_steps=20"])
+    )
+    assert [method.weight(s) for s in (0, 9, 10, 20, 30, 100)] == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0]
