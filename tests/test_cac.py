@@ -213,3 +213,33 @@ def test_weight_is_off_before_the_start_step_then_ramps():
         load_config(None, ["method=cac", "cac.weight=2.0", "cac.start_step=10", "cac.rampup_steps=20"])
     )
     assert [method.weight(s) for s in (0, 9, 10, 20, 30, 100)] == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0]
+
+
+def _gather_on_rank(rank, port, results):
+    import torch.distributed as dist
+
+    from raysemi.methods.cac import _gather_padded
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        count = 3 if rank == 0 else 5  # rank 0's batch holds fewer pixels than the 5 asked
+        feats = torch.full((count, 2), float(rank + 1))
+        labels = torch.arange(count) + 10 * rank
+        gathered_feats, gathered_labels = _gather_padded(feats, labels, size=5, world=2)
+        results[rank] = (gathered_feats.tolist(), gathered_labels.tolist())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_negatives_are_gathered_from_every_worker_without_padding():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_gather_on_rank, args=(port, results), nprocs=2)
+    expected = ([[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 5, [0, 1, 2, 10, 11, 12, 13, 14])
+    assert results[0] == results[1] == expected

@@ -128,6 +128,12 @@ def test_workers_that_leave_no_cpu_for_data_are_refused(synthetic_root, tmp_path
         check_cpu_budget(cfg)
     check_cpu_budget(fast_config(synthetic_root, tmp_path / "run", "scaling.num_workers=2",
                                  "scaling.cpus_per_worker=0.5"))
+    # two streams (labeled + unlabeled) need a whole CPU each once the workers have theirs
+    cps = fast_config(synthetic_root, tmp_path / "run", "method=cps", "scaling.num_workers=1")
+    with pytest.raises(ConfigError, match=r"leave less than 2 of this Ray's 2 CPUs for the 2 data stream\(s\) "
+                                          r"of method cps; lower scaling.num_workers, or use scaling.num_workers=0"):
+        check_cpu_budget(cps, num_streams=2)
+    check_cpu_budget(fast_config(synthetic_root, tmp_path / "run", "method=cps", "scaling.num_workers=0"), 2)
 
 
 def test_cps_trains_on_labeled_and_unlabeled_streams(synthetic_root, tmp_path, ray_local):

@@ -35,8 +35,8 @@ def train(cfg: Config) -> dict[str, Any]:
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         return read_summary(run_dir)
     init_ray(cfg)
-    check_cpu_budget(cfg)
     streams = build_method(cfg).streams()
+    check_cpu_budget(cfg, len(streams))
     loop_config = {
         "config": cfg.model_dump(mode="json"),
         "run_dir": str(run_dir),
@@ -116,19 +116,27 @@ def scaling_config(cfg: Config) -> ScalingConfig:
     return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
 
 
-def check_cpu_budget(cfg: Config) -> None:
-    """Refuse a layout whose workers take every CPU: Ray Data's decode tasks would wait forever.
+def check_cpu_budget(cfg: Config, num_streams: int = 1) -> None:
+    """Refuse a layout that leaves Ray Data too few CPUs: its decode tasks would wait forever.
 
-    Skipped for an explicit ``scaling.address``: a cluster may autoscale past what it has now.
+    Ray Train reserves the workers' CPUs; the training streams' Ray Data executors share what is left in
+    whole CPUs. Measured on a 2-CPU machine with Ray 2.60: one stream runs with 1 CPU left, but two streams
+    (a semi-supervised method's labeled and unlabeled data) starve with 1 CPU left and the run hangs. So with
+    workers, at least one whole CPU per stream must remain. Local mode (``num_workers=0``) reserves nothing
+    for training and always passes. Skipped for an explicit ``scaling.address``: a cluster may autoscale past
+    what it has now.
     """
     s = cfg.scaling
-    if s.address:
+    if s.address or s.num_workers == 0:
         return
     total = ray.cluster_resources().get("CPU", 0)
     claimed = s.num_workers * s.cpus_per_worker
-    if claimed > total - 1:
+    needed = max(num_streams, 1)
+    if claimed > total - needed:
+        room = max((total - needed) / s.num_workers, 0)
+        fix = f"lower scaling.cpus_per_worker to {room:g}" if room >= 0.25 else "lower scaling.num_workers"
         raise ConfigError(
-            f"scaling: {s.num_workers} workers x {s.cpus_per_worker} CPUs leave less than 1 of this Ray's "
-            f"{total:g} CPUs for data loading; lower scaling.cpus_per_worker (e.g. "
-            f"{max((total - 1) / max(s.num_workers, 1), 0.25):g}) or scaling.num_workers"
+            f"scaling: {s.num_workers} workers x {s.cpus_per_worker} CPUs leave less than {needed} of this Ray's "
+            f"{total:g} CPUs for the {needed} data stream(s) of method {cfg.method}; {fix}, or use "
+            "scaling.num_workers=0 (the loop in the driver)"
         )
