@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", type=Path, required=True, help="folder for labeled.txt and unlabeled.txt")
     split.add_argument("--tags", action="store_true",
                        help="also write unlabeled_tags.txt: each unlabeled image's classes, from its mask")
+    split.add_argument("--boxes", action="store_true",
+                       help="also write unlabeled_boxes.txt: each unlabeled image's boxes (VOC: Annotations/*.xml; "
+                            "otherwise one box per connected component of each class of its mask)")
     split.set_defaults(handler=cmd_split)
 
     check = data.add_parser("check", help="report every problem in a dataset in one pass")
@@ -156,6 +159,10 @@ def cmd_split(args: argparse.Namespace) -> int:
         from raysemi.data.weak_labels import tags_from_masks, write_tags_file
 
         write_tags_file(args.out / "unlabeled_tags.txt", tags_from_masks(reader, split.unlabeled), reader.root)
+    if args.boxes:
+        from raysemi.data.weak_labels import dataset_boxes, write_boxes_file
+
+        write_boxes_file(args.out / "unlabeled_boxes.txt", dataset_boxes(reader, split.unlabeled), reader.root)
     print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled -> {args.out}")
     return 0
 

@@ -53,6 +53,7 @@ class DataConfig(Section):
     labeled_split: str | None = None  # split file of `image mask` lines; overrides label_fraction/count
     unlabeled_split: str | None = None  # default: the train images not in the labeled split
     unlabeled_tags: str | None = None  # image-level tags file for the unlabeled images (`data split --tags`)
+    unlabeled_boxes: str | None = None  # boxes file for the unlabeled (weak) images (`data split --boxes`)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     label_count: int | None = Field(None, ge=1)
     split_seed: int = 0

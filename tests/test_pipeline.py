@@ -1,12 +1,13 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from raysemi.data.formats import GenericFormat, Sample
 from raysemi.data.overlapping_crops import OverlappingCrops
-from raysemi.data.pipeline import plan_records, stream_decoder, val_records
+from raysemi.data.pipeline import box_raster, plan_records, stream_decoder, val_records
 from raysemi.data.transforms import TrainAugment
-from raysemi.data.weak_labels import tags_from_masks
+from raysemi.data.weak_labels import Box, tags_from_masks
 
 SAMPLES = [Sample(Path(f"/d/{i}.png"), Path(f"/d/{i}_m.png")) for i in range(5)]
 
@@ -53,3 +54,21 @@ def test_crop_pair_stream_decodes_both_crops_boxes_and_tags(synthetic_root):
     assert out["crop_boxes"].shape == (3, 2, 4) and out["flips"].shape == (3, 2)
     for record, row in zip(records, out["image_tags"], strict=True):
         assert set(np.flatnonzero(row)) == set(tags[Path(record["image_path"])])
+
+
+def test_boxes_follow_the_crop_and_padding_is_empty():
+    # a 40×60 image whose mask has one class-2 rectangle at rows 10..20, columns 30..50
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    mask = torch.zeros(40, 60, dtype=torch.uint8)
+    mask[10:20, 30:50] = 2
+    boxes = [Box(2, 10, 30, 20, 50)]
+    augment = TrainAugment((48, 64), scale_range=(0.6, 1.4), color_jitter=0.0)
+    for seed in range(20):
+        _, crop_mask, geometry = augment.augment(image, mask, torch.Generator().manual_seed(seed))
+        raster = box_raster(boxes, geometry, (40, 60), num_classes=3)
+        inside = crop_mask == 2
+        assert raster[2][inside].all()  # the box covers the object ...
+        assert raster[2].sum() <= inside.sum() + 2 * (raster[2].any(0).sum() + raster[2].any(1).sum())  # ... tightly
+        padding = crop_mask == 255
+        assert not raster[:, padding].any() and (raster[:, ~padding].sum(0) >= 1).all()
+        assert torch.equal(raster[3][~padding].bool(), ~raster[2][~padding].bool())  # channel C: outside boxes

@@ -4,13 +4,17 @@ import pytest
 from raysemi.data.formats import GenericFormat
 from raysemi.data.weak_labels import (
     Box,
+    boxes_from_masks,
     class_boxes,
     hide_novel,
     image_tags,
     partition_classes,
     rasterize_boxes,
+    read_boxes_file,
     read_tags_file,
     tags_from_masks,
+    voc_annotation_boxes,
+    write_boxes_file,
     write_tags_file,
 )
 from raysemi.errors import DataError
@@ -74,3 +78,28 @@ def test_bad_tags_files_name_the_line(synthetic_root, tmp_path):
     (tmp_path / "tags.txt").write_text(f"{image} 1 2\n{image} 1 99\n")
     with pytest.raises(DataError, match=r"tags.txt:2: tags must be class ids 0..5, got \[1, 99\]"):
         read_tags_file(tmp_path / "tags.txt", reader.root, reader.classes.num_classes)
+
+
+def test_boxes_file_round_trip_and_bad_boxes(synthetic_root, tmp_path):
+    reader = GenericFormat(synthetic_root)
+    boxes = boxes_from_masks(reader, reader.samples("train")[:4])
+    assert all(boxes.values())  # every synthetic scene has shapes
+    write_boxes_file(tmp_path / "boxes.txt", boxes, reader.root)
+    assert read_boxes_file(tmp_path / "boxes.txt", reader.root, reader.classes.num_classes) == boxes
+    image = next(iter(boxes)).relative_to(reader.root).as_posix()
+    (tmp_path / "bad.txt").write_text(f"{image} 1,5,5,2,9\n")
+    with pytest.raises(DataError, match=r"bad.txt:1: box '1,5,5,2,9' needs a class id in 0..5, 0 <= y0 < y1"):
+        read_boxes_file(tmp_path / "bad.txt", reader.root, reader.classes.num_classes)
+
+
+def test_voc_annotation_boxes_convert_one_based_inclusive_corners(tmp_path):
+    xml = tmp_path / "2007_000032.xml"
+    xml.write_text(
+        "<annotation><object><name>aeroplane</name><bndbox><xmin>104</xmin><ymin>78</ymin><xmax>375</xmax>"
+        "<ymax>183</ymax></bndbox></object><object><name>person</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>"
+    )
+    names = ("background", "aeroplane", "person")
+    assert voc_annotation_boxes(xml, names) == [Box(1, 77, 103, 183, 375), Box(2, 0, 0, 20, 10)]
+    with pytest.raises(DataError, match="object class 'person' is not one of background, aeroplane"):
+        voc_annotation_boxes(xml, names[:2])

@@ -17,7 +17,7 @@ from raysemi.config import DataConfig
 from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, open_format, read_image
 from raysemi.data.splits import Split, complement, make_split, read_split_file
 from raysemi.data.synthetic import ensure_synthetic
-from raysemi.data.weak_labels import read_tags_file
+from raysemi.data.weak_labels import read_boxes_file, read_tags_file
 from raysemi.errors import DataError
 from raysemi.progress import progress
 
@@ -65,23 +65,31 @@ def open_dataset(cfg: DataConfig) -> DatasetSource:
     else:
         split = make_split(train, cfg.label_fraction, cfg.label_count, cfg.split_seed)
     # Unlabeled samples never carry a mask path: nothing downstream can read their masks.
-    tags = _unlabeled_tags(cfg, reader, split.unlabeled)
-    split = Split(split.labeled, [Sample(s.image, None, tags.get(s.image)) for s in split.unlabeled])
+    tags = _unlabeled_weak_labels(cfg.unlabeled_tags, read_tags_file, reader, split.unlabeled)
+    boxes = _unlabeled_weak_labels(cfg.unlabeled_boxes, read_boxes_file, reader, split.unlabeled)
+    split = Split(
+        split.labeled,
+        [Sample(s.image, None, tags.get(s.image), _tuple_or_none(boxes.get(s.image))) for s in split.unlabeled],
+    )
     if not split.labeled:
         raise DataError(f"the labeled split is empty ({cfg.labeled_split or 'data.label_fraction'})")
     return DatasetSource(reader, train, val, split)
 
 
-def _unlabeled_tags(cfg: DataConfig, reader: DatasetFormat, unlabeled: list[Sample]) -> dict[Path, tuple[int, ...]]:
-    """Image-level tags for every unlabeled image from ``data.unlabeled_tags`` (empty when unset)."""
-    if not cfg.unlabeled_tags:
+def _unlabeled_weak_labels(path: str | None, read, reader: DatasetFormat, unlabeled: list[Sample]) -> dict:
+    """``{image: weak label}`` from a tags or boxes file covering every unlabeled image (empty when unset)."""
+    if not path:
         return {}
-    tags = read_tags_file(cfg.unlabeled_tags, reader.root, reader.classes.num_classes)
-    missing = [s.image for s in unlabeled if s.image not in tags]
+    labels = read(path, reader.root, reader.classes.num_classes)
+    missing = [s.image for s in unlabeled if s.image not in labels]
     if missing:
-        raise DataError(f"{cfg.unlabeled_tags}: no tags for {len(missing)} unlabeled images, e.g. {missing[0]}; "
+        raise DataError(f"{path}: nothing for {len(missing)} unlabeled images, e.g. {missing[0]}; "
                         "the file must list every unlabeled image")
-    return tags
+    return labels
+
+
+def _tuple_or_none(items: list | None) -> tuple | None:
+    return None if items is None else tuple(items)
 
 
 def load_sample(reader: DatasetFormat, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:

@@ -39,11 +39,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 @dataclass(frozen=True)
 class Sample:
     """One image, its mask (None when the dataset has no mask for it) and, for weakly labeled images, the ids
-    of the classes present (image-level tags; None when the image carries none)."""
+    of the classes present (image-level tags) or its boxes (``weak_labels.Box`` es); None when it has none."""
 
     image: Path
     mask: Path | None
     tags: tuple[int, ...] | None = None
+    boxes: tuple | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import torch
 from raysemi.data.dataset import load_sample
 from raysemi.data.formats import DatasetFormat, Sample, open_format
 from raysemi.data.overlapping_crops import OverlappingCrops
-from raysemi.data.transforms import TrainAugment, to_tensors
+from raysemi.data.transforms import Geometry, TrainAugment, to_tensors
+from raysemi.data.weak_labels import Box, rasterize_boxes
 
 Record = dict[str, Any]
 
@@ -33,7 +34,8 @@ def plan_records(
 
     Returns:
         ``[{"image_path", "mask_path" ("" for no mask), "seed"}]`` in delivery order, plus ``"tags"`` (class ids
-        separated by spaces) when the samples carry image-level tags.
+        separated by spaces) or ``"boxes"`` (``label,y0,x0,y1,x1`` separated by spaces) when the samples carry
+        image-level tags or boxes.
     """
     stream_id = sum(stream.encode())  # distinct, stable seeds per stream name
     first, last = start_step * batch_size, total_steps * batch_size
@@ -52,6 +54,8 @@ def plan_records(
                 }
                 if sample.tags is not None:
                     record["tags"] = " ".join(str(t) for t in sample.tags)
+                if sample.boxes is not None:
+                    record["boxes"] = " ".join(f"{b.label},{b.y0},{b.x0},{b.y1},{b.x1}" for b in sample.boxes)
                 records.append(record)
         epoch += 1
     return records
@@ -80,7 +84,10 @@ class DecodeTrainBatch:
     """Ray Data ``map_batches`` function: records → augmented crops.
 
     Output: ``image`` ``(B, 3, h, w)`` uint8 and, for labeled records, ``mask`` ``(B, h, w)`` uint8 (255 =
-    ignore). Normalisation happens on the training device, so a quarter of the bytes travel.
+    ignore); ``image_tags`` ``(B, C)`` for records with tags; ``boxes`` ``(B, C + 1, h, w)`` uint8 for records
+    with boxes: the boxes carried through the crop's scale/crop/flip and rasterised (channel c inside boxes
+    of class c, channel C outside every box, all channels 0 on padding). Normalisation happens on the training
+    device, so a quarter of the bytes travel.
     """
 
     format_name: str
@@ -89,17 +96,36 @@ class DecodeTrainBatch:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reader = _reader(self.format_name, self.root)
-        images, masks = [], []
+        num_classes = reader.classes.num_classes
+        images, masks, rasters = [], [], []
         for row in _rows(batch):
             image, mask = to_tensors(*load_sample(reader, _sample(row)))
-            image, mask = self.augment(image, mask, torch.Generator().manual_seed(int(row["seed"])))
+            size = tuple(image.shape[-2:])
+            image, mask, geometry = self.augment.augment(image, mask, torch.Generator().manual_seed(int(row["seed"])))
             images.append(image.numpy())
             if mask is not None:
                 masks.append(mask.numpy())
+            if "boxes" in row:
+                rasters.append(box_raster(parse_boxes(str(row["boxes"])), geometry, size, num_classes).numpy())
         out = {"image": np.stack(images)}
         if masks:
             out["mask"] = np.stack(masks)
-        return out | _tags(batch, reader.classes.num_classes)
+        if rasters:
+            out["boxes"] = np.stack(rasters)
+        return out | _tags(batch, num_classes)
+
+
+def parse_boxes(text: str) -> list[Box]:
+    """``"label,y0,x0,y1,x1 ..."`` (a record's ``boxes``) → boxes."""
+    return [Box(*(int(v) for v in cell.split(","))) for cell in text.split()]
+
+
+def box_raster(boxes: list[Box], geometry: Geometry, original_size: tuple[int, int], num_classes: int):
+    """Boxes of an image of ``original_size`` → ``(C + 1, h, w)`` uint8 raster of its training crop."""
+    crop_h, crop_w = geometry.crop_size
+    raster = rasterize_boxes(geometry.boxes(boxes, original_size), num_classes, crop_h, crop_w)
+    raster[:, ~geometry.valid()] = 0
+    return raster.to(torch.uint8)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ replays exactly the augmentations an uninterrupted one would have drawn. The ope
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from torchvision.transforms.v2 import functional as F
 
 from raysemi.config import DataConfig
 from raysemi.data.formats import IGNORE_INDEX
+from raysemi.data.weak_labels import Box
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +37,45 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a training crop came from: the resized image size, the crop's top-left corner in the resized
+    (bottom/right padded) image, whether it was flipped, and the crop size; all ``(height, width)``."""
+
+    scaled_size: tuple[int, int]
+    top: int
+    left: int
+    flip: bool
+    crop_size: tuple[int, int]
+
+    def valid(self) -> torch.Tensor:
+        """``(h, w)`` bool: crop pixels that lie on the image (False on padding)."""
+        (crop_h, crop_w), (height, width) = self.crop_size, self.scaled_size
+        valid = torch.zeros(crop_h, crop_w, dtype=torch.bool)
+        valid[: max(height - self.top, 0), : max(width - self.left, 0)] = True
+        return valid.flip(-1) if self.flip else valid
+
+    def boxes(self, boxes: list[Box], original_size: tuple[int, int]) -> list[Box]:
+        """Boxes in original image coordinates → in crop coordinates (clipped; boxes left empty dropped).
+
+        Scaled corners round outwards (floor the start, ceil the end), so a box still covers every pixel of its
+        object in the nearest-neighbour resized mask.
+        """
+        (height, width), (crop_h, crop_w) = original_size, self.crop_size
+        sy, sx = self.scaled_size[0] / height, self.scaled_size[1] / width
+        moved = []
+        for box in boxes:
+            y0 = min(max(math.floor(box.y0 * sy) - self.top, 0), crop_h)
+            y1 = min(max(math.ceil(box.y1 * sy) - self.top, 0), crop_h)
+            x0 = min(max(math.floor(box.x0 * sx) - self.left, 0), crop_w)
+            x1 = min(max(math.ceil(box.x1 * sx) - self.left, 0), crop_w)
+            if y1 > y0 and x1 > x0:
+                if self.flip:
+                    x0, x1 = crop_w - x1, crop_w - x0
+                moved.append(Box(box.label, y0, x0, y1, x1))
+        return moved
 
 
 @dataclass(frozen=True)
@@ -65,21 +106,29 @@ class TrainAugment:
         self, image: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(3, H, W)`` uint8 image, ``(H, W)`` uint8 mask or None → ``(3, h, w)``, ``(h, w)`` uint8."""
-        image, mask = self._scale(image, mask, generator)
-        image, mask = self._crop(image, mask, generator)
-        if self.hflip and torch.rand((), generator=generator).item() < 0.5:
+        image, mask, _ = self.augment(image, mask, generator)
+        return image, mask
+
+    def augment(
+        self, image: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Geometry]:
+        """As ``__call__``, plus the :class:`Geometry` drawn (to carry boxes along)."""
+        factor = _uniform(generator, *self.scale_range)
+        size = (max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor)))
+        image, mask = self._scale(image, mask, size)
+        image, mask, (top, left) = self._crop(image, mask, generator)
+        flip = self.hflip and torch.rand((), generator=generator).item() < 0.5
+        if flip:
             image = image.flip(-1)
             mask = None if mask is None else mask.flip(-1)
         if self.color_jitter > 0:
             image = self._jitter(image, generator)
-        return image, mask
+        return image, mask, Geometry(size, top, left, flip, tuple(self.crop_size))
 
-    def _scale(self, image, mask, generator):
-        factor = _uniform(generator, *self.scale_range)
-        size = [max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))]
-        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    def _scale(self, image, mask, size):
+        image = F.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
         if mask is not None:
-            mask = F.resize(mask[None], size, interpolation=InterpolationMode.NEAREST)[0]
+            mask = F.resize(mask[None], list(size), interpolation=InterpolationMode.NEAREST)[0]
         return image, mask
 
     def _crop(self, image, mask, generator):
@@ -93,7 +142,7 @@ class TrainAugment:
         left = int(torch.randint(0, image.shape[-1] - crop_w + 1, (), generator=generator))
         image = image[:, top : top + crop_h, left : left + crop_w]
         mask = None if mask is None else mask[top : top + crop_h, left : left + crop_w]
-        return image, mask
+        return image, mask, (top, left)
 
     def _jitter(self, image, generator):
         low, high = 1 - self.color_jitter, 1 + self.color_jitter

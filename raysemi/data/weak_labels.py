@@ -114,10 +114,7 @@ def tags_from_masks(reader, samples: list) -> dict[Path, tuple[int, ...]]:
 def write_tags_file(path: Path, tags: dict[Path, tuple[int, ...]], root: Path) -> None:
     """One ``image_path class_id class_id ...`` line per image, paths relative to ``root``."""
     lines = [" ".join([image.relative_to(root).as_posix(), *map(str, ids)]) for image, ids in tags.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    _write_atomically(path, lines)
 
 
 def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path, tuple[int, ...]]:
@@ -145,3 +142,92 @@ def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path,
             raise DataError(f"{path}:{number}: tags must be class ids 0..{num_classes - 1}, got {list(ids)}")
         tags[image] = ids
     return tags
+
+
+def boxes_from_masks(reader, samples: list) -> dict[Path, list[Box]]:
+    """``{image path: one box per connected component of each class}`` for samples with masks.
+
+    Classes named ``background`` get no boxes (their channel stays empty; the raster's last channel marks
+    "outside every box").
+    """
+    skip = tuple(i for i, name in enumerate(reader.classes.names) if name.lower() == "background")
+    return {s.image: class_boxes(reader.decode_mask(s.mask), reader.classes.num_classes, skip) for s in samples}
+
+
+def dataset_boxes(reader, samples: list) -> dict[Path, list[Box]]:
+    """Real box annotations where the dataset has them (VOC's ``Annotations/<id>.xml``), else boxes from masks."""
+    annotations = reader.root / "Annotations"
+    if reader.name == "voc" and annotations.is_dir():
+        names = reader.classes.names
+        return {s.image: voc_annotation_boxes(annotations / f"{s.image.stem}.xml", names) for s in samples}
+    return boxes_from_masks(reader, samples)
+
+
+def voc_annotation_boxes(xml_path: Path, class_names: tuple[str, ...]) -> list[Box]:
+    """Boxes of a PASCAL VOC ``Annotations/<id>.xml`` (1-based inclusive pixel corners) as :class:`Box` es.
+
+    Raises:
+        DataError: naming the file for unreadable XML or a class name not in ``class_names``.
+    """
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.parse(xml_path).getroot()
+    except (ElementTree.ParseError, OSError) as exc:
+        raise DataError(f"{xml_path}: not a readable VOC annotation ({exc})") from None
+    boxes = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_names:
+            raise DataError(f"{xml_path}: object class {name!r} is not one of {', '.join(class_names)}")
+        corner = {k: int(float(obj.findtext(f"bndbox/{k}"))) for k in ("xmin", "ymin", "xmax", "ymax")}
+        label = class_names.index(name)
+        boxes.append(Box(label, corner["ymin"] - 1, corner["xmin"] - 1, corner["ymax"], corner["xmax"]))
+    return boxes
+
+
+def write_boxes_file(path: Path, boxes: dict[Path, list[Box]], root: Path) -> None:
+    """One ``image_path label,y0,x0,y1,x1 ...`` line per image (exclusive ends), paths relative to ``root``."""
+    lines = []
+    for image, image_boxes in boxes.items():
+        cells = [f"{b.label},{b.y0},{b.x0},{b.y1},{b.x1}" for b in image_boxes]
+        lines.append(" ".join([image.relative_to(root).as_posix(), *cells]))
+    _write_atomically(path, lines)
+
+
+def read_boxes_file(path: str | Path, root: Path, num_classes: int) -> dict[Path, list[Box]]:
+    """Read a boxes file (see :func:`write_boxes_file`).
+
+    Raises:
+        DataError: naming the file and line of a path outside ``root``, a missing image or a malformed box.
+    """
+    from raysemi.data.splits import resolve_inside
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: boxes file not found (write one with `raysemi data split ... --boxes`)")
+    boxes = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if parts:
+            image = resolve_inside(root.resolve(), parts[0], path, number)
+            boxes[image] = [_parse_box(cell, num_classes, path, number) for cell in parts[1:]]
+    return boxes
+
+
+def _parse_box(cell: str, num_classes: int, path: Path, number: int) -> Box:
+    try:
+        label, y0, x0, y1, x1 = (int(v) for v in cell.split(","))
+    except ValueError:
+        raise DataError(f"{path}:{number}: a box is label,y0,x0,y1,x1 (integers), got {cell!r}") from None
+    if not 0 <= label < num_classes or y1 <= y0 or x1 <= x0 or min(y0, x0) < 0:
+        raise DataError(f"{path}:{number}: box {cell!r} needs a class id in 0..{num_classes - 1}, "
+                        "0 <= y0 < y1 and 0 <= x0 < x1")
+    return Box(label, y0, x0, y1, x1)
+
+
+def _write_atomically(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)

@@ -105,10 +105,11 @@ def kept_anchor_shares(anchor_conf: torch.Tensor, positive_conf: torch.Tensor, g
     """Share of anchors kept by the directional mask, by positive filtering, and by both (for logging)."""
     directional = anchor_conf < positive_conf
     filtered = positive_conf > gamma
+    count = max(len(anchor_conf), 1)  # no anchors: shares of 0, not NaN
     return {
-        "kept_directional": directional.float().mean(),
-        "kept_filter": filtered.float().mean(),
-        "kept_both": (directional & filtered).float().mean(),
+        "kept_directional": directional.float().sum() / count,
+        "kept_filter": filtered.float().sum() / count,
+        "kept_both": (directional & filtered).float().sum() / count,
     }
 
 
