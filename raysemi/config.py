@@ -175,6 +175,21 @@ class CACConfig(Section):
         return value
 
 
+class SelfCorrectionConfig(Section):
+    """Self-correcting networks (``method: self_correction``); see :mod:`raysemi.methods.self_correction`."""
+
+    mode: Literal["none", "linear", "conv"] = "linear"
+    alpha_start: float = Field(30.0, gt=0.0)  # linear mode: α at the first primary step ...
+    alpha_end: float = Field(0.5, gt=0.0)  # ... and at the last
+    alpha_schedule: Literal["geometric", "linear", "cosine"] = "geometric"
+    weak_weight: float = Field(1.0, ge=0.0)  # weight of the soft-target CE on the weak (box) set
+    ancillary_steps: int | None = Field(None, ge=1)  # stage 1; None: train.steps
+    corrector_steps: int | None = Field(None, ge=1)  # conv stage 2; None: train.steps
+    corrector_hidden: int = Field(128, ge=1)
+    # which stage a run is; `all` (what a user runs) chains them, each its own run under run.dir
+    stage: Literal["all", "ancillary", "corrector", "primary"] = "all"
+
+
 class WandbConfig(Section):
     mode: Literal["disabled", "offline", "online"] = "disabled"
     project: str = "raysemi"
@@ -190,10 +205,11 @@ class RunSection(Section):
     dir: str = "runs/default"
     name: str | None = None  # display name (W&B); default: the run directory's name
     seed: int = 0
+    init_from: str | None = None  # a checkpoint (or run dir) whose models of the same names start a fresh run
 
 
 class Config(Section):
-    method: Literal["supervised", "cps", "cac"] = "supervised"
+    method: Literal["supervised", "cps", "cac", "self_correction"] = "supervised"
     run: RunSection = RunSection()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -205,12 +221,21 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
     cps: CPSConfig = CPSConfig()
     cac: CACConfig = CACConfig()
+    self_correction: SelfCorrectionConfig = SelfCorrectionConfig()
 
     @model_validator(mode="after")
     def _tags_available(self) -> Config:
         if self.method == "cac" and self.cac.image_tags and not self.data.unlabeled_tags:
             raise ValueError("cac.image_tags=true needs data.unlabeled_tags, a tags file for the unlabeled "
                              "images (write one with `raysemi data split ... --tags`)")
+        return self
+
+    @model_validator(mode="after")
+    def _boxes_available(self) -> Config:
+        needs_boxes = self.self_correction.stage in ("all", "primary")
+        if self.method == "self_correction" and needs_boxes and not self.data.unlabeled_boxes:
+            raise ValueError("method=self_correction needs data.unlabeled_boxes, a boxes file for the weak set "
+                             "(write one with `raysemi data split ... --boxes`)")
         return self
 
     @model_validator(mode="after")

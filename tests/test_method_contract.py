@@ -17,6 +17,14 @@ METHODS = {
         "method=cac", "cac.gamma=0", "cac.projector=false", "cac.context=false", "cac.loss=l2",
         "cac.image_tags=true", "data.unlabeled_tags=tags.txt", "data.crop_size=[40,56]",
     ],
+    **{
+        f"self_correction-{stage}-{mode}": [
+            "method=self_correction", f"self_correction.stage={stage}", f"self_correction.mode={mode}",
+            "data.unlabeled_boxes=boxes.txt",
+        ]
+        for stage, mode in [("ancillary", "linear"), ("ancillary", "conv"), ("corrector", "conv"),
+                            ("primary", "none"), ("primary", "linear"), ("primary", "conv")]
+    },
 }
 
 
@@ -31,13 +39,15 @@ def _batch(method, seed=0, size=(40, 56)):
     for name, spec in method.streams().items():
         n = spec.batch_size
         stream = {"image": torch.randn(n, 3, *size, generator=g)}
-        if spec.source == "labeled":
+        if spec.source in ("labeled", "labeled_half"):
             stream["mask"] = torch.randint(0, 4, (n, *size), generator=g)
             stream["mask"][:, :3] = 255
         else:
             stream["image_tags"] = torch.randint(0, 2, (n, 4), generator=g).float()
         if spec.crops is not None:
             stream |= _crop_pairs(spec.crops, n, g)
+        if spec.boxes or name == "weak":  # box rasters: 4 classes + "outside every box"
+            stream["boxes"] = torch.randint(0, 2, (n, 5, *size), generator=g, dtype=torch.uint8)
         batch[name] = stream
     return batch
 
@@ -78,8 +88,9 @@ def test_loss_is_finite_and_reaches_every_trainable_parameter(name):
 def test_eval_model_keeps_odd_input_sizes(name):
     method = build_method(_config(name))
     model = method.eval_model(_models(method)).eval()
+    channels = 3 + (5 if getattr(method, "eval_needs_boxes", False) else 0)  # + a box raster as channels
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 37, 53)).shape == (1, 4, 37, 53)
+        assert model(torch.randn(1, channels, 37, 53)).shape == (1, 4, 37, 53)
 
 
 @pytest.mark.parametrize("name", METHODS)

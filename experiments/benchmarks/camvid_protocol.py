@@ -70,9 +70,9 @@ def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     method = build_method(cfg)
     batch = {}
     for stream, spec in method.streams().items():
-        samples = source.split.labeled if spec.source == "labeled" else source.split.unlabeled
+        samples = source.samples_for(spec.source)
         records = plan_records(samples, spec.batch_size, 1, 0, cfg.run.seed, stream)
-        decode = stream_decoder(spec.crops, cfg.data.format, str(source.root), augment)
+        decode = stream_decoder(spec, cfg.data.format, str(source.root), augment)
         raw = decode({key: np.array([r[key] for r in records]) for key in records[0]})
         batch[stream] = prepare_batch({k: torch.from_numpy(v) for k, v in raw.items()}, torch.device("cpu"))
     models = method.build_models(source.classes.num_classes)

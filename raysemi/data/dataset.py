@@ -37,6 +37,14 @@ class DatasetSource:
     def root(self) -> Path:
         return self.reader.root
 
+    def samples_for(self, source: str) -> list[Sample]:
+        """The samples a stream draws from: ``labeled``, ``labeled_half`` (its first half) or ``unlabeled``."""
+        if source == "unlabeled":
+            return self.split.unlabeled
+        if source == "labeled_half":
+            return self.split.labeled[: max(1, (len(self.split.labeled) + 1) // 2)]
+        return self.split.labeled
+
 
 def dataset_root(cfg: DataConfig) -> Path:
     """The dataset root; for ``synthetic`` data this generates (once, cached) the configured dataset."""

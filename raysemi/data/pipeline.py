@@ -22,7 +22,7 @@ from raysemi.data.dataset import load_sample
 from raysemi.data.formats import DatasetFormat, Sample, open_format
 from raysemi.data.overlapping_crops import OverlappingCrops
 from raysemi.data.transforms import Geometry, TrainAugment, to_tensors
-from raysemi.data.weak_labels import Box, rasterize_boxes
+from raysemi.data.weak_labels import Box, mask_boxes, rasterize_boxes
 
 Record = dict[str, Any]
 
@@ -93,20 +93,25 @@ class DecodeTrainBatch:
     format_name: str
     root: str
     augment: TrainAugment
+    boxes_from_masks: bool = False  # labeled streams: add the raster of boxes derived from each mask
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reader = _reader(self.format_name, self.root)
         num_classes = reader.classes.num_classes
         images, masks, rasters = [], [], []
         for row in _rows(batch):
-            image, mask = to_tensors(*load_sample(reader, _sample(row)))
-            size = tuple(image.shape[-2:])
-            image, mask, geometry = self.augment.augment(image, mask, torch.Generator().manual_seed(int(row["seed"])))
+            image_np, mask_np = load_sample(reader, _sample(row))
+            boxes = parse_boxes(str(row["boxes"])) if "boxes" in row else None
+            if self.boxes_from_masks and mask_np is not None:
+                boxes = mask_boxes(mask_np, reader.classes)
+            image, mask = to_tensors(image_np, mask_np)
+            generator = torch.Generator().manual_seed(int(row["seed"]))
+            image, mask, geometry = self.augment.augment(image, mask, generator)
             images.append(image.numpy())
             if mask is not None:
                 masks.append(mask.numpy())
-            if "boxes" in row:
-                rasters.append(box_raster(parse_boxes(str(row["boxes"])), geometry, size, num_classes).numpy())
+            if boxes is not None:
+                rasters.append(box_raster(boxes, geometry, image_np.shape[:2], num_classes).numpy())
         out = {"image": np.stack(images)}
         if masks:
             out["mask"] = np.stack(masks)
@@ -158,11 +163,12 @@ class DecodeCropPairs:
         return out | _tags(batch, reader.classes.num_classes)
 
 
-def stream_decoder(crops: OverlappingCrops | None, format_name: str, root: str, augment: TrainAugment):
-    """The ``map_batches`` function of a training stream: crop pairs when ``crops`` is set, else single crops."""
-    if crops is not None:
-        return DecodeCropPairs(format_name, root, crops)
-    return DecodeTrainBatch(format_name, root, augment)
+def stream_decoder(spec, format_name: str, root: str, augment: TrainAugment):
+    """The ``map_batches`` function of a training stream (a ``StreamSpec``): crop pairs when ``spec.crops`` is
+    set, else single crops (with box rasters from masks when ``spec.boxes`` is set)."""
+    if spec.crops is not None:
+        return DecodeCropPairs(format_name, root, spec.crops)
+    return DecodeTrainBatch(format_name, root, augment, boxes_from_masks=spec.boxes)
 
 
 def _tags(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
@@ -177,14 +183,22 @@ def _tags(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarra
 
 @dataclass(frozen=True)
 class DecodeEvalRow:
-    """Ray Data ``map`` function: a val record → full-size ``image`` ``(3, H, W)`` uint8, ``mask``, ``valid``."""
+    """Ray Data ``map`` function: a val record → full-size ``image`` ``(3, H, W)`` uint8, ``mask``, ``valid``,
+    and with ``boxes_from_masks`` a ``boxes`` raster ``(C + 1, H, W)`` of the boxes of its mask (for the
+    box-conditioned ancillary model of self-correction)."""
 
     format_name: str
     root: str
+    boxes_from_masks: bool = False
 
     def __call__(self, row: Record) -> Record:
-        image, mask = to_tensors(*load_sample(_reader(self.format_name, self.root), _sample(row)))
-        return {"image": image.numpy(), "mask": mask.numpy(), "valid": bool(row["valid"])}
+        reader = _reader(self.format_name, self.root)
+        image, mask = load_sample(reader, _sample(row))
+        out = {"image": to_tensors(image, None)[0].numpy(), "mask": mask, "valid": bool(row["valid"])}
+        if self.boxes_from_masks:
+            raster = rasterize_boxes(mask_boxes(mask, reader.classes), reader.classes.num_classes, *mask.shape)
+            out["boxes"] = raster.to(torch.uint8).numpy()
+        return out
 
 
 def _rows(batch: dict[str, np.ndarray]) -> list[Record]:

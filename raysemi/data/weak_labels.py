@@ -145,13 +145,15 @@ def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path,
 
 
 def boxes_from_masks(reader, samples: list) -> dict[Path, list[Box]]:
-    """``{image path: one box per connected component of each class}`` for samples with masks.
+    """``{image path: boxes of its mask}`` (see :func:`mask_boxes`) for samples with masks."""
+    return {s.image: mask_boxes(reader.decode_mask(s.mask), reader.classes) for s in samples}
 
-    Classes named ``background`` get no boxes (their channel stays empty; the raster's last channel marks
-    "outside every box").
-    """
-    skip = tuple(i for i, name in enumerate(reader.classes.names) if name.lower() == "background")
-    return {s.image: class_boxes(reader.decode_mask(s.mask), reader.classes.num_classes, skip) for s in samples}
+
+def mask_boxes(mask: np.ndarray, classes) -> list[Box]:
+    """One box per connected component of each class of ``mask``; classes named ``background`` get none (their
+    raster channel stays empty, and the raster's last channel marks "outside every box")."""
+    skip = tuple(i for i, name in enumerate(classes.names) if name.lower() == "background")
+    return class_boxes(mask, classes.num_classes, skip)
 
 
 def dataset_boxes(reader, samples: list) -> dict[Path, list[Box]]:

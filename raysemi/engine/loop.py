@@ -8,7 +8,6 @@ group is already initialised (gloo on CPU, nccl on GPU); the loop wraps models i
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -23,9 +22,16 @@ from torch import nn
 
 from raysemi.config import Config
 from raysemi.data.transforms import normalize
-from raysemi.engine.checkpoint import CheckpointFiles, latest_checkpoint, load_tensors, write_checkpoint
+from raysemi.engine.checkpoint import (
+    CheckpointFiles,
+    latest_checkpoint,
+    load_tensors,
+    resolve_checkpoint,
+    write_checkpoint,
+)
 from raysemi.engine.evaluate import evaluate
 from raysemi.engine.optim import build_optimizer
+from raysemi.engine.rundir import write_json
 from raysemi.errors import RaysemiError
 from raysemi.methods import Method, build_method
 from raysemi.models import unwrap
@@ -70,6 +76,14 @@ def prepare_batch(raw: RawBatch, device: torch.device) -> dict[str, torch.Tensor
     return batch
 
 
+def with_box_channels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A val batch with a ``boxes`` raster ``(N, C+1, H, W)`` (for a box-conditioned eval model) carries it as
+    extra image channels: ``image`` becomes ``(N, 3 + C + 1, H, W)``, so sliding windows crop both alike."""
+    if "boxes" in batch:
+        batch["image"] = torch.cat([batch["image"], batch.pop("boxes").to(batch["image"].dtype)], dim=1)
+    return batch
+
+
 class TrainingRun:
     """One worker's share of a run. Build it, then call :meth:`fit`."""
 
@@ -89,17 +103,22 @@ class TrainingRun:
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device)
-        if self.env.world_size == 1:
-            return model
+        if self.env.world_size == 1 or not any(p.requires_grad for p in model.parameters()):
+            return model  # a frozen model (e.g. a teacher) needs no DDP
         if self.cfg.model.sync_bn and self.env.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [self.env.device] if self.env.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def _restore(self) -> int:
-        """Load the newest checkpoint of this run directory, if any; return the step to continue from."""
+        """Load the newest checkpoint of this run directory, if any; return the step to continue from.
+
+        A fresh run with ``run.init_from`` starts its models from that checkpoint's models of the same names.
+        """
         checkpoint = latest_checkpoint(self.run.run_dir)
         if checkpoint is None:
+            if self.cfg.run.init_from:
+                self._initialise_from(resolve_checkpoint(self.cfg.run.init_from))
             return 0
         state = load_tensors(checkpoint.training_state)
         for name, model in self.models.items():
@@ -113,6 +132,17 @@ class TrainingRun:
         if self.is_chief:
             say(f"resuming {self.run.run_dir} from step {state['step']}")
         return int(state["step"])
+
+    def _initialise_from(self, checkpoint: CheckpointFiles) -> None:
+        saved = load_tensors(checkpoint.training_state)["models"]
+        shared = [name for name in self.models if name in saved]
+        if not shared:
+            raise RaysemiError(f"run.init_from={self.cfg.run.init_from}: its models ({', '.join(saved)}) share no "
+                               f"name with this run's ({', '.join(self.models)})")
+        for name in shared:
+            unwrap(self.models[name]).load_state_dict(saved[name])
+        if self.is_chief:
+            say(f"initialised {', '.join(shared)} from {checkpoint.path}")
 
     def fit(self) -> dict[str, Any] | None:
         """Train to ``train.steps``; rank 0 returns (and writes) the summary."""
@@ -180,7 +210,7 @@ class TrainingRun:
         """mIoU over the whole val set: each worker evaluates its shard; the confusion matrices are summed."""
         self._sync_buffers()
         model = self.method.eval_model(self.models)
-        batches = (prepare_batch(b, self.env.device) for b in self.env.val_batches())
+        batches = (with_box_channels(prepare_batch(b, self.env.device)) for b in self.env.val_batches())
         confusion = evaluate(model, batches, len(self.run.class_names), self.cfg.eval, self.run.ignore_index)
         confusion.matrix = confusion.matrix.to(self.env.device)
         if self.env.world_size > 1:
@@ -240,9 +270,7 @@ class TrainingRun:
             "checkpoint": str(self.last_checkpoint.path) if self.last_checkpoint else None,
             "run_dir": str(self.run.run_dir),
         }
-        tmp = self.run.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(self.run.run_dir / "summary.json")
+        write_json(self.run.run_dir / "summary.json", summary)
         self.tracker.close({"val": final})
         return summary
 

@@ -81,3 +81,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a temporary file, then a rename): readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

@@ -28,16 +28,22 @@ class StreamSpec:
 
     ``source="labeled"`` yields ``image`` and ``mask``; ``source="unlabeled"`` yields ``image`` only (its
     samples carry no mask path, so their masks are never read), plus ``image_tags`` when ``data.unlabeled_tags``
-    is set. With ``crops`` set, each image arrives as two overlapping crops instead (CAC; see
-    :class:`raysemi.data.pipeline.DecodeCropPairs` for the keys).
+    is set, or ``boxes`` (a box raster) when ``data.unlabeled_boxes`` is. With ``crops`` set, each image arrives
+    as two overlapping crops instead (CAC; see :class:`raysemi.data.pipeline.DecodeCropPairs` for the keys).
+    ``boxes=True`` on a labeled stream adds the raster of boxes derived from each image's mask.
+    ``source="labeled_half"`` draws from the first half of the labeled split only.
     """
 
-    source: Literal["labeled", "unlabeled"]
+    source: Literal["labeled", "labeled_half", "unlabeled"]
     batch_size: int
     crops: OverlappingCrops | None = None
+    boxes: bool = False
 
 
 class Method(Protocol):
+    """See DESIGN.md. Optional: ``eval_needs_boxes = True`` makes val batches carry box rasters (derived from
+    the val masks) as extra image channels, for an eval model conditioned on boxes."""
+
     name: str
 
     def build_models(self, num_classes: int) -> dict[str, nn.Module]: ...
@@ -61,8 +67,11 @@ def labeled_criterion(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor],
 def build_method(cfg: Config) -> Method:
     from raysemi.methods.cac import ContextAwareConsistency
     from raysemi.methods.cps import CrossPseudoSupervision
+    from raysemi.methods.self_correction import build_self_correction
     from raysemi.methods.supervised import Supervised
 
-    methods = (Supervised, CrossPseudoSupervision, ContextAwareConsistency)
-    registry: dict[str, type] = {method.name: method for method in methods}
+    registry: dict[str, Callable[[Config], Method]] = {
+        method.name: method for method in (Supervised, CrossPseudoSupervision, ContextAwareConsistency)
+    }
+    registry["self_correction"] = build_self_correction  # one method object per stage
     return registry[cfg.method](cfg)

@@ -1,6 +1,18 @@
 """Segmentation models. Never imports ray or wandb."""
 
+from raysemi.models.box_encoder import AncillarySegmenter, BoxEncoder, ConvCorrector, build_ancillary
 from raysemi.models.projector import Projector, resample_to_stride
 from raysemi.models.segmenter import LogitsOnly, Segmenter, build_segmenter, unwrap
 
-__all__ = ["LogitsOnly", "Projector", "Segmenter", "build_segmenter", "resample_to_stride", "unwrap"]
+__all__ = [
+    "AncillarySegmenter",
+    "BoxEncoder",
+    "ConvCorrector",
+    "LogitsOnly",
+    "Projector",
+    "Segmenter",
+    "build_ancillary",
+    "build_segmenter",
+    "resample_to_stride",
+    "unwrap",
+]

@@ -24,9 +24,12 @@ class Segmenter(nn.Module):
         self.classifier = nn.Conv2d(head.out_channels, num_classes, kernel_size=1)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        low, high = self.backbone(images)
+        return self.decode(*self.backbone(images), images.shape[-2:])
+
+    def decode(self, low: torch.Tensor, high: torch.Tensor, size) -> dict[str, torch.Tensor]:
+        """Backbone features → ``{"logits"`` at ``size``, ``"features"}`` (the part after the encoder)."""
         features = self.head(low, high)
-        logits = F.interpolate(self.classifier(features), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.classifier(features), size=size, mode="bilinear", align_corners=False)
         return {"logits": logits, "features": features}
 
 

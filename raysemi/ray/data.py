@@ -28,25 +28,26 @@ def configure_data_context() -> None:
 
 
 def build_datasets(
-    cfg: Config, source: DatasetSource, streams: dict[str, StreamSpec], start_step: int
+    cfg: Config, source: DatasetSource, streams: dict[str, StreamSpec], start_step: int, eval_boxes: bool = False
 ) -> dict[str, ray.data.Dataset]:
-    """``{stream name: Dataset of augmented crops, "val": Dataset of full images}``."""
+    """``{stream name: Dataset of augmented crops, "val": Dataset of full images}`` (with box rasters from the
+    val masks when ``eval_boxes``)."""
     configure_data_context()
     augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
     workers = max(cfg.scaling.num_workers, 1)
     datasets = {}
     for name, spec in streams.items():
-        samples = source.split.labeled if spec.source == "labeled" else source.split.unlabeled
+        samples = source.samples_for(spec.source)
         records = plan_records(samples, spec.batch_size, cfg.train.steps, start_step, cfg.run.seed, name)
         local_batch = max(spec.batch_size // workers, 1)
         blocks = _num_blocks(records, local_batch)
-        decode = stream_decoder(spec.crops, _format_name(cfg), str(source.root), augment)
+        decode = stream_decoder(spec, _format_name(cfg), str(source.root), augment)
         datasets[name] = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
             decode, batch_size=local_batch, batch_format="numpy", num_cpus=DECODE_CPUS
         )
     val = val_records(source.val, workers)
     datasets["val"] = ray.data.from_items(val, override_num_blocks=_num_blocks(val, cfg.eval.batch_size)).map(
-        DecodeEvalRow(_format_name(cfg), str(source.root))
+        DecodeEvalRow(_format_name(cfg), str(source.root), boxes_from_masks=eval_boxes)
     )
     return datasets
 

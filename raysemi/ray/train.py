@@ -20,14 +20,17 @@ from ray.train.torch import TorchTrainer
 from raysemi.config import Config
 from raysemi.data.dataset import open_dataset, preflight
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
-from raysemi.engine.rundir import prepare_run_dir, read_summary
+from raysemi.engine.rundir import prepare_run_dir, read_summary, write_json
 from raysemi.errors import ConfigError, find_user_error
 from raysemi.methods import build_method
+from raysemi.methods.self_correction import stage_configs
 from raysemi.ray.data import build_datasets
 
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train and evaluate; return the summary (also in ``<run.dir>/summary.json``)."""
+    if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
+        return train_stages(cfg)
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     run_dir, start_step = prepare_run_dir(cfg, source)
@@ -35,7 +38,8 @@ def train(cfg: Config) -> dict[str, Any]:
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         return read_summary(run_dir)
     init_ray(cfg)
-    streams = build_method(cfg).streams()
+    method = build_method(cfg)
+    streams = method.streams()
     check_cpu_budget(cfg, len(streams))
     loop_config = {
         "config": cfg.model_dump(mode="json"),
@@ -54,7 +58,7 @@ def train(cfg: Config) -> dict[str, Any]:
             storage_path=str(run_dir / "ray"),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         ),
-        datasets=build_datasets(cfg, source, streams, start_step),
+        datasets=build_datasets(cfg, source, streams, start_step, getattr(method, "eval_needs_boxes", False)),
     )
     try:
         trainer.fit()
@@ -67,6 +71,20 @@ def train(cfg: Config) -> dict[str, Any]:
     if summary is None:
         raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
     return summary
+
+
+def train_stages(cfg: Config) -> dict[str, Any]:
+    """Run a multi-stage method's stages in order, each its own run under ``run.dir`` (a finished stage returns
+    at once when the command is repeated); ``<run.dir>/stages.json`` lists each stage's mIoU and the returned
+    summary is the last stage's."""
+    summaries = {}
+    for stage_cfg in stage_configs(cfg):
+        stage = stage_cfg.self_correction.stage
+        say(f"stage {stage}: {stage_cfg.run.dir}")
+        summaries[stage] = train(stage_cfg)
+    stages = {name: {"run_dir": str(Path(cfg.run.dir) / name), "miou": s["miou"]} for name, s in summaries.items()}
+    write_json(Path(cfg.run.dir) / "stages.json", stages)
+    return summaries[stage]
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

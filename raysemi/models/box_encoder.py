@@ -1,0 +1,72 @@
+"""The ancillary model of self-correcting networks: a segmenter that also sees the boxes of the image.
+
+A box encoder turns the ``(C + 1)``-channel box raster into one heatmap per feature scale (3×3 conv to the
+feature width, then sigmoid) and multiplies it element-wise into the encoder's features at two scales: the
+high-level output that feeds ASPP (or the PSP pyramid) and the low-level skip, before the decoder. Injecting
+at the backbone's outputs works for either head. The convs start at weight 0 and bias +4 (heatmaps ≈ 0.98
+everywhere), so a pretrained backbone's features pass through nearly unchanged at the start and the encoder
+learns where to damp them (the slides' "careful injection ... to use pretrained models").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysemi.config import ModelConfig
+from raysemi.models.segmenter import Segmenter, build_segmenter
+
+INITIAL_HEAT_BIAS = 4.0
+
+
+class BoxEncoder(nn.Module):
+    """``(N, C + 1, H, W)`` raster → heatmaps ``(N, width_s, h_s, w_s)`` in ``(0, 1)``, one per scale."""
+
+    def __init__(self, raster_channels: int, widths: tuple[int, ...]):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(raster_channels, w, kernel_size=3, padding=1) for w in widths)
+        for conv in self.convs:
+            nn.init.zeros_(conv.weight)
+            nn.init.constant_(conv.bias, INITIAL_HEAT_BIAS)
+
+    def forward(self, raster: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        pairs = zip(self.convs, sizes, strict=True)
+        return [torch.sigmoid(conv(F.adaptive_avg_pool2d(raster, size))) for conv, size in pairs]
+
+
+class AncillarySegmenter(nn.Module):
+    """p_anc(y | x, b): ``forward(images (N,3,H,W), boxes (N,C+1,H,W))`` → ``{"logits", "features"}``."""
+
+    def __init__(self, segmenter: Segmenter, num_classes: int):
+        super().__init__()
+        self.segmenter = segmenter
+        backbone = segmenter.backbone
+        self.box_encoder = BoxEncoder(num_classes + 1, (backbone.low_channels, backbone.high_channels))
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+        low, high = self.segmenter.backbone(images)
+        heat_low, heat_high = self.box_encoder(boxes.to(low.dtype), [low.shape[-2:], high.shape[-2:]])
+        return self.segmenter.decode(low * heat_low, high * heat_high, images.shape[-2:])
+
+
+class ConvCorrector(nn.Module):
+    """Convolutional self-correction: primary and ancillary logits ``(N, C, H, W)`` each → q's logits.
+
+    Two 3×3 convs (``hidden`` channels, ReLU) on their concatenation.
+    """
+
+    def __init__(self, num_classes: int, hidden: int = 128):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(2 * num_classes, hidden, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_classes, kernel_size=3, padding=1),
+        )
+
+    def forward(self, primary_logits: torch.Tensor, ancillary_logits: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.cat([primary_logits, ancillary_logits], dim=1))
+
+
+def build_ancillary(cfg: ModelConfig, num_classes: int) -> AncillarySegmenter:
+    return AncillarySegmenter(build_segmenter(cfg, num_classes), num_classes)

@@ -1,0 +1,104 @@
+"""Self-correction: the pure losses, the α schedules, the box encoder, the frozen ancillary and the stage plan."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raysemi.config import load_config
+from raysemi.losses import linear_self_correction, soft_cross_entropy
+from raysemi.methods import build_method
+from raysemi.methods.self_correction import alpha_at, stage_configs
+from raysemi.models import BoxEncoder
+
+
+def _logits(seed, shape=(2, 4, 3, 5)):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 3.0, 30.0])
+def test_linear_self_correction_is_the_normalised_weighted_geometric_mean(alpha):
+    primary, ancillary = _logits(0).double(), _logits(1).double()  # p_anc^30 underflows float32
+    q = linear_self_correction(primary, ancillary, alpha).softmax(1)
+    p, p_anc = primary.softmax(1), ancillary.softmax(1)
+    geometric = (p * p_anc**alpha) ** (1 / (1 + alpha))
+    torch.testing.assert_close(q, geometric / geometric.sum(1, keepdim=True))
+
+
+def test_alpha_limits_give_the_primary_and_the_ancillary():
+    primary, ancillary = _logits(0), _logits(1)
+    torch.testing.assert_close(linear_self_correction(primary, ancillary, 0.0).softmax(1), primary.softmax(1))
+    torch.testing.assert_close(
+        linear_self_correction(primary, ancillary, 1e7).softmax(1), ancillary.softmax(1), atol=1e-5, rtol=0
+    )
+
+
+def test_soft_cross_entropy_equals_cross_entropy_for_one_hot_targets():
+    logits = _logits(2)
+    labels = torch.randint(0, 4, (2, 3, 5), generator=torch.Generator().manual_seed(3))
+    one_hot = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+    assert soft_cross_entropy(logits, one_hot).item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+
+
+def test_soft_cross_entropy_on_a_hand_made_pixel_and_no_gradient_into_the_target():
+    # one pixel, logits (0, ln 3): log-softmax (ln 1/4, ln 3/4); target (1/2, 1/2): loss -(ln 1/4 + ln 3/4) / 2
+    logits = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1).requires_grad_()
+    target = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1).requires_grad_()
+    loss = soft_cross_entropy(logits, target)
+    assert loss.item() == pytest.approx(-(math.log(0.25) + math.log(0.75)) / 2)
+    loss.backward()
+    assert target.grad is None and logits.grad.abs().sum() > 0
+
+
+def test_soft_cross_entropy_counts_valid_pixels_only():
+    logits, target = _logits(4), _logits(5).softmax(1)
+    valid = torch.zeros(2, 3, 5, dtype=torch.bool)
+    valid[0, 1, 2] = True
+    expected = -(target[0, :, 1, 2] * logits[0, :, 1, 2].log_softmax(0)).sum()
+    assert soft_cross_entropy(logits, target, valid).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert soft_cross_entropy(logits, target, torch.zeros_like(valid)).item() == 0.0
+
+
+@pytest.mark.parametrize("schedule", ["geometric", "linear", "cosine"])
+def test_alpha_schedules_run_from_start_to_end(schedule):
+    values = [alpha_at(step, 101, 30.0, 0.5, schedule) for step in range(101)]
+    assert values[0] == pytest.approx(30.0) and values[-1] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # monotone
+    middle = {"geometric": math.sqrt(30 * 0.5), "linear": 15.25, "cosine": 15.25}[schedule]
+    assert values[50] == pytest.approx(middle)
+
+
+def test_box_encoder_heatmaps_change_only_near_the_boxes():
+    torch.manual_seed(0)
+    encoder = BoxEncoder(raster_channels=3, widths=(4,))
+    torch.nn.init.normal_(encoder.convs[0].weight)  # the zero init would hide every box
+    background = torch.zeros(1, 3, 16, 16)
+    background[:, 2] = 1.0  # "outside every box" everywhere
+    with_box = background.clone()
+    with_box[:, 1, 4:8, 6:10], with_box[:, 2, 4:8, 6:10] = 1.0, 0.0
+    (plain,), (boxed,) = encoder(background, [(16, 16)]), encoder(with_box, [(16, 16)])
+    changed = (plain - boxed).abs().amax(1)[0] > 1e-6
+    near = torch.zeros(16, 16, dtype=torch.bool)
+    near[3:9, 5:11] = True  # the box grown by the 3×3 conv's reach
+    assert changed[4:8, 6:10].all() and not changed[~near].any()
+
+
+def test_primary_stage_freezes_the_ancillary():
+    cfg = load_config(None, ["method=self_correction", "self_correction.stage=primary", "model.head_channels=16",
+                             "data.unlabeled_boxes=boxes.txt"])
+    models = build_method(cfg).build_models(num_classes=4)
+    assert not any(p.requires_grad for p in models["ancillary"].parameters())
+    assert all(p.requires_grad for p in models["primary"].parameters())
+
+
+@pytest.mark.parametrize("mode, stages", [("linear", ["ancillary", "primary"]),
+                                          ("conv", ["ancillary", "corrector", "primary"])])
+def test_stages_chain_through_their_checkpoints(mode, stages):
+    cfg = load_config(None, ["method=self_correction", f"self_correction.mode={mode}", "run.dir=runs/sc",
+                             "train.steps=300", "self_correction.ancillary_steps=100", "data.unlabeled_boxes=b.txt"])
+    configs = stage_configs(cfg)
+    assert [c.self_correction.stage for c in configs] == stages
+    assert [c.run.dir for c in configs] == [f"runs/sc/{s}" for s in stages]
+    assert [c.run.init_from for c in configs] == [None] + [f"runs/sc/{s}" for s in stages[:-1]]
+    assert [c.train.steps for c in configs] == [100] + [300] * (len(stages) - 1)
