@@ -176,3 +176,28 @@ def test_cac_with_image_tags_trains_on_crop_pairs(synthetic_root, tmp_path, ray_
         assert r["loss"] == pytest.approx(r["loss_sup"] + r["cac_weight"] * r["loss_dc"] + 0.5 * r["loss_tags"])
         # 4 images × 2 crops × 6×8 cells at stride 8 = 384 pixels < the 500 negatives asked: all of them
         assert r["negatives"] == 384 and r["loss_dc"] > 0 and 0 < r["kept_both"] <= 1
+
+
+def test_self_correction_stages_chain_and_a_repeated_command_reruns_nothing(synthetic_root, tmp_path, ray_local):
+    split = tmp_path / "split"
+    assert main(["data", "split", str(synthetic_root), "--count", "6", "--out", str(split), "--boxes"]) == 0
+    cfg = fast_config(
+        synthetic_root, tmp_path / "run", "method=self_correction", "self_correction.mode=linear",
+        "self_correction.ancillary_steps=2", "train.unlabeled_batch_size=4",
+        f"data.labeled_split={split / 'labeled.txt'}", f"data.unlabeled_split={split / 'unlabeled.txt'}",
+        f"data.unlabeled_boxes={split / 'unlabeled_boxes.txt'}",
+    )
+    summary = train(cfg)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert list(stages) == ["ancillary", "primary"] and summary["run_dir"] == str(tmp_path / "run" / "primary")
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "ancillary")] == [2]
+    primary = read_metrics(tmp_path / "run" / "primary")
+    assert primary[0]["alpha"] < 30 and primary[0]["loss_weak"] > 0
+    # the primary started from the ancillary stage's frozen ancillary
+    ancillary = torch.load(latest_checkpoint(tmp_path / "run" / "ancillary").training_state, weights_only=True)
+    final = torch.load(latest_checkpoint(tmp_path / "run" / "primary").training_state, weights_only=True)
+    for key, value in ancillary["models"]["ancillary"].items():
+        assert torch.equal(value, final["models"]["ancillary"][key]), key
+    before = [c.path.name for c in list_checkpoints(tmp_path / "run" / "primary")]
+    assert train(cfg)["miou"] == summary["miou"]
+    assert [c.path.name for c in list_checkpoints(tmp_path / "run" / "primary")] == before
