@@ -9,7 +9,9 @@ import torch
 from raysemi.cli import main
 from raysemi.data.formats import GenericFormat
 from raysemi.engine.checkpoint import latest_checkpoint, list_checkpoints
+from raysemi.engine.inference import evaluate_checkpoint, load_eval_model, predict_folder
 from raysemi.engine.loop import TrainingRun
+from raysemi.errors import CheckpointError
 from raysemi.ray.train import train
 from raysemi.tracking import read_metrics
 from tests.conftest import fast_config
@@ -198,6 +200,11 @@ def test_self_correction_stages_chain_and_a_repeated_command_reruns_nothing(synt
     final = torch.load(latest_checkpoint(tmp_path / "run" / "primary").training_state, weights_only=True)
     for key, value in ancillary["models"]["ancillary"].items():
         assert torch.equal(value, final["models"]["ancillary"][key]), key
+    # the ancillary evaluates from its checkpoint with val boxes derived from the val masks, as in training
+    loaded = load_eval_model(tmp_path / "run" / "ancillary")
+    assert evaluate_checkpoint(loaded).summary(loaded.class_names)["miou"] == pytest.approx(stages["ancillary"]["miou"])
+    with pytest.raises(CheckpointError, match="needs the boxes of each image"):
+        predict_folder(loaded, synthetic_root / "val" / "images", tmp_path / "predictions")
     before = [c.path.name for c in list_checkpoints(tmp_path / "run" / "primary")]
     assert train(cfg)["miou"] == summary["miou"]
     assert [c.path.name for c in list_checkpoints(tmp_path / "run" / "primary")] == before

@@ -22,7 +22,7 @@ from raysemi.data.dataset import load_sample
 from raysemi.data.formats import DatasetFormat, Sample, open_format
 from raysemi.data.overlapping_crops import OverlappingCrops
 from raysemi.data.transforms import Geometry, TrainAugment, to_tensors
-from raysemi.data.weak_labels import Box, mask_boxes, rasterize_boxes
+from raysemi.data.weak_labels import Box, mask_box_raster, mask_boxes, rasterize_boxes
 
 Record = dict[str, Any]
 
@@ -196,8 +196,7 @@ class DecodeEvalRow:
         image, mask = load_sample(reader, _sample(row))
         out = {"image": to_tensors(image, None)[0].numpy(), "mask": mask, "valid": bool(row["valid"])}
         if self.boxes_from_masks:
-            raster = rasterize_boxes(mask_boxes(mask, reader.classes), reader.classes.num_classes, *mask.shape)
-            out["boxes"] = raster.to(torch.uint8).numpy()
+            out["boxes"] = mask_box_raster(mask, reader.classes).to(torch.uint8).numpy()
         return out
 
 

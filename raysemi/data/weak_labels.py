@@ -156,6 +156,11 @@ def mask_boxes(mask: np.ndarray, classes) -> list[Box]:
     return class_boxes(mask, classes.num_classes, skip)
 
 
+def mask_box_raster(mask: np.ndarray, classes) -> torch.Tensor:
+    """The ``(C + 1, H, W)`` raster of :func:`mask_boxes` over the whole image (for box-conditioned evaluation)."""
+    return rasterize_boxes(mask_boxes(mask, classes), classes.num_classes, *mask.shape)
+
+
 def dataset_boxes(reader, samples: list) -> dict[Path, list[Box]]:
     """Real box annotations where the dataset has them (VOC's ``Annotations/<id>.xml``), else boxes from masks."""
     annotations = reader.root / "Annotations"

@@ -50,6 +50,14 @@ def _window_starts(size: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
+def with_box_channels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A val batch with a ``boxes`` raster ``(N, C+1, H, W)`` (for a box-conditioned eval model) carries it as
+    extra image channels: ``image`` becomes ``(N, 3 + C + 1, H, W)``, so sliding windows crop both alike."""
+    if "boxes" in batch:
+        batch["image"] = torch.cat([batch["image"], batch.pop("boxes").to(batch["image"].dtype)], dim=1)
+    return batch
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],

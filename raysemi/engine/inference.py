@@ -16,8 +16,9 @@ from raysemi.config import Config, load_config
 from raysemi.data.dataset import load_sample, open_dataset
 from raysemi.data.formats import IMAGE_SUFFIXES, DatasetFormat, Sample, read_image
 from raysemi.data.transforms import normalize, to_tensors
+from raysemi.data.weak_labels import mask_box_raster
 from raysemi.engine.checkpoint import CheckpointFiles, load_tensors, resolve_checkpoint
-from raysemi.engine.evaluate import evaluate, predict_logits
+from raysemi.engine.evaluate import evaluate, predict_logits, with_box_channels
 from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.errors import CheckpointError, DataError
 from raysemi.methods import build_method
@@ -32,6 +33,7 @@ class LoadedModel:
     palette: list[tuple[int, int, int]]
     checkpoint: CheckpointFiles
     device: torch.device
+    needs_boxes: bool = False  # a box-conditioned model (self-correction's ancillary): image + box raster
 
 
 def default_device() -> torch.device:
@@ -55,21 +57,23 @@ def load_eval_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint.model}: weights do not fit the model in its config ({exc})"[:300]) from None
     device = default_device()
-    return LoadedModel(model.to(device).eval(), cfg, class_names, meta["palette"], checkpoint, device)
+    needs_boxes = getattr(method, "eval_needs_boxes", False)
+    return LoadedModel(model.to(device).eval(), cfg, class_names, meta["palette"], checkpoint, device, needs_boxes)
 
 
 def evaluate_checkpoint(loaded: LoadedModel, threads: int = 4) -> ConfusionMatrix:
     """mIoU of a checkpoint on its config's val split."""
     source = open_dataset(loaded.cfg.data)
-    batches = _val_batches(source.reader, source.val, loaded.cfg.eval.batch_size, loaded.device, threads)
+    batches = _val_batches(source.reader, source.val, loaded, threads)
     return evaluate(loaded.model, batches, len(loaded.class_names), loaded.cfg.eval, source.classes.ignore_index)
 
 
-def _val_batches(reader: DatasetFormat, samples: list[Sample], batch_size: int, device: torch.device,
+def _val_batches(reader: DatasetFormat, samples: list[Sample], loaded: LoadedModel,
                  threads: int) -> Iterator[dict[str, torch.Tensor]]:
+    batch_size, device = loaded.cfg.eval.batch_size, loaded.device
     with ThreadPoolExecutor(threads) as pool:
-        decoded = pool.map(lambda s: to_tensors(*load_sample(reader, s)), samples)
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        decoded = pool.map(lambda s: _decode_val(reader, s, loaded.needs_boxes), samples)
+        pending: list[tuple[torch.Tensor, ...]] = []
         for item in progress(decoded, "evaluating", total=len(samples)):
             pending.append(item)
             if len(pending) == batch_size:
@@ -79,13 +83,25 @@ def _val_batches(reader: DatasetFormat, samples: list[Sample], batch_size: int, 
             yield _stack(pending, device)
 
 
-def _stack(items: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:
-    shapes = {tuple(image.shape) for image, _ in items}
+def _decode_val(reader: DatasetFormat, sample: Sample, with_boxes: bool) -> tuple[torch.Tensor, ...]:
+    """``(image, mask)`` tensors, plus the raster of the mask's boxes for a box-conditioned model."""
+    image, mask = load_sample(reader, sample)
+    tensors = to_tensors(image, mask)
+    if not with_boxes:
+        return tensors
+    return (*tensors, mask_box_raster(mask, reader.classes))
+
+
+def _stack(items: list[tuple[torch.Tensor, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+    shapes = {tuple(item[0].shape) for item in items}
     if len(shapes) > 1:
         raise DataError(f"val images differ in size ({sorted(shapes)[:2]}...); set eval.batch_size=1")
-    images = torch.stack([image for image, _ in items]).to(device)
-    masks = torch.stack([mask for _, mask in items]).to(device).long()
-    return {"image": normalize(images), "mask": masks}
+    images = torch.stack([item[0] for item in items]).to(device)
+    masks = torch.stack([item[1] for item in items]).to(device).long()
+    batch = {"image": normalize(images), "mask": masks}
+    if len(items[0]) == 3:
+        batch["boxes"] = torch.stack([item[2] for item in items]).to(device)
+    return with_box_channels(batch)
 
 
 def predict_folder(loaded: LoadedModel, images_dir: Path, out_dir: Path) -> int:
@@ -93,6 +109,9 @@ def predict_folder(loaded: LoadedModel, images_dir: Path, out_dir: Path) -> int:
     paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images_dir.is_dir() else []
     if not paths:
         raise DataError(f"{images_dir}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    if loaded.needs_boxes:
+        raise CheckpointError(f"{loaded.checkpoint.path}: this model needs the boxes of each image (self-correction's "
+                              "ancillary stage); predict with the primary stage's checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
     colours = np.zeros((256, 3), np.uint8)
     colours[: len(loaded.palette)] = np.asarray(loaded.palette, np.uint8)

@@ -29,7 +29,7 @@ from raysemi.engine.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
-from raysemi.engine.evaluate import evaluate
+from raysemi.engine.evaluate import evaluate, with_box_channels
 from raysemi.engine.optim import build_optimizer
 from raysemi.engine.rundir import write_json
 from raysemi.errors import RaysemiError
@@ -73,14 +73,6 @@ def prepare_batch(raw: RawBatch, device: torch.device) -> dict[str, torch.Tensor
         batch["mask"] = batch["mask"].long()
         if "valid" in batch:
             batch["mask"][~batch.pop("valid").bool()] = 255
-    return batch
-
-
-def with_box_channels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A val batch with a ``boxes`` raster ``(N, C+1, H, W)`` (for a box-conditioned eval model) carries it as
-    extra image channels: ``image`` becomes ``(N, 3 + C + 1, H, W)``, so sliding windows crop both alike."""
-    if "boxes" in batch:
-        batch["image"] = torch.cat([batch["image"], batch.pop("boxes").to(batch["image"].dtype)], dim=1)
     return batch
 
 
