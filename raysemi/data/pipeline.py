@@ -55,7 +55,7 @@ def plan_records(
                 if sample.tags is not None:
                     record["tags"] = " ".join(str(t) for t in sample.tags)
                 if sample.boxes is not None:
-                    record["boxes"] = " ".join(f"{b.label},{b.y0},{b.x0},{b.y1},{b.x1}" for b in sample.boxes)
+                    record["boxes"] = " ".join(box.to_text() for box in sample.boxes)
                 records.append(record)
         epoch += 1
     return records
@@ -122,7 +122,7 @@ class DecodeTrainBatch:
 
 def parse_boxes(text: str) -> list[Box]:
     """``"label,y0,x0,y1,x1 ..."`` (a record's ``boxes``) → boxes."""
-    return [Box(*(int(v) for v in cell.split(","))) for cell in text.split()]
+    return [Box.from_text(cell) for cell in text.split()]
 
 
 def box_raster(boxes: list[Box], geometry: Geometry, original_size: tuple[int, int], num_classes: int):

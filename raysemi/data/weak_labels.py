@@ -27,6 +27,16 @@ class Box:
     y1: int
     x1: int
 
+    def to_text(self) -> str:
+        """``"label,y0,x0,y1,x1"``: a box in boxes files and stream records."""
+        return f"{self.label},{self.y0},{self.x0},{self.y1},{self.x1}"
+
+    @classmethod
+    def from_text(cls, text: str) -> Box:
+        """Inverse of :meth:`to_text`; ``ValueError`` unless five integers."""
+        label, y0, x0, y1, x1 = (int(v) for v in text.split(","))
+        return cls(label, y0, x0, y1, x1)
+
 
 def image_tags(mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """``(H, W)`` class ids → ``(num_classes,)`` float32 multi-hot of the classes present (ignore excluded)."""
@@ -197,8 +207,7 @@ def write_boxes_file(path: Path, boxes: dict[Path, list[Box]], root: Path) -> No
     """One ``image_path label,y0,x0,y1,x1 ...`` line per image (exclusive ends), paths relative to ``root``."""
     lines = []
     for image, image_boxes in boxes.items():
-        cells = [f"{b.label},{b.y0},{b.x0},{b.y1},{b.x1}" for b in image_boxes]
-        lines.append(" ".join([image.relative_to(root).as_posix(), *cells]))
+        lines.append(" ".join([image.relative_to(root).as_posix(), *(b.to_text() for b in image_boxes)]))
     _write_atomically(path, lines)
 
 
@@ -224,13 +233,13 @@ def read_boxes_file(path: str | Path, root: Path, num_classes: int) -> dict[Path
 
 def _parse_box(cell: str, num_classes: int, path: Path, number: int) -> Box:
     try:
-        label, y0, x0, y1, x1 = (int(v) for v in cell.split(","))
+        box = Box.from_text(cell)
     except ValueError:
         raise DataError(f"{path}:{number}: a box is label,y0,x0,y1,x1 (integers), got {cell!r}") from None
-    if not 0 <= label < num_classes or y1 <= y0 or x1 <= x0 or min(y0, x0) < 0:
+    if not 0 <= box.label < num_classes or box.y1 <= box.y0 or box.x1 <= box.x0 or min(box.y0, box.x0) < 0:
         raise DataError(f"{path}:{number}: box {cell!r} needs a class id in 0..{num_classes - 1}, "
                         "0 <= y0 < y1 and 0 <= x0 < x1")
-    return Box(label, y0, x0, y1, x1)
+    return box
 
 
 def _write_atomically(path: Path, lines: list[str]) -> None:
