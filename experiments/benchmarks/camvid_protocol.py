@@ -133,7 +133,7 @@ def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: 
 
 def write_table() -> None:
     """Rebuild ``results/README.md``: mean ± std over seeds per setting, every run, then ``notes.md``."""
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*-seed*.json"))]  # one per protocol run
     lines = [
         "# CamVid 96×128 benchmark results",
         "",
