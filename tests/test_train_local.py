@@ -167,7 +167,7 @@ def test_cac_with_image_tags_trains_on_crop_pairs(synthetic_root, tmp_path, ray_
     assert main(["data", "split", str(synthetic_root), "--count", "4", "--out", str(split), "--tags"]) == 0
     cfg = fast_config(
         synthetic_root, tmp_path / "run", "method=cac", "train.unlabeled_batch_size=4", "cac.gamma=0",
-        "cac.num_negatives=500", "cac.image_tags=true", "cac.tags_weight=0.5",
+        "cac.num_negatives=500", "cac.image_tags=true", "cac.tags_weight=0.5", "data.scale_range=[1.0,1.5]",
         f"data.labeled_split={split / 'labeled.txt'}", f"data.unlabeled_split={split / 'unlabeled.txt'}",
         f"data.unlabeled_tags={split / 'unlabeled_tags.txt'}",
     )
@@ -176,7 +176,7 @@ def test_cac_with_image_tags_trains_on_crop_pairs(synthetic_root, tmp_path, ray_
     assert summary["method"] == "cac" and [r["step"] for r in records] == [2, 4]
     for r in records:
         assert r["loss"] == pytest.approx(r["loss_sup"] + r["cac_weight"] * r["loss_dc"] + 0.5 * r["loss_tags"])
-        # 4 images × 2 crops × 6×8 cells at stride 8 = 384 pixels < the 500 negatives asked: all of them
+        # no padding (scale >= 1): 4 images × 2 crops × 6×8 cells at stride 8 = 384 < the 500 asked: all of them
         assert r["negatives"] == 384 and r["loss_dc"] > 0 and 0 < r["kept_both"] <= 1
 
 
