@@ -10,6 +10,13 @@ Usage (from the repository root)::
 
     python experiments/benchmarks/camvid_protocol.py --method supervised --labels all
     python experiments/benchmarks/camvid_protocol.py --method supervised --labels 1/16 --seed 0
+    python experiments/benchmarks/camvid_protocol.py --method self_correction --mode linear --labels 1/16
+
+``self_correction`` (issue 5): F is the labeled split, W the rest with boxes derived from masks (``raysemi
+data split --boxes``, written once per fraction and seed under ``_work/splits``). The ``none`` and ``linear``
+modes share one ancillary run per fraction, seed and iteration count (``self_correction-ancillary-...``,
+itself a result: its val mIoU is box-conditioned) and each trains only its primary stage from it; ``conv``
+runs its three stages (ancillary on half of F, corrector, primary) and its wall time covers all three.
 
 Results: ``experiments/benchmarks/results/<method>-<labels>-seed<seed>.json`` and the table in
 ``experiments/benchmarks/results/README.md`` (rebuilt from every JSON there).
@@ -31,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 CAMVID = REPO.parent / "shared" / "data" / "camvid-96x128"
+WORK = REPO / "experiments" / "benchmarks" / "_work"
 
 
 def protocol_config(method: str, labels: str, seed: int, iterations: int, run_dir: Path, overrides=()):
@@ -94,20 +102,61 @@ def run_name(method: str, labels: str, seed: int, iterations: int) -> str:
     return f"{method}-{labels.replace('/', 'of')}-seed{seed}{suffix}"
 
 
-def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: int, overrides=()) -> dict:
+def boxes_split(labels: str, seed: int) -> list[str]:
+    """Overrides pointing at F / W split files with W's boxes derived from masks (written once)."""
+    from raysemi.cli import main as cli
+
+    out = WORK / "splits" / f"{labels.replace('/', 'of')}-seed{seed}"
+    if not (out / "unlabeled_boxes.txt").is_file():
+        cli(["data", "split", str(CAMVID), "--fraction", labels, "--seed", str(seed), "--boxes", "--out", str(out)])
+    return [f"data.labeled_split={out / 'labeled.txt'}", f"data.unlabeled_split={out / 'unlabeled.txt'}",
+            f"data.unlabeled_boxes={out / 'unlabeled_boxes.txt'}"]
+
+
+def self_correction_overrides(mode: str, labels: str, seed: int, iterations: int, plain: int) -> list[str]:
+    """Overrides for one ``self_correction`` mode; ``none`` and ``linear`` first train (or reuse) the shared
+    ancillary run and start their primary stage from it."""
+    steps = [f"self_correction.mode={mode}", f"self_correction.ancillary_steps={iterations}",
+             f"self_correction.corrector_steps={iterations}", *boxes_split(labels, seed)]
+    if mode == "conv":
+        return steps
+    ancillary = run_name("self_correction-ancillary", labels, seed, iterations)
+    if not (WORK / ancillary / "summary.json").is_file():
+        run("self_correction-ancillary", labels, seed, iterations, plain,
+            protocol_overrides=["self_correction.stage=ancillary", *steps])
+    return [*steps, "self_correction.stage=primary", f"run.init_from={WORK / ancillary}"]
+
+
+def final_run_dir(cfg) -> Path:
+    """The run whose metrics describe the result: the last stage of a chained ``self_correction`` run."""
+    if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
+        from raysemi.methods.self_correction import stages_for
+
+        return Path(cfg.run.dir) / stages_for(cfg.self_correction.mode)[-1]
+    return Path(cfg.run.dir)
+
+
+def run(
+    method: str, labels: str, seed: int, iterations: int, plain_iterations: int, overrides=(), protocol_overrides=()
+) -> dict:
+    """One protocol run. ``method`` names the results (``self_correction-<mode>`` picks the config
+    ``self_correction_camvid.yaml``); ``overrides`` are the user's (recorded), ``protocol_overrides`` the
+    protocol's own (split files, stages)."""
     from raysemi.ray.train import train
     from raysemi.tracking import read_metrics
 
     name = run_name(method, labels, seed, iterations)
-    run_dir = REPO / "experiments" / "benchmarks" / "_work" / name
+    run_dir = WORK / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = protocol_config(method, labels, seed, iterations, run_dir, overrides)
+    cfg = protocol_config(method.split("-")[0], labels, seed, iterations, run_dir, [*protocol_overrides, *overrides])
     started = time.perf_counter()
     summary = train(cfg)
     wall = time.perf_counter() - started
-    records = [r for r in read_metrics(run_dir) if "images_per_s" in r]
+    metrics_dir = final_run_dir(cfg)
+    records = [r for r in read_metrics(metrics_dir) if "images_per_s" in r]
     steady = records[1:] or records  # the first interval includes pipeline start-up
-    labeled = len((run_dir / "labeled.txt").read_text().splitlines())
+    labeled = len((metrics_dir / "labeled.txt").read_text().splitlines())
+    stages = run_dir / "stages.json"
     result = {
         "method": method,
         "labels": labels,
@@ -121,6 +170,7 @@ def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: 
         "data_wait_frac": round(statistics.median(r["data_wait_frac"] for r in steady), 4),
         "plain_pytorch_images_per_s": round(plain_pytorch_images_per_s(cfg, plain_iterations), 2),
         "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
+        **({"stages": json.loads(stages.read_text())} if stages.is_file() else {}),
         "device": "cpu, 2 cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -197,6 +247,8 @@ def _mean_std(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="supervised")
+    parser.add_argument("--mode", choices=("none", "linear", "conv"), default="linear",
+                        help="self_correction.mode (only with --method self_correction)")
     parser.add_argument("--labels", default="all", help="all, or a fraction such as 1/16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=1000)
@@ -207,7 +259,13 @@ def main() -> int:
     if not CAMVID.is_dir():
         print(f"skipped: {CAMVID} not found (the benchmark needs ../shared/data)", file=sys.stderr)
         return 0
-    result = run(args.method, args.labels, args.seed, args.iterations, args.plain_iterations, args.set)
+    method, protocol_overrides = args.method, []
+    if method == "self_correction":
+        method = f"self_correction-{args.mode}"
+        protocol_overrides = self_correction_overrides(
+            args.mode, args.labels, args.seed, args.iterations, args.plain_iterations
+        )
+    result = run(method, args.labels, args.seed, args.iterations, args.plain_iterations, args.set, protocol_overrides)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -6,9 +6,11 @@ directional mask off) so the whole N×M product is computed; forward + backward 
 
 - Time: median of ``--repeats`` forward+backward passes, against the matrix-product floor: one N×D @ D×M
   product (2·N·M·D flops) at the matmul rate measured here on the same shapes.
-- Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the pass; on CPU, the growth of the process's
-  peak resident set (``ru_maxrss``) during the pass, each variant in a fresh subprocess so one cannot hide in
-  the other's peak (large tensors are mmapped and returned to the OS on free, so the peak RSS tracks them).
+- Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the pass; on CPU (Linux), the growth of the
+  process's peak resident set (``VmHWM``) during the pass, each variant in a fresh subprocess whose peak is
+  reset (``/proc/self/clear_refs``) once the inputs exist. Large tensors are mmapped and returned to the OS on
+  free, so the peak RSS tracks them. (``ru_maxrss`` does not work here: a child inherits its parent's peak
+  across fork and exec, so after the timed passes every child reported growth 0.)
 
 Usage (from the repository root)::
 
@@ -89,6 +91,16 @@ def matmul_rate(n: int, m: int, d: int, device: torch.device, repeats: int = 5) 
     return 2 * n * m * d / statistics.median(seconds)
 
 
+def peak_rss_bytes(reset: bool = False) -> int:
+    """This process's peak resident set (``VmHWM``), after resetting it to the current RSS when ``reset``."""
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line: peak memory on CPU needs Linux")
+
+
 def peak_memory_bytes(n: int, m: int, d: int, chunk_size: int | None, device: torch.device) -> int:
     """Peak memory of one forward+backward beyond the inputs (see the module docstring)."""
     if device.type == "cuda":
@@ -100,13 +112,13 @@ def peak_memory_bytes(n: int, m: int, d: int, chunk_size: int | None, device: to
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     code = (
-        "import resource, sys, torch; sys.path.insert(0, sys.argv[1]); "
-        "from experiments.benchmarks.contrastive_loss import make_inputs, forward_backward; "
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); "
+        "from experiments.benchmarks.contrastive_loss import make_inputs, forward_backward, peak_rss_bytes; "
         "n, m, d = map(int, sys.argv[2:5]); chunk = None if sys.argv[5] == 'None' else int(sys.argv[5]); "
         "inputs = make_inputs(n, m, d, torch.device('cpu')); "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "base = peak_rss_bytes(reset=True); "
         "forward_backward(inputs, chunk); "
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)"
+        "print(peak_rss_bytes() - base)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(REPO), str(n), str(m), str(d), str(chunk_size)],
@@ -143,18 +155,20 @@ def main() -> int:
         print(json.dumps(row))
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "contrastive_loss.json").write_text(json.dumps({"device": device_name, "rows": rows}, indent=1) + "\n")
-    write_table(rows, device_name)
+    record = {"device": device_name, "repeats": args.repeats, "rows": rows}
+    (RESULTS / "contrastive_loss.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_table(rows, device_name, args.repeats)
     return 0
 
 
-def write_table(rows: list[dict], device_name: str) -> None:
+def write_table(rows: list[dict], device_name: str, repeats: int) -> None:
     lines = [
         "# Directional contrastive loss: chunked vs plain",
         "",
         f"Script: [`contrastive_loss.py`](../contrastive_loss.py). Device: {device_name}. N anchors, D = 128, every",
-        "anchor kept; forward + backward into the anchors; time is the median of 5 passes; the floor is one",
-        "N×D @ D×M product at the matmul rate measured on the same shapes; peak memory is beyond the inputs.",
+        f"anchor kept; forward + backward into the anchors; time is the median of {repeats} passes; the floor is",
+        "one N×D @ D×M product at the matmul rate measured on the same shapes; peak memory is the growth of the",
+        "peak (CUDA allocator, or the process's peak RSS on CPU) over one pass, beyond the inputs.",
         "",
         "| N | M | chunk | plain (s) | chunked (s) | chunked / plain | floor (s) | chunked / floor "
         "| plain peak (MiB) | chunked peak (MiB) | memory saved |",
