@@ -92,6 +92,12 @@ def test_boxes_file_round_trip_and_bad_boxes(synthetic_root, tmp_path):
         read_boxes_file(tmp_path / "bad.txt", reader.root, reader.classes.num_classes)
 
 
+@pytest.mark.parametrize("read, kind", [(read_tags_file, "tags"), (read_boxes_file, "boxes")])
+def test_missing_weak_label_files_say_how_to_write_one(read, kind, tmp_path):
+    with pytest.raises(DataError, match=rf"absent.txt: {kind} file not found .*data split ... --{kind}"):
+        read(tmp_path / "absent.txt", tmp_path, 5)
+
+
 def test_voc_annotation_boxes_convert_one_based_inclusive_corners(tmp_path):
     xml = tmp_path / "2007_000032.xml"
     xml.write_text(

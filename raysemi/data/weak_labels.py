@@ -133,25 +133,18 @@ def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path,
     Raises:
         DataError: naming the file and line of a path outside ``root``, a missing image or a bad class id.
     """
-    from raysemi.data.splits import resolve_inside
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: tags file not found (write one with `raysemi data split ... --tags`)")
-    tags = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        image = resolve_inside(root.resolve(), parts[0], path, number)
+    def parse(cells: list[str], number: int) -> tuple[int, ...]:
+        accepted = f"tags must be class ids 0..{num_classes - 1}"
         try:
-            ids = tuple(int(t) for t in parts[1:])
+            ids = tuple(int(t) for t in cells)
         except ValueError:
-            raise DataError(f"{path}:{number}: tags must be class ids 0..{num_classes - 1}, got {line!r}") from None
+            raise DataError(f"{path}:{number}: {accepted}, got {' '.join(cells)!r}") from None
         if any(not 0 <= t < num_classes for t in ids):
-            raise DataError(f"{path}:{number}: tags must be class ids 0..{num_classes - 1}, got {list(ids)}")
-        tags[image] = ids
-    return tags
+            raise DataError(f"{path}:{number}: {accepted}, got {list(ids)}")
+        return ids
+
+    return _read_image_lines(path, root, "tags", parse)
 
 
 def boxes_from_masks(reader, samples: list) -> dict[Path, list[Box]]:
@@ -217,18 +210,25 @@ def read_boxes_file(path: str | Path, root: Path, num_classes: int) -> dict[Path
     Raises:
         DataError: naming the file and line of a path outside ``root``, a missing image or a malformed box.
     """
+    return _read_image_lines(
+        path, root, "boxes", lambda cells, number: [_parse_box(c, num_classes, Path(path), number) for c in cells]
+    )
+
+
+def _read_image_lines(path: str | Path, root: Path, kind: str, parse) -> dict:
+    """``{image path: parse(cells, line number)}`` for each non-blank ``image_path cell ...`` line of a weak-label
+    file; ``kind`` (``tags`` or ``boxes``) names the ``data split`` flag that writes one."""
     from raysemi.data.splits import resolve_inside
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: boxes file not found (write one with `raysemi data split ... --boxes`)")
-    boxes = {}
+        raise DataError(f"{path}: {kind} file not found (write one with `raysemi data split ... --{kind}`)")
+    entries = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         parts = line.split()
         if parts:
-            image = resolve_inside(root.resolve(), parts[0], path, number)
-            boxes[image] = [_parse_box(cell, num_classes, path, number) for cell in parts[1:]]
-    return boxes
+            entries[resolve_inside(root.resolve(), parts[0], path, number)] = parse(parts[1:], number)
+    return entries
 
 
 def _parse_box(cell: str, num_classes: int, path: Path, number: int) -> Box:
