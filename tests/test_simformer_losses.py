@@ -1,0 +1,95 @@
+"""SimFormer's pure pieces: focal and dice mask losses, their pairwise costs, the Hungarian matcher and the
+pixel–pixel similarity losses, on hand-made inputs with values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from raysemi.losses import (
+    MatchCosts,
+    balanced_pair_bce,
+    dice_loss,
+    hungarian_match,
+    matching_cost,
+    novel_similarity,
+    pairwise_dice_cost,
+    pairwise_focal_cost,
+    pixel_pair_similarity_targets,
+    sigmoid_focal_loss,
+    similarity_distillation_loss,
+)
+
+LN2 = math.log(2)
+
+
+def test_focal_loss_on_a_logit_of_zero():
+    # p = 0.5 at both pixels: CE = ln 2, (1 - p_t)^2 = 1/4; α_t = 0.25 for the positive, 0.75 for the negative
+    logits, targets = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+    assert sigmoid_focal_loss(logits, targets).item() == pytest.approx((0.25 + 0.75) * 0.25 * LN2 / 2)
+    only_positive = torch.tensor([[True, False]])
+    assert sigmoid_focal_loss(logits, targets, only_positive).item() == pytest.approx(0.25 * 0.25 * LN2)
+
+
+def test_dice_loss_on_saturated_logits():
+    # p = (1, 1, 0, 0), t = (1, 0, 1, 0): 1 - (2·1 + 1) / (2 + 2 + 1) = 0.4
+    logits, targets = torch.tensor([[100.0, 100.0, -100.0, -100.0]]), torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    assert dice_loss(logits, targets).item() == pytest.approx(0.4)
+    # dropping the third pixel: 1 - 3 / (2 + 1 + 1) = 0.25
+    assert dice_loss(logits, targets, torch.tensor([True, True, False, True])).item() == pytest.approx(0.25)
+
+
+def test_pairwise_costs_equal_the_losses_pair_by_pair():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(4, 3, 5), (torch.rand(3, 3, 5) > 0.5).float()
+    focal, dice = pairwise_focal_cost(logits, targets), pairwise_dice_cost(logits, targets)
+    assert focal.shape == dice.shape == (4, 3)
+    for q in range(4):
+        for t in range(3):
+            assert focal[q, t].item() == pytest.approx(sigmoid_focal_loss(logits[q : q + 1], targets[t : t + 1]).item())
+            assert dice[q, t].item() == pytest.approx(dice_loss(logits[q : q + 1], targets[t : t + 1]).item())
+
+
+def test_hungarian_match_finds_the_cheapest_assignment():
+    # the diagonal-ish assignment costs 1 + 1 + 1; any use of query 3 costs at least 4 + 1 + 1
+    cost = torch.tensor([[1.0, 5, 5], [5, 5, 1], [5, 1, 5], [4, 4, 4]])
+    queries, targets = hungarian_match(cost)
+    assert queries.tolist() == [0, 1, 2] and targets.tolist() == [0, 2, 1]
+    with pytest.raises(ValueError, match="2 queries cannot each take one of 3 targets"):
+        hungarian_match(cost[:2])
+
+
+def test_novel_targets_are_matched_on_class_alone():
+    torch.manual_seed(0)
+    class_logits, mask_logits = torch.randn(5, 4), torch.randn(5, 6, 6)
+    labels, masks = torch.tensor([0, 2]), (torch.rand(2, 6, 6) > 0.5).float()
+    cost = matching_cost(class_logits, mask_logits, labels, masks, torch.tensor([True, False]))
+    probs = class_logits.softmax(-1)
+    assert torch.allclose(cost[:, 1], -probs[:, 2])  # novel: class only, whatever its mask row holds
+    mask_part = 20 * pairwise_focal_cost(mask_logits, masks[:1]) + pairwise_dice_cost(mask_logits, masks[:1])
+    assert torch.allclose(cost[:, 0], -probs[:, 0] + mask_part[:, 0])
+    cheap = matching_cost(class_logits, mask_logits, labels, masks, torch.tensor([True, False]), MatchCosts(2, 0, 0))
+    assert torch.allclose(cheap, -2 * probs[:, [0, 2]])
+
+
+def test_pair_targets_and_balanced_bce():
+    targets = pixel_pair_similarity_targets(torch.tensor([0, 1, 2]), torch.tensor([1, 1, 0]))
+    assert targets.tolist() == [[0, 0, 1], [1, 1, 0], [0, 0, 0]]
+    # one positive pair at logit 0 (BCE ln 2), three negatives at -100 (BCE ~0): balanced ½·ln 2, not ¼·ln 2
+    logits = torch.tensor([[0.0, -100.0], [-100.0, -100.0]])
+    pair_targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    assert balanced_pair_bce(logits, pair_targets).item() == pytest.approx(LN2 / 2)
+    only_negatives = pair_targets == 0
+    assert balanced_pair_bce(logits, pair_targets, only_negatives).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_student_similarity_and_distillation_gradient():
+    scores_a = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    scores_b = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    student = novel_similarity(scores_a, scores_b)
+    assert student.tolist() == [[1.0, 0.0, 0.0]]  # cos 1, cos 0, ReLU(cos π)
+    teacher = torch.full((1, 3), 0.5, requires_grad=True)
+    loss = similarity_distillation_loss(torch.full((1, 1), 0.5, requires_grad=True), teacher[:, :1])
+    assert loss.item() == pytest.approx(LN2)
+    similarity_distillation_loss(student, teacher).backward()
+    assert teacher.grad is None and scores_a.grad is not None
