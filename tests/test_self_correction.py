@@ -10,7 +10,7 @@ from raysemi.config import load_config
 from raysemi.losses import linear_self_correction, soft_cross_entropy
 from raysemi.methods import build_method
 from raysemi.methods.self_correction import alpha_at, stage_configs
-from raysemi.models import BoxEncoder
+from raysemi.models import BoxEncoder, build_ancillary
 
 
 def _logits(seed, shape=(2, 4, 3, 5)):
@@ -82,6 +82,23 @@ def test_box_encoder_heatmaps_change_only_near_the_boxes():
     near = torch.zeros(16, 16, dtype=torch.bool)
     near[3:9, 5:11] = True  # the box grown by the 3×3 conv's reach
     assert changed[4:8, 6:10].all() and not changed[~near].any()
+
+
+def test_box_encoder_starts_at_a_uniform_half_that_batchnorm_absorbs():
+    cfg = load_config(None, ["model.head_channels=16"])
+    torch.manual_seed(0)
+    ancillary = build_ancillary(cfg.model, num_classes=4).train()
+    for module in ancillary.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # two forward passes must see the same network
+    images, boxes = torch.randn(2, 3, 64, 64), torch.zeros(2, 5, 64, 64)
+    boxes[:, 1, 8:40, 8:40], boxes[:, 4] = 1.0, 1.0
+    heatmaps = ancillary.box_encoder(boxes, [(16, 16), (4, 4)])
+    assert all(torch.all(heat == 0.5) for heat in heatmaps)  # weight 0, bias 0: sigmoid(0), whatever the boxes
+    with torch.no_grad():
+        with_boxes, without = ancillary(images, boxes)["logits"], ancillary.segmenter(images)["logits"]
+    # the 0.5 scale is undone by the next BatchNorm (up to its eps): the pretrained path starts intact
+    assert (with_boxes - without).abs().max() < 0.05 * without.abs().max()
 
 
 def test_primary_stage_freezes_the_ancillary():

@@ -3,9 +3,12 @@
 A box encoder turns the ``(C + 1)``-channel box raster into one heatmap per feature scale (3×3 conv to the
 feature width, then sigmoid) and multiplies it element-wise into the encoder's features at two scales: the
 high-level output that feeds ASPP (or the PSP pyramid) and the low-level skip, before the decoder. Injecting
-at the backbone's outputs works for either head. The convs start at weight 0 and bias +4 (heatmaps ≈ 0.98
-everywhere), so a pretrained backbone's features pass through nearly unchanged at the start and the encoder
-learns where to damp them (the slides' "careful injection ... to use pretrained models").
+at the backbone's outputs works for either head. The convs start at weight 0 and bias 0: every heatmap is 0.5
+everywhere, a uniform scale that the BatchNorm after each injection point absorbs, so a pretrained backbone's
+features reach the decoder as they would without boxes (the slides' "careful injection ... to use pretrained
+models") while the sigmoid sits where its slope is largest (1/4) and the encoder learns fast where to damp or
+keep features. (A bias of +4, heatmaps ≈ 0.98, also passes features through but its slope of 0.018 left the
+encoder nearly untrained after 300 steps: the ancillary's val mIoU with boxes was no better than without.)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 from raysemi.config import ModelConfig
 from raysemi.models.segmenter import Segmenter, build_segmenter
 
-INITIAL_HEAT_BIAS = 4.0
+INITIAL_HEAT_BIAS = 0.0
 
 
 class BoxEncoder(nn.Module):
