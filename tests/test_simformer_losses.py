@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from raysemi.losses import (
+    ImageTargets,
     MatchCosts,
     balanced_pair_bce,
+    complementary_loss,
     dice_loss,
     hungarian_match,
     matching_cost,
@@ -16,6 +18,7 @@ from raysemi.losses import (
     pairwise_dice_cost,
     pairwise_focal_cost,
     pixel_pair_similarity_targets,
+    proposal_pixel_loss,
     sigmoid_focal_loss,
     similarity_distillation_loss,
 )
@@ -93,3 +96,64 @@ def test_student_similarity_and_distillation_gradient():
     assert loss.item() == pytest.approx(LN2)
     similarity_distillation_loss(student, teacher).backward()
     assert teacher.grad is None and scores_a.grad is not None
+
+
+def _two_class_image(h=4, w=4):
+    """Class 1 (base) fills the left half; class 3 (novel) is tagged; its mask row holds junk that must not
+    matter."""
+    masks = torch.zeros(2, h, w)
+    masks[0, :, : w // 2] = 1.0
+    masks[1] = 1.0  # a novel row: never a mask target
+    return ImageTargets(torch.tensor([1, 3]), masks, torch.tensor([True, False]), torch.ones(h, w, dtype=torch.bool))
+
+
+def test_class_loss_weighs_no_object_by_a_tenth():
+    # query 0 clearly class 1, query 1 clearly class 3, query 2 flat: matched 0→1, 1→3, query 2 is no-object
+    class_logits = torch.zeros(3, 5)
+    class_logits[0, 1], class_logits[1, 3] = 2.0, 2.0
+    mask_logits = torch.zeros(3, 4, 4)
+    losses, novel = proposal_pixel_loss(class_logits, mask_logits, _two_class_image())
+    matched_ce = -math.log(math.exp(2) / (math.exp(2) + 4))
+    expected = (2 * matched_ce + 0.1 * math.log(5)) / 2.1
+    assert losses["loss_class"].item() == pytest.approx(expected)
+    assert novel.tolist() == [1]
+    # σ(0) = 0.5 everywhere against the left half: dice 1 − (2·4 + 1)/(8 + 8 + 1)
+    assert losses["loss_dice"].item() == pytest.approx(1 - 9 / 17)
+    total = losses["loss_class"] + 20 * losses["loss_focal"] + losses["loss_dice"]
+    assert losses["loss"].item() == pytest.approx(total.item())
+
+
+def test_novel_targets_never_receive_mask_loss():
+    torch.manual_seed(0)
+    class_logits = torch.zeros(3, 5)
+    class_logits[0, 1], class_logits[1, 3] = 5.0, 5.0
+    class_logits.requires_grad_()
+    mask_logits = torch.randn(3, 4, 4)
+    mask_logits[0, :, :2], mask_logits[0, :, 2:] = 3.0, -3.0  # query 0 matches the base class on both costs
+    mask_logits.requires_grad_()
+    losses, novel = proposal_pixel_loss(class_logits, mask_logits, _two_class_image())
+    assert novel.tolist() == [1]
+    losses["loss"].backward()
+    per_query = mask_logits.grad.abs().flatten(1).sum(1)
+    assert per_query[0] > 0 and per_query[1] == 0 and per_query[2] == 0  # base-matched only
+    assert class_logits.grad[1].abs().sum() > 0  # the novel query still learns its class
+
+
+def test_complementary_loss_covers_the_non_base_region():
+    base = torch.tensor([[True, False]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    # every novel logit far below the ignore logit: the max is logit(0.05) at both pixels, no gradient
+    mask_logits = torch.full((3, 1, 2), -100.0, requires_grad=True)
+    loss = complementary_loss(mask_logits, torch.tensor([1, 2]), base, valid)
+    focal = (0.75 * 0.05**2 * -math.log(0.95) + 0.25 * 0.95**2 * -math.log(0.05)) / 2
+    dice = 1 - (2 * 0.05 + 1) / (0.1 + 1 + 1)
+    assert loss.item() == pytest.approx(focal + dice)
+    loss.backward()
+    assert mask_logits.grad.abs().sum() == 0
+    # a novel query that claims exactly the non-base pixel: the loss nearly vanishes, and query 0 (not
+    # novel) gets no gradient
+    claimed = torch.tensor([[[50.0, 50.0]], [[-50.0, 50.0]], [[-100.0, -100.0]]], requires_grad=True)
+    loss = complementary_loss(claimed, torch.tensor([1, 2]), base, valid)
+    loss.backward()
+    assert loss.item() < 0.3 and claimed.grad[0].abs().sum() == 0
+    assert complementary_loss(claimed, torch.tensor([], dtype=torch.long), base, valid).item() == 0.0

@@ -19,12 +19,21 @@ from raysemi.losses.pixel_similarity import (
     pixel_pair_similarity_targets,
     similarity_distillation_loss,
 )
+from raysemi.losses.proposal_pixel import (
+    ImageTargets,
+    ProposalPixelWeights,
+    complementary_loss,
+    proposal_pixel_loss,
+)
 from raysemi.losses.pseudo_supervision import cross_pseudo_supervision
 from raysemi.losses.self_correction import linear_self_correction, soft_cross_entropy
 
 __all__ = [
+    "ImageTargets",
     "MatchCosts",
+    "ProposalPixelWeights",
     "balanced_pair_bce",
+    "complementary_loss",
     "cross_pseudo_supervision",
     "dice_loss",
     "directional_alignment_loss",
@@ -39,6 +48,7 @@ __all__ = [
     "pairwise_focal_cost",
     "pixel_cross_entropy",
     "pixel_pair_similarity_targets",
+    "proposal_pixel_loss",
     "sigmoid_focal_loss",
     "similarity_distillation_loss",
     "soft_cross_entropy",

@@ -22,13 +22,16 @@ class MatchCosts:
     dice_weight: float = 1.0
 
 
+DEFAULT_COSTS = MatchCosts()
+
+
 def matching_cost(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
     target_labels: torch.Tensor,
     target_masks: torch.Tensor,
     target_is_base: torch.Tensor,
-    costs: MatchCosts = MatchCosts(),
+    costs: MatchCosts = DEFAULT_COSTS,
 ) -> torch.Tensor:
     """The ``(Q, T)`` cost of assigning query q to target t.
 
