@@ -186,6 +186,10 @@ class SelfCorrectionConfig(Section):
     ancillary_steps: int | None = Field(None, ge=1)  # stage 1; None: train.steps
     corrector_steps: int | None = Field(None, ge=1)  # conv stage 2; None: train.steps
     corrector_hidden: int = Field(128, ge=1)
+    # ancillary output restricted to the classes whose boxes cover each pixel (free_classes: allowed anywhere,
+    # e.g. VOC's background 0, which has no boxes)
+    box_constraint: bool = True
+    free_classes: list[int] = []
     # which stage a run is; `all` (what a user runs) chains them, each its own run under run.dir
     stage: Literal["all", "ancillary", "corrector", "primary"] = "all"
 

@@ -11,6 +11,7 @@ from raysemi.losses import linear_self_correction, soft_cross_entropy
 from raysemi.methods import build_method
 from raysemi.methods.self_correction import alpha_at, stage_configs
 from raysemi.models import BoxEncoder, build_ancillary
+from raysemi.models.box_encoder import box_constrained_log_probs
 
 
 def _logits(seed, shape=(2, 4, 3, 5)):
@@ -99,6 +100,29 @@ def test_box_encoder_starts_at_a_uniform_half_that_batchnorm_absorbs():
         with_boxes, without = ancillary(images, boxes)["logits"], ancillary.segmenter(images)["logits"]
     # the 0.5 scale is undone by the next BatchNorm (up to its eps): the pretrained path starts intact
     assert (with_boxes - without).abs().max() < 0.05 * without.abs().max()
+
+
+def test_box_constraint_rules_out_classes_outside_their_boxes():
+    logits = torch.tensor([0.0, 5.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3).clone().requires_grad_()
+    boxes = torch.zeros(1, 4, 1, 3)
+    boxes[0, [0, 2], 0, 0] = 1.0  # pixel 0: inside boxes of classes 0 and 2 only
+    boxes[0, 3, 0, 1] = 1.0  # pixel 1: outside every box (VOC: background); pixel 2: padding, all zero
+    out = box_constrained_log_probs(logits, boxes)
+    half = math.log(0.5)
+    assert out[0, :, 0, 0].tolist() == pytest.approx([half, -20.0, half])
+    everything = torch.log_softmax(torch.tensor([0.0, 5.0, 0.0]), 0).tolist()
+    assert out[0, :, 0, 1].tolist() == pytest.approx(everything)  # nothing allowed: everything allowed
+    assert out[0, :, 0, 2].tolist() == pytest.approx(everything)
+    free = box_constrained_log_probs(logits, boxes, free_classes=(1,))
+    assert free[0, :, 0, 0].tolist() == pytest.approx(everything)
+    out[0, :, 0, 0].sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0, 1, 0, 0] == 0  # ruled out: no gradient
+
+
+def test_free_classes_must_be_class_ids():
+    cfg = load_config(None, ["model.head_channels=16"])
+    with pytest.raises(ValueError, match=r"self_correction.free_classes=\[7\]: class ids must be in 0..3"):
+        build_ancillary(cfg.model, 4, box_constraint=True, free_classes=(7,))
 
 
 def test_primary_stage_freezes_the_ancillary():

@@ -7,7 +7,8 @@ starts from the previous one's checkpoint through ``run.init_from``):
 1. ``ancillary``: p_anc(y | x, b), a segmenter with a box encoder (:mod:`raysemi.models.box_encoder`),
    trained with CE on F (on the first half of F in ``conv`` mode, so the corrector later sees its mistakes on
    images it did not fit). F's boxes are derived from its masks; its val mIoU is measured with val boxes
-   derived the same way.
+   derived the same way. With ``box_constraint`` its output covers only the classes whose boxes cover each
+   pixel (:func:`raysemi.models.box_encoder.box_constrained_log_probs`).
 2. ``corrector`` (``conv`` mode only): the primary p(y | x) and the convolutional corrector on F, with
    ``CE(y, p) + CE(y, q_conv)``; q_conv sees the primary's logits detached (the corrector learns to correct,
    the primary learns from its own CE) and the frozen ancillary's.
@@ -73,8 +74,12 @@ class _Stage:
     def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
         return LogitsOnly(unwrap(models["primary"]))
 
+    def _ancillary(self, num_classes: int) -> nn.Module:
+        o = self.options
+        return build_ancillary(self.cfg.model, num_classes, o.box_constraint, tuple(o.free_classes))
+
     def _frozen_ancillary(self, num_classes: int) -> nn.Module:
-        ancillary = build_ancillary(self.cfg.model, num_classes)
+        ancillary = self._ancillary(num_classes)
         ancillary.requires_grad_(False)
         return ancillary.eval()
 
@@ -91,7 +96,7 @@ class AncillaryStage(_Stage):
     eval_needs_boxes = True
 
     def build_models(self, num_classes: int) -> dict[str, nn.Module]:
-        return {"ancillary": build_ancillary(self.cfg.model, num_classes)}
+        return {"ancillary": self._ancillary(num_classes)}
 
     def streams(self) -> dict[str, StreamSpec]:
         source = "labeled_half" if self.options.mode == "conv" else "labeled"

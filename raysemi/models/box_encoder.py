@@ -39,18 +39,58 @@ class BoxEncoder(nn.Module):
 
 
 class AncillarySegmenter(nn.Module):
-    """p_anc(y | x, b): ``forward(images (N,3,H,W), boxes (N,C+1,H,W))`` → ``{"logits", "features"}``."""
+    """p_anc(y | x, b): ``forward(images (N,3,H,W), boxes (N,C+1,H,W))`` → ``{"logits", "features"}``.
 
-    def __init__(self, segmenter: Segmenter, num_classes: int):
+    With ``box_constraint`` the logits are :func:`box_constrained_log_probs`: a class gets (almost) no
+    probability where none of its boxes lies, classes in ``free_classes`` excepted.
+    """
+
+    def __init__(
+        self, segmenter: Segmenter, num_classes: int, box_constraint: bool = False, free_classes: tuple[int, ...] = ()
+    ):
         super().__init__()
+        if any(not 0 <= c < num_classes for c in free_classes):
+            raise ValueError(f"self_correction.free_classes={list(free_classes)}: class ids must be in "
+                             f"0..{num_classes - 1}")
         self.segmenter = segmenter
+        self.box_constraint = box_constraint
+        self.free_classes = tuple(free_classes)
         backbone = segmenter.backbone
         self.box_encoder = BoxEncoder(num_classes + 1, (backbone.low_channels, backbone.high_channels))
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> dict[str, torch.Tensor]:
         low, high = self.segmenter.backbone(images)
         heat_low, heat_high = self.box_encoder(boxes.to(low.dtype), [low.shape[-2:], high.shape[-2:]])
-        return self.segmenter.decode(low * heat_low, high * heat_high, images.shape[-2:])
+        out = self.segmenter.decode(low * heat_low, high * heat_high, images.shape[-2:])
+        if self.box_constraint:
+            out["logits"] = box_constrained_log_probs(out["logits"], boxes, self.free_classes)
+        return out
+
+
+def box_constrained_log_probs(
+    logits: torch.Tensor, boxes: torch.Tensor, free_classes: tuple[int, ...] = (), floor: float = -20.0
+) -> torch.Tensor:
+    """Log-probabilities over the classes each pixel's boxes allow.
+
+    A pixel of class c lies inside a box of class c, so outside all of them c is ruled out (what box-supervised
+    methods from BoxSup on use). The softmax runs over the allowed classes; ruled-out ones get ``floor``
+    (e^-20 ≈ 2e-9), finite so that the result can feed a corrector or a linear combination. A pixel that allows
+    nothing (padding) allows everything.
+
+    Args:
+        logits: ``(N, C, H, W)``.
+        boxes: ``(N, C + 1, H, W)`` raster (channel c: inside a box of class c; channel C: outside every box).
+        free_classes: classes allowed everywhere (e.g. a background class that has no boxes).
+
+    Returns:
+        ``(N, C, H, W)`` log-probabilities in ``[floor, 0]`` (usable as logits).
+    """
+    allowed = boxes[:, :-1] > 0.5
+    if free_classes:
+        allowed[:, list(free_classes)] = True
+    allowed = allowed | ~allowed.any(1, keepdim=True)
+    log_probs = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=1)
+    return log_probs.clamp(min=floor)
 
 
 class ConvCorrector(nn.Module):
@@ -71,5 +111,7 @@ class ConvCorrector(nn.Module):
         return self.layers(torch.cat([primary_logits, ancillary_logits], dim=1))
 
 
-def build_ancillary(cfg: ModelConfig, num_classes: int) -> AncillarySegmenter:
-    return AncillarySegmenter(build_segmenter(cfg, num_classes), num_classes)
+def build_ancillary(
+    cfg: ModelConfig, num_classes: int, box_constraint: bool = False, free_classes: tuple[int, ...] = ()
+) -> AncillarySegmenter:
+    return AncillarySegmenter(build_segmenter(cfg, num_classes), num_classes, box_constraint, tuple(free_classes))
