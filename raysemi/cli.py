@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from raysemi.errors import RaysemiError, find_user_error
+from raysemi.errors import DataError, RaysemiError, find_user_error
 
 console = Console(stderr=False)
 
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--boxes", action="store_true",
                        help="also write unlabeled_boxes.txt: each unlabeled image's boxes (VOC: Annotations/*.xml; "
                             "otherwise one box per connected component of each class of its mask)")
+    split.add_argument("--pairs", action="store_true",
+                       help="also write pairs.txt: a reference image for each labeled image (SimFormer), preferring "
+                            "one that shares exactly one novel class, else a base class")
+    split.add_argument("--novel", help="novel class ids for --pairs, comma-separated (default: a quarter of the "
+                                       "classes other than 0, drawn with --seed)")
     split.set_defaults(handler=cmd_split)
 
     check = data.add_parser("check", help="report every problem in a dataset in one pass")
@@ -163,8 +168,28 @@ def cmd_split(args: argparse.Namespace) -> int:
         from raysemi.data.weak_labels import dataset_boxes, write_boxes_file
 
         write_boxes_file(args.out / "unlabeled_boxes.txt", dataset_boxes(reader, split.unlabeled), reader.root)
+    if args.pairs:
+        write_pairs(reader, split.labeled, args.novel, args.seed, args.out / "pairs.txt")
     print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled -> {args.out}")
     return 0
+
+
+def write_pairs(reader, samples: list, novel_text: str | None, seed: int, path: Path) -> None:
+    """The SimFormer pair table of ``samples`` (tags from their masks) → ``path``; prints how partners were found."""
+    from raysemi.data.pairs import KINDS, reference_pairs, write_pairs_file
+    from raysemi.data.weak_labels import partition_classes, tags_from_masks
+
+    num_classes = reader.classes.num_classes
+    try:
+        novel = None if novel_text is None else [int(c) for c in novel_text.split(",")]
+    except ValueError:
+        raise DataError(f"--novel={novel_text!r}: expected comma-separated class ids such as 8,9,10") from None
+    _, novel = partition_classes(num_classes, novel, seed=seed)
+    tags = tags_from_masks(reader, samples)
+    partner, kind = reference_pairs(list(tags.values()), novel, num_classes, seed)
+    write_pairs_file(path, list(tags), partner, kind, reader.root)
+    counts = ", ".join(f"{int((kind == k).sum())} {name}" for k, name in enumerate(KINDS))
+    print(f"pairs for novel classes {novel}: {counts} -> {path}")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -144,7 +144,7 @@ def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path,
             raise DataError(f"{path}:{number}: {accepted}, got {list(ids)}")
         return ids
 
-    return _read_image_lines(path, root, "tags", parse)
+    return read_image_lines(path, root, "tags", parse)
 
 
 def boxes_from_masks(reader, samples: list) -> dict[Path, list[Box]]:
@@ -210,12 +210,12 @@ def read_boxes_file(path: str | Path, root: Path, num_classes: int) -> dict[Path
     Raises:
         DataError: naming the file and line of a path outside ``root``, a missing image or a malformed box.
     """
-    return _read_image_lines(
+    return read_image_lines(
         path, root, "boxes", lambda cells, number: [_parse_box(c, num_classes, Path(path), number) for c in cells]
     )
 
 
-def _read_image_lines(path: str | Path, root: Path, kind: str, parse) -> dict:
+def read_image_lines(path: str | Path, root: Path, kind: str, parse) -> dict:
     """``{image path: parse(cells, line number)}`` for each non-blank ``image_path cell ...`` line of a weak-label
     file; ``kind`` (``tags`` or ``boxes``) names the ``data split`` flag that writes one."""
     from raysemi.data.splits import resolve_inside
