@@ -61,14 +61,13 @@ def reference_pairs(
 
 def write_pairs_file(path: Path, images: list[Path], partner: np.ndarray, kind: np.ndarray, root: Path) -> None:
     """One ``image_path partner_path kind`` line per image, paths relative to ``root``."""
+    from raysemi.data.weak_labels import write_lines_atomically
+
     lines = [
         f"{images[i].relative_to(root).as_posix()} {images[j].relative_to(root).as_posix()} {KINDS[k]}"
         for i, (j, k) in enumerate(zip(partner, kind, strict=True))
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_lines_atomically(path, lines)
 
 
 def read_pairs_file(path: str | Path, root: Path) -> dict[Path, Path]:

@@ -124,7 +124,7 @@ def tags_from_masks(reader, samples: list) -> dict[Path, tuple[int, ...]]:
 def write_tags_file(path: Path, tags: dict[Path, tuple[int, ...]], root: Path) -> None:
     """One ``image_path class_id class_id ...`` line per image, paths relative to ``root``."""
     lines = [" ".join([image.relative_to(root).as_posix(), *map(str, ids)]) for image, ids in tags.items()]
-    _write_atomically(path, lines)
+    write_lines_atomically(path, lines)
 
 
 def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path, tuple[int, ...]]:
@@ -201,7 +201,7 @@ def write_boxes_file(path: Path, boxes: dict[Path, list[Box]], root: Path) -> No
     lines = []
     for image, image_boxes in boxes.items():
         lines.append(" ".join([image.relative_to(root).as_posix(), *(b.to_text() for b in image_boxes)]))
-    _write_atomically(path, lines)
+    write_lines_atomically(path, lines)
 
 
 def read_boxes_file(path: str | Path, root: Path, num_classes: int) -> dict[Path, list[Box]]:
@@ -242,7 +242,8 @@ def _parse_box(cell: str, num_classes: int, path: Path, number: int) -> Box:
     return box
 
 
-def _write_atomically(path: Path, lines: list[str]) -> None:
+def write_lines_atomically(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
