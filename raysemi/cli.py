@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write pairs.txt: a reference image for each labeled image (SimFormer), preferring "
                             "one that shares exactly one novel class, else a base class")
     split.add_argument("--novel", help="novel class ids for --pairs, comma-separated (default: a quarter of the "
-                                       "classes other than 0, drawn with --seed)")
+                                       "classes drawn with --seed, the draw of simformer.novel_fraction=0.25 with "
+                                       "simformer.class_seed=SEED)")
     split.set_defaults(handler=cmd_split)
 
     check = data.add_parser("check", help="report every problem in a dataset in one pass")
@@ -112,9 +113,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from raysemi.engine.inference import evaluate_checkpoint, load_eval_model
 
     loaded = load_eval_model(args.checkpoint, args.overrides)
-    summary = evaluate_checkpoint(loaded).summary(loaded.class_names)
+    summary = evaluate_checkpoint(loaded).summary(loaded.class_names, loaded.class_groups)
     print_results(summary, title=f"eval of {loaded.checkpoint.path}")
-    print(json.dumps({"miou": summary["miou"], "pixel_acc": summary["pixel_acc"]}))
+    print(json.dumps({key: value for key, value in summary.items() if key != "iou"}))
     return 0
 
 
@@ -176,18 +177,16 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def write_pairs(reader, samples: list, novel_text: str | None, seed: int, path: Path) -> None:
     """The SimFormer pair table of ``samples`` (tags from their masks) → ``path``; prints how partners were found."""
-    from raysemi.data.pairs import KINDS, reference_pairs, write_pairs_file
-    from raysemi.data.weak_labels import partition_classes, tags_from_masks
+    from raysemi.data.pairs import KINDS, pair_table, write_pairs_file
+    from raysemi.data.weak_labels import ClassSplit
 
-    num_classes = reader.classes.num_classes
     try:
-        novel = None if novel_text is None else [int(c) for c in novel_text.split(",")]
+        novel = None if novel_text is None else tuple(int(c) for c in novel_text.split(","))
     except ValueError:
         raise DataError(f"--novel={novel_text!r}: expected comma-separated class ids such as 8,9,10") from None
-    _, novel = partition_classes(num_classes, novel, seed=seed)
-    tags = tags_from_masks(reader, samples)
-    partner, kind = reference_pairs(list(tags.values()), novel, num_classes, seed)
-    write_pairs_file(path, list(tags), partner, kind, reader.root)
+    _, novel = ClassSplit(novel, seed=seed).resolve(reader.classes.num_classes)
+    images, partner, kind = pair_table(reader, samples, novel, seed)
+    write_pairs_file(path, images, partner, kind, reader.root)
     counts = ", ".join(f"{int((kind == k).sum())} {name}" for k, name in enumerate(KINDS))
     print(f"pairs for novel classes {novel}: {counts} -> {path}")
 
@@ -219,6 +218,9 @@ def print_results(summary: dict, title: str) -> None:
     for name, value in summary["iou"].items():
         table.add_row(name, "-" if value is None else f"{value:.4f}")
     table.add_row("[bold]mIoU[/bold]", f"[bold]{summary['miou']:.4f}[/bold]")
+    for key in summary:
+        if key.startswith("miou_"):
+            table.add_row(f"mIoU {key.removeprefix('miou_')}", f"{summary[key]:.4f}")
     table.add_row("pixel acc", f"{summary['pixel_acc']:.4f}")
     console.print(table)
 

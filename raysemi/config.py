@@ -194,6 +194,46 @@ class SelfCorrectionConfig(Section):
     stage: Literal["all", "ancillary", "corrector", "primary"] = "all"
 
 
+class SimFormerConfig(Section):
+    """Weak-shot segmentation by dual similarity transfer (``method: simformer``); see
+    :mod:`raysemi.methods.simformer`."""
+
+    # base/novel split: novel class ids, or novel_fraction of the classes drawn with class_seed
+    novel: list[int] | None = None
+    novel_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    class_seed: int = 0
+    keep_base: list[int] = []  # never drawn as novel (e.g. VOC's background 0)
+    oracle: bool = False  # train on the novel masks too (the fully supervised upper bound); metrics still split
+    pairs_file: str | None = None  # pair table from `raysemi data split --pairs`; None: computed at start
+    # mask-classification model
+    queries: int = Field(16, ge=1)
+    dim: int = Field(64, ge=8)  # transformer, pixel-embedding and mask-embedding width (divisible by 4 and heads)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    feedforward: int = Field(256, ge=1)
+    deep_supervision: bool = True  # proposal–pixel loss after every decoder layer, not only the last
+    # proposal–pixel transfer
+    no_object_weight: float = Field(0.1, ge=0.0)
+    focal_weight: float = Field(20.0, ge=0.0)
+    dice_weight: float = Field(1.0, ge=0.0)
+    complementary_weight: float = Field(0.15, ge=0.0)
+    ignore_prob: float = Field(0.05, gt=0.0, lt=1.0)  # the constant "ignore" proposal of the complementary loss
+    # pixel–pixel transfer
+    points: int = Field(100, ge=1)  # J points per image
+    inside_share: float = Field(0.75, ge=0.0, le=1.0)  # of them, the share drawn inside shared base classes
+    similarity_weight: float = Field(1.0, ge=0.0)  # the head's class-balanced BCE on base pairs
+    distill_weight: float = Field(0.1, ge=0.0)  # pulling novel score similarity toward the head
+    head_hidden: int = Field(64, ge=1)
+    head_blocks: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _shape(self) -> SimFormerConfig:
+        if self.dim % 4 or self.dim % self.heads:
+            raise ValueError(f"simformer.dim={self.dim} must divide by 4 (positional code) and by "
+                             f"simformer.heads={self.heads}")
+        return self
+
+
 class WandbConfig(Section):
     mode: Literal["disabled", "offline", "online"] = "disabled"
     project: str = "raysemi"
@@ -213,7 +253,7 @@ class RunSection(Section):
 
 
 class Config(Section):
-    method: Literal["supervised", "cps", "cac", "self_correction"] = "supervised"
+    method: Literal["supervised", "cps", "cac", "self_correction", "simformer"] = "supervised"
     run: RunSection = RunSection()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -226,6 +266,7 @@ class Config(Section):
     cps: CPSConfig = CPSConfig()
     cac: CACConfig = CACConfig()
     self_correction: SelfCorrectionConfig = SelfCorrectionConfig()
+    simformer: SimFormerConfig = SimFormerConfig()
 
     @model_validator(mode="after")
     def _tags_available(self) -> Config:

@@ -25,6 +25,12 @@ METHODS = {
         for stage, mode in [("ancillary", "linear"), ("ancillary", "conv"), ("corrector", "conv"),
                             ("primary", "none"), ("primary", "linear"), ("primary", "conv")]
     },
+    # points=200 > the 40×56 / 16 embedding pixels: every pixel is drawn, so the distillation always has pairs
+    "simformer": ["method=simformer", "simformer.novel=[3]", "simformer.points=200"],
+    "simformer-basic-shallow": ["method=simformer", "simformer.novel=[3]", "simformer.complementary_weight=0",
+                                "simformer.similarity_weight=0", "simformer.distill_weight=0",
+                                "simformer.deep_supervision=false"],
+    "simformer-oracle": ["method=simformer", "simformer.novel=[3]", "simformer.oracle=true"],
 }
 
 
@@ -48,8 +54,26 @@ def _batch(method, seed=0, size=(40, 56)):
             stream |= _crop_pairs(spec.crops, n, g)
         if spec.boxes or name == "weak":  # box rasters: 4 classes + "outside every box"
             stream["boxes"] = torch.randint(0, 2, (n, 5, *size), generator=g, dtype=torch.uint8)
+        if spec.weak_shot is not None:
+            hidden = spec.weak_shot.classes.novel if spec.weak_shot.hide_novel else ()
+            stream = _weak_shot_pairs(hidden, n, size, g)
         batch[name] = stream
     return batch
+
+
+def _weak_shot_pairs(hidden, n, size, generator):
+    """Images and reference images with masks of classes 0..3, the ``hidden`` classes' pixels set to ignore."""
+    stream = {}
+    for prefix in ("", "partner_"):
+        full = torch.randint(0, 4, (n, *size), generator=generator)
+        valid = torch.ones(n, *size, dtype=torch.uint8)
+        valid[:, :, -5:] = 0  # padding on the right
+        full[valid == 0] = 255
+        stream[f"{prefix}image"] = torch.randn(n, 3, *size, generator=generator)
+        stream[f"{prefix}mask"] = full.masked_fill(torch.isin(full, torch.tensor(hidden)), 255)
+        stream[f"{prefix}image_tags"] = torch.ones(n, 4)
+        stream[f"{prefix}valid_pixels"] = valid
+    return stream
 
 
 def _crop_pairs(crops, n, generator):

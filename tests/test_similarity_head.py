@@ -24,6 +24,15 @@ def test_head_scores_every_cross_pair_and_learns_same_class():
     assert before > 0.6 and (predicted == targets.bool()).float().mean() > 0.95
 
 
+def test_head_first_layer_per_point_equals_the_layer_on_concatenated_pairs():
+    torch.manual_seed(0)
+    head = PairSimilarityHead(6, hidden=16, blocks=1)
+    feats_a, feats_b = torch.randn(4, 6), torch.randn(3, 6)
+    pairs = torch.cat([feats_a[:, None].expand(-1, 3, -1), feats_b[None].expand(4, -1, -1)], dim=-1)  # (4, 3, 12)
+    expected = head.score(head.blocks(head.embed(pairs))).squeeze(-1)
+    torch.testing.assert_close(head(feats_a, feats_b), expected)
+
+
 def test_points_come_from_shared_base_classes_and_the_unknown_region():
     labels_a = torch.tensor([0] * 10 + [1] * 10 + [255] * 10 + [-1] * 10)  # 0 and 1 base, -1 padding
     labels_b = torch.tensor([1] * 10 + [2] * 10 + [255] * 5)  # shares only class 1 with a

@@ -208,3 +208,26 @@ def test_self_correction_stages_chain_and_a_repeated_command_reruns_nothing(synt
     before = [c.path.name for c in list_checkpoints(tmp_path / "run" / "primary")]
     assert train(cfg)["miou"] == summary["miou"]
     assert [c.path.name for c in list_checkpoints(tmp_path / "run" / "primary")] == before
+
+
+def test_simformer_trains_on_image_reference_pairs_and_reports_base_and_novel_miou(
+    synthetic_root, tmp_path, ray_local, capsys
+):
+    split = tmp_path / "split"
+    assert main(["data", "split", str(synthetic_root), "--fraction", "1", "--pairs", "--novel", "4,5",
+                 "--out", str(split)]) == 0
+    cfg = fast_config(synthetic_root, tmp_path / "run", "method=simformer", "simformer.novel=[4,5]",
+                      f"simformer.pairs_file={split / 'pairs.txt'}", "simformer.points=50")
+    summary = train(cfg)
+    iou = summary["iou"]
+    base = [iou[n] for n in ("background", "disc", "square", "triangle") if iou[n] is not None]
+    novel = [iou[n] for n in ("ring", "cross") if iou[n] is not None]
+    assert summary["miou_base"] == pytest.approx(sum(base) / len(base))
+    assert summary["miou_novel"] == pytest.approx(sum(novel) / len(novel) if novel else 0.0)
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == [2, 4] and all(r["loss_similarity"] > 0 for r in records)
+    assert records[-1]["images_per_s"] > 0  # 4 images and their 4 references a step
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["miou_novel"] == pytest.approx(summary["miou_novel"])

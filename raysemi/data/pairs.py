@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysemi.data.formats import Sample
 from raysemi.errors import DataError
 
 KINDS = ("novel", "base", "any")
@@ -86,3 +87,37 @@ def read_pairs_file(path: str | Path, root: Path) -> dict[Path, Path]:
         return resolve_inside(root.resolve(), cells[0], Path(path), number)
 
     return read_image_lines(path, root, "pairs", parse)
+
+
+def pair_table(reader, samples: list[Sample], novel: list[int], seed: int) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """:func:`reference_pairs` of ``samples`` with tags from their masks → ``(images, partner, kind)``."""
+    from raysemi.data.weak_labels import tags_from_masks
+
+    tags = tags_from_masks(reader, samples)
+    partner, kind = reference_pairs(list(tags.values()), novel, reader.classes.num_classes, seed)
+    return list(tags), partner, kind
+
+
+def partner_samples(
+    reader, samples: list[Sample], novel: list[int], seed: int, pairs_file: str | None = None
+) -> dict[Path, Sample]:
+    """``{image: its reference sample}`` for every training sample: read from ``pairs_file`` (``raysemi data
+    split --pairs``) when given, else computed now from the masks (:func:`pair_table`).
+
+    Raises:
+        DataError: naming ``pairs_file`` when it misses a training image or pairs one with an image outside
+            the training samples.
+    """
+    by_image = {s.image: s for s in samples}
+    if not pairs_file:
+        images, partner, _ = pair_table(reader, samples, novel, seed)
+        return {image: by_image[images[j]] for image, j in zip(images, partner, strict=True)}
+    table = read_pairs_file(pairs_file, reader.root)
+    missing = [image for image in by_image if image not in table]
+    if missing:
+        raise DataError(f"{pairs_file}: no partner for {len(missing)} training images, e.g. {missing[0]}; write "
+                        "the table for this split with `raysemi data split ... --pairs`")
+    strangers = [table[image] for image in by_image if table[image] not in by_image]
+    if strangers:
+        raise DataError(f"{pairs_file}: partner {strangers[0]} is not a training image of this split")
+    return {image: by_image[table[image]] for image in by_image}

@@ -22,20 +22,35 @@ from raysemi.data.dataset import load_sample
 from raysemi.data.formats import DatasetFormat, Sample, open_format
 from raysemi.data.overlapping_crops import OverlappingCrops
 from raysemi.data.transforms import Geometry, TrainAugment, to_tensors
-from raysemi.data.weak_labels import Box, mask_box_raster, mask_boxes, rasterize_boxes
+from raysemi.data.weak_labels import (
+    Box,
+    ClassSplit,
+    hide_novel,
+    image_tags,
+    mask_box_raster,
+    mask_boxes,
+    rasterize_boxes,
+)
 
 Record = dict[str, Any]
 
 
 def plan_records(
-    samples: list[Sample], batch_size: int, total_steps: int, start_step: int, seed: int, stream: str
+    samples: list[Sample],
+    batch_size: int,
+    total_steps: int,
+    start_step: int,
+    seed: int,
+    stream: str,
+    partners: dict[Path, Sample] | None = None,
 ) -> list[Record]:
     """Records for steps ``start_step .. total_steps - 1`` of a stream with ``batch_size`` images per step.
 
     Returns:
         ``[{"image_path", "mask_path" ("" for no mask), "seed"}]`` in delivery order, plus ``"tags"`` (class ids
         separated by spaces) or ``"boxes"`` (``label,y0,x0,y1,x1`` separated by spaces) when the samples carry
-        image-level tags or boxes.
+        image-level tags or boxes, and ``"partner_image_path"``, ``"partner_mask_path"`` with ``partners``
+        (``{image: reference sample}``, SimFormer's pairs).
     """
     stream_id = sum(stream.encode())  # distinct, stable seeds per stream name
     first, last = start_step * batch_size, total_steps * batch_size
@@ -56,6 +71,10 @@ def plan_records(
                     record["tags"] = " ".join(str(t) for t in sample.tags)
                 if sample.boxes is not None:
                     record["boxes"] = " ".join(box.to_text() for box in sample.boxes)
+                if partners is not None:
+                    partner = partners[sample.image]
+                    record["partner_image_path"] = str(partner.image)
+                    record["partner_mask_path"] = str(partner.mask)
                 records.append(record)
         epoch += 1
     return records
@@ -163,11 +182,71 @@ class DecodeCropPairs:
         return out | _tags(batch, reader.classes.num_classes)
 
 
+@dataclass(frozen=True)
+class WeakShotView:
+    """How a weak-shot stream (SimFormer) presents its images: the novel classes' pixels hidden (unless
+    ``hide_novel`` is off: the fully supervised oracle), the classes present as tags, and each image followed by
+    its reference image from the pair table (``pairs_file``, or computed from the masks with ``pair_seed``)."""
+
+    classes: ClassSplit
+    hide_novel: bool = True
+    pairs_file: str | None = None
+    pair_seed: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeWeakShotPairs:
+    """Ray Data ``map_batches`` function: records with partners → augmented crops of each image and of its
+    reference image.
+
+    Output per image: ``image`` ``(B, 3, h, w)`` uint8; ``mask`` ``(B, h, w)`` uint8 with the novel classes'
+    pixels set to ignore (255) when ``hide_novel``, so novel, void and padding pixels look alike, as they do to
+    a user whose masks annotate base classes only; ``image_tags`` ``(B, C)`` float32, the classes present in
+    the crop's full mask (crop-level tags: an image-level tag for a class the crop cut away would ask the model
+    to find what is not there); ``valid_pixels`` ``(B, h, w)`` uint8, 1 on image pixels (0 on padding). The
+    same four with a ``partner_`` prefix for the reference images, each augmented with its own seed.
+    """
+
+    format_name: str
+    root: str
+    augment: TrainAugment
+    classes: ClassSplit
+    hide_novel: bool = True
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reader = _reader(self.format_name, self.root)
+        rows = _rows(batch)
+        images = [self._view(reader, row["image_path"], row["mask_path"], int(row["seed"])) for row in rows]
+        partners = [
+            self._view(reader, row["partner_image_path"], row["partner_mask_path"], int(row["seed"]) ^ 0x5EED)
+            for row in rows
+        ]
+        out = {key: np.stack([view[key] for view in images]) for key in images[0]}
+        return out | {f"partner_{key}": np.stack([view[key] for view in partners]) for key in partners[0]}
+
+    def _view(self, reader: DatasetFormat, image_path: str, mask_path: str, seed: int) -> dict[str, np.ndarray]:
+        image_np, mask_np = load_sample(reader, Sample(Path(image_path), Path(mask_path)))
+        image, mask = to_tensors(image_np, mask_np)
+        image, mask, geometry = self.augment.augment(image, mask, torch.Generator().manual_seed(seed))
+        classes = reader.classes
+        mask_np = mask.numpy()
+        _, novel = self.classes.resolve(classes.num_classes)
+        return {
+            "image": image.numpy(),
+            "mask": hide_novel(mask_np, novel, classes.ignore_index) if self.hide_novel else mask_np,
+            "image_tags": image_tags(mask_np, classes.num_classes, classes.ignore_index),
+            "valid_pixels": geometry.valid().numpy().astype(np.uint8),
+        }
+
+
 def stream_decoder(spec, format_name: str, root: str, augment: TrainAugment):
     """The ``map_batches`` function of a training stream (a ``StreamSpec``): crop pairs when ``spec.crops`` is
-    set, else single crops (with box rasters from masks when ``spec.boxes`` is set)."""
+    set, image/reference pairs when ``spec.weak_shot`` is, else single crops (with box rasters from masks when
+    ``spec.boxes`` is set)."""
     if spec.crops is not None:
         return DecodeCropPairs(format_name, root, spec.crops)
+    if spec.weak_shot is not None:
+        return DecodeWeakShotPairs(format_name, root, augment, spec.weak_shot.classes, spec.weak_shot.hide_novel)
     return DecodeTrainBatch(format_name, root, augment, boxes_from_masks=spec.boxes)
 
 

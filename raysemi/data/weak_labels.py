@@ -104,6 +104,22 @@ def partition_classes(
     return base, chosen
 
 
+@dataclass(frozen=True)
+class ClassSplit:
+    """Base/novel classes of a weak-shot run: ``novel`` ids, or ``novel_fraction`` of the classes not in
+    ``keep_base`` (e.g. VOC's background 0) drawn with ``seed`` (see :func:`partition_classes`)."""
+
+    novel: tuple[int, ...] | None = None
+    novel_fraction: float = 0.25
+    seed: int = 0
+    keep_base: tuple[int, ...] = ()
+
+    def resolve(self, num_classes: int) -> tuple[list[int], list[int]]:
+        """``(base, novel)`` class ids."""
+        novel = None if self.novel is None else list(self.novel)
+        return partition_classes(num_classes, novel, self.novel_fraction, self.seed, self.keep_base)
+
+
 def hide_novel(mask: np.ndarray, novel: list[int], unknown: int = IGNORE_INDEX) -> np.ndarray:
     """Copy of ``mask`` with novel-class pixels set to ``unknown`` (no mask supervision for them)."""
     hidden = mask.copy()

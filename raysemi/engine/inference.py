@@ -34,6 +34,7 @@ class LoadedModel:
     checkpoint: CheckpointFiles
     device: torch.device
     needs_boxes: bool = False  # a box-conditioned model (self-correction's ancillary): image + box raster
+    class_groups: dict[str, list[int]] | None = None  # mIoU reported per group too (weak-shot base/novel)
 
 
 def default_device() -> torch.device:
@@ -58,7 +59,9 @@ def load_eval_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise CheckpointError(f"{checkpoint.model}: weights do not fit the model in its config ({exc})"[:300]) from None
     device = default_device()
     needs_boxes = getattr(method, "eval_needs_boxes", False)
-    return LoadedModel(model.to(device).eval(), cfg, class_names, meta["palette"], checkpoint, device, needs_boxes)
+    groups = getattr(method, "class_groups", None)
+    return LoadedModel(model.to(device).eval(), cfg, class_names, meta["palette"], checkpoint, device, needs_boxes,
+                       groups)
 
 
 def evaluate_checkpoint(loaded: LoadedModel, threads: int = 4) -> ConfusionMatrix:

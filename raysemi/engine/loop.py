@@ -60,15 +60,17 @@ class RunInfo:
 
 
 def prepare_batch(raw: RawBatch, device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a stream batch to ``device``: uint8 ``image`` (and CAC's second crop ``image_2``) → normalised
-    float, ``mask`` → int64.
+    """Move a stream batch to ``device``: uint8 ``image`` (and CAC's second crop ``image_2``, SimFormer's
+    ``partner_image``) → normalised float, ``mask`` (and ``partner_mask``) → int64.
 
     Rows with ``valid == False`` (padding that evens out the val shards) get an all-ignore mask.
     """
     batch = {k: v.to(device, non_blocking=True) for k, v in raw.items()}
-    for key in ("image", "image_2"):
+    for key in ("image", "image_2", "partner_image"):
         if key in batch:
             batch[key] = normalize(batch[key])
+    if "partner_mask" in batch:
+        batch["partner_mask"] = batch["partner_mask"].long()
     if "mask" in batch:
         batch["mask"] = batch["mask"].long()
         if "valid" in batch:
@@ -207,7 +209,7 @@ class TrainingRun:
         confusion.matrix = confusion.matrix.to(self.env.device)
         if self.env.world_size > 1:
             dist.all_reduce(confusion.matrix)
-        return confusion.summary(self.run.class_names)
+        return confusion.summary(self.run.class_names, getattr(self.method, "class_groups", None))
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics: DDP syncs buffers only at the start of a training
@@ -256,7 +258,7 @@ class TrainingRun:
         summary = {
             "method": self.cfg.method,
             "steps": self.cfg.train.steps,
-            "miou": final["miou"],
+            **{key: value for key, value in final.items() if key.startswith("miou")},
             "pixel_acc": final["pixel_acc"],
             "iou": final["iou"],
             "checkpoint": str(self.last_checkpoint.path) if self.last_checkpoint else None,

@@ -31,18 +31,22 @@ class ConfusionMatrix:
         union = m.sum(0) + m.sum(1) - intersection
         return torch.where(union > 0, intersection / union.clamp(min=1), torch.full_like(union, float("nan")))
 
-    def miou(self) -> float:
-        return float(self.iou().nanmean()) if not self.iou().isnan().all() else 0.0
+    def miou(self, classes: list[int] | None = None) -> float:
+        """Mean IoU over ``classes`` (default: all) that occur; 0.0 when none does."""
+        iou = self.iou() if classes is None else self.iou()[classes]
+        return float(iou.nanmean()) if not iou.isnan().all() else 0.0
 
     def pixel_accuracy(self) -> float:
         total = int(self.matrix.sum())
         return float(self.matrix.diag().sum()) / total if total else 0.0
 
-    def summary(self, class_names: list[str] | tuple[str, ...]) -> dict:
-        """``{"miou", "pixel_acc", "iou": {name: value or None}}`` (JSON-ready)."""
+    def summary(self, class_names: list[str] | tuple[str, ...], groups: dict[str, list[int]] | None = None) -> dict:
+        """``{"miou", "pixel_acc", "iou": {name: value or None}}`` (JSON-ready), plus ``"miou_<group>"`` for each
+        of ``groups`` (e.g. weak-shot ``{"base": [...], "novel": [...]}``)."""
         iou = self.iou().tolist()
         return {
             "miou": self.miou(),
+            **{f"miou_{group}": self.miou(classes) for group, classes in (groups or {}).items()},
             "pixel_acc": self.pixel_accuracy(),
             "iou": {name: (None if value != value else value) for name, value in zip(class_names, iou, strict=True)},
         }

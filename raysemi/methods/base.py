@@ -17,6 +17,7 @@ from torch import nn
 
 from raysemi.config import Config, LossConfig
 from raysemi.data.overlapping_crops import OverlappingCrops
+from raysemi.data.pipeline import WeakShotView
 from raysemi.losses import ohem_cross_entropy, pixel_cross_entropy
 
 Batch = dict[str, dict[str, torch.Tensor]]  # stream name -> {"image": (N,3,H,W), "mask": (N,H,W), ...}
@@ -31,13 +32,16 @@ class StreamSpec:
     is set, or ``boxes`` (a box raster) when ``data.unlabeled_boxes`` is. With ``crops`` set, each image arrives
     as two overlapping crops instead (CAC; see :class:`raysemi.data.pipeline.DecodeCropPairs` for the keys).
     ``boxes=True`` on a labeled stream adds the raster of boxes derived from each image's mask.
-    ``source="labeled_half"`` draws from the first half of the labeled split only.
+    ``source="labeled_half"`` draws from the first half of the labeled split only. With ``weak_shot`` set,
+    each image arrives with its reference image, novel pixels hidden and tags added (SimFormer; see
+    :class:`raysemi.data.pipeline.DecodeWeakShotPairs`; ``batch_size`` counts the images, not the partners).
     """
 
     source: Literal["labeled", "labeled_half", "unlabeled"]
     batch_size: int
     crops: OverlappingCrops | None = None
     boxes: bool = False
+    weak_shot: WeakShotView | None = None
 
 
 class Method(Protocol):
@@ -68,10 +72,11 @@ def build_method(cfg: Config) -> Method:
     from raysemi.methods.cac import ContextAwareConsistency
     from raysemi.methods.cps import CrossPseudoSupervision
     from raysemi.methods.self_correction import build_self_correction
+    from raysemi.methods.simformer import SimFormer
     from raysemi.methods.supervised import Supervised
 
     registry: dict[str, Callable[[Config], Method]] = {
-        method.name: method for method in (Supervised, CrossPseudoSupervision, ContextAwareConsistency)
+        method.name: method for method in (Supervised, CrossPseudoSupervision, ContextAwareConsistency, SimFormer)
     }
     registry["self_correction"] = build_self_correction  # one method object per stage
     return registry[cfg.method](cfg)

@@ -7,6 +7,7 @@ embeddings by a few residual blocks of 1×1 convolutions (here: linear layers pe
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -29,10 +30,11 @@ class PairSimilarityHead(nn.Module):
         self.score = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, feats_a: torch.Tensor, feats_b: torch.Tensor) -> torch.Tensor:
-        pairs = torch.cat(
-            [feats_a[:, None].expand(-1, len(feats_b), -1), feats_b[None].expand(len(feats_a), -1, -1)], dim=-1
-        )
-        return self.score(self.blocks(self.embed(pairs))).squeeze(-1)
+        # embed(concat(a_i, b_j)) = W_a·a_i + W_b·b_j + bias: the first layer runs per point, not per pair
+        weight_a, weight_b = self.embed.weight.split(feats_a.shape[-1], dim=1)
+        left = F.linear(feats_a, weight_a, self.embed.bias)  # (J, hidden)
+        right = F.linear(feats_b, weight_b)  # (J', hidden)
+        return self.score(self.blocks(left[:, None] + right[None])).squeeze(-1)
 
 
 def sample_pair_points(
