@@ -225,6 +225,8 @@ class SimFormerConfig(Section):
     distill_weight: float = Field(0.1, ge=0.0)  # pulling novel score similarity toward the head
     head_hidden: int = Field(64, ge=1)
     head_blocks: int = Field(2, ge=0)
+    # optional second stage: pseudo-label the novel pixels, then train a plain segmenter (model.*) this long
+    retrain_steps: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _shape(self) -> SimFormerConfig:

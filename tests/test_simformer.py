@@ -11,6 +11,7 @@ from raysemi.data.pipeline import WeakShotView, plan_records, stream_decoder
 from raysemi.data.transforms import TrainAugment
 from raysemi.data.weak_labels import ClassSplit
 from raysemi.engine.metrics import ConfusionMatrix
+from raysemi.engine.pseudo_labels import novel_pseudo_label
 from raysemi.errors import DataError
 from raysemi.methods import StreamSpec, build_method
 from tests.test_method_contract import _batch
@@ -150,3 +151,14 @@ def test_class_split_draws_a_quarter_deterministically_and_keeps_background_base
     assert len(novel) == 5 and 0 not in novel and (base, novel) == ClassSplit(None, 0.25, 3, (0,)).resolve(21)
     with pytest.raises(DataError, match=r"novel classes \[7\] are not class ids 0..6"):
         ClassSplit((7,)).resolve(7)
+
+
+def test_pseudo_labels_fill_unknown_pixels_with_the_best_tagged_novel_class():
+    scores = torch.zeros(4, 2, 3)
+    scores[1] = 0.9  # a base class scoring high never wins an unknown pixel
+    scores[2, 0] = 0.6  # novel 2 wins the top row, novel 3 the bottom row
+    scores[3, 1] = 0.7
+    hidden = torch.tensor([[0, 255, 255], [255, 255, 1]])
+    assert novel_pseudo_label(scores, hidden, [2, 3]).tolist() == [[0, 2, 2], [3, 3, 1]]
+    assert novel_pseudo_label(scores, hidden, [3]).tolist() == [[0, 3, 3], [3, 3, 1]]  # only its tags
+    assert novel_pseudo_label(scores, hidden, []).tolist() == hidden.tolist()  # no novel tag: unknown stays

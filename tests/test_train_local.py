@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,3 +232,22 @@ def test_simformer_trains_on_image_reference_pairs_and_reports_base_and_novel_mi
     assert main(["eval", "--checkpoint", str(tmp_path / "run")]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["miou_novel"] == pytest.approx(summary["miou_novel"])
+
+
+def test_simformer_second_stage_retrains_a_segmenter_on_novel_pseudo_labels(synthetic_root, tmp_path, ray_local):
+    cfg = fast_config(synthetic_root, tmp_path / "run", "method=simformer", "simformer.novel=[4,5]",
+                      "simformer.points=20", "train.steps=2", "simformer.retrain_steps=2")
+    summary = train(cfg)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert list(stages) == ["simformer", "retrain"] and summary["method"] == "supervised"
+    assert summary["run_dir"] == str(tmp_path / "run" / "retrain") and "miou_novel" in summary
+    pseudo = GenericFormat(tmp_path / "run" / "pseudo_labels")
+    originals = GenericFormat(synthetic_root)
+    labels = [pseudo.decode_mask(s.mask) for s in pseudo.samples("train")]
+    truths = [originals.decode_mask(s.mask) for s in originals.samples("train")]
+    assert len(labels) == len(truths) == 24
+    for label, truth in zip(labels, truths, strict=True):
+        base = ~np.isin(truth, [4, 5, 255])
+        np.testing.assert_array_equal(label[base], truth[base])  # base pixels keep their annotation
+        assert set(np.unique(label[~base])) <= set(np.unique(truth[np.isin(truth, [4, 5])])) | {255}
+    assert len(pseudo.samples("val")) == 8

@@ -11,12 +11,18 @@ Usage (from the repository root)::
     python experiments/benchmarks/camvid_protocol.py --method supervised --labels all
     python experiments/benchmarks/camvid_protocol.py --method supervised --labels 1/16 --seed 0
     python experiments/benchmarks/camvid_protocol.py --method self_correction --mode linear --labels 1/16
+    python experiments/benchmarks/camvid_protocol.py --method simformer --variant basic --labels all
 
 ``self_correction`` (issue 5): F is the labeled split, W the rest with boxes derived from masks (``raysemi
 data split --boxes``, written once per fraction and seed under ``_work/splits``). The ``none`` and ``linear``
 modes share one ancillary run per fraction, seed and iteration count (``self_correction-ancillary-...``,
 itself a result: its val mIoU is box-conditioned) and each trains only its primary stage from it; ``conv``
 runs its three stages (ancillary on half of F, corrector, primary) and its wall time covers all three.
+
+``simformer`` (issue 6), ``--labels all``: every train image, Car, Pedestrian and Bicyclist novel (hidden
+pixels, tags only), each image with a reference image; ``--variant full`` (every loss), ``basic`` (the
+proposal–pixel transfer alone) or ``oracle`` (the novel masks too). Results add novel and base mIoU.
+Images/s counts the images, not their reference images (each step processes both).
 
 Results: ``experiments/benchmarks/results/<method>-<labels>-seed<seed>.json`` and the table in
 ``experiments/benchmarks/results/README.md`` (rebuilt from every JSON there).
@@ -66,7 +72,7 @@ def protocol_config(method: str, labels: str, seed: int, iterations: int, run_di
 def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     """A single-process loop over in-memory batches: same model, optimizer, batch size and threads."""
     from raysemi.data.dataset import open_dataset
-    from raysemi.data.pipeline import plan_records, stream_decoder
+    from raysemi.data.pipeline import stream_decoder, stream_records
     from raysemi.data.transforms import TrainAugment
     from raysemi.engine.loop import prepare_batch
     from raysemi.engine.optim import build_optimizer
@@ -78,8 +84,7 @@ def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     method = build_method(cfg)
     batch = {}
     for stream, spec in method.streams().items():
-        samples = source.samples_for(spec.source)
-        records = plan_records(samples, spec.batch_size, 1, 0, cfg.run.seed, stream)
+        records = stream_records(source, spec, 1, 0, cfg.run.seed, stream)
         decode = stream_decoder(spec, cfg.data.format, str(source.root), augment)
         raw = decode({key: np.array([r[key] for r in records]) for key in records[0]})
         batch[stream] = prepare_batch({k: torch.from_numpy(v) for k, v in raw.items()}, torch.device("cpu"))
@@ -170,6 +175,7 @@ def run(
         "data_wait_frac": round(statistics.median(r["data_wait_frac"] for r in steady), 4),
         "plain_pytorch_images_per_s": round(plain_pytorch_images_per_s(cfg, plain_iterations), 2),
         "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
+        **({"miou_groups": groups} if (groups := _group_mious(summary)) else {}),
         **({"stages": json.loads(stages.read_text())} if stages.is_file() else {}),
         "device": "cpu, 2 cores" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
@@ -179,6 +185,18 @@ def run(
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     write_table()
     return result
+
+
+def _group_mious(summary: dict) -> dict[str, float]:
+    """``{"base": ..., "novel": ...}`` from a weak-shot summary's ``miou_<group>`` keys (empty otherwise)."""
+    return {k.removeprefix("miou_"): round(v, 4) for k, v in summary.items() if k.startswith("miou_")}
+
+
+SIMFORMER_VARIANTS = {
+    "full": [],
+    "basic": ["simformer.complementary_weight=0", "simformer.similarity_weight=0", "simformer.distill_weight=0"],
+    "oracle": ["simformer.oracle=true"],
+}
 
 
 def write_table() -> None:
@@ -209,6 +227,7 @@ def write_table() -> None:
             f"| {statistics.mean(r['wall_time_s'] for r in group):.0f} "
             f"| {statistics.mean(r['images_per_s'] for r in group):.2f} |"
         )
+    lines += _weak_shot_table(rows)
     lines += [
         "",
         "## Every run",
@@ -230,6 +249,22 @@ def write_table() -> None:
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
 
 
+def _weak_shot_table(rows: list[dict]) -> list[str]:
+    """Novel, base and overall mIoU (mean ± std over seeds) of the runs that report class groups."""
+    groups = {key: group for key, group in _settings(rows).items() if "miou_groups" in group[0]}
+    if not groups:
+        return []
+    lines = ["", "## Weak-shot (novel classes known from image tags only)", "",
+             "| method | iterations | seeds | novel mIoU | base mIoU | overall mIoU |", "|---|---|---|---|---|---|"]
+    for (method, _, _, iterations, overrides), group in groups.items():
+        extra = f" ({', '.join(overrides)})" if overrides else ""
+        novel = _mean_std([r["miou_groups"]["novel"] for r in group])
+        base = _mean_std([r["miou_groups"]["base"] for r in group])
+        lines.append(f"| {method}{extra} | {iterations} | {len(group)} | {novel} | {base} "
+                     f"| {_mean_std([r['val_miou'] for r in group])} |")
+    return lines
+
+
 def _settings(rows: list[dict]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -249,6 +284,9 @@ def main() -> int:
     parser.add_argument("--method", default="supervised")
     parser.add_argument("--mode", choices=("none", "linear", "conv"), default="linear",
                         help="self_correction.mode (only with --method self_correction)")
+    parser.add_argument("--variant", choices=tuple(SIMFORMER_VARIANTS), default="full",
+                        help="with --method simformer: full, basic (proposal-pixel transfer alone) or oracle "
+                             "(novel masks too)")
     parser.add_argument("--labels", default="all", help="all, or a fraction such as 1/16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=1000)
@@ -265,6 +303,8 @@ def main() -> int:
         protocol_overrides = self_correction_overrides(
             args.mode, args.labels, args.seed, args.iterations, args.plain_iterations
         )
+    if method == "simformer":
+        method, protocol_overrides = f"simformer-{args.variant}", SIMFORMER_VARIANTS[args.variant]
     result = run(method, args.labels, args.seed, args.iterations, args.plain_iterations, args.set, protocol_overrides)
     print(json.dumps(result, indent=1))
     return 0

@@ -80,6 +80,20 @@ def plan_records(
     return records
 
 
+def stream_records(source, spec, total_steps: int, start_step: int, seed: int, stream: str) -> list[Record]:
+    """:func:`plan_records` of a method's stream (a ``StreamSpec``) over ``source`` (a ``DatasetSource``), with
+    each image's reference image when the stream is a weak-shot one."""
+    from raysemi.data.pairs import partner_samples
+
+    samples = source.samples_for(spec.source)
+    partners = None
+    if spec.weak_shot is not None:
+        view = spec.weak_shot
+        _, novel = view.classes.resolve(source.classes.num_classes)
+        partners = partner_samples(source.reader, samples, novel, view.pair_seed, view.pairs_file)
+    return plan_records(samples, spec.batch_size, total_steps, start_step, seed, stream, partners)
+
+
 def val_records(samples: list[Sample], world_size: int) -> list[Record]:
     """Val records padded to a multiple of ``world_size`` with ``valid=False`` copies, so equal shards drop
     nothing and the padding counts for nothing."""

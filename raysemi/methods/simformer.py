@@ -32,6 +32,8 @@ and ``miou_novel`` beside the overall mIoU, on the full val masks.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -201,3 +203,30 @@ def _point_labels(masks: torch.Tensor, valid: torch.Tensor, grid, ignore: int) -
 def _at(feature_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``(D, h, w)`` and ``(J,)`` flat pixel indices → ``(J, D)``."""
     return feature_map.flatten(1)[:, index].T
+
+
+def retrain_config(cfg: Config, dataset_root: Path) -> Config:
+    """The second stage's config: ``method=supervised`` on the pseudo-labelled ``generic`` dataset at
+    ``dataset_root`` (all of its train split labeled), ``train.steps = simformer.retrain_steps``, in
+    ``<run.dir>/retrain``; model, optimizer, augmentation and the rest as configured."""
+    from raysemi.config import validate_config
+
+    raw = cfg.model_dump(mode="json")
+    data = {**raw["data"], "format": "generic", "root": str(dataset_root), "train_split": "train", "val_split": "val",
+            "labeled_split": None, "unlabeled_split": None, "unlabeled_tags": None, "unlabeled_boxes": None,
+            "label_fraction": 1.0, "label_count": None}
+    raw |= {"method": "supervised", "data": data, "run": {**raw["run"], "dir": f"{cfg.run.dir}/retrain"},
+            "train": {**raw["train"], "steps": cfg.simformer.retrain_steps}}
+    if cfg.run.name:
+        raw["run"]["name"] = f"{cfg.run.name}-retrain"
+    return validate_config(raw, source="simformer retrain stage")
+
+
+def first_stage_config(cfg: Config) -> Config:
+    """The weak-shot stage of a run with a second stage: the same config in ``<run.dir>/simformer``."""
+    from raysemi.config import validate_config
+
+    raw = cfg.model_dump(mode="json")
+    raw["run"]["dir"] = f"{cfg.run.dir}/simformer"
+    raw["simformer"]["retrain_steps"] = None
+    return validate_config(raw, source="simformer stage")

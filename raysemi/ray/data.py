@@ -11,8 +11,7 @@ import ray.data
 
 from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource
-from raysemi.data.pairs import partner_samples
-from raysemi.data.pipeline import DecodeEvalRow, plan_records, stream_decoder, val_records
+from raysemi.data.pipeline import DecodeEvalRow, stream_decoder, stream_records, val_records
 from raysemi.data.transforms import TrainAugment
 from raysemi.methods.base import StreamSpec
 
@@ -38,13 +37,7 @@ def build_datasets(
     workers = max(cfg.scaling.num_workers, 1)
     datasets = {}
     for name, spec in streams.items():
-        samples = source.samples_for(spec.source)
-        partners = None
-        if spec.weak_shot is not None:
-            view = spec.weak_shot
-            _, novel = view.classes.resolve(source.classes.num_classes)
-            partners = partner_samples(source.reader, samples, novel, view.pair_seed, view.pairs_file)
-        records = plan_records(samples, spec.batch_size, cfg.train.steps, start_step, cfg.run.seed, name, partners)
+        records = stream_records(source, spec, cfg.train.steps, start_step, cfg.run.seed, name)
         local_batch = max(spec.batch_size // workers, 1)
         blocks = _num_blocks(records, local_batch)
         decode = stream_decoder(spec, _format_name(cfg), str(source.root), augment)

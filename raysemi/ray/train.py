@@ -31,6 +31,8 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train and evaluate; return the summary (also in ``<run.dir>/summary.json``)."""
     if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
         return train_stages(cfg)
+    if cfg.method == "simformer" and cfg.simformer.retrain_steps:
+        return train_weak_shot_then_retrain(cfg)
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     run_dir, start_step = prepare_run_dir(cfg, source)
@@ -85,6 +87,37 @@ def train_stages(cfg: Config) -> dict[str, Any]:
     stages = {name: {"run_dir": str(Path(cfg.run.dir) / name), "miou": s["miou"]} for name, s in summaries.items()}
     write_json(Path(cfg.run.dir) / "stages.json", stages)
     return summaries[stage]
+
+
+def train_weak_shot_then_retrain(cfg: Config) -> dict[str, Any]:
+    """SimFormer with its second stage: the weak-shot run in ``<run.dir>/simformer``, its pseudo-labels as a
+    dataset in ``<run.dir>/pseudo_labels`` (written once), then a plain segmenter in ``<run.dir>/retrain``.
+    The returned summary is the retrained model's, with ``miou_base`` / ``miou_novel`` added from its per-class
+    IoU; ``<run.dir>/stages.json`` lists both stages'."""
+    from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.pseudo_labels import write_pseudo_label_dataset
+    from raysemi.methods.simformer import first_stage_config, retrain_config
+
+    weak_shot_cfg = first_stage_config(cfg)
+    say(f"stage simformer: {weak_shot_cfg.run.dir}")
+    stages = {"simformer": train(weak_shot_cfg)}
+    groups = build_method(weak_shot_cfg).class_split.resolve(len(stages["simformer"]["iou"]))
+    dataset = Path(cfg.run.dir) / "pseudo_labels"
+    if not (dataset / "classes.json").is_file():
+        say(f"writing pseudo-labels to {dataset}")
+        loaded = load_eval_model(weak_shot_cfg.run.dir)
+        write_pseudo_label_dataset(loaded, open_dataset(weak_shot_cfg.data), groups[1], dataset)
+    retrain_cfg = retrain_config(cfg, dataset)
+    say(f"stage retrain: {retrain_cfg.run.dir}")
+    summary = stages["retrain"] = train(retrain_cfg)
+    iou = list(summary["iou"].values())
+    for name, classes in zip(("base", "novel"), groups, strict=True):
+        present = [iou[c] for c in classes if iou[c] is not None]
+        summary[f"miou_{name}"] = sum(present) / len(present) if present else 0.0
+    write_json(Path(cfg.run.dir) / "stages.json", {
+        name: {"run_dir": s["run_dir"], "miou": s["miou"], "miou_novel": s["miou_novel"]} for name, s in stages.items()
+    })
+    return summary
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
