@@ -181,7 +181,8 @@ class SimFormer:
             similarity.append(balanced_pair_bce(head(feats_a, feats_b), targets, known))
             shares_novel = bool((both["image_tags"][a, novel] * both["image_tags"][b, novel]).sum() > 0)
             unknown = (labels_a == self.ignore)[:, None] & (labels_b == self.ignore)[None, :] & shares_novel
-            teacher = torch.sigmoid(head(feats_a.detach(), feats_b.detach()))
+            with torch.no_grad():  # the teacher: no gradient, and no DDP bookkeeping for this call
+                teacher = torch.sigmoid(unwrap(head)(feats_a, feats_b))
             student = novel_similarity(_at(scores[a], idx_a), _at(scores[b], idx_b))
             distill.append(similarity_distillation_loss(student, teacher, unknown))
         return {"loss_similarity": torch.stack(similarity).mean(), "loss_distill": torch.stack(distill).mean()}
