@@ -92,3 +92,14 @@ def test_data_check_reports_every_problem_in_one_pass(dataset, capsys):
 def test_data_check_clean_dataset(synthetic_root, capsys):
     assert main(["data", "check", str(synthetic_root)]) == 0
     assert capsys.readouterr().out.strip() == "checked 32 samples in train, val: 0 problem(s)"
+
+
+def test_simformer_novel_class_outside_the_dataset_or_a_pair_table_of_another_split(dataset, tmp_path, capsys):
+    code, err = _train(capsys, dataset, tmp_path / "run", "method=simformer", "simformer.novel=[4,9]")
+    _assert_refused(code, err, tmp_path / "run", "novel classes [9] are not class ids 0..5")
+    pairs = tmp_path / "pairs.txt"
+    first = sorted((dataset / "train" / "images").iterdir())[0].relative_to(dataset).as_posix()
+    pairs.write_text(f"{first} {first} any\n")  # one line: the other 23 training images have no partner
+    code, err = _train(capsys, dataset, tmp_path / "run", "method=simformer", "simformer.novel=[4]",
+                       f"simformer.pairs_file={pairs}")
+    _assert_refused(code, err, tmp_path / "run", "pairs.txt: no partner for 23 training images")

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysemi.config import Config
+from raysemi.data.pairs import partner_samples
 from raysemi.data.pipeline import WeakShotView
 from raysemi.data.weak_labels import ClassSplit
 from raysemi.losses import (
@@ -102,6 +103,13 @@ class SimFormer:
 
     def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
         return SemanticOutput(unwrap(models["mask_former"]))
+
+    def check_data(self, source) -> None:
+        """Before a run directory exists: the novel classes are class ids of the dataset, and a pair table
+        (``simformer.pairs_file``) covers exactly this run's training images. Raises ``DataError``."""
+        _, novel = self.class_split.resolve(source.classes.num_classes)
+        if self.options.pairs_file:
+            partner_samples(source.reader, source.samples_for("labeled"), novel, 0, self.options.pairs_file)
 
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
         stream = batch["labeled"]

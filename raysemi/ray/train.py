@@ -35,12 +35,14 @@ def train(cfg: Config) -> dict[str, Any]:
         return train_weak_shot_then_retrain(cfg)
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
+    method = build_method(cfg)
+    if hasattr(method, "check_data"):  # the method's own data needs (e.g. SimFormer's classes and pair table)
+        method.check_data(source)
     run_dir, start_step = prepare_run_dir(cfg, source)
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         return read_summary(run_dir)
     init_ray(cfg)
-    method = build_method(cfg)
     streams = method.streams()
     check_cpu_budget(cfg, len(streams))
     loop_config = {
