@@ -94,6 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", default="generic")
     check.add_argument("--splits", nargs="+", default=["train", "val"])
     check.set_defaults(handler=cmd_check)
+
+    report = commands.add_parser("report", help="table and plots of every finished run under a folder")
+    report.add_argument("runs", type=Path, help="a run directory or a folder of runs (a sweep)")
+    report.add_argument("--out", type=Path, help="where the CSV, Markdown and PNG files go (default: RUNS/report)")
+    report.add_argument("--per-class", action="store_true", help="add per-class IoU columns")
+    report.set_defaults(handler=cmd_report)
+
+    analyze = commands.add_parser("analyze", help="look into trained checkpoints").add_subparsers(
+        dest="analyze_command", required=True)
+    calibration = analyze.add_parser("calibration", help="accuracy against confidence on the val split")
+    calibration.add_argument("--checkpoint", required=True)
+    calibration.add_argument("--bins", type=int, default=10)
+    calibration.add_argument("--out", type=Path, default=Path("analysis"))
+    calibration.set_defaults(handler=cmd_calibration)
+    gradcam = analyze.add_parser("gradcam", help="Grad-CAM of one pixel's prediction as a heat-map overlay")
+    gradcam.add_argument("--checkpoint", required=True)
+    gradcam.add_argument("--image", required=True, type=Path)
+    gradcam.add_argument("--pixel", required=True, help="Y,X in the image")
+    gradcam.add_argument("--layer", help="dotted module name (default: the decoder features)")
+    gradcam.add_argument("--out", type=Path, default=Path("analysis/gradcam.png"))
+    gradcam.set_defaults(handler=cmd_gradcam)
+    compare = analyze.add_parser("compare", help="input | ground truth | each model's prediction, as one grid")
+    compare.add_argument("--checkpoints", required=True, nargs="+")
+    compare.add_argument("--images", required=True, type=Path)
+    compare.add_argument("--limit", type=int, default=8, help="images in the grid (the first N by name)")
+    compare.add_argument("--out", type=Path, default=Path("analysis/compare.png"))
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 
@@ -209,6 +236,54 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(problem)
     print(f"checked {total} samples in {', '.join(args.splits)}: {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raysemi.analysis.report import write_report
+
+    summary, files = write_report(args.runs, args.out or args.runs / "report", args.per_class)
+    table = Table(title=f"runs under {args.runs}")
+    for column in ("method", "labels", "runs", "val mIoU"):
+        table.add_column(column)
+    for row in summary.itertuples():
+        table.add_row(row.method, row.fraction, str(row.runs), f"{row.miou_mean:.4f} ± {row.miou_std:.4f}")
+    console.print(table)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_calibration(args: argparse.Namespace) -> int:
+    from raysemi.analysis.checkpoint import write_calibration
+    from raysemi.engine.inference import load_eval_model
+
+    ece, files = write_calibration(load_eval_model(args.checkpoint), args.out, args.bins)
+    print(f"expected calibration error {ece:.4f}; wrote {', '.join(str(f) for f in files)}")
+    return 0
+
+
+def cmd_gradcam(args: argparse.Namespace) -> int:
+    from raysemi.analysis.checkpoint import write_gradcam
+    from raysemi.engine.inference import load_eval_model
+
+    try:
+        pixel = tuple(int(v) for v in args.pixel.split(","))
+    except ValueError:
+        pixel = ()
+    if len(pixel) != 2:
+        raise DataError(f"--pixel={args.pixel!r}: expected Y,X (two integers), e.g. --pixel 40,64")
+    loaded = load_eval_model(args.checkpoint)
+    out, explained = write_gradcam(loaded, args.image, pixel, args.out, args.layer)
+    print(f"Grad-CAM of class {loaded.class_names[explained]} at {args.pixel} -> {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from raysemi.analysis.checkpoint import write_comparison
+    from raysemi.engine.inference import load_eval_model
+
+    out = write_comparison([load_eval_model(c) for c in args.checkpoints], args.images, args.out, args.limit)
+    print(f"wrote {out}")
+    return 0
 
 
 def print_results(summary: dict, title: str) -> None:

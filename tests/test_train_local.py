@@ -1,11 +1,13 @@
 """End-to-end runs through Ray Train in local mode (``scaling.num_workers=0``): the loop runs in-process."""
 
+import csv
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from raysemi.cli import main
 from raysemi.data.formats import GenericFormat
@@ -46,6 +48,23 @@ def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path, ray_loc
     assert main(["predict", "--checkpoint", str(run_dir), "--images", str(synthetic_root / "val/images"),
                  "--out", str(out)]) == 0
     assert len(list(out.glob("*_color.png"))) == 8 and len(list(out.glob("val_*[0-9].png"))) == 8
+
+    # the analyses run on the checkpoint: calibration over val, Grad-CAM of a pixel, a comparison grid, a report
+    analysis = tmp_path / "analysis"
+    assert main(["analyze", "calibration", "--checkpoint", str(run_dir), "--out", str(analysis)]) == 0
+    with (analysis / "calibration.csv").open() as handle:
+        assert sum(int(row["pixels"]) for row in csv.DictReader(handle)) == 8 * 48 * 64  # every val pixel
+    image = sorted((synthetic_root / "val/images").iterdir())[0]
+    assert main(["analyze", "gradcam", "--checkpoint", str(run_dir), "--image", str(image), "--pixel", "20,30",
+                 "--out", str(analysis / "cam.png")]) == 0
+    assert Image.open(analysis / "cam.png").size == (64, 48)
+    assert main(["analyze", "compare", "--checkpoints", str(run_dir), str(run_dir), "--images",
+                 str(synthetic_root / "val/images"), "--limit", "3", "--out", str(analysis / "grid.png")]) == 0
+    assert Image.open(analysis / "grid.png").size == (4 * 64, 3 * 48 + 14)  # input, truth, two models
+    assert main(["analyze", "gradcam", "--checkpoint", str(run_dir), "--image", str(image), "--pixel", "99,1"]) == 2
+    assert "outside" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    assert "supervised" in (tmp_path / "report" / "summary.md").read_text()
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(synthetic_root, tmp_path, ray_local, monkeypatch):

@@ -67,12 +67,14 @@ def load_eval_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 def evaluate_checkpoint(loaded: LoadedModel, threads: int = 4) -> ConfusionMatrix:
     """mIoU of a checkpoint on its config's val split."""
     source = open_dataset(loaded.cfg.data)
-    batches = _val_batches(source.reader, source.val, loaded, threads)
+    batches = val_batches(source.reader, source.val, loaded, threads)
     return evaluate(loaded.model, batches, len(loaded.class_names), loaded.cfg.eval, source.classes.ignore_index)
 
 
-def _val_batches(reader: DatasetFormat, samples: list[Sample], loaded: LoadedModel,
-                 threads: int) -> Iterator[dict[str, torch.Tensor]]:
+def val_batches(reader: DatasetFormat, samples: list[Sample], loaded: LoadedModel,
+                threads: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``eval.batch_size`` normalised ``image`` and ``mask`` on the model's device, decoded in
+    ``threads`` threads."""
     batch_size, device = loaded.cfg.eval.batch_size, loaded.device
     with ThreadPoolExecutor(threads) as pool:
         decoded = pool.map(lambda s: _decode_val(reader, s, loaded.needs_boxes), samples)

@@ -132,7 +132,13 @@ def semantic_probabilities(class_logits: torch.Tensor, mask_logits: torch.Tensor
 
 
 class SemanticOutput(nn.Module):
-    """A MaskFormer as an eval/predict model: ``(N, 3, H, W)`` → ``(N, K, H, W)`` semantic scores at input size."""
+    """A MaskFormer as an eval/predict model: ``(N, 3, H, W)`` → ``(N, K, H, W)`` semantic scores at input size.
+
+    The scores are not logits and need not sum to 1 (``outputs_scores``): analyses that want probabilities
+    normalise them over the classes instead of applying a softmax.
+    """
+
+    outputs_scores = True
 
     def __init__(self, model: MaskFormer):
         super().__init__()

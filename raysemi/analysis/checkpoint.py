@@ -1,0 +1,155 @@
+"""``raysemi analyze``: calibration, Grad-CAM and side-by-side predictions of trained checkpoints."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from raysemi.analysis.calibration import CalibrationBins
+from raysemi.analysis.gradcam import grad_cam
+from raysemi.data.dataset import open_dataset
+from raysemi.data.formats import IMAGE_SUFFIXES, read_image
+from raysemi.data.transforms import normalize, to_tensors
+from raysemi.engine.evaluate import predict_logits
+from raysemi.engine.inference import LoadedModel, val_batches
+from raysemi.errors import DataError
+
+DEFAULT_LAYERS = ("segmenter.head", "model.pixel_decoder")  # decoder features of a segmenter / a MaskFormer
+
+
+def probabilities(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """``(N, K, H, W)`` eval-model output → class probabilities: softmax of logits, or scores normalised over
+    the classes for a model that outputs scores (``outputs_scores``, e.g. SimFormer's)."""
+    if getattr(model, "outputs_scores", False):
+        return output / output.sum(1, keepdim=True).clamp_min(1e-12)
+    return output.softmax(1)
+
+
+@torch.no_grad()
+def checkpoint_calibration(loaded: LoadedModel, bins: int = 10) -> CalibrationBins:
+    """Confidence bins of ``loaded`` over its config's val split."""
+    source = open_dataset(loaded.cfg.data)
+    result = CalibrationBins.empty(bins)
+    for batch in val_batches(source.reader, source.val, loaded):
+        output = predict_logits(loaded.model, batch["image"], loaded.cfg.eval)
+        result.update(probabilities(loaded.model, output), batch["mask"], source.classes.ignore_index)
+    return result
+
+
+def write_calibration(loaded: LoadedModel, out: Path, bins: int = 10) -> tuple[float, list[Path]]:
+    """``calibration.csv`` and ``calibration.png`` in ``out``; returns the expected calibration error."""
+    from raysemi.analysis.plots import plot_calibration
+
+    result = checkpoint_calibration(loaded, bins)
+    rows = result.rows()
+    out.mkdir(parents=True, exist_ok=True)
+    table, figure = out / "calibration.csv", out / "calibration.png"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_calibration(rows, figure)
+    return result.expected_calibration_error(), [table, figure]
+
+
+def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
+    """The module ``name`` of ``model`` (default: its decoder features, :data:`DEFAULT_LAYERS`).
+
+    Raises:
+        DataError: naming the layer and a few accepted names.
+    """
+    modules = dict(model.named_modules())
+    names = [name] if name else [n for n in DEFAULT_LAYERS if n in modules]
+    if not names or names[0] not in modules:
+        sample = ", ".join(n for n in list(modules)[1:8])
+        raise DataError(f"--layer={name}: no such module in this model; accepted: dotted module names such as "
+                        f"{sample}")
+    return names[0], modules[names[0]]
+
+
+def write_gradcam(loaded: LoadedModel, image_path: Path, pixel: tuple[int, int], out: Path,
+                  layer_name: str | None = None) -> tuple[Path, int]:
+    """Grad-CAM of one pixel as a heat-map overlay PNG at ``out``; returns the file and the class explained."""
+    image = _image(image_path)
+    height, width = image.shape[:2]
+    if not (0 <= pixel[0] < height and 0 <= pixel[1] < width):
+        raise DataError(f"--pixel={pixel[0]},{pixel[1]} lies outside {image_path} ({height}x{width}, as y,x)")
+    name, layer = find_layer(loaded.model, layer_name)
+    tensor = normalize(to_tensors(image, None)[0][None].to(loaded.device))
+    heat, explained = grad_cam(loaded.model, layer, tensor, pixel)
+    overlay = _overlay(image, heat.cpu().numpy(), pixel)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay.save(out)
+    return out, explained
+
+
+def write_comparison(models: list[LoadedModel], images_dir: Path, out: Path, limit: int = 8) -> Path:
+    """A grid PNG, one row per image: input | ground truth (when the first model's dataset has the image) |
+    each model's prediction, in the dataset palette."""
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit] \
+        if images_dir.is_dir() else []
+    if not paths:
+        raise DataError(f"{images_dir}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    source = open_dataset(models[0].cfg.data)
+    samples = {s.image.name: s for s in [*source.train, *source.val] if s.mask is not None}
+    palette = _palette(models[0].palette)
+    rows = []
+    for path in paths:
+        image = _image(path)
+        truth = source.reader.decode_mask(samples[path.name].mask) if path.name in samples else None
+        panels = [image, palette[truth] if truth is not None else np.full_like(image, 128)]
+        panels += [palette[_predict(loaded, image)] for loaded in models]
+        rows.append(np.concatenate(panels, axis=1))
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    titles = ["input", "ground truth", *(m.checkpoint.path.parent.parent.name for m in models)]
+    canvas = _with_titles(grid, titles, rows[0].shape[1] // len(titles))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+@torch.no_grad()
+def _predict(loaded: LoadedModel, image: np.ndarray) -> np.ndarray:
+    tensor = normalize(to_tensors(image, None)[0][None].to(loaded.device))
+    return predict_logits(loaded.model, tensor, loaded.cfg.eval).argmax(1)[0].cpu().numpy()
+
+
+def _palette(colours) -> np.ndarray:
+    """``(256, 3)`` uint8 lookup: class id → colour; ignore (255) and unknown ids black."""
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(colours)] = np.asarray(colours, np.uint8)
+    return table
+
+
+def _image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    return read_image(path)
+
+
+def _overlay(image: np.ndarray, heat: np.ndarray, pixel: tuple[int, int]) -> Image.Image:
+    """Blend a jet-like colouring of ``heat`` (H, W in [0, 1]) over ``image`` and mark ``pixel``."""
+    red = np.clip(1.5 - np.abs(4 * heat - 3), 0, 1)
+    green = np.clip(1.5 - np.abs(4 * heat - 2), 0, 1)
+    blue = np.clip(1.5 - np.abs(4 * heat - 1), 0, 1)
+    colour = (np.stack([red, green, blue], axis=-1) * 255).astype(np.float32)
+    blended = Image.fromarray((0.5 * image + 0.5 * colour).astype(np.uint8))
+    draw = ImageDraw.Draw(blended)
+    y, x = pixel
+    draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=(255, 255, 255), width=2)
+    return blended
+
+
+def _with_titles(grid: np.ndarray, titles: list[str], panel_width: int) -> Image.Image:
+    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + 14), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (0, 14))
+    draw = ImageDraw.Draw(canvas)
+    for index, title in enumerate(titles):
+        draw.text((index * panel_width + 2, 1), title[: max(panel_width // 6, 4)], fill=(0, 0, 0))
+    return canvas

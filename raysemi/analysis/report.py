@@ -1,0 +1,139 @@
+"""``raysemi report``: every finished run under a folder, as a method × label-fraction table and plots.
+
+A run is a directory with ``summary.json`` and ``config.yaml`` (what ``raysemi train`` writes). Of a chained
+run (``stages.json`` in the parent: self-correction's stages, SimFormer's retrain), only the last stage counts.
+The label fraction is read from the run's own split files (``labeled.txt``, ``unlabeled.txt``), so it is
+right whichever way the split was chosen (fraction, count or file).
+
+Outputs in ``out``: ``runs.csv`` (one row per run), ``summary.csv`` (mean, std and count of mIoU per method
+and fraction), ``summary.md`` (the method × fraction table), ``miou_vs_fraction.png`` and ``curves.png``
+(training loss and val mIoU against step, one line per run).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from raysemi.errors import DataError
+from raysemi.tracking import read_metrics
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    method: str
+    labeled: int
+    total: int
+    seed: int
+    miou: float
+    iou: dict[str, float | None]
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> str:
+        """``1/k`` when labeled/total is within 2 % of it (the split tool rounds up), else ``labeled/total``."""
+        if self.labeled == self.total:
+            return "all"
+        k = round(self.total / self.labeled)
+        if k > 0 and abs(self.labeled * k - self.total) <= 0.02 * self.total:
+            return f"1/{k}"
+        return f"{self.labeled}/{self.total}"
+
+
+def find_runs(root: Path) -> list[RunResult]:
+    """Every finished run under ``root`` (``root`` itself may be one).
+
+    Raises:
+        DataError: ``root`` is not a folder, or holds no finished run.
+    """
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder of runs (pass a run directory or a folder holding some)")
+    runs = [_read_run(path.parent) for path in sorted(root.rglob("summary.json")) if _counts(path.parent)]
+    if not runs:
+        raise DataError(f"{root}: no finished run (a folder with summary.json and config.yaml) under it")
+    return runs
+
+
+def _counts(run_dir: Path) -> bool:
+    """A run that counts: it has its config, and it is the last stage of its chain if part of one."""
+    if not (run_dir / "config.yaml").is_file():
+        return False
+    stages = run_dir.parent / "stages.json"
+    return not stages.is_file() or list(json.loads(stages.read_text()))[-1] == run_dir.name
+
+
+def _read_run(run_dir: Path) -> RunResult:
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    labeled, unlabeled = (_lines(run_dir / name) for name in ("labeled.txt", "unlabeled.txt"))
+    return RunResult(run_dir, _method_label(cfg, run_dir), labeled, labeled + unlabeled, cfg["run"]["seed"],
+                     summary["miou"], summary["iou"], read_metrics(run_dir))
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
+
+
+def _method_label(cfg: dict, run_dir: Path) -> str:
+    if cfg["method"] == "self_correction":
+        return f"self_correction-{cfg['self_correction']['mode']}"
+    if run_dir.name == "retrain" and (run_dir.parent / "stages.json").is_file():
+        return "simformer+retrain"
+    return cfg["method"]
+
+
+def runs_frame(runs: list[RunResult], per_class: bool = False) -> pd.DataFrame:
+    """One row per run: ``method, fraction, labeled, total, seed, miou`` (+ ``iou_<class>``), ``run_dir``."""
+    rows = []
+    for run in runs:
+        row = {"method": run.method, "fraction": run.fraction, "labeled": run.labeled, "total": run.total,
+               "seed": run.seed, "miou": run.miou}
+        if per_class:
+            row |= {f"iou_{name}": value for name, value in run.iou.items()}
+        rows.append(row | {"run_dir": str(run.run_dir)})
+    return pd.DataFrame(rows)
+
+
+def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std (0 for one run) and count of each numeric result per method and fraction, fractions
+    in increasing order of labeled share."""
+    values = [c for c in runs.columns if c == "miou" or c.startswith("iou_")]
+    grouped = runs.groupby(["method", "fraction"], sort=False)
+    summary = grouped[values].agg(["mean", "std"]).fillna({(c, "std"): 0.0 for c in values})
+    summary.columns = [f"{c}_{stat}" for c, stat in summary.columns]
+    summary["runs"] = grouped.size()
+    summary["share"] = grouped["labeled"].first() / grouped["total"].first()
+    return summary.reset_index().sort_values(["method", "share"]).reset_index(drop=True)
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    """Method × fraction table of ``mean ± std (runs)`` mIoU."""
+    fractions = list(dict.fromkeys(summary.sort_values("share")["fraction"]))
+    lines = ["| method | " + " | ".join(fractions) + " |", "|---" * (len(fractions) + 1) + "|"]
+    for method, group in summary.groupby("method", sort=True):
+        cells = {r.fraction: f"{r.miou_mean:.4f} ± {r.miou_std:.4f} ({r.runs})" for r in group.itertuples()}
+        lines.append(f"| {method} | " + " | ".join(cells.get(f, "–") for f in fractions) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(root: Path, out: Path, per_class: bool = False) -> tuple[pd.DataFrame, list[Path]]:
+    """Find the runs under ``root`` and write the report into ``out``; return the summary and the files."""
+    from raysemi.analysis.plots import plot_curves, plot_miou_vs_fraction
+
+    runs = find_runs(root)
+    every = runs_frame(runs, per_class)
+    summary = summary_frame(every)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "runs.csv", out / "summary.csv", out / "summary.md", out / "miou_vs_fraction.png",
+             out / "curves.png"]
+    every.to_csv(files[0], index=False)
+    summary.to_csv(files[1], index=False)
+    files[2].write_text(markdown_table(summary))
+    plot_miou_vs_fraction(summary, files[3])
+    plot_curves(runs, files[4])
+    return summary, files

@@ -1,0 +1,114 @@
+"""Calibration bins and Grad-CAM on inputs whose answers are worked out by hand."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from raysemi.analysis.calibration import CalibrationBins
+from raysemi.analysis.gradcam import grad_cam
+from raysemi.analysis.report import find_runs, write_report
+from raysemi.errors import DataError
+
+
+def test_calibration_bins_pixels_by_confidence_and_measures_accuracy():
+    # 4 pixels of 3 classes: confidences 0.95 (right), 0.95 (wrong), 0.55 (right), and an ignored one
+    probabilities = torch.tensor([[0.95, 0.03, 0.02], [0.95, 0.03, 0.02], [0.25, 0.55, 0.2], [0.9, 0.05, 0.05]])
+    probabilities = probabilities.T.reshape(1, 3, 1, 4)
+    target = torch.tensor([[[0, 2, 1, 255]]])
+    bins = CalibrationBins.empty(10)
+    bins.update(probabilities, target)
+    rows = bins.rows()
+    assert [r["pixels"] for r in rows] == [0, 0, 0, 0, 0, 1, 0, 0, 0, 2]
+    assert rows[9]["accuracy"] == 0.5 and rows[9]["mean_confidence"] == pytest.approx(0.95)
+    assert rows[5]["accuracy"] == 1.0 and rows[5]["mean_confidence"] == pytest.approx(0.55)
+    assert rows[0]["accuracy"] != rows[0]["accuracy"]  # NaN for an empty bin
+    # ECE = (|1 − 1.9| + |1 − 0.55|) / 3
+    assert bins.expected_calibration_error() == pytest.approx(0.45)
+
+
+def test_confidence_of_exactly_one_lands_in_the_last_bin():
+    bins = CalibrationBins.empty(4)
+    bins.update(torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1), torch.tensor([[[0]]]))
+    assert [r["pixels"] for r in bins.rows()] == [0, 0, 0, 1]
+
+
+def _two_feature_model():
+    """Layer A = the image's first two channels; logits = W·A with class 0 = A0 − A1, class 1 = A1 − A0."""
+    layer = nn.Conv2d(3, 2, kernel_size=1, bias=False)
+    head = nn.Conv2d(2, 2, kernel_size=1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).reshape(2, 3, 1, 1))
+        head.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).reshape(2, 2, 1, 1))
+    return nn.Sequential(layer, head), layer
+
+
+def test_grad_cam_highlights_the_features_the_pixel_rests_on():
+    model, layer = _two_feature_model()
+    image = torch.zeros(1, 3, 4, 6)
+    image[0, 0, :, :3] = 1.0  # left half: feature A0
+    image[0, 1, :, 3:] = 1.0  # right half: feature A1
+    # a left pixel is class 0: its gradient weights A0 by +1/24 and A1 by −1/24 → ReLU(A0 − A1) = left half
+    heat, explained = grad_cam(model, layer, image, (2, 1))
+    assert explained == 0
+    expected = torch.zeros(4, 6)
+    expected[:, :3] = 1.0
+    torch.testing.assert_close(heat, expected)
+    heat, explained = grad_cam(model, layer, image, (0, 5))
+    assert explained == 1 and torch.equal(heat, 1 - expected)
+    assert all(p.grad is None for p in model.parameters())
+    # explaining class 1 at a class-0 pixel gives the right half as well; no gradient is left on the weights
+    heat, explained = grad_cam(model, layer, image, (2, 1), target_class=1)
+    assert explained == 1 and torch.equal(heat, 1 - expected)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _fake_run(run_dir, method, labeled, total, seed, miou, iou, extra=None):
+    """A finished run directory as `raysemi train` leaves it, with known numbers."""
+    run_dir.mkdir(parents=True)
+    cfg = {"method": method, "run": {"seed": seed}, "self_correction": {"mode": "linear"}, **(extra or {})}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run_dir / "labeled.txt").write_text("".join(f"a{i}.png m{i}.png\n" for i in range(labeled)))
+    (run_dir / "unlabeled.txt").write_text("".join(f"b{i}.png\n" for i in range(total - labeled)))
+    (run_dir / "summary.json").write_text(json.dumps({"miou": miou, "iou": iou}))
+    records = [{"step": 50, "loss": 1.0}, {"step": 100, "loss": 0.5, "val": {"miou": miou}}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_report_tables_mean_and_std_per_method_and_fraction(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, miou in enumerate([0.40, 0.44, 0.48]):
+        _fake_run(sweep / f"sup-16-{seed}", "supervised", 23, 367, seed, miou, {"road": miou, "car": None})
+    _fake_run(sweep / "sup-8-0", "supervised", 46, 367, 0, 0.50, {"road": 0.6, "car": 0.4})
+    _fake_run(sweep / "cps-16-0", "cps", 23, 367, 0, 0.45, {"road": 0.7, "car": 0.2})
+    # a chained run: only its last stage counts
+    _fake_run(sweep / "sc" / "ancillary", "self_correction", 23, 367, 0, 0.70, {"road": 0.9, "car": 0.5})
+    _fake_run(sweep / "sc" / "primary", "self_correction", 23, 367, 0, 0.46, {"road": 0.8, "car": 0.1})
+    (sweep / "sc" / "stages.json").write_text(json.dumps({"ancillary": {}, "primary": {}}))
+    summary, files = write_report(sweep, tmp_path / "report", per_class=True)
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    sup16 = table[(table.method == "supervised") & (table.fraction == "1/16")].iloc[0]
+    assert sup16.runs == 3 and sup16.miou_mean == pytest.approx(0.44) and sup16.miou_std == pytest.approx(0.04)
+    assert sup16.iou_road_mean == pytest.approx(0.44) and np.isnan(sup16.iou_car_mean)
+    assert set(zip(table.method, table.fraction, strict=True)) == {
+        ("supervised", "1/16"), ("supervised", "1/8"), ("cps", "1/16"), ("self_correction-linear", "1/16")}
+    assert table[table.method == "self_correction-linear"].miou_mean.item() == pytest.approx(0.46)
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert len(runs) == 6 and "iou_car" in runs.columns
+    markdown = (tmp_path / "report" / "summary.md").read_text()
+    assert "| method | 1/16 | 1/8 |" in markdown
+    assert "| supervised | 0.4400 ± 0.0400 (3) | 0.5000 ± 0.0000 (1) |" in markdown
+    assert "| cps | 0.4500 ± 0.0000 (1) | – |" in markdown
+    for png in files[3:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_a_folder_without_runs_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no finished run"):
+        find_runs(tmp_path)
+    with pytest.raises(DataError, match="not a folder of runs"):
+        find_runs(tmp_path / "missing")
