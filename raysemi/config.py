@@ -309,7 +309,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict[str, Any] = _read_yaml(Path(path)) if path else {}
     for override in overrides:
         key, value = _parse_override(override)
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return validate_config(raw, source=str(path) if path else "overrides")
 
 
@@ -347,7 +347,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

@@ -1,0 +1,170 @@
+"""Sweep files: which config keys a tuning run searches, over which distributions, judged by which metric.
+
+A sweep file (YAML)::
+
+    metric: val_miou          # a metric every trial reports; val_miou needs train.eval_every
+    mode: max
+    samples: 16               # trials Optuna proposes (times the grid, if any)
+    concurrency: null         # trials at once; null: as many as the cluster's CPUs/GPUs allow
+    scheduler: asha           # asha (early stopping on `metric`) or fifo (every trial runs to the end)
+    grace_steps: 100          # asha: no trial is stopped before this step
+    reduction_factor: 3       # asha: keep the best 1/3 at each rung
+    space:
+      optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+      cps.weight: {uniform: [0.5, 3.0]}
+      cps.prop_range: {choice: [[0.25, 0.5], [0.1, 0.3]]}
+      data.label_fraction: {grid: [0.0625, 0.125]}
+
+Keys are dotted config keys; ``space`` may be left out to use the method's default space
+(:data:`DEFAULT_SPACES`). This module never imports ray: :mod:`raysemi.ray.tune` turns a :class:`SweepSpec`
+into Tune objects.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from raysemi.config import Config, set_dotted, validate_config
+from raysemi.errors import ConfigError
+
+KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
+
+
+class Distribution(BaseModel):
+    """One key's distribution: exactly one of ``loguniform: [low, high]``, ``uniform: [low, high]``,
+    ``randint: [low, high)``, ``choice: [values]`` or ``grid: [values]`` (every value, crossed with the rest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in KINDS if getattr(self, kind) is not None)
+
+    @property
+    def argument(self) -> Any:
+        return getattr(self, self.kind)
+
+    def examples(self) -> list[Any]:
+        """Values to validate the key with: the bounds of a range, every listed value."""
+        argument = self.argument
+        if self.kind == "randint":
+            return [argument[0], argument[1] - 1]
+        return list(argument)
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "val_miou"
+    mode: Literal["max", "min"] = "max"
+    samples: int = Field(8, ge=1)
+    concurrency: int | None = Field(None, ge=1)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_steps: int = Field(100, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    space: dict[str, Distribution] = {}
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _one_kind_each(cls, space: Any) -> Any:
+        for key, value in (space or {}).items():
+            if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in KINDS:
+                raise ValueError(f"space.{key} must be one of {{{': ..., '.join(KINDS)}: ...}} "
+                                 f"with one kind, got {value!r}")
+            kind, argument = next(iter(value.items()))
+            if kind in ("loguniform", "uniform", "randint") and not _ordered_pair(argument, kind):
+                raise ValueError(f"space.{key}: {kind} takes [low, high] with low < high"
+                                 f"{' and low > 0' if kind == 'loguniform' else ''}, got {argument!r}")
+            if kind in ("choice", "grid") and not (isinstance(argument, list) and argument):
+                raise ValueError(f"space.{key}: {kind} takes a non-empty list of values, got {argument!r}")
+        return space
+
+
+def _ordered_pair(argument: Any, kind: str) -> bool:
+    if not (isinstance(argument, list | tuple) and len(argument) == 2):
+        return False
+    low, high = argument
+    if not all(isinstance(v, int | float) for v in argument) or low >= high:
+        return False
+    return low > 0 if kind == "loguniform" else True
+
+
+# Default search spaces per method (used when a sweep file has no `space`): the shared keys, plus the
+# method's own hyperparameters. Label fractions are swept with `raysemi sweep`, not searched.
+SHARED_SPACE = {
+    "optim.lr": {"loguniform": [1.0e-3, 0.3]},
+    "optim.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]},
+}
+DEFAULT_SPACES: dict[str, dict[str, dict]] = {
+    "supervised": {},
+    "cps": {"cps.weight": {"uniform": [0.5, 3.0]},
+            "cps.prop_range": {"choice": [[0.25, 0.5], [0.1, 0.3], [0.4, 0.6]]}},
+    "cac": {"cac.temperature": {"loguniform": [0.05, 0.5]}, "cac.gamma": {"uniform": [0.5, 0.95]},
+            "cac.weight": {"loguniform": [0.01, 1.0]}, "cac.rampup_steps": {"choice": [0, 100, 300]},
+            "cac.num_negatives": {"choice": [4800, 9600, 19200]}},
+    "self_correction": {"self_correction.alpha_start": {"loguniform": [3.0, 100.0]},
+                        "self_correction.alpha_end": {"loguniform": [0.1, 3.0]},
+                        "self_correction.alpha_schedule": {"choice": ["geometric", "linear", "cosine"]}},
+    "simformer": {"simformer.distill_weight": {"loguniform": [0.01, 1.0]},
+                  "simformer.points": {"choice": [50, 100, 200]},
+                  "simformer.complementary_weight": {"loguniform": [0.03, 1.0]}},
+}
+
+
+def default_space(method: str) -> dict[str, Distribution]:
+    return {key: Distribution.model_validate(value) for key, value in
+            {**SHARED_SPACE, **DEFAULT_SPACES[method]}.items()}
+
+
+def load_sweep(path: str | Path, base: Config) -> SweepSpec:
+    """Read and check a sweep file against the config it tunes: every key must be a config key that accepts
+    every listed value (or range bound); no space means the method's default space.
+
+    Raises:
+        ConfigError: one line naming the file and the key or value at fault.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        spec = SweepSpec.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "sweep"
+        raise ConfigError(f"{path}: {where}: {error['msg'].removeprefix('Value error, ')}") from None
+    if not spec.space:
+        spec.space = default_space(base.method)
+    check_space(spec.space, base, source=str(path))
+    return spec
+
+
+def check_space(space: dict[str, Distribution], base: Config, source: str) -> None:
+    """Every key of ``space`` set to each of its example values still gives a valid config."""
+    raw = base.model_dump(mode="json")
+    for key, distribution in space.items():
+        for value in distribution.examples():
+            trial = copy.deepcopy(raw)
+            set_dotted(trial, key, value)
+            validate_config(trial, source=f"{source}: space.{key}={value!r}")
+
+
+def apply_values(base: Config, values: dict[str, Any]) -> Config:
+    """``base`` with each dotted key of ``values`` set (one trial's config)."""
+    raw = base.model_dump(mode="json")
+    for key, value in values.items():
+        set_dotted(raw, key, value)
+    return validate_config(raw, source="trial")
