@@ -229,22 +229,23 @@ class DecodeWeakShotPairs:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reader = _reader(self.format_name, self.root)
+        _, novel = self.classes.resolve(reader.classes.num_classes)
         rows = _rows(batch)
-        images = [self._view(reader, row["image_path"], row["mask_path"], int(row["seed"])) for row in rows]
+        images = [self._view(reader, novel, row["image_path"], row["mask_path"], int(row["seed"])) for row in rows]
         partners = [
-            self._view(reader, row["partner_image_path"], row["partner_mask_path"], int(row["seed"]) ^ 0x5EED)
+            self._view(reader, novel, row["partner_image_path"], row["partner_mask_path"], int(row["seed"]) ^ 0x5EED)
             for row in rows
         ]
         out = {key: np.stack([view[key] for view in images]) for key in images[0]}
         return out | {f"partner_{key}": np.stack([view[key] for view in partners]) for key in partners[0]}
 
-    def _view(self, reader: DatasetFormat, image_path: str, mask_path: str, seed: int) -> dict[str, np.ndarray]:
+    def _view(self, reader: DatasetFormat, novel: list[int], image_path: str, mask_path: str,
+              seed: int) -> dict[str, np.ndarray]:
         image_np, mask_np = load_sample(reader, Sample(Path(image_path), Path(mask_path)))
         image, mask = to_tensors(image_np, mask_np)
         image, mask, geometry = self.augment.augment(image, mask, torch.Generator().manual_seed(seed))
         classes = reader.classes
         mask_np = mask.numpy()
-        _, novel = self.classes.resolve(classes.num_classes)
         return {
             "image": image.numpy(),
             "mask": hide_novel(mask_np, novel, classes.ignore_index) if self.hide_novel else mask_np,
