@@ -14,9 +14,8 @@ from raysemi.analysis.calibration import CalibrationBins
 from raysemi.analysis.gradcam import grad_cam
 from raysemi.data.dataset import open_dataset
 from raysemi.data.formats import IMAGE_SUFFIXES, read_image
-from raysemi.data.transforms import normalize, to_tensors
 from raysemi.engine.evaluate import predict_logits
-from raysemi.engine.inference import LoadedModel, val_batches
+from raysemi.engine.inference import LoadedModel, image_batch, predict_image, val_batches
 from raysemi.errors import DataError
 
 DEFAULT_LAYERS = ("segmenter.head", "model.pixel_decoder")  # decoder features of a segmenter / a MaskFormer
@@ -80,8 +79,7 @@ def write_gradcam(loaded: LoadedModel, image_path: Path, pixel: tuple[int, int],
     if not (0 <= pixel[0] < height and 0 <= pixel[1] < width):
         raise DataError(f"--pixel={pixel[0]},{pixel[1]} lies outside {image_path} ({height}x{width}, as y,x)")
     name, layer = find_layer(loaded.model, layer_name)
-    tensor = normalize(to_tensors(image, None)[0][None].to(loaded.device))
-    heat, explained = grad_cam(loaded.model, layer, tensor, pixel)
+    heat, explained = grad_cam(loaded.model, layer, image_batch(loaded, image), pixel)
     overlay = _overlay(image, heat.cpu().numpy(), pixel)
     out.parent.mkdir(parents=True, exist_ok=True)
     overlay.save(out)
@@ -103,7 +101,7 @@ def write_comparison(models: list[LoadedModel], images_dir: Path, out: Path, lim
         image = _image(path)
         truth = source.reader.decode_mask(samples[path.name].mask) if path.name in samples else None
         panels = [image, palette[truth] if truth is not None else np.full_like(image, 128)]
-        panels += [palette[_predict(loaded, image)] for loaded in models]
+        panels += [palette[predict_image(loaded, image).argmax(0).cpu().numpy()] for loaded in models]
         rows.append(np.concatenate(panels, axis=1))
     width = max(r.shape[1] for r in rows)
     grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
@@ -112,12 +110,6 @@ def write_comparison(models: list[LoadedModel], images_dir: Path, out: Path, lim
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
-
-
-@torch.no_grad()
-def _predict(loaded: LoadedModel, image: np.ndarray) -> np.ndarray:
-    tensor = normalize(to_tensors(image, None)[0][None].to(loaded.device))
-    return predict_logits(loaded.model, tensor, loaded.cfg.eval).argmax(1)[0].cpu().numpy()
 
 
 def _palette(colours) -> np.ndarray:

@@ -109,6 +109,17 @@ def _stack(items: list[tuple[torch.Tensor, ...]], device: torch.device) -> dict[
     return with_box_channels(batch)
 
 
+def image_batch(loaded: LoadedModel, image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 image → ``(1, 3, H, W)`` normalised on the model's device."""
+    return normalize(to_tensors(image, None)[0][None].to(loaded.device))
+
+
+@torch.no_grad()
+def predict_image(loaded: LoadedModel, image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 image → ``(K, H, W)`` eval-model output (whole image or sliding window)."""
+    return predict_logits(loaded.model, image_batch(loaded, image), loaded.cfg.eval)[0]
+
+
 def predict_folder(loaded: LoadedModel, images_dir: Path, out_dir: Path) -> int:
     """Write ``<name>.png`` (raw class ids) and ``<name>_color.png`` (dataset palette) per image; return count."""
     paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images_dir.is_dir() else []
@@ -121,9 +132,7 @@ def predict_folder(loaded: LoadedModel, images_dir: Path, out_dir: Path) -> int:
     colours = np.zeros((256, 3), np.uint8)
     colours[: len(loaded.palette)] = np.asarray(loaded.palette, np.uint8)
     for path in progress(paths, "predicting"):
-        image, _ = to_tensors(read_image(path), None)
-        logits = predict_logits(loaded.model, normalize(image[None].to(loaded.device)), loaded.cfg.eval)
-        labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        labels = predict_image(loaded, read_image(path)).argmax(0).to(torch.uint8).cpu().numpy()
         Image.fromarray(labels).save(out_dir / f"{path.stem}.png")
         Image.fromarray(colours[labels]).save(out_dir / f"{path.stem}_color.png")
     return len(paths)

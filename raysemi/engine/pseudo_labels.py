@@ -18,10 +18,8 @@ from PIL import Image
 
 from raysemi.data.dataset import DatasetSource, load_sample
 from raysemi.data.formats import Sample
-from raysemi.data.transforms import normalize, to_tensors
 from raysemi.data.weak_labels import hide_novel, image_tags
-from raysemi.engine.evaluate import predict_logits
-from raysemi.engine.inference import LoadedModel
+from raysemi.engine.inference import LoadedModel, predict_image
 from raysemi.progress import progress
 
 
@@ -60,7 +58,7 @@ def write_pseudo_label_dataset(loaded: LoadedModel, source: DatasetSource, novel
         image, mask = load_sample(source.reader, sample)
         tags = np.flatnonzero(image_tags(mask, classes.num_classes, classes.ignore_index))
         hidden = torch.from_numpy(hide_novel(mask, novel, classes.ignore_index))
-        scores = _scores(loaded, image)
+        scores = predict_image(loaded, image)
         labels = novel_pseudo_label(scores, hidden, [int(c) for c in tags if c in novel], classes.ignore_index)
         _write(tmp / "train", index, sample, labels.numpy())
     for index, sample in enumerate(source.val):
@@ -71,13 +69,6 @@ def write_pseudo_label_dataset(loaded: LoadedModel, source: DatasetSource, novel
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
-
-
-@torch.no_grad()
-def _scores(loaded: LoadedModel, image: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 image → ``(K, H, W)`` scores of the eval model (whole image or sliding window)."""
-    tensor = normalize(to_tensors(image, None)[0][None].to(loaded.device))
-    return predict_logits(loaded.model, tensor, loaded.cfg.eval)[0]
 
 
 def _write(split_dir: Path, index: int, sample: Sample, labels: np.ndarray) -> None:
