@@ -109,7 +109,8 @@ class SimFormer:
         (``simformer.pairs_file``) covers exactly this run's training images. Raises ``DataError``."""
         _, novel = self.class_split.resolve(source.classes.num_classes)
         if self.options.pairs_file:
-            partner_samples(source.reader, source.samples_for("labeled"), novel, 0, self.options.pairs_file)
+            partner_samples(source.reader, source.samples_for("labeled"), novel, self.cfg.run.seed,
+                            self.options.pairs_file)
 
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
         stream = batch["labeled"]
@@ -123,13 +124,13 @@ class SimFormer:
         if not self.options.deep_supervision:
             layers = layers[-1:]
         loss_layers = both["image"].new_zeros(())
-        for class_logits, mask_logits in layers:
-            layer_losses, novel_queries = self._proposal_pixel(class_logits, _upsample(mask_logits, size), targets)
+        for class_logits, mask_logits in layers:  # the last layer last: its masks and matches stay below
+            masks = _upsample(mask_logits, size)
+            layer_losses, novel_queries = self._proposal_pixel(class_logits, masks, targets)
             loss_layers = loss_layers + layer_losses["loss"]
-        last_masks = _upsample(out["mask_logits"], size)
         loss_comp = torch.stack([
-            complementary_loss(masks, queries, self._base_region(mask), ok, self.options.ignore_prob)
-            for masks, queries, mask, ok in zip(last_masks, novel_queries, both["mask"], valid, strict=True)
+            complementary_loss(image_masks, queries, self._base_region(mask), ok, self.options.ignore_prob)
+            for image_masks, queries, mask, ok in zip(masks, novel_queries, both["mask"], valid, strict=True)
         ]).mean()
         o = self.options
         loss = loss_layers + o.complementary_weight * loss_comp
