@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysemi.config import ModelConfig
+from raysemi.models.backbones import conv_bn_relu
 from raysemi.models.segmenter import Segmenter, build_segmenter
 
 INITIAL_HEAT_BIAS = 0.0
@@ -96,18 +97,18 @@ def box_constrained_log_probs(
 class ConvCorrector(nn.Module):
     """Convolutional self-correction: primary and ancillary logits ``(N, C, H, W)`` each → q's logits.
 
-    Two 3×3 convs (``hidden`` channels, ReLU) on their concatenation, after a BatchNorm of the 2C input
-    channels (our addition): the ancillary's box-constrained log-probabilities reach −20, and raw inputs of
-    that scale made the corrector diverge at a segmentation head's learning rate (CE ≈ 40,000 within 50 SGD
-    steps at lr 0.2 on CamVid, then a constant output that poisoned the primary's targets).
+    Two 3×3 convs (``hidden`` channels, ReLU) on their concatenation, with BatchNorm on the 2C inputs and
+    after the first conv (our addition): the ancillary's box-constrained log-probabilities reach −20, and
+    without normalisation the corrector diverged at a segmentation head's learning rate (CE ≈ 40,000 within 50
+    SGD steps at lr 0.2 on CamVid, then a constant output that poisoned the primary's targets; with the input
+    BatchNorm alone, NaN at step 27).
     """
 
     def __init__(self, num_classes: int, hidden: int = 128):
         super().__init__()
         self.layers = nn.Sequential(
             nn.BatchNorm2d(2 * num_classes),
-            nn.Conv2d(2 * num_classes, hidden, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
+            conv_bn_relu(2 * num_classes, hidden),
             nn.Conv2d(hidden, num_classes, kernel_size=3, padding=1),
         )
 
