@@ -1,4 +1,4 @@
-"""The ``raysemi`` command: train, eval, predict, data synth|split|check.
+"""The ``raysemi`` command: train, eval, predict, tune, sweep, report, analyze, data synth|split|check.
 
 User errors (bad config, bad data, bad checkpoint) print one ``error:`` line and exit 2.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from raysemi.errors import DataError, RaysemiError, find_user_error
+from raysemi.errors import ConfigError, DataError, RaysemiError, find_user_error
 
 console = Console(stderr=False)
 
@@ -95,6 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--splits", nargs="+", default=["train", "val"])
     check.set_defaults(handler=cmd_check)
 
+    tune = commands.add_parser("tune", help="search a method's hyperparameters: Ray Tune, Optuna, ASHA")
+    tune.add_argument("-c", "--config", help="YAML config of the runs to tune (default: the embedded default)")
+    tune.add_argument("--sweep", required=True, type=Path, help="sweep file: space, metric, samples, scheduler")
+    tune.add_argument("--out", type=Path, help="sweep folder (default: the config's run.dir)")
+    tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    tune.add_argument("overrides", nargs="*", help="dotted overrides of the config, e.g. train.steps=300")
+    tune.set_defaults(handler=cmd_tune)
+
+    sweep = commands.add_parser("sweep", help="every method at every label fraction and seed, as Tune trials")
+    sweep.add_argument("-c", "--config", help="YAML config shared by the runs (default: the embedded default)")
+    sweep.add_argument("--methods", required=True, help="comma-separated, e.g. supervised,cps,cac")
+    sweep.add_argument("--fractions", required=True, help="comma-separated label fractions, e.g. 1/16,1/8,1/4")
+    sweep.add_argument("--seeds", default="0", help="comma-separated; each seed draws its own split and init")
+    sweep.add_argument("--retries", type=int, default=0, help="times a failing run is retried before recorded")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default: the config's run.dir)")
+    sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    sweep.add_argument("overrides", nargs="*", help="dotted overrides of the config, e.g. train.steps=300")
+    sweep.set_defaults(handler=cmd_sweep)
+
     report = commands.add_parser("report", help="table and plots of every finished run under a folder")
     report.add_argument("runs", type=Path, help="a run directory or a folder of runs (a sweep)")
     report.add_argument("--out", type=Path, help="where the CSV, Markdown and PNG files go (default: RUNS/report)")
@@ -172,30 +191,20 @@ def cmd_split(args: argparse.Namespace) -> int:
     from raysemi.data.splits import (
         Split,
         complement,
-        make_split,
         parse_fraction,
         read_split_file,
-        write_split_file,
+        write_split,
+        write_split_files,
     )
 
     reader = open_format(args.format, args.root)
-    train = reader.samples(args.split)
     if args.import_file:
         labeled = read_split_file(args.import_file, reader.root)
-        split = Split(labeled, complement(train, labeled))
+        split = Split(labeled, complement(reader.samples(args.split), labeled))
+        write_split_files(reader, split, args.out, args.tags, args.boxes)
     else:
         fraction = parse_fraction(args.fraction) if args.fraction else None
-        split = make_split(train, fraction, args.count, args.seed)
-    write_split_file(args.out / "labeled.txt", split.labeled, reader.root)
-    write_split_file(args.out / "unlabeled.txt", split.unlabeled, reader.root)
-    if args.tags:
-        from raysemi.data.weak_labels import tags_from_masks, write_tags_file
-
-        write_tags_file(args.out / "unlabeled_tags.txt", tags_from_masks(reader, split.unlabeled), reader.root)
-    if args.boxes:
-        from raysemi.data.weak_labels import dataset_boxes, write_boxes_file
-
-        write_boxes_file(args.out / "unlabeled_boxes.txt", dataset_boxes(reader, split.unlabeled), reader.root)
+        split = write_split(reader, args.split, fraction, args.count, args.seed, args.out, args.tags, args.boxes)
     if args.pairs:
         write_pairs(reader, split.labeled, args.novel, args.seed, args.out / "pairs.txt")
     print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled -> {args.out}")
@@ -236,6 +245,75 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(problem)
     print(f"checked {total} samples in {', '.join(args.splits)}: {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from raysemi.config import load_config
+    from raysemi.ray.tune import search
+    from raysemi.sweeps import load_sweep
+
+    cfg = load_config(args.config, args.overrides)
+    spec = load_sweep(args.sweep, cfg)
+    sweep_dir = args.out or Path(cfg.run.dir)
+    return finish_sweep(cfg, sweep_dir, search(cfg, spec, sweep_dir, args.resume), spec.metric)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from raysemi.config import load_config
+    from raysemi.data.splits import parse_fraction
+    from raysemi.ray.tune import grid_sweep
+    from raysemi.sweeps import apply_values
+
+    cfg = load_config(args.config, args.overrides)
+    methods = comma_list(args.methods, "--methods")
+    fractions = comma_list(args.fractions, "--fractions")
+    for fraction in fractions:
+        parse_fraction(fraction)
+    seeds = [parse_int(seed, "--seeds") for seed in comma_list(args.seeds, "--seeds")]
+    for method in methods:
+        apply_values(cfg, {"method": method})  # an unknown method is a one-line error before anything runs
+    sweep_dir = args.out or Path(cfg.run.dir)
+    outcomes = grid_sweep(cfg, methods, fractions, seeds, sweep_dir, args.resume, args.retries)
+    return finish_sweep(cfg, sweep_dir, outcomes, "val_miou")
+
+
+def comma_list(text: str, option: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"{option} {text!r}: give a comma-separated list, e.g. 1/16,1/8")
+    return items
+
+
+def parse_int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is not an integer") from None
+
+
+def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
+    """Print every trial and each failure's one-line reason; report and plot the finished runs (logged to W&B
+    when enabled). Exit status 1 only when no trial finished."""
+    from raysemi.analysis.report import write_report
+    from raysemi.tracking.tracker import log_report
+
+    table = Table(title=f"sweep {sweep_dir}")
+    for column in ("trial", "values", "status", "steps", metric):
+        table.add_column(column)
+    for o in outcomes:
+        values = ", ".join(f"{k}={v}" for k, v in o.params.items())
+        table.add_row(o.name, values, o.status, str(o.steps), "-" if o.metric is None else f"{o.metric:.4f}")
+    console.print(table)
+    for o in outcomes:
+        if o.error:
+            print(f"failed: {o.name}: {o.error}")
+    if any(o.status == "finished" for o in outcomes):
+        summary, files = write_report(sweep_dir / "trials", sweep_dir / "report")
+        print("report: " + ", ".join(str(f) for f in files))
+        if cfg.tracking.wandb.mode != "disabled":
+            log_report(cfg, sweep_dir, summary, files)
+    print(f"summary: {sweep_dir.expanduser().resolve() / 'summary.json'}")
+    return 0 if any(o.status != "failed" for o in outcomes) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

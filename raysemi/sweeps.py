@@ -9,6 +9,7 @@ A sweep file (YAML)::
     scheduler: asha           # asha (early stopping on `metric`) or fifo (every trial runs to the end)
     grace_steps: 100          # asha: no trial is stopped before this step
     reduction_factor: 3       # asha: keep the best 1/3 at each rung
+    retries: 1                # a failing trial is retried this many times, then recorded; the sweep goes on
     space:
       optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
       cps.weight: {uniform: [0.5, 3.0]}
@@ -73,6 +74,7 @@ class SweepSpec(BaseModel):
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_steps: int = Field(100, ge=1)
     reduction_factor: int = Field(3, ge=2)
+    retries: int = Field(1, ge=0)  # a failing trial is run again this many times, then recorded as failed
     space: dict[str, Distribution] = {}
 
     @field_validator("space", mode="before")
@@ -149,7 +151,17 @@ def load_sweep(path: str | Path, base: Config) -> SweepSpec:
     if not spec.space:
         spec.space = default_space(base.method)
     check_space(spec.space, base, source=str(path))
+    check_schedule(spec, base, source=str(path))
     return spec
+
+
+def check_schedule(spec: SweepSpec, base: Config, source: str) -> None:
+    """``val_miou`` exists only once a trial has evaluated, and ASHA compares trials at its rungs (the grace
+    step times powers of the reduction factor): evaluations must fall on them."""
+    every = base.train.eval_every
+    if spec.metric == "val_miou" and spec.scheduler == "asha" and (not every or spec.grace_steps % every):
+        raise ConfigError(f"{source}: grace_steps={spec.grace_steps} with metric val_miou needs train.eval_every "
+                          f"set to a divisor of it (now {every}), so every ASHA rung has a fresh mIoU")
 
 
 def check_space(space: dict[str, Distribution], base: Config, source: str) -> None:

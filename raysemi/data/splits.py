@@ -79,6 +79,27 @@ def write_split_file(path: Path, samples: list[Sample], root: Path) -> None:
     tmp.replace(path)
 
 
+def write_split(reader, split_name: str, fraction: float | None, count: int | None, seed: int, out: Path,
+                tags: bool = False, boxes: bool = False) -> Split:
+    """The split tool: draw the labeled part of ``reader``'s ``split_name`` samples (a fraction or a count,
+    with ``seed``) and write ``labeled.txt`` and ``unlabeled.txt`` to ``out``; with ``tags`` / ``boxes`` also
+    each unlabeled image's tags (``unlabeled_tags.txt``) or boxes (``unlabeled_boxes.txt``) from its mask."""
+    split = make_split(reader.samples(split_name), fraction, count, seed)
+    write_split_files(reader, split, out, tags, boxes)
+    return split
+
+
+def write_split_files(reader, split: Split, out: Path, tags: bool = False, boxes: bool = False) -> None:
+    from raysemi.data.weak_labels import dataset_boxes, tags_from_masks, write_boxes_file, write_tags_file
+
+    write_split_file(out / "labeled.txt", split.labeled, reader.root)
+    write_split_file(out / "unlabeled.txt", split.unlabeled, reader.root)
+    if tags:
+        write_tags_file(out / "unlabeled_tags.txt", tags_from_masks(reader, split.unlabeled), reader.root)
+    if boxes:
+        write_boxes_file(out / "unlabeled_boxes.txt", dataset_boxes(reader, split.unlabeled), reader.root)
+
+
 def read_split_file(path: str | Path, root: Path, require_masks: bool = True) -> list[Sample]:
     """Read a split file; every path must exist and stay inside ``root``.
 

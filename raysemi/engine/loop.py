@@ -94,6 +94,7 @@ class TrainingRun:
         self.tracker = Tracker(cfg, run.run_dir, self.step) if self.is_chief else None
         self.last_checkpoint: CheckpointFiles | None = latest_checkpoint(run.run_dir)
         self.last_val: dict[str, Any] | None = None
+        self.final_report: dict[str, Any] | None = None
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device)
@@ -154,7 +155,10 @@ class TrainingRun:
             for key, value in logged.items():
                 sums[key] = sums[key] + value if key in sums else value
             self._after_step(sums, timer)
-        return self._finish()
+        summary = self._finish()
+        if self.final_report is not None:
+            self.env.report(self.final_report)
+        return summary
 
     def _train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         with torch.autocast(self.env.device.type, enabled=self.use_amp):
@@ -187,7 +191,11 @@ class TrainingRun:
             if self.tracker is not None:
                 self.tracker.log(self.step, metrics)
                 say(_log_line(self.step, train.steps, metrics))
-            self.env.report({"step": self.step, **_scalars(metrics)})
+            report = {"step": self.step, **_scalars(metrics, self.last_val)}
+            if final:  # reported once summary.json exists: a scheduler may end the run at this report
+                self.final_report = report
+            else:
+                self.env.report(report)
 
     def _averaged(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         """Means over the interval and over workers."""
@@ -297,10 +305,12 @@ class _IntervalTimer:
         }
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+def _scalars(metrics: dict[str, Any], last_val: dict[str, Any] | None) -> dict[str, float]:
+    """The numbers a report carries; ``val_miou`` is the latest evaluation's, so schedulers that compare
+    trials at a step (ASHA's rungs) find it in every report after the first evaluation."""
     flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    if "val" in metrics:
-        flat["val_miou"] = metrics["val"]["miou"]
+    if last_val is not None:
+        flat["val_miou"] = last_val["miou"]
     return flat
 
 

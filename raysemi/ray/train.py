@@ -8,14 +8,18 @@ on a multi-node cluster ``run.dir`` must be on storage every node sees.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.train
 import ray.train.torch
+import ray.tune
+import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysemi.config import Config
 from raysemi.data.dataset import open_dataset, preflight
@@ -27,12 +31,16 @@ from raysemi.methods.self_correction import stage_configs
 from raysemi.ray.data import build_datasets
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train and evaluate; return the summary (also in ``<run.dir>/summary.json``)."""
+def train(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
+    """Train and evaluate; return the summary (also in ``<run.dir>/summary.json``).
+
+    ``report_to_tune`` (inside a Tune trial): the workers' reports also go to Tune, for its schedulers and
+    searchers; a multi-stage method reports its last stage only, whose steps count from 0 again.
+    """
     if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
-        return train_stages(cfg)
+        return train_stages(cfg, report_to_tune)
     if cfg.method == "simformer" and cfg.simformer.retrain_steps:
-        return train_weak_shot_then_retrain(cfg)
+        return train_weak_shot_then_retrain(cfg, report_to_tune)
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     method = build_method(cfg)
@@ -41,7 +49,10 @@ def train(cfg: Config) -> dict[str, Any]:
     run_dir, start_step = prepare_run_dir(cfg, source)
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
-        return read_summary(run_dir)
+        summary = read_summary(run_dir)
+        if report_to_tune:  # a resumed sweep's trial that had finished: Tune still needs its result
+            ray.tune.report({"step": cfg.train.steps, "val_miou": summary["miou"]})
+        return summary
     init_ray(cfg)
     streams = method.streams()
     check_cpu_budget(cfg, len(streams))
@@ -53,6 +64,19 @@ def train(cfg: Config) -> dict[str, Any]:
         "ignore_index": source.classes.ignore_index,
         "plan_start_step": start_step,
     }
+    datasets = build_datasets(cfg, source, streams, start_step, getattr(method, "eval_needs_boxes", False))
+    if report_to_tune and cfg.scaling.num_workers == 0:
+        train_in_tune_trial(loop_config, datasets)
+    else:
+        fit_trainer(cfg, run_dir, loop_config, datasets, report_to_tune)
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
+    return summary
+
+
+def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict, report_to_tune: bool) -> None:
+    """The TorchTrainer run: ``scaling.num_workers`` DDP workers, or the loop in this process for 0."""
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -61,8 +85,9 @@ def train(cfg: Config) -> dict[str, Any]:
             name=run_dir.name,
             storage_path=str(run_dir / "ray"),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            callbacks=[TuneReportCallback()] if report_to_tune else None,
         ),
-        datasets=build_datasets(cfg, source, streams, start_step, getattr(method, "eval_needs_boxes", False)),
+        datasets=datasets,
     )
     try:
         trainer.fit()
@@ -71,27 +96,33 @@ def train(cfg: Config) -> dict[str, Any]:
         if user_error is not None:
             raise user_error from None
         raise
-    summary = read_summary(run_dir)
-    if summary is None:
-        raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
-    return summary
 
 
-def train_stages(cfg: Config) -> dict[str, Any]:
+def train_in_tune_trial(loop_config: dict[str, Any], datasets: dict) -> None:
+    """``scaling.num_workers=0`` inside a Tune trial: the loop runs in the trial's process, reading the datasets
+    directly and reporting to Tune (Train's local mode refuses Train's context APIs inside Tune)."""
+    device = torch.device("cuda" if loop_config["config"]["scaling"]["use_gpu"] and torch.cuda.is_available()
+                          else "cpu")
+    run_training(loop_config, rank=0, world_size=1, local_world_size=1, device=device,
+                 shard=datasets.__getitem__, report=ray.tune.report)
+
+
+def train_stages(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
     """Run a multi-stage method's stages in order, each its own run under ``run.dir`` (a finished stage returns
     at once when the command is repeated); ``<run.dir>/stages.json`` lists each stage's mIoU and the returned
     summary is the last stage's."""
     summaries = {}
-    for stage_cfg in stage_configs(cfg):
+    stages = stage_configs(cfg)
+    for number, stage_cfg in enumerate(stages, 1):
         stage = stage_cfg.self_correction.stage
         say(f"stage {stage}: {stage_cfg.run.dir}")
-        summaries[stage] = train(stage_cfg)
+        summaries[stage] = train(stage_cfg, report_to_tune and number == len(stages))
     stages = {name: {"run_dir": str(Path(cfg.run.dir) / name), "miou": s["miou"]} for name, s in summaries.items()}
     write_json(Path(cfg.run.dir) / "stages.json", stages)
     return summaries[stage]
 
 
-def train_weak_shot_then_retrain(cfg: Config) -> dict[str, Any]:
+def train_weak_shot_then_retrain(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
     """SimFormer with its second stage: the weak-shot run in ``<run.dir>/simformer``, its pseudo-labels as a
     dataset in ``<run.dir>/pseudo_labels`` (written once), then a plain segmenter in ``<run.dir>/retrain``.
     The returned summary is the retrained model's, with ``miou_base`` / ``miou_novel`` added from its per-class
@@ -111,7 +142,7 @@ def train_weak_shot_then_retrain(cfg: Config) -> dict[str, Any]:
         write_pseudo_label_dataset(loaded, open_dataset(weak_shot_cfg.data), groups[1], dataset)
     retrain_cfg = retrain_config(cfg, dataset)
     say(f"stage retrain: {retrain_cfg.run.dir}")
-    summary = stages["retrain"] = train(retrain_cfg)
+    summary = stages["retrain"] = train(retrain_cfg, report_to_tune)
     iou = list(summary["iou"].values())
     for name, classes in zip(("base", "novel"), groups, strict=True):
         present = [iou[c] for c in classes if iou[c] is not None]
@@ -124,25 +155,32 @@ def train_weak_shot_then_retrain(cfg: Config) -> dict[str, Any]:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (or in-process in local mode)."""
-    cfg = Config.model_validate(loop_config["config"])
     context = ray.train.get_context()
-    world_size = context.get_world_size()
-    set_torch_threads(cfg, context.get_local_world_size())
+    run_training(loop_config, rank=context.get_world_rank(), world_size=context.get_world_size(),
+                 local_world_size=context.get_local_world_size(), device=ray.train.torch.get_device(),
+                 shard=ray.train.get_dataset_shard, report=ray.train.report)
+
+
+def run_training(loop_config: dict[str, Any], *, rank: int, world_size: int, local_world_size: int,
+                 device: torch.device, shard: Callable[[str], Any], report: Callable[[dict], None]) -> None:
+    """One worker's training: ``shard(name)`` gives its part of a dataset, ``report`` takes its metrics."""
+    cfg = Config.model_validate(loop_config["config"])
+    set_torch_threads(cfg, local_world_size)
     specs = build_method(cfg).streams()
     streams = {
-        name: iter(ray.train.get_dataset_shard(name).iter_torch_batches(
+        name: iter(shard(name).iter_torch_batches(
             batch_size=spec.batch_size // world_size, drop_last=True, prefetch_batches=4
         ))
         for name, spec in specs.items()
     }
-    val_shard = ray.train.get_dataset_shard("val")
+    val_shard = shard("val")
     env = WorkerEnv(
-        rank=context.get_world_rank(),
+        rank=rank,
         world_size=world_size,
-        device=ray.train.torch.get_device(),
+        device=device,
         streams=streams,
         val_batches=lambda: val_shard.iter_torch_batches(batch_size=cfg.eval.batch_size),
-        report=ray.train.report,
+        report=report,
         plan_start_step=loop_config["plan_start_step"],
     )
     run = RunInfo(

@@ -98,3 +98,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
+
+
+def log_report(cfg: Config, sweep_dir: Path, summary, files: list[Path]) -> None:
+    """Log a sweep's report (its table and PNG plots) as one W&B run in the sweep's group."""
+    import wandb
+
+    w = cfg.tracking.wandb
+    group = w.group or sweep_dir.name
+    run = wandb.init(project=w.project, entity=w.entity, group=group, name=f"{group}-report", job_type="report",
+                     mode=w.mode, dir=str(sweep_dir), reinit="create_new")
+    run.log({"report": wandb.Table(dataframe=summary),
+             **{f.stem: wandb.Image(str(f)) for f in files if f.suffix == ".png"}})
+    run.finish()
