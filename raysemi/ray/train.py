@@ -9,6 +9,7 @@ on a multi-node cluster ``run.dir`` must be on storage every node sees.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,17 @@ from raysemi.methods.self_correction import stage_configs
 from raysemi.ray.data import build_datasets
 
 
-def train(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
+def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     """Train and evaluate; return the summary (also in ``<run.dir>/summary.json``).
 
-    ``report_to_tune`` (inside a Tune trial): the workers' reports also go to Tune, for its schedulers and
-    searchers; a multi-stage method reports its last stage only, whose steps count from 0 again.
+    ``tune_metric`` (inside a Tune trial): the workers' reports that carry this metric also go to Tune, for
+    its schedulers and searchers (Optuna reads the metric from every result it gets); a multi-stage method
+    reports its last stage only, whose steps count from 0 again.
     """
     if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
-        return train_stages(cfg, report_to_tune)
+        return train_stages(cfg, tune_metric)
     if cfg.method == "simformer" and cfg.simformer.retrain_steps:
-        return train_weak_shot_then_retrain(cfg, report_to_tune)
+        return train_weak_shot_then_retrain(cfg, tune_metric)
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     method = build_method(cfg)
@@ -50,7 +52,7 @@ def train(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         summary = read_summary(run_dir)
-        if report_to_tune:  # a resumed sweep's trial that had finished: Tune still needs its result
+        if tune_metric:  # a resumed sweep's trial that had finished: Tune still needs its result
             ray.tune.report({"step": cfg.train.steps, "val_miou": summary["miou"]})
         return summary
     init_ray(cfg)
@@ -65,17 +67,18 @@ def train(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
         "plan_start_step": start_step,
     }
     datasets = build_datasets(cfg, source, streams, start_step, getattr(method, "eval_needs_boxes", False))
-    if report_to_tune and cfg.scaling.num_workers == 0:
-        train_in_tune_trial(loop_config, datasets)
+    if tune_metric and cfg.scaling.num_workers == 0:
+        train_in_tune_trial(loop_config, datasets, tune_metric)
     else:
-        fit_trainer(cfg, run_dir, loop_config, datasets, report_to_tune)
+        fit_trainer(cfg, run_dir, loop_config, datasets, tune_metric)
     summary = read_summary(run_dir)
     if summary is None:
         raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
     return summary
 
 
-def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict, report_to_tune: bool) -> None:
+def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict,
+                tune_metric: str | None) -> None:
     """The TorchTrainer run: ``scaling.num_workers`` DDP workers, or the loop in this process for 0."""
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -85,7 +88,7 @@ def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], dataset
             name=run_dir.name,
             storage_path=str(run_dir / "ray"),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-            callbacks=[TuneReportCallback()] if report_to_tune else None,
+            callbacks=[TuneReportWith(tune_metric)] if tune_metric else None,
         ),
         datasets=datasets,
     )
@@ -98,16 +101,34 @@ def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], dataset
         raise
 
 
-def train_in_tune_trial(loop_config: dict[str, Any], datasets: dict) -> None:
+def train_in_tune_trial(loop_config: dict[str, Any], datasets: dict, tune_metric: str) -> None:
     """``scaling.num_workers=0`` inside a Tune trial: the loop runs in the trial's process, reading the datasets
     directly and reporting to Tune (Train's local mode refuses Train's context APIs inside Tune)."""
     device = torch.device("cuda" if loop_config["config"]["scaling"]["use_gpu"] and torch.cuda.is_available()
                           else "cpu")
     run_training(loop_config, rank=0, world_size=1, local_world_size=1, device=device,
-                 shard=datasets.__getitem__, report=ray.tune.report)
+                 shard=datasets.__getitem__, report=partial(report_with, tune_metric))
 
 
-def train_stages(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
+def report_with(metric: str, metrics: dict[str, Any]) -> None:
+    """Hand ``metrics`` to Tune if they carry ``metric``."""
+    if metric in metrics:
+        ray.tune.report(metrics)
+
+
+class TuneReportWith(TuneReportCallback):
+    """The workers' reports that carry ``metric``, to Tune (rank 0's, as Ray's own callback does)."""
+
+    def __init__(self, metric: str):
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if self.metric in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def train_stages(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     """Run a multi-stage method's stages in order, each its own run under ``run.dir`` (a finished stage returns
     at once when the command is repeated); ``<run.dir>/stages.json`` lists each stage's mIoU and the returned
     summary is the last stage's."""
@@ -116,13 +137,13 @@ def train_stages(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
     for number, stage_cfg in enumerate(stages, 1):
         stage = stage_cfg.self_correction.stage
         say(f"stage {stage}: {stage_cfg.run.dir}")
-        summaries[stage] = train(stage_cfg, report_to_tune and number == len(stages))
+        summaries[stage] = train(stage_cfg, tune_metric if number == len(stages) else None)
     stages = {name: {"run_dir": str(Path(cfg.run.dir) / name), "miou": s["miou"]} for name, s in summaries.items()}
     write_json(Path(cfg.run.dir) / "stages.json", stages)
     return summaries[stage]
 
 
-def train_weak_shot_then_retrain(cfg: Config, report_to_tune: bool = False) -> dict[str, Any]:
+def train_weak_shot_then_retrain(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     """SimFormer with its second stage: the weak-shot run in ``<run.dir>/simformer``, its pseudo-labels as a
     dataset in ``<run.dir>/pseudo_labels`` (written once), then a plain segmenter in ``<run.dir>/retrain``.
     The returned summary is the retrained model's, with ``miou_base`` / ``miou_novel`` added from its per-class
@@ -142,7 +163,7 @@ def train_weak_shot_then_retrain(cfg: Config, report_to_tune: bool = False) -> d
         write_pseudo_label_dataset(loaded, open_dataset(weak_shot_cfg.data), groups[1], dataset)
     retrain_cfg = retrain_config(cfg, dataset)
     say(f"stage retrain: {retrain_cfg.run.dir}")
-    summary = stages["retrain"] = train(retrain_cfg, report_to_tune)
+    summary = stages["retrain"] = train(retrain_cfg, tune_metric)
     iou = list(summary["iou"].values())
     for name, classes in zip(("base", "novel"), groups, strict=True):
         present = [iou[c] for c in classes if iou[c] is not None]

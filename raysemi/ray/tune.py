@@ -55,17 +55,18 @@ class TrialOutcome:
 # ---- trials ----
 
 
-def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, splits: dict | None = None) -> None:
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, metric: str,
+              splits: dict | None = None) -> None:
     """Tune's trainable: train ``base`` with this trial's values, in ``<sweep_dir>/trials/<trial name>``."""
     name = tune.get_context().get_trial_name()
     values = grid_values(params, splits) if splits is not None else params
     cfg = trial_config(Config.model_validate(base), values, Path(sweep_dir), name)
     try:
-        train(cfg, report_to_tune=True)
+        train(cfg, tune_metric=metric)
     except Exception as exc:
         user_error = find_user_error(exc)
         if user_error is not None:  # one line in Tune's error file and in the sweep summary
-            raise RuntimeError(f"{type(user_error).__name__}: {user_error}") from None
+            raise RuntimeError(str(user_error)) from None
         raise
 
 
@@ -142,7 +143,8 @@ def search(base: Config, spec: SweepSpec, sweep_dir: Path, resume: bool = False)
             max_concurrent_trials=spec.concurrency or auto_concurrency(point_base),
             trial_name_creator=search_trial_name, trial_dirname_creator=search_trial_name,
         )
-        trainable = partial(run_trial, base=point_base.model_dump(mode="json"), sweep_dir=str(sweep_dir))
+        trainable = partial(run_trial, base=point_base.model_dump(mode="json"), sweep_dir=str(sweep_dir),
+                            metric=spec.metric)
         outcomes += fit(point_name(point), trainable, point_base, searched, tune_config, sweep_dir, resume,
                         spec.retries, fixed=point)
     write_outcomes(sweep_dir, outcomes, spec.metric, spec.mode)
@@ -180,7 +182,8 @@ def grid_sweep(base: Config, methods: list[str], fractions: list[str], seeds: li
         max_concurrent_trials=auto_concurrency(widest),
         trial_name_creator=grid_trial_name, trial_dirname_creator=grid_trial_name,
     )
-    trainable = partial(run_trial, base=base.model_dump(mode="json"), sweep_dir=str(sweep_dir), splits=splits)
+    trainable = partial(run_trial, base=base.model_dump(mode="json"), sweep_dir=str(sweep_dir), metric="val_miou",
+                        splits=splits)
     outcomes = fit("sweep", trainable, widest, param_space, tune_config, sweep_dir, resume, retries)
     write_outcomes(sweep_dir, outcomes, "val_miou", "max")
     return outcomes
