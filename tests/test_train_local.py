@@ -270,3 +270,27 @@ def test_simformer_second_stage_retrains_a_segmenter_on_novel_pseudo_labels(synt
         np.testing.assert_array_equal(label[base], truth[base])  # base pixels keep their annotation
         assert set(np.unique(label[~base])) <= set(np.unique(truth[np.isin(truth, [4, 5])])) | {255}
     assert len(pseudo.samples("val")) == 8
+
+
+def test_wandb_gets_input_truth_prediction_panels_at_the_end(synthetic_root, tmp_path, ray_local, monkeypatch):
+    from raysemi.tracking import Tracker
+
+    logged = {}
+    monkeypatch.setattr(Tracker, "log_images", lambda self, step, key, images: logged.update({key: (step, images)}))
+    train(fast_config(synthetic_root, tmp_path / "run", "tracking.wandb.mode=offline", "eval.batch_size=2"))
+    step, panels = logged["predictions"]
+    assert step == 4 and len(panels) == 2  # the first val batch (2 images, all under the 4-image cap)
+    assert all(panel.shape == (48, 3 * 64, 3) and panel.dtype == np.uint8 for panel in panels)
+
+
+def test_prediction_panels_colour_truth_and_prediction_with_the_palette():
+    from raysemi.engine.evaluate import prediction_panels
+
+    image = torch.full((1, 3, 2, 2), 7, dtype=torch.uint8)
+    mask = torch.tensor([[[0, 1], [255, 1]]])
+    predicted = torch.tensor([[[1, 1], [0, 0]]])
+    (panel,) = prediction_panels(image, mask, predicted, [(10, 20, 30), (200, 100, 0)])
+    assert panel.shape == (2, 6, 3)
+    assert (panel[:, :2] == 7).all()
+    assert panel[0, 2].tolist() == [10, 20, 30] and panel[1, 2].tolist() == [0, 0, 0]  # ignore is black
+    assert panel[0, 4].tolist() == [200, 100, 0] and panel[1, 5].tolist() == [10, 20, 30]

@@ -14,7 +14,7 @@ from raysemi.analysis.calibration import CalibrationBins
 from raysemi.analysis.gradcam import grad_cam
 from raysemi.data.dataset import open_dataset
 from raysemi.data.formats import IMAGE_SUFFIXES, read_image
-from raysemi.engine.evaluate import predict_logits
+from raysemi.engine.evaluate import palette_table, predict_logits
 from raysemi.engine.inference import LoadedModel, image_batch, predict_image, val_batches
 from raysemi.errors import DataError
 
@@ -95,7 +95,7 @@ def write_comparison(models: list[LoadedModel], images_dir: Path, out: Path, lim
         raise DataError(f"{images_dir}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     source = open_dataset(models[0].cfg.data)
     samples = {s.image.name: s for s in [*source.train, *source.val] if s.mask is not None}
-    palette = _palette(models[0].palette)
+    palette = palette_table(models[0].palette)
     rows = []
     for path in paths:
         image = _image(path)
@@ -110,13 +110,6 @@ def write_comparison(models: list[LoadedModel], images_dir: Path, out: Path, lim
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
-
-
-def _palette(colours) -> np.ndarray:
-    """``(256, 3)`` uint8 lookup: class id → colour; ignore (255) and unknown ids black."""
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(colours)] = np.asarray(colours, np.uint8)
-    return table
 
 
 def _image(path: Path) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,3 +80,21 @@ def evaluate(
         confusion.update(logits.argmax(1), batch["mask"])
     model.train(was_training)
     return confusion or ConfusionMatrix(num_classes, ignore_index)
+
+
+def palette_table(colours) -> np.ndarray:
+    """``(256, 3)`` uint8 lookup: class id → colour; ignore (255) and unknown ids black."""
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(colours)] = np.asarray(colours, np.uint8)
+    return table
+
+
+def prediction_panels(images: torch.Tensor, masks: torch.Tensor, predicted: torch.Tensor, palette) -> list[np.ndarray]:
+    """``(N, 3, H, W)`` uint8 images, ``(N, H, W)`` masks and predictions → N ``(H, 3W, 3)`` uint8 panels:
+    image | ground truth | prediction, in the dataset ``palette``."""
+    table = palette_table(palette)
+    return [
+        np.concatenate([image.permute(1, 2, 0).cpu().numpy(), table[mask.cpu().numpy()], table[pred.cpu().numpy()]],
+                       axis=1)
+        for image, mask, pred in zip(images, masks.long(), predicted, strict=True)
+    ]

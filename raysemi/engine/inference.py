@@ -18,7 +18,7 @@ from raysemi.data.formats import IMAGE_SUFFIXES, DatasetFormat, Sample, read_ima
 from raysemi.data.transforms import normalize, to_tensors
 from raysemi.data.weak_labels import mask_box_raster
 from raysemi.engine.checkpoint import CheckpointFiles, load_tensors, resolve_checkpoint
-from raysemi.engine.evaluate import evaluate, predict_logits, with_box_channels
+from raysemi.engine.evaluate import evaluate, palette_table, predict_logits, with_box_channels
 from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.errors import CheckpointError, DataError
 from raysemi.methods import build_method
@@ -129,8 +129,7 @@ def predict_folder(loaded: LoadedModel, images_dir: Path, out_dir: Path) -> int:
         raise CheckpointError(f"{loaded.checkpoint.path}: this model needs the boxes of each image (self-correction's "
                               "ancillary stage); predict with the primary stage's checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
-    colours = np.zeros((256, 3), np.uint8)
-    colours[: len(loaded.palette)] = np.asarray(loaded.palette, np.uint8)
+    colours = palette_table(loaded.palette)
     for path in progress(paths, "predicting"):
         labels = predict_image(loaded, read_image(path)).argmax(0).to(torch.uint8).cpu().numpy()
         Image.fromarray(labels).save(out_dir / f"{path.stem}.png")

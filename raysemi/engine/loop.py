@@ -29,7 +29,7 @@ from raysemi.engine.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
-from raysemi.engine.evaluate import evaluate, with_box_channels
+from raysemi.engine.evaluate import evaluate, predict_logits, prediction_panels, with_box_channels
 from raysemi.engine.optim import build_optimizer
 from raysemi.engine.rundir import write_json
 from raysemi.errors import RaysemiError
@@ -38,6 +38,7 @@ from raysemi.models import unwrap
 from raysemi.tracking import Tracker
 
 RawBatch = dict[str, torch.Tensor]
+PREDICTION_IMAGES = 4  # val images logged to W&B as input | truth | prediction at the end of a run
 
 
 @dataclass
@@ -95,6 +96,7 @@ class TrainingRun:
         self.last_checkpoint: CheckpointFiles | None = latest_checkpoint(run.run_dir)
         self.last_val: dict[str, Any] | None = None
         self.final_report: dict[str, Any] | None = None
+        self.first_val_batch: RawBatch | None = None
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device)
@@ -212,12 +214,35 @@ class TrainingRun:
         """mIoU over the whole val set: each worker evaluates its shard; the confusion matrices are summed."""
         self._sync_buffers()
         model = self.method.eval_model(self.models)
-        batches = (with_box_channels(prepare_batch(b, self.env.device)) for b in self.env.val_batches())
+        raw_batches = self._keeping_first(self.env.val_batches())
+        batches = (with_box_channels(prepare_batch(b, self.env.device)) for b in raw_batches)
         confusion = evaluate(model, batches, len(self.run.class_names), self.cfg.eval, self.run.ignore_index)
         confusion.matrix = confusion.matrix.to(self.env.device)
         if self.env.world_size > 1:
             dist.all_reduce(confusion.matrix)
         return confusion.summary(self.run.class_names, getattr(self.method, "class_groups", None))
+
+    def _keeping_first(self, batches: Iterable[RawBatch]) -> Iterator[RawBatch]:
+        """``batches``, keeping the first as ``first_val_batch`` (for the prediction images)."""
+        for number, batch in enumerate(batches):
+            if number == 0:
+                self.first_val_batch = batch
+            yield batch
+
+    def _log_predictions(self) -> None:
+        """A few val images as input | ground truth | prediction panels, to W&B (rank 0, at the end)."""
+        if self.tracker is None or self.tracker.wandb_run is None or self.first_val_batch is None:
+            return
+        raw = {k: v[:PREDICTION_IMAGES] for k, v in self.first_val_batch.items()}
+        model = self.method.eval_model(self.models)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            images = with_box_channels(prepare_batch(raw, self.env.device))["image"]
+            predicted = predict_logits(model, images, self.cfg.eval).argmax(1)
+        model.train(was_training)
+        self.tracker.log_images(self.step, "predictions",
+                                prediction_panels(raw["image"], raw["mask"], predicted, self.run.palette))
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics: DDP syncs buffers only at the start of a training
@@ -273,6 +298,7 @@ class TrainingRun:
             "run_dir": str(self.run.run_dir),
         }
         write_json(self.run.run_dir / "summary.json", summary)
+        self._log_predictions()
         self.tracker.close({"val": final})
         return summary
 

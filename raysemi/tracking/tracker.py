@@ -48,6 +48,13 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(_flatten(metrics), step=step)
 
+    def log_images(self, step: int, key: str, images: list) -> None:
+        """``(H, W, 3)`` uint8 arrays as one W&B image list (W&B only: metrics.jsonl holds numbers)."""
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: [wandb.Image(image) for image in images]}, step=step)
+
     def close(self, summary: dict[str, Any] | None = None) -> None:
         if self.wandb_run is not None:
             if summary:
