@@ -5,6 +5,8 @@ A sweep file (YAML)::
     metric: val_miou          # a metric every trial reports; val_miou needs train.eval_every
     mode: max
     samples: 16               # trials Optuna proposes (times the grid, if any)
+    steps: 300                # each trial's budget, ASHA's max_t (default: the config's train.steps)
+    time_budget_s: null       # stop the search after this many seconds (--resume continues it)
     concurrency: null         # trials at once; null: as many as the cluster's CPUs/GPUs allow
     scheduler: asha           # asha (early stopping on `metric`) or fifo (every trial runs to the end)
     grace_steps: 100          # asha: no trial is stopped before this step
@@ -70,6 +72,8 @@ class SweepSpec(BaseModel):
     metric: str = "val_miou"
     mode: Literal["max", "min"] = "max"
     samples: int = Field(8, ge=1)
+    steps: int | None = Field(None, ge=1)  # each trial's budget (train.steps, ASHA's max_t); None: the config's
+    time_budget_s: float | None = Field(None, gt=0)  # the whole search stops after this long (resume continues)
     concurrency: int | None = Field(None, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_steps: int = Field(100, ge=1)
@@ -148,6 +152,8 @@ def load_sweep(path: str | Path, base: Config) -> SweepSpec:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "sweep"
         raise ConfigError(f"{path}: {where}: {error['msg'].removeprefix('Value error, ')}") from None
+    if spec.steps:
+        base = apply_values(base, {"train.steps": spec.steps})
     if not spec.space:
         spec.space = default_space(base.method)
     check_space(spec.space, base, source=str(path))

@@ -27,7 +27,7 @@ def _write(tmp_path, text):
 
 
 def test_a_sweep_file_reads_into_distributions(tmp_path):
-    spec = load_sweep(_write(tmp_path, GOOD), load_config(None, ["method=cps"]))
+    spec = load_sweep(_write(tmp_path, GOOD), load_config(None, ["method=cps", "train.eval_every=25"]))
     assert spec.samples == 4 and spec.grace_steps == 50 and spec.mode == "max"
     kinds = {key: (d.kind, d.argument) for key, d in spec.space.items()}
     assert kinds["optim.lr"] == ("loguniform", (1e-4, 1e-2))
@@ -61,7 +61,7 @@ def test_unknown_sweep_setting_and_missing_file(tmp_path):
 @pytest.mark.parametrize("method", sorted(DEFAULT_SPACES))
 def test_every_default_space_fits_its_method(method, tmp_path):
     extra = {"self_correction": ["data.unlabeled_boxes=b.txt"]}.get(method, [])
-    base = load_config(None, [f"method={method}", *extra])
+    base = load_config(None, [f"method={method}", "train.eval_every=100", *extra])
     space = default_space(method)
     assert "optim.lr" in space and all(key.startswith(("optim.", f"{method}.")) for key in space)
     check_space(space, base, source="defaults")  # raises if a value is not accepted

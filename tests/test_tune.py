@@ -108,14 +108,16 @@ def test_a_new_sweep_refuses_a_used_folder_and_resume_needs_a_sweep(synthetic_ro
 
 
 def test_optuna_search_under_asha_runs_its_trials_with_their_values(synthetic_root, tmp_path, ray_local):
-    base = fast_config(synthetic_root, tmp_path / "unused", "train.eval_every=2")
-    spec = _spec(samples=2, grace_steps=2, reduction_factor=2, space={"optim.lr": {"loguniform": [1e-3, 1e-1]}})
+    base = fast_config(synthetic_root, tmp_path / "unused", "train.eval_every=2", "train.steps=100")
+    spec = _spec(samples=2, steps=4, grace_steps=2, reduction_factor=2,  # steps: each trial's budget
+                 space={"optim.lr": {"loguniform": [1e-3, 1e-1]}})
     outcomes = search(base, spec, tmp_path / "sweep")
     assert len(outcomes) == 2
     for o in outcomes:
         assert 1e-3 <= o.params["optim.lr"] <= 1e-1
         run_dir = tmp_path / "sweep" / "trials" / o.name
         assert _config_of(run_dir)["optim"]["lr"] == o.params["optim.lr"]  # the sampled value reached the run
+        assert _config_of(run_dir)["train"]["steps"] == 4
         assert o.status in ("finished", "stopped early") and o.steps in (2, 4) and 0.0 <= o.metric <= 1.0
         if o.status == "finished":  # its summary is written before its last report ends the trial
             assert json.loads((run_dir / "summary.json").read_text())["miou"] == pytest.approx(o.metric)
@@ -175,8 +177,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(synthetic_root, tmp_path)
     env = {**os.environ, "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        finished = _wait_for(lambda: list(sweep_dir.glob("trials/*/summary.json")), seconds=240)
-        _wait_for(lambda: len(list(sweep_dir.glob("trials/*"))) == 2, seconds=120)  # the second has started
+        finished = _wait_for(lambda: list(sweep_dir.glob("trials/*/summary.json")), seconds=600)
+        _wait_for(lambda: len(list(sweep_dir.glob("trials/*"))) == 2, seconds=300)  # the second has started
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
     finally:
@@ -186,7 +188,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(synthetic_root, tmp_path)
     interrupted = next(p for p in (sweep_dir / "trials").iterdir() if p != done_before)
     assert not (interrupted / "summary.json").exists()
 
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert [t["status"] for t in summary["trials"]] == ["finished", "finished"]

@@ -132,6 +132,8 @@ def search(base: Config, spec: SweepSpec, sweep_dir: Path, resume: bool = False)
     sweep_dir = start_sweep(sweep_dir, resume, {"base.yaml": base.model_dump(mode="json"),
                                                 "sweep.yaml": spec.model_dump(mode="json")})
     init_ray(base)
+    if spec.steps:
+        base = apply_values(base, {"train.steps": spec.steps})
     searched = {key: tune_domain(d) for key, d in spec.space.items() if d.kind != "grid"}
     outcomes = []
     for point in grid_points(spec):
@@ -140,7 +142,7 @@ def search(base: Config, spec: SweepSpec, sweep_dir: Path, resume: bool = False)
             metric=spec.metric, mode=spec.mode, num_samples=spec.samples if searched else 1,
             search_alg=OptunaSearch(seed=base.run.seed) if searched else None,
             scheduler=scheduler(spec, base.train.steps),
-            max_concurrent_trials=spec.concurrency or auto_concurrency(point_base),
+            max_concurrent_trials=spec.concurrency or auto_concurrency(point_base), time_budget_s=spec.time_budget_s,
             trial_name_creator=search_trial_name, trial_dirname_creator=search_trial_name,
         )
         trainable = partial(run_trial, base=point_base.model_dump(mode="json"), sweep_dir=str(sweep_dir),
