@@ -114,6 +114,7 @@ class EvalConfig(Section):
     crop_size: tuple[int, int] = (96, 128)  # sliding-window size (height, width)
     stride: tuple[int, int] = (64, 86)
     batch_size: int = Field(8, ge=1)  # images of different sizes need batch_size 1
+    groups: dict[str, list[int]] = {}  # mIoU also per named group of class ids, e.g. {base: [...], novel: [...]}
 
 
 class ScalingSection(Section):

@@ -18,7 +18,7 @@ from raysemi.data.formats import IMAGE_SUFFIXES, DatasetFormat, Sample, read_ima
 from raysemi.data.transforms import normalize, to_tensors
 from raysemi.data.weak_labels import mask_box_raster
 from raysemi.engine.checkpoint import CheckpointFiles, load_tensors, resolve_checkpoint
-from raysemi.engine.evaluate import evaluate, palette_table, predict_logits, with_box_channels
+from raysemi.engine.evaluate import class_groups, evaluate, palette_table, predict_logits, with_box_channels
 from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.errors import CheckpointError, DataError
 from raysemi.methods import build_method
@@ -59,7 +59,7 @@ def load_eval_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise CheckpointError(f"{checkpoint.model}: weights do not fit the model in its config ({exc})"[:300]) from None
     device = default_device()
     needs_boxes = getattr(method, "eval_needs_boxes", False)
-    groups = getattr(method, "class_groups", None)
+    groups = class_groups(cfg, method)
     return LoadedModel(model.to(device).eval(), cfg, class_names, meta["palette"], checkpoint, device, needs_boxes,
                        groups)
 

@@ -29,7 +29,13 @@ from raysemi.engine.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
-from raysemi.engine.evaluate import evaluate, predict_logits, prediction_panels, with_box_channels
+from raysemi.engine.evaluate import (
+    class_groups,
+    evaluate,
+    predict_logits,
+    prediction_panels,
+    with_box_channels,
+)
 from raysemi.engine.optim import build_optimizer
 from raysemi.engine.rundir import write_json
 from raysemi.errors import RaysemiError
@@ -220,7 +226,7 @@ class TrainingRun:
         confusion.matrix = confusion.matrix.to(self.env.device)
         if self.env.world_size > 1:
             dist.all_reduce(confusion.matrix)
-        return confusion.summary(self.run.class_names, getattr(self.method, "class_groups", None))
+        return confusion.summary(self.run.class_names, class_groups(self.cfg, self.method))
 
     def _keeping_first(self, batches: Iterable[RawBatch]) -> Iterator[RawBatch]:
         """``batches``, keeping the first as ``first_val_batch`` (for the prediction images)."""

@@ -146,8 +146,8 @@ def train_stages(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
 def train_weak_shot_then_retrain(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     """SimFormer with its second stage: the weak-shot run in ``<run.dir>/simformer``, its pseudo-labels as a
     dataset in ``<run.dir>/pseudo_labels`` (written once), then a plain segmenter in ``<run.dir>/retrain``.
-    The returned summary is the retrained model's, with ``miou_base`` / ``miou_novel`` added from its per-class
-    IoU; ``<run.dir>/stages.json`` lists both stages'."""
+    The retrained model is evaluated with the same base/novel groups (``eval.groups``), so its summary has
+    ``miou_base`` / ``miou_novel`` too; ``<run.dir>/stages.json`` lists both stages'."""
     from raysemi.engine.inference import load_eval_model
     from raysemi.engine.pseudo_labels import write_pseudo_label_dataset
     from raysemi.methods.simformer import first_stage_config, retrain_config
@@ -162,12 +162,9 @@ def train_weak_shot_then_retrain(cfg: Config, tune_metric: str | None = None) ->
         loaded = load_eval_model(weak_shot_cfg.run.dir)
         write_pseudo_label_dataset(loaded, open_dataset(weak_shot_cfg.data), groups[1], dataset)
     retrain_cfg = retrain_config(cfg, dataset)
+    retrain_cfg.eval.groups = {"base": list(groups[0]), "novel": list(groups[1])}
     say(f"stage retrain: {retrain_cfg.run.dir}")
     summary = stages["retrain"] = train(retrain_cfg, tune_metric)
-    iou = list(summary["iou"].values())
-    for name, classes in zip(("base", "novel"), groups, strict=True):
-        present = [iou[c] for c in classes if iou[c] is not None]
-        summary[f"miou_{name}"] = sum(present) / len(present) if present else 0.0
     write_json(Path(cfg.run.dir) / "stages.json", {
         name: {"run_dir": s["run_dir"], "miou": s["miou"], "miou_novel": s["miou_novel"]} for name, s in stages.items()
     })
