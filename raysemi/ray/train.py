@@ -53,7 +53,7 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         summary = read_summary(run_dir)
         if tune_metric:  # a resumed sweep's trial that had finished: Tune still needs its result
-            ray.tune.report({"step": cfg.train.steps, "val_miou": summary["miou"]})
+            report_with(tune_metric, {"step": cfg.train.steps, "val_miou": summary["miou"]})
         return summary
     init_ray(cfg)
     streams = method.streams()
