@@ -293,7 +293,7 @@ def parse_int(text: str, option: str) -> int:
 
 def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
     """Print every trial and each failure's one-line reason; report and plot the finished runs (logged to W&B
-    when enabled). Exit status 1 only when no trial finished."""
+    when enabled). Exit status 1 only when every trial failed."""
     from raysemi.analysis.report import write_report
     from raysemi.tracking.tracker import log_report
 
