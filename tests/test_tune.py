@@ -173,7 +173,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(synthetic_root, tmp_path)
                           "space:\n  optim.lr: {loguniform: [1.0e-3, 1.0e-1]}\n")
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "raysemi.cli", "tune", "--sweep", str(sweep_file), "--out", str(sweep_dir),
-               *_overrides(synthetic_root), "train.steps=120", "train.checkpoint_every=40", "train.log_every=10"]
+               *_overrides(synthetic_root), "train.steps=600", "train.checkpoint_every=100", "train.log_every=50"]
     env = {**os.environ, "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -195,7 +195,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(synthetic_root, tmp_path)
     assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == sorted(t["name"] for t in summary["trials"])
     assert (done_before / "metrics.jsonl").read_text() == log_before  # not trained again
     steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(10, 121, 10))  # one continuous log: redone steps replace the lost ones
+    assert steps == list(range(50, 601, 50))  # one continuous log: redone steps replace the lost ones
 
 
 def _wait_for(condition, seconds: float):
