@@ -4,7 +4,8 @@ Each holds ``model.pt`` (the eval model's weights only: a plain state dict that 
 ``torch.load(weights_only=True)``), ``training_state.pt`` (every model, optimizer, LR scheduler and AMP
 scaler state, also tensors and primitives only), ``config.yaml`` (the resolved config) and ``meta.json``
 (step, class names). A checkpoint is assembled in a hidden temporary folder and renamed into place, so a crash
-mid-write never leaves a folder that :func:`latest_checkpoint` would pick up.
+mid-write never leaves a folder that :func:`latest_checkpoint` would pick up. Only rank 0 writes checkpoints,
+so a staging folder found at the next write is a dead writer's, and is removed then.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def write_checkpoint(
     parent = run_dir / "checkpoints"
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / f"{PREFIX}{step:08d}"
+    for leftover in parent.glob(f".tmp-{PREFIX}*"):  # from a writer killed before its rename
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
     try:
         torch.save(eval_weights, staging / "model.pt")

@@ -17,10 +17,13 @@ from raysemi.config import Config
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``. A last line without its newline is a write cut short by a crash
+    (every record is written whole, newline included) and is left out; resume then rewrites the file."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # the part after the last newline is empty or torn
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def truncate_metrics(run_dir: Path, after_step: int) -> None:
