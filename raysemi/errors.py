@@ -55,3 +55,7 @@ def _error_from_text(text: str) -> RaysemiError | None:
         if marker in text:
             return cls(text.rsplit(marker, 1)[1].strip().splitlines()[0])
     return None
+
+
+class StorageError(RaysemiError):
+    """The run's storage cannot be written: no permission, not a folder, or no space left."""

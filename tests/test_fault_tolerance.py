@@ -1,22 +1,33 @@
 """Runs that survive failures: a killed Ray Train worker, an interrupted checkpoint write, a torn log line."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
+from raysemi.cli import main
 from raysemi.engine import checkpoint as checkpoint_module
+from raysemi.engine import storage
 from raysemi.engine.checkpoint import latest_checkpoint, list_checkpoints, write_checkpoint
 from raysemi.engine.loop import TrainingRun
+from raysemi.engine.storage import MIB
 from raysemi.ray.train import train
 from raysemi.tracking import read_metrics
 from tests.conftest import fast_config
+
+
+def config_file(data_root: Path, tmp_path: Path, run_dir: Path, *overrides: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(fast_config(data_root, run_dir, *overrides).to_yaml())
+    return path
 
 
 def train_workers() -> list[psutil.Process]:
@@ -81,12 +92,12 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_current(tmp_pat
     real_save = torch.save
     calls = []
 
-    def save_then_crash(obj, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:  # model.pt is on disk, training_state.pt is half-written when the process dies
-            open(path, "wb").write(b"\x80\x02half")
+    def save_then_crash(obj, handle, *args, **kwargs):
+        calls.append(handle)
+        if len(calls) == 2:  # model.pt is on disk, training_state.pt is half-written when Ctrl-C arrives
+            handle.write(b"\x80\x02half")
             raise KeyboardInterrupt
-        return real_save(obj, path, *args, **kwargs)
+        return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
@@ -100,11 +111,12 @@ import sys, time, torch
 from pathlib import Path
 from raysemi.engine import checkpoint
 real_save = torch.save
-def slow_save(obj, path, *args, **kwargs):
-    if Path(path).name == "training_state.pt":  # half of it reaches the disk, then the writer hangs
-        Path(path).write_bytes(b"\\x80\\x02half")
+def slow_save(obj, handle, *args, **kwargs):
+    if Path(handle.name).name == "training_state.pt":  # half of it reaches the disk, then the writer hangs
+        handle.write(b"\\x80\\x02half")
+        handle.flush()
         time.sleep(600)
-    real_save(obj, path, *args, **kwargs)
+    real_save(obj, handle, *args, **kwargs)
 checkpoint.torch.save = slow_save
 checkpoint.write_checkpoint(Path(sys.argv[1]), 6, {"w": torch.ones(2)}, {"step": 6}, "", {})
 """
@@ -146,3 +158,48 @@ def test_a_writer_killed_mid_checkpoint_is_ignored_by_resume_and_cleaned_up(synt
 def test_a_torn_last_metrics_line_is_dropped(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 2, "loss": 1.5}\n{"step": 4, "lo')
     assert read_metrics(tmp_path) == [{"step": 2, "loss": 1.5}]
+
+
+def test_storage_that_cannot_be_written_fails_before_training(synthetic_root, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["train", "-c", str(config_file(synthetic_root, tmp_path, blocker / "run"))]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: run.dir={blocker / 'run'}: {blocker} is a file, not a folder; choose another run.dir")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through folder permissions")
+def test_a_read_only_folder_fails_before_training(synthetic_root, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["train", "-c", str(config_file(synthetic_root, tmp_path, locked / "run"))]) == 2
+    assert "cannot create files in" in capsys.readouterr().err and not (locked / "run").exists()
+
+
+def test_too_little_free_space_fails_before_training(synthetic_root, tmp_path, monkeypatch, capsys):
+    # the fast config's model holds 248,640 bytes of weights: 3 checkpoints x 4 copies + 64 MiB headroom = 66.8 MiB
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 50 * MIB))
+    assert main(["train", "-c", str(config_file(synthetic_root, tmp_path, tmp_path / "run"))]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: run.dir={tmp_path / 'run'}: 50 MiB free on its disk, the "
+                                               "run needs about 67 MiB for its checkpoints; free space or choose "
+                                               "another run.dir")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_disk_that_fills_mid_run_ends_it_with_one_line(synthetic_root, tmp_path, ray_local, monkeypatch, capsys):
+    real_open = Path.open
+
+    def full_after_first_checkpoint(path, mode="r", *args, **kwargs):
+        if path.name == "training_state.pt" and "step_00000004" in path.parent.name:
+            return real_open(Path("/dev/full"), mode, *args, **kwargs)  # every write: ENOSPC
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full_after_first_checkpoint)
+    config = config_file(synthetic_root, tmp_path, tmp_path / "run", "train.checkpoint_every=2")
+    assert main(["train", "-c", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'run' / 'checkpoints' / 'step_00000004'}: could not write the "
+                          "step-4 checkpoint (No space left on device)") and "\n" not in err
+    assert [c.read_meta()["step"] for c in list_checkpoints(tmp_path / "run")] == [2]  # resume starts there
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000002"]
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from raysemi.engine.storage import storage_errors
 from raysemi.errors import CheckpointError
 
 PREFIX = "step_"
@@ -64,20 +65,28 @@ def write_checkpoint(
     final = parent / f"{PREFIX}{step:08d}"
     for leftover in parent.glob(f".tmp-{PREFIX}*"):  # from a writer killed before its rename
         shutil.rmtree(leftover, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
-    try:
-        torch.save(eval_weights, staging / "model.pt")
-        torch.save(training_state, staging / "training_state.pt")
-        (staging / "config.yaml").write_text(config_yaml)
-        (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with storage_errors(final, f"the step-{step} checkpoint"):
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
+        try:
+            save_tensors(eval_weights, staging / "model.pt")
+            save_tensors(training_state, staging / "training_state.pt")
+            (staging / "config.yaml").write_text(config_yaml)
+            (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old.path, ignore_errors=True)
     return CheckpointFiles(final)
+
+
+def save_tensors(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so a full disk raises ``OSError`` (ENOSPC) rather than the
+    zip writer's bare ``RuntimeError``."""
+    with path.open("wb") as handle:
+        torch.save(obj, handle)
 
 
 def list_checkpoints(run_dir: Path) -> list[CheckpointFiles]:

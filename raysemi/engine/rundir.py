@@ -19,6 +19,7 @@ from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource
 from raysemi.data.splits import write_split_file
 from raysemi.engine.checkpoint import latest_checkpoint
+from raysemi.engine.storage import storage_errors
 from raysemi.errors import ConfigError
 
 # Keys that may change between an interrupted run and its resumption.
@@ -85,7 +86,8 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically (a temporary file, then a rename): readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    with storage_errors(path, path.name):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)

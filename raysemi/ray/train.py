@@ -25,7 +25,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from raysemi.config import Config
 from raysemi.data.dataset import open_dataset, preflight
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
-from raysemi.engine.rundir import prepare_run_dir, read_summary, write_json
+from raysemi.engine.rundir import prepare_run_dir, read_summary, run_directory, write_json
+from raysemi.engine.storage import check_run_storage, run_storage_bytes
 from raysemi.errors import ConfigError, find_user_error
 from raysemi.methods import build_method
 from raysemi.methods.self_correction import stage_configs
@@ -48,6 +49,8 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     method = build_method(cfg)
     if hasattr(method, "check_data"):  # the method's own data needs (e.g. SimFormer's classes and pair table)
         method.check_data(source)
+    check_run_storage(run_directory(cfg),
+                      run_storage_bytes(method.build_models(source.classes.num_classes), cfg.train.keep_checkpoints))
     run_dir, start_step = prepare_run_dir(cfg, source)
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")

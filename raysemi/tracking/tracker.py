@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from raysemi.config import Config
+from raysemi.engine.storage import storage_errors
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -46,7 +47,7 @@ class Tracker:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with self.path.open("a") as handle:
+        with storage_errors(self.path, f"the step-{step} metrics"), self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log(_flatten(metrics), step=step)

@@ -1,0 +1,69 @@
+"""Storage checks: a run directory that cannot be written, or lacks room, fails before training starts.
+
+What can be checked up front is: that ``run.dir`` (or its nearest existing parent) is a folder this process
+can create files in, and that its file system has room for the checkpoints the run keeps. What cannot (the disk
+filling up mid-run, storage going read-only) surfaces where the write fails, as a one-line
+:class:`~raysemi.errors.StorageError` that ends the run, never as a hang or a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from torch import nn
+
+from raysemi.errors import StorageError
+
+MIB = 2**20
+HEADROOM_BYTES = 64 * MIB  # metrics, configs, split files, Ray Train's own files
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def check_run_storage(run_dir: Path, needed_bytes: int) -> None:
+    """Fail with a :class:`StorageError` unless ``run_dir`` can be created and written, with ``needed_bytes``
+    free on its file system."""
+    existing = nearest_existing(run_dir)
+    if not existing.is_dir():
+        raise StorageError(f"run.dir={run_dir}: {existing} is a file, not a folder; choose another run.dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise StorageError(f"run.dir={run_dir}: cannot create files in {existing} ({exc.strerror}); "
+                           "choose a writable folder (on a cluster, one every node shares)") from None
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise StorageError(f"run.dir={run_dir}: {free / MIB:.0f} MiB free on its disk, the run needs about "
+                           f"{needed_bytes / MIB:.0f} MiB for its checkpoints; free space or choose another run.dir")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def run_storage_bytes(models: dict[str, nn.Module], keep_checkpoints: int) -> int:
+    """Bytes a run needs: ``keep_checkpoints`` kept plus one being written, each holding every model's weights
+    three times over (the training state with up to two optimizer moments per weight, and ``model.pt``),
+    plus headroom for the run's small files."""
+    weights = sum(t.numel() * t.element_size() for m in models.values() for t in m.state_dict().values())
+    return (keep_checkpoints + 1) * 4 * weights + HEADROOM_BYTES
+
+
+@contextlib.contextmanager
+def storage_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn a write that fails for lack of space or permission into a one-line :class:`StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"{path}: could not write {what} ({exc.strerror}); free space on that disk or point "
+                           "run.dir at other storage, then run the same command again to resume") from None
