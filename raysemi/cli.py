@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--splits", nargs="+", default=["train", "val"])
     check.set_defaults(handler=cmd_check)
 
+    submit = commands.add_parser("submit", help="run `train`, `tune` or `sweep` as a Ray job on a cluster")
+    submit.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    submit.add_argument("--storage", required=True,
+                        help="absolute path every node mounts; the run directory is STORAGE/NAME")
+    submit.add_argument("--name", help="job id and run directory name (default: COMMAND-DATE-TIME)")
+    submit.add_argument("--runtime-env", type=Path, default=Path("cluster/runtime_env.yaml"),
+                        help="runtime_env YAML (default: cluster/runtime_env.yaml, which installs the project)")
+    submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
+    submit.add_argument("job", nargs=argparse.REMAINDER, help="-- then train|tune|sweep and their arguments")
+    submit.set_defaults(handler=cmd_submit)
+
     tune = commands.add_parser("tune", help="search a method's hyperparameters: Ray Tune, Optuna, ASHA")
     tune.add_argument("-c", "--config", help="YAML config of the runs to tune (default: the embedded default)")
     tune.add_argument("--sweep", required=True, type=Path, help="sweep file: space, metric, samples, scheduler")
@@ -245,6 +256,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(problem)
     print(f"checked {total} samples in {', '.join(args.splits)}: {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from raysemi.ray.jobs import submit
+
+    job = args.job[1:] if args.job[:1] == ["--"] else args.job
+    return submit(job, args.address, args.storage, args.name, args.runtime_env, wait=not args.no_wait)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -1,0 +1,108 @@
+"""A real Ray job: a head started with ``ray start`` on 127.0.0.1 (token authentication on), ``raysemi submit``
+of a short training run through ``cluster/runtime_env.yaml`` (pip installs the project into the job's
+environment: about a minute), and only that cluster stopped afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from raysemi.cli import main
+from raysemi.ray.jobs import job_command
+from tests.conftest import fast_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+@pytest.fixture
+def ray_head(monkeypatch):
+    """A one-node Ray cluster of its own (its own ports and temp dir) with token authentication; yields the
+    dashboard address with the cluster's token in ``RAY_AUTH_TOKEN``, then stops exactly that cluster."""
+    token = secrets.token_hex(16)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    dashboard, agent = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths live under it
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
+         f"--ray-client-server-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+    )
+    try:
+        wait_for_port(dashboard, 180)
+        wait_for_port(agent, 180)  # jobs are refused until the node's agent is up
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        started = psutil.Process(head.pid).children(recursive=True)
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started, no others
+        head.wait(timeout=120)
+        gone, alive = psutil.wait_procs(started, timeout=60)
+        assert not alive, f"processes of the test's cluster still running: {alive}"
+
+
+@pytest.mark.slow
+def test_a_training_run_submitted_as_a_ray_job(ray_head, synthetic_root, tmp_path, monkeypatch, capfd):
+    config = tmp_path / "smoke.yaml"
+    config.write_text(fast_config(synthetic_root, tmp_path / "unused", "scaling.num_workers=1",
+                                  "scaling.cpus_per_worker=0.5").to_yaml())
+    storage = tmp_path / "storage"
+    monkeypatch.chdir(REPO)  # the project root: the job's working directory
+
+    with monkeypatch.context() as wrong:
+        wrong.setenv("RAY_AUTH_TOKEN", "not-the-token")
+        assert main(["submit", "--address", ray_head, "--storage", str(storage), "--name", "refused", "--",
+                     "train", "-c", str(config)]) != 0
+    assert "Invalid authentication token" in capfd.readouterr().err
+
+    assert main(["submit", "--address", ray_head, "--storage", str(storage), "--name", "smoke", "--",
+                 "train", "-c", str(config)]) == 0
+    out = capfd.readouterr().out
+    assert "final val mIoU" in out and "Job 'smoke' succeeded" in out
+    summary = json.loads((storage / "smoke" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["run_dir"] == str(storage / "smoke")
+    assert (storage / "smoke" / "checkpoints").is_dir() and not (storage / "refused").exists()
+
+
+def test_the_job_command_puts_the_run_under_storage(tmp_path):
+    command = job_command(["tune", "-c", "c.yaml", "--sweep", "s.yaml"], "http://head:8265", "/mnt/runs/",
+                          "lr-sweep", REPO / "cluster" / "runtime_env.yaml")
+    assert command[:3] == ["ray", "job", "submit"] and "--working-dir" in command
+    assert command[command.index("--"):] == ["--", "raysemi", "tune", "-c", "c.yaml", "--sweep", "s.yaml",
+                                             "run.dir=/mnt/runs/lr-sweep"]
+    assert command[command.index("--submission-id") + 1] == "lr-sweep"
+
+
+@pytest.mark.parametrize(("job", "storage", "message"), [
+    (["report", "runs"], "/mnt/runs", "got 'report' after --; expected one of train, tune, sweep"),
+    (["train"], "runs", "submit --storage 'runs': expected an absolute path that every node"),
+])
+def test_submit_refuses_what_it_cannot_run(job, storage, message, capsys):
+    assert main(["submit", "--address", "http://head:8265", "--storage", storage, "--", *job]) == 2
+    assert message in capsys.readouterr().err
