@@ -324,7 +324,7 @@ def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
     console.print(table)
     for o in outcomes:
         if o.error:
-            print(f"failed: {o.name}: {o.error}")
+            print(f"failed after {o.attempts} attempt{'s' if o.attempts > 1 else ''}: {o.name}: {o.error}")
     if any(o.status == "finished" for o in outcomes):
         summary, files = write_report(sweep_dir / "trials", sweep_dir / "report")
         print("report: " + ", ".join(str(f) for f in files))

@@ -50,6 +50,7 @@ class TrialOutcome:
     steps: int  # the last step it reported (trial-steps spent)
     metric: float | None  # its last reported value of the sweep's metric
     error: str | None  # one line, for failed trials
+    attempts: int = 1  # runs of the trial: a failed one was run 1 + retries times
 
 
 # ---- trials ----
@@ -274,14 +275,24 @@ def outcome(result, total_steps: int, metric: str, fixed: dict[str, Any]) -> Tri
         status = "finished"
     else:
         status = "stopped early" if steps else "not run"
+    failures = count_failures(Path(result.path))
     return TrialOutcome(
         name=Path(result.path).name,
-        params={**fixed, **{k: v for k, v in (result.config or {}).items()}},
+        params={**fixed, **(result.config or {})},
         status=status,
         steps=steps,
         metric=metrics.get(metric),
         error=one_line(result.error) if result.error is not None else None,
+        attempts=failures if status == "failed" else failures + 1,
     )
+
+
+def count_failures(trial_path: Path) -> int:
+    """How often a trial failed: Tune appends a ``Failure # N`` entry to the trial's ``error.txt`` each time."""
+    error_file = trial_path / "error.txt"
+    if not error_file.is_file():
+        return 0
+    return sum(line.startswith("Failure # ") for line in error_file.read_text().splitlines())
 
 
 def one_line(error: BaseException) -> str:
