@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -18,7 +19,7 @@ import psutil
 import pytest
 
 from raysemi.cli import main
-from raysemi.ray.jobs import job_command
+from raysemi.ray.jobs import job_command, names
 from tests.conftest import fast_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def test_a_training_run_submitted_as_a_ray_job(ray_head, synthetic_root, tmp_pat
     assert main(["submit", "--address", ray_head, "--storage", str(storage), "--name", "smoke", "--",
                  "train", "-c", str(config)]) == 0
     out = capfd.readouterr().out
-    assert "final val mIoU" in out and "Job 'smoke' succeeded" in out
+    assert "final val mIoU" in out and re.search(r"Job 'smoke-\d{8}-\d{6}' succeeded", out)
     summary = json.loads((storage / "smoke" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["run_dir"] == str(storage / "smoke")
     assert (storage / "smoke" / "checkpoints").is_dir() and not (storage / "refused").exists()
@@ -97,6 +98,13 @@ def test_the_job_command_puts_the_run_under_storage(tmp_path):
     assert command[command.index("--"):] == ["--", "raysemi", "tune", "-c", "c.yaml", "--sweep", "s.yaml",
                                              "run.dir=/mnt/runs/lr-sweep"]
     assert command[command.index("--submission-id") + 1] == "lr-sweep"
+
+
+def test_a_named_run_gets_a_new_job_id_each_submission_and_a_default_name_is_dated():
+    run, job = names(["train", "-c", "c.yaml"], "cps-camvid")
+    assert run == "cps-camvid" and re.fullmatch(r"cps-camvid-\d{8}-\d{6}", job)
+    run, job = names(["tune"], None)
+    assert run == job and re.fullmatch(r"tune-\d{8}-\d{6}", run)
 
 
 @pytest.mark.parametrize(("job", "storage", "message"), [

@@ -24,9 +24,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def job_command(raysemi_args: list[str], address: str, storage: str, name: str, runtime_env: Path,
-                wait: bool = True) -> list[str]:
-    """The ``ray job submit`` command line for ``raysemi <raysemi_args>``, its run directory
-    ``<storage>/<name>`` and its Ray submission id ``name``."""
+                wait: bool = True, job_id: str | None = None) -> list[str]:
+    """The ``ray job submit`` command line for ``raysemi <raysemi_args>``, with its run directory
+    ``<storage>/<name>`` and its Ray submission id ``job_id`` (default: ``name``)."""
     if not raysemi_args or raysemi_args[0] not in SUBMITTABLE:
         given = raysemi_args[0] if raysemi_args else "nothing"
         raise ConfigError(f"submit: got {given!r} after --; expected one of {', '.join(SUBMITTABLE)} with its "
@@ -41,15 +41,21 @@ def job_command(raysemi_args: list[str], address: str, storage: str, name: str, 
         raise ConfigError(f"submit --runtime-env {runtime_env}: file not found; run from the project root "
                           f"(where {DEFAULT_RUNTIME_ENV} is) or pass the file")
     return [
-        "ray", "job", "submit", "--address", address, "--submission-id", name,
+        "ray", "job", "submit", "--address", address, "--submission-id", job_id or name,
         "--working-dir", ".", "--runtime-env", str(runtime_env), *([] if wait else ["--no-wait"]),
         "--", "raysemi", *raysemi_args, f"run.dir={storage.rstrip('/')}/{name}",
     ]
 
 
-def default_name(raysemi_args: list[str]) -> str:
-    command = raysemi_args[0] if raysemi_args else "job"
-    return f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+def names(raysemi_args: list[str], name: str | None) -> tuple[str, str]:
+    """``(run name, Ray job id)``. The run name is ``name`` (default: the command and the time); the job id adds
+    the time to a given name, because Ray keeps each job id once: submitting the same ``--name`` again, after
+    a failure, is a new job that resumes the same run directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if name is None:
+        name = f"{raysemi_args[0] if raysemi_args else 'job'}-{stamp}"
+        return name, name
+    return name, f"{name}-{stamp}"
 
 
 def resolve_address(address: str | None) -> str:
@@ -65,6 +71,6 @@ def submit(raysemi_args: list[str], address: str | None, storage: str, name: str
     """Run ``ray job submit``; return its exit status (with ``wait``, the job's: it follows the job's logs)."""
     if shutil.which("ray") is None:
         raise ConfigError("submit: the `ray` command is not on PATH; install raysemi (it brings ray[default])")
-    command = job_command(raysemi_args, resolve_address(address), storage, name or default_name(raysemi_args),
-                          runtime_env, wait)
+    run_name, job_id = names(raysemi_args, name)
+    command = job_command(raysemi_args, resolve_address(address), storage, run_name, runtime_env, wait, job_id)
     return subprocess.run(command, check=False).returncode
