@@ -311,7 +311,7 @@ def parse_int(text: str, option: str) -> int:
 
 def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
     """Print every trial and each failure's one-line reason; report and plot the finished runs (logged to W&B
-    when enabled). Exit status 1 only when every trial failed."""
+    when enabled; mirrored with ``run.sync_to``). Exit status 1 only when every trial failed."""
     from raysemi.analysis.report import write_report
     from raysemi.tracking.tracker import log_report
 
@@ -330,6 +330,11 @@ def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
         print("report: " + ", ".join(str(f) for f in files))
         if cfg.tracking.wandb.mode != "disabled":
             log_report(cfg, sweep_dir, summary, files)
+    if cfg.run.sync_to:  # the trials mirrored themselves; the sweep's own files follow
+        from raysemi.engine.mirror import RunMirror
+
+        RunMirror(cfg.run.sync_to, sweep_dir).push_run_files(skip=frozenset({"trials", "tune"}))
+        print(f"mirrored to {cfg.run.sync_to}")
     print(f"summary: {sweep_dir.expanduser().resolve() / 'summary.json'}")
     return 0 if any(o.status != "failed" for o in outcomes) else 1
 

@@ -253,6 +253,7 @@ class RunSection(Section):
     name: str | None = None  # display name (W&B); default: the run directory's name
     seed: int = 0
     init_from: str | None = None  # a checkpoint (or run dir) whose models of the same names start a fresh run
+    sync_to: str | None = None  # mirror run.dir to object storage (s3://, gs://, abfs://, file://): see README
 
 
 class Config(Section):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -42,12 +41,17 @@ def wait_for_port(port: int, timeout_s: float) -> None:
 
 
 @pytest.fixture
-def ray_head(monkeypatch):
-    """A one-node Ray cluster of its own (its own ports and temp dir) with token authentication; yields the
-    dashboard address with the cluster's token in ``RAY_AUTH_TOKEN``, then stops exactly that cluster."""
-    token = secrets.token_hex(16)
+def ray_head(monkeypatch, tmp_path):
+    """A one-node Ray cluster of its own (its own ports and temp dir) with token authentication, its token made
+    by ``ray get-auth-token --generate`` as the README shows (in a stand-in home folder) and read by the head
+    and by clients through ``RAY_AUTH_TOKEN_PATH``; yields the dashboard address, then stops exactly that
+    cluster."""
+    home = tmp_path / "home"
+    subprocess.run(["ray", "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)}, check=True,
+                   capture_output=True)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(home / ".ray" / "auth_token"))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     dashboard, agent = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths live under it
     head = subprocess.Popen(
@@ -98,6 +102,9 @@ def test_the_job_command_puts_the_run_under_storage(tmp_path):
     assert command[command.index("--"):] == ["--", "raysemi", "tune", "-c", "c.yaml", "--sweep", "s.yaml",
                                              "run.dir=/mnt/runs/lr-sweep"]
     assert command[command.index("--submission-id") + 1] == "lr-sweep"
+    on_a_bucket = job_command(["train"], "http://head:8265", "s3://team-bucket/runs", "cps", REPO / "cluster" /
+                              "runtime_env.yaml")
+    assert on_a_bucket[-2:] == ["run.dir=/tmp/raysemi-runs/cps", "run.sync_to=s3://team-bucket/runs/cps"]
 
 
 def test_a_named_run_gets_a_new_job_id_each_submission_and_a_default_name_is_dated():
@@ -109,7 +116,8 @@ def test_a_named_run_gets_a_new_job_id_each_submission_and_a_default_name_is_dat
 
 @pytest.mark.parametrize(("job", "storage", "message"), [
     (["report", "runs"], "/mnt/runs", "got 'report' after --; expected one of train, tune, sweep"),
-    (["train"], "runs", "submit --storage 'runs': expected an absolute path that every node"),
+    (["train"], "runs",
+     "submit --storage 'runs': expected an absolute path that every node of the cluster mounts, or an object-store"),
 ])
 def test_submit_refuses_what_it_cannot_run(job, storage, message, capsys):
     assert main(["submit", "--address", "http://head:8265", "--storage", storage, "--", *job]) == 2

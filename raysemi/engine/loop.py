@@ -36,6 +36,7 @@ from raysemi.engine.evaluate import (
     prediction_panels,
     with_box_channels,
 )
+from raysemi.engine.mirror import mirror_for
 from raysemi.engine.optim import build_optimizer
 from raysemi.engine.rundir import write_json
 from raysemi.errors import RaysemiError
@@ -97,6 +98,9 @@ class TrainingRun:
         self.models = {name: self._place(m) for name, m in self.method.build_models(len(run.class_names)).items()}
         self.optimizer, self.scheduler = build_optimizer(self.models, cfg.optim, cfg.train.steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.mirror = mirror_for(cfg.run.sync_to, run.run_dir)
+        if self.mirror is not None:  # a fresh node: the newest checkpoint comes from the mirror
+            self.mirror.pull()
         self.step = self._restore()
         self.tracker = Tracker(cfg, run.run_dir, self.step) if self.is_chief else None
         self.last_checkpoint: CheckpointFiles | None = latest_checkpoint(run.run_dir)
@@ -193,12 +197,15 @@ class TrainingRun:
             timer.reset()
         if final or (train.eval_every and self.step % train.eval_every == 0):
             metrics["val"] = self.last_val = self.evaluate()
-        if final or (train.checkpoint_every and self.step % train.checkpoint_every == 0):
+        checkpointed = final or bool(train.checkpoint_every and self.step % train.checkpoint_every == 0)
+        if checkpointed:
             self._checkpoint()
+        if metrics and self.tracker is not None:
+            self.tracker.log(self.step, metrics)
+            say(_log_line(self.step, train.steps, metrics))
+        if checkpointed and self.mirror is not None and self.is_chief:  # with the log up to the checkpoint
+            self.mirror.push_run_files()
         if metrics:
-            if self.tracker is not None:
-                self.tracker.log(self.step, metrics)
-                say(_log_line(self.step, train.steps, metrics))
             report = {"step": self.step, **_scalars(metrics, self.last_val)}
             if final:  # reported once summary.json exists: a scheduler may end the run at this report
                 self.final_report = report
@@ -280,6 +287,8 @@ class TrainingRun:
                 {"method": self.cfg.method, "classes": list(self.run.class_names), "palette": self.run.palette},
                 keep=self.cfg.train.keep_checkpoints,
             )
+            if self.mirror is not None:
+                self.mirror.push_checkpoint(self.last_checkpoint)
         if self.env.world_size > 1:
             dist.barrier()
 
@@ -306,6 +315,8 @@ class TrainingRun:
         write_json(self.run.run_dir / "summary.json", summary)
         self._log_predictions()
         self.tracker.close({"val": final})
+        if self.mirror is not None:
+            self.mirror.push_run_files()
         return summary
 
 

@@ -2,7 +2,8 @@
 
 It wraps ``ray job submit``: the current folder (the project, with your configs) is the job's working
 directory, ``cluster/runtime_env.yaml`` installs the project on every node, and the run directory is put under
-the storage path every node shares. The Ray dashboard's address comes from ``--address`` or ``RAY_ADDRESS``;
+the storage path every node shares, or, for an object-store URI, mirrored there (``run.sync_to``) from each
+node's local copy. The Ray dashboard's address comes from ``--address`` or ``RAY_ADDRESS``;
 the cluster's token from ``RAY_AUTH_TOKEN`` or Ray's token file (``ray get-auth-token``), never from an
 argument, so it stays out of shell history and job metadata.
 """
@@ -20,6 +21,7 @@ from raysemi.errors import ConfigError
 
 SUBMITTABLE = ("train", "tune", "sweep")  # the commands that take config overrides, run.dir among them
 DEFAULT_RUNTIME_ENV = Path("cluster/runtime_env.yaml")
+NODE_LOCAL_RUNS = "/tmp/raysemi-runs"  # each node's working copy of a run mirrored to object storage
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -31,9 +33,9 @@ def job_command(raysemi_args: list[str], address: str, storage: str, name: str, 
         given = raysemi_args[0] if raysemi_args else "nothing"
         raise ConfigError(f"submit: got {given!r} after --; expected one of {', '.join(SUBMITTABLE)} with its "
                           "arguments, e.g. -- train -c experiments/camvid/cps.yaml")
-    if not storage.startswith("/"):
+    if not storage.startswith("/") and "://" not in storage:
         raise ConfigError(f"submit --storage {storage!r}: expected an absolute path that every node of the cluster "
-                          "mounts (a shared file system, or a bucket mounted with gcsfuse, s3fs or a CSI driver)")
+                          "mounts, or an object-store URI (s3://bucket/runs, gs://bucket/runs)")
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"submit --name {name!r}: use letters, digits, '.', '_' and '-' (it names the run "
                           "directory and the Ray job)")
@@ -43,8 +45,17 @@ def job_command(raysemi_args: list[str], address: str, storage: str, name: str, 
     return [
         "ray", "job", "submit", "--address", address, "--submission-id", job_id or name,
         "--working-dir", ".", "--runtime-env", str(runtime_env), *([] if wait else ["--no-wait"]),
-        "--", "raysemi", *raysemi_args, f"run.dir={storage.rstrip('/')}/{name}",
+        "--", "raysemi", *raysemi_args, *run_location(storage, name),
     ]
+
+
+def run_location(storage: str, name: str) -> list[str]:
+    """The overrides that put run ``name`` in ``storage``: ``run.dir`` on a shared path, or a node-local
+    ``run.dir`` mirrored to an object-store URI (``run.sync_to``)."""
+    target = f"{storage.rstrip('/')}/{name}"
+    if "://" in storage:
+        return [f"run.dir={NODE_LOCAL_RUNS}/{name}", f"run.sync_to={target}"]
+    return [f"run.dir={target}"]
 
 
 def names(raysemi_args: list[str], name: str | None) -> tuple[str, str]:

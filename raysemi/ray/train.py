@@ -25,6 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from raysemi.config import Config
 from raysemi.data.dataset import open_dataset, preflight
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
+from raysemi.engine.mirror import mirror_for
 from raysemi.engine.rundir import prepare_run_dir, read_summary, run_directory, write_json
 from raysemi.engine.storage import check_run_storage, run_storage_bytes
 from raysemi.errors import ConfigError, find_user_error
@@ -40,6 +41,11 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     its schedulers and searchers (Optuna reads the metric from every result it gets); a multi-stage method
     reports its last stage only, whose steps count from 0 again.
     """
+    chained = (cfg.method == "self_correction" and cfg.self_correction.stage == "all") or (
+        cfg.method == "simformer" and cfg.simformer.retrain_steps)
+    if chained and cfg.run.sync_to:
+        raise ConfigError(f"run.sync_to: method {cfg.method} chains stages that read each other's files; give it "
+                          "a run.dir every node mounts instead (see README, Run on a cluster)")
     if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
         return train_stages(cfg, tune_metric)
     if cfg.method == "simformer" and cfg.simformer.retrain_steps:
@@ -51,7 +57,12 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
         method.check_data(source)
     check_run_storage(run_directory(cfg),
                       run_storage_bytes(method.build_models(source.classes.num_classes), cfg.train.keep_checkpoints))
+    mirror = mirror_for(cfg.run.sync_to, run_directory(cfg))
+    if mirror is not None:  # resume from the mirror on a machine that never saw the run
+        mirror.pull()
     run_dir, start_step = prepare_run_dir(cfg, source)
+    if mirror is not None:
+        mirror.push_run_files()
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         summary = read_summary(run_dir)

@@ -72,8 +72,12 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, m
 
 
 def trial_config(base: Config, values: dict[str, Any], sweep_dir: Path, name: str) -> Config:
-    """``base`` with the trial's values, its own run directory, and (with W&B on) its W&B run grouped by sweep."""
-    cfg = apply_values(base, {**values, "run.dir": str(sweep_dir / TRIALS_DIR / name), "run.name": name})
+    """``base`` with the trial's values, its own run directory (and mirror, with ``run.sync_to``), and (with
+    W&B on) its W&B run grouped by sweep."""
+    own = {"run.dir": str(sweep_dir / TRIALS_DIR / name), "run.name": name}
+    if base.run.sync_to:  # each trial mirrors its run directory below the sweep's
+        own["run.sync_to"] = f"{base.run.sync_to.rstrip('/')}/{TRIALS_DIR}/{name}"
+    cfg = apply_values(base, {**values, **own})
     if cfg.tracking.wandb.group is None:
         cfg.tracking.wandb.group = sweep_dir.name
     return cfg
