@@ -93,6 +93,9 @@ def test_a_training_run_submitted_as_a_ray_job(ray_head, synthetic_root, tmp_pat
     summary = json.loads((storage / "smoke" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["run_dir"] == str(storage / "smoke")
     assert (storage / "smoke" / "checkpoints").is_dir() and not (storage / "refused").exists()
+    listed = subprocess.run(["ray", "job", "list", "--address", ray_head], capture_output=True, text=True,
+                            check=True).stdout
+    assert re.search(r"submission_id='smoke-\d{8}-\d{6}'", listed) and "SUCCEEDED" in listed
 
 
 def test_the_job_command_puts_the_run_under_storage(tmp_path):

@@ -23,13 +23,13 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysemi.config import Config
-from raysemi.data.dataset import open_dataset, preflight
+from raysemi.data.dataset import DatasetSource, open_dataset, preflight
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
 from raysemi.engine.mirror import mirror_for
 from raysemi.engine.rundir import prepare_run_dir, read_summary, run_directory, write_json
 from raysemi.engine.storage import check_run_storage, run_storage_bytes
 from raysemi.errors import ConfigError, find_user_error
-from raysemi.methods import build_method
+from raysemi.methods import Method, build_method
 from raysemi.methods.self_correction import stage_configs
 from raysemi.ray.data import build_datasets
 
@@ -41,28 +41,18 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     its schedulers and searchers (Optuna reads the metric from every result it gets); a multi-stage method
     reports its last stage only, whose steps count from 0 again.
     """
-    chained = (cfg.method == "self_correction" and cfg.self_correction.stage == "all") or (
-        cfg.method == "simformer" and cfg.simformer.retrain_steps)
-    if chained and cfg.run.sync_to:
-        raise ConfigError(f"run.sync_to: method {cfg.method} chains stages that read each other's files; give it "
-                          "a run.dir every node mounts instead (see README, Run on a cluster)")
-    if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
-        return train_stages(cfg, tune_metric)
-    if cfg.method == "simformer" and cfg.simformer.retrain_steps:
-        return train_weak_shot_then_retrain(cfg, tune_metric)
+    chained = chained_stages(cfg)
+    if chained is not None:
+        if cfg.run.sync_to:
+            raise ConfigError(f"run.sync_to: method {cfg.method} chains stages that read each other's files; give "
+                              "it a run.dir every node mounts instead (see README, Run on a cluster)")
+        return chained(cfg, tune_metric)
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     method = build_method(cfg)
     if hasattr(method, "check_data"):  # the method's own data needs (e.g. SimFormer's classes and pair table)
         method.check_data(source)
-    check_run_storage(run_directory(cfg),
-                      run_storage_bytes(method.build_models(source.classes.num_classes), cfg.train.keep_checkpoints))
-    mirror = mirror_for(cfg.run.sync_to, run_directory(cfg))
-    if mirror is not None:  # resume from the mirror on a machine that never saw the run
-        mirror.pull()
-    run_dir, start_step = prepare_run_dir(cfg, source)
-    if mirror is not None:
-        mirror.push_run_files()
+    run_dir, start_step = open_run_dir(cfg, source, method)
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         summary = read_summary(run_dir)
@@ -89,6 +79,30 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     if summary is None:
         raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
     return summary
+
+
+def chained_stages(cfg: Config) -> Callable[[Config, str | None], dict[str, Any]] | None:
+    """The driver of a method whose stages are runs of their own, or None for a single run."""
+    if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
+        return train_stages
+    if cfg.method == "simformer" and cfg.simformer.retrain_steps:
+        return train_weak_shot_then_retrain
+    return None
+
+
+def open_run_dir(cfg: Config, source: DatasetSource, method: Method) -> tuple[Path, int]:
+    """Check the storage, fetch the run from its mirror (``run.sync_to``) where this machine lacks it, and
+    create or reopen the run directory; return it and the step training continues from."""
+    local = run_directory(cfg)
+    check_run_storage(local, run_storage_bytes(method.build_models(source.classes.num_classes),
+                                               cfg.train.keep_checkpoints))
+    mirror = mirror_for(cfg.run.sync_to, local)
+    if mirror is not None:
+        mirror.pull()
+    run_dir, start_step = prepare_run_dir(cfg, source)
+    if mirror is not None:
+        mirror.push_run_files()
+    return run_dir, start_step
 
 
 def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict,
