@@ -66,19 +66,19 @@ def containers(document: dict) -> list[dict]:
     return found
 
 
-def test_kuberay_pods_take_the_token_and_keys_from_secrets_only():
-    pods = [c for _, doc in kuberay_documents() for c in containers(doc)]
-    assert len(pods) == 4  # head, GPU workers, two job submitters
-    for container in pods:
-        env = {e["name"]: e for e in container["env"]}
-        assert env["RAY_AUTH_MODE"]["value"] == "token"
-        assert "value" not in env["RAY_AUTH_TOKEN"] and env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
-        if "WANDB_API_KEY" in env:
-            assert "value" not in env["WANDB_API_KEY"]
-        assert container["image"] == "REGISTRY/raysemi:0.1.0"
+def test_kuberay_keeps_token_auth_on_and_keys_in_secrets():
     [cluster] = [doc for _, doc in kuberay_documents() if doc["kind"] == "RayCluster"]
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}  # the operator makes and distributes the token
     assert cluster["spec"]["rayVersion"] == pinned()["ray"]
     assert cluster["spec"]["headGroupSpec"]["serviceType"] == "ClusterIP"
+    pods = containers(cluster)
+    assert len(pods) == 2  # head, GPU workers
+    for container in pods:
+        env = {e["name"]: e for e in container["env"]}
+        assert not any(name.startswith("RAY_AUTH") for name in env)  # set by the operator, never by hand
+        assert "value" not in env["WANDB_API_KEY"] and env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert container["image"] == "REGISTRY/raysemi:0.1.0"
+        assert {"name": "storage", "mountPath": "/mnt/raysemi"} in container["volumeMounts"]
 
 
 def test_the_image_has_our_pins():
