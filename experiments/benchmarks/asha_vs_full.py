@@ -8,7 +8,8 @@ mIoU each run found and the trial-steps it spent (the sum of each trial's last s
 
 Target: ASHA's best within 1 mIoU point of the full-budget best, at most half the trial-steps.
 
-Usage (from the repository root; needs ``../shared/data``; about 100 minutes on 2 CPUs)::
+Usage (from the repository root; needs ``../shared/data``; about 4 hours on 2 CPUs: `cps` takes ~4 s an
+iteration here, the full budget is 2,700 iterations and ASHA about 900)::
 
     python experiments/benchmarks/asha_vs_full.py --labels 1/16 --samples 9 --iterations 300 --grace 50
 
