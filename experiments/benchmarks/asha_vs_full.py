@@ -13,6 +13,9 @@ iteration here, the full budget is 2,700 iterations and ASHA about 900)::
 
     python experiments/benchmarks/asha_vs_full.py --labels 1/16 --samples 9 --iterations 300 --grace 50
 
+Interrupted? Run the same command with ``--resume``: a finished search is kept, an unfinished one continues
+(trials checkpoint at every rung).
+
 Results: ``experiments/benchmarks/results/asha_vs_full-<labels>-s<samples>-it<iterations>.json``.
 """
 
@@ -34,26 +37,37 @@ SPACE = {"cps.weight": {"uniform": [0.5, 3.0]}, "optim.lr": {"loguniform": [3.0e
 
 
 def run_search(scheduler: str, args, sweep_dir: Path) -> dict:
+    """One search's result; with ``--resume`` a finished search's stored result, or the interrupted search
+    continued (Tune restores Optuna and ASHA; trials go on from their checkpoints)."""
     from raysemi.ray.tune import search
     from raysemi.sweeps import SweepSpec
 
+    done = sweep_dir / "phase.json"
+    if args.resume and done.is_file():
+        return json.loads(done.read_text())
     base = protocol_config("cps", args.labels, args.seed, args.iterations, sweep_dir / "unused",
-                           [f"train.eval_every={args.grace}", "train.log_every=25", "scaling.num_workers=0"])
+                           [f"train.eval_every={args.grace}", f"train.checkpoint_every={args.grace}",
+                            "train.log_every=25", "scaling.num_workers=0"])
     spec = SweepSpec.model_validate({"samples": args.samples, "scheduler": scheduler, "grace_steps": args.grace,
                                      "reduction_factor": 3, "concurrency": 1, "retries": 0, "space": SPACE})
-    shutil.rmtree(sweep_dir, ignore_errors=True)
+    resume = args.resume and sweep_dir.is_dir()
+    if not resume:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
     began = time.perf_counter()
-    outcomes = search(base, spec, sweep_dir)
+    outcomes = search(base, spec, sweep_dir, resume=resume)
     scored = [o for o in outcomes if o.metric is not None]
     best = max(scored, key=lambda o: o.metric)
-    return {
+    result = {
         "best_miou": round(best.metric, 4),
         "best_values": best.params,
         "trial_steps": sum(o.steps for o in outcomes),
         "wall_time_s": round(time.perf_counter() - began, 1),
+        "resumed": resume,  # then wall_time_s is the last invocation's only
         "trials": [{"values": o.params, "steps": o.steps, "status": o.status,
                     "miou": None if o.metric is None else round(o.metric, 4)} for o in outcomes],
     }
+    done.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def main() -> int:
@@ -63,6 +77,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--grace", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of this benchmark (same arguments) where it stopped")
     args = parser.parse_args()
     if not CAMVID.is_dir():
         print(f"error: {CAMVID} not found; this benchmark needs ../shared/data", file=sys.stderr)
