@@ -55,6 +55,8 @@ def run_search(scheduler: str, args, sweep_dir: Path) -> dict:
         shutil.rmtree(sweep_dir, ignore_errors=True)
     began = time.perf_counter()
     outcomes = search(base, spec, sweep_dir, resume=resume)
+    if not complete(outcomes, args, scheduler):  # Tune returns normally after Ctrl-C
+        sys.exit(f"{scheduler} search interrupted; run the same command with --resume to continue it")
     scored = [o for o in outcomes if o.metric is not None]
     best = max(scored, key=lambda o: o.metric)
     result = {
@@ -68,6 +70,14 @@ def run_search(scheduler: str, args, sweep_dir: Path) -> dict:
     }
     done.write_text(json.dumps(result, indent=1))
     return result
+
+
+def complete(outcomes: list, args, scheduler: str) -> bool:
+    """Every trial ran, and each failed or ended at the full budget or (under ASHA) at a rung."""
+    rungs = {args.iterations}
+    if scheduler == "asha":
+        rungs |= {args.grace * 3**k for k in range(8) if args.grace * 3**k < args.iterations}
+    return len(outcomes) == args.samples and all(o.status == "failed" or o.steps in rungs for o in outcomes)
 
 
 def main() -> int:
