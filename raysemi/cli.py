@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="run `train`, `tune` or `sweep` as a Ray job on a cluster")
     submit.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     submit.add_argument("--storage", required=True,
-                        help="absolute path every node mounts; the run directory is STORAGE/NAME")
-    submit.add_argument("--name", help="job id and run directory name (default: COMMAND-DATE-TIME)")
+                        help="absolute path every node mounts (run.dir=STORAGE/NAME), or an object-store URI "
+                             "(s3://..., gs://...: run.sync_to=STORAGE/NAME)")
+    submit.add_argument("--name", help="the run's name under STORAGE (default: COMMAND-DATE-TIME); the Ray job id "
+                                       "is NAME-DATE-TIME, so a named run can be submitted again to resume it")
     submit.add_argument("--runtime-env", type=Path, default=Path("cluster/runtime_env.yaml"),
                         help="runtime_env YAML (default: cluster/runtime_env.yaml, which installs the project)")
     submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
