@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import tempfile
@@ -64,10 +63,10 @@ def ray_head(monkeypatch, tmp_path):
         wait_for_port(dashboard, 180)
         wait_for_port(agent, 180)  # jobs are refused until the node's agent is up
         yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        started = psutil.Process(head.pid).children(recursive=True)
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started, no others
-        head.wait(timeout=120)
+    finally:  # kill exactly the processes this head started (`ray stop` would stop every Ray on the machine)
+        started = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        for process in started:
+            process.kill()
         gone, alive = psutil.wait_procs(started, timeout=60)
         assert not alive, f"processes of the test's cluster still running: {alive}"
 

@@ -67,23 +67,23 @@ def kill_a_worker_after(run_dir, step: int, timeout_s: float = 600) -> dict:
 def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_path, ray_local):
     run_dir = tmp_path / "run"
     cfg = fast_config(synthetic_root, run_dir, "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
-                      "scaling.max_failures=1", "train.steps=60", "train.checkpoint_every=20",
-                      "train.log_every=2", "train.eval_every=0")
-    killed = kill_a_worker_after(run_dir, step=26)
+                      "scaling.max_failures=1", "train.steps=40", "train.checkpoint_every=20",
+                      "train.log_every=4", "train.eval_every=0")  # each report costs ~1 s on 2 CPUs
+    killed = kill_a_worker_after(run_dir, step=24)
     summary = train(cfg)
 
     before = {r["step"]: r for r in killed["records"]}
-    assert 26 <= max(before) < 40  # the kill landed between the checkpoints at 20 and 40
+    assert 24 <= max(before) < 40  # the kill landed between the checkpoints at 20 and 40
     assert not psutil.pid_exists(killed["pid"]) or psutil.Process(killed["pid"]).status() == psutil.STATUS_ZOMBIE
     # one continuous log: every logged step once, in order
     after = {r["step"]: r for r in read_metrics(run_dir)}
-    assert list(after) == list(range(2, 61, 2))
+    assert list(after) == list(range(4, 41, 4))
     # steps up to the checkpoint were not redone (their records, timings included, are the first run's);
     # every step after it was (new timings)
-    assert all(after[step] == before[step] for step in range(2, 21, 2))
-    assert all(after[step]["steps_per_s"] != before[step]["steps_per_s"] for step in range(22, max(before) + 1, 2))
-    assert summary["steps"] == 60 and latest_checkpoint(run_dir).read_meta()["step"] == 60
-    assert [c.read_meta()["step"] for c in list_checkpoints(run_dir)] == [40, 60]
+    assert all(after[step] == before[step] for step in range(4, 21, 4))
+    assert all(after[step]["steps_per_s"] != before[step]["steps_per_s"] for step in range(24, max(before) + 1, 4))
+    assert summary["steps"] == 40 and latest_checkpoint(run_dir).read_meta()["step"] == 40
+    assert [c.read_meta()["step"] for c in list_checkpoints(run_dir)] == [20, 40]
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one_current(tmp_path, monkeypatch):
