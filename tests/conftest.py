@@ -44,6 +44,25 @@ def fast_config(data_root: Path, run_dir: Path, *overrides: str) -> Config:
     return load_config(None, base + list(overrides))
 
 
+def train_until_a_crash_at_step_5(cfg: Config) -> None:
+    """Train ``cfg`` and crash at the start of step 5 (as a killed process would, after the step-4
+    checkpoint); the next ``train(cfg)`` runs normally."""
+    from raysemi.engine.loop import TrainingRun
+    from raysemi.ray.train import train
+
+    original = TrainingRun._train_step
+
+    def crash_at_step_5(self, batch):
+        if self.step == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, batch)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TrainingRun, "_train_step", crash_at_step_5)
+        with pytest.raises(Exception, match="simulated crash"):
+            train(cfg)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session (2 CPUs, like CI)."""

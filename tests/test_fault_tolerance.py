@@ -17,11 +17,10 @@ from raysemi.cli import main
 from raysemi.engine import checkpoint as checkpoint_module
 from raysemi.engine import storage
 from raysemi.engine.checkpoint import latest_checkpoint, list_checkpoints, write_checkpoint
-from raysemi.engine.loop import TrainingRun
 from raysemi.engine.storage import MIB
 from raysemi.ray.train import train
 from raysemi.tracking import read_metrics
-from tests.conftest import fast_config
+from tests.conftest import fast_config, train_until_a_crash_at_step_5
 
 
 def config_file(data_root: Path, tmp_path: Path, run_dir: Path, *overrides: str) -> Path:
@@ -122,21 +121,10 @@ checkpoint.write_checkpoint(Path(sys.argv[1]), 6, {"w": torch.ones(2)}, {"step":
 """
 
 
-def test_a_writer_killed_mid_checkpoint_is_ignored_by_resume_and_cleaned_up(synthetic_root, tmp_path, ray_local,
-                                                                             monkeypatch):
+def test_a_writer_killed_mid_checkpoint_is_ignored_by_resume_and_cleaned_up(synthetic_root, tmp_path, ray_local):
     run_dir = tmp_path / "run"
     cfg = fast_config(synthetic_root, run_dir, "train.steps=6", "train.checkpoint_every=2")
-    original = TrainingRun._train_step
-
-    def crash_at_step_5(self, batch):
-        if self.step == 4:
-            raise RuntimeError("simulated crash")
-        return original(self, batch)
-
-    monkeypatch.setattr(TrainingRun, "_train_step", crash_at_step_5)
-    with pytest.raises(Exception, match="simulated crash"):
-        train(cfg)
-    monkeypatch.setattr(TrainingRun, "_train_step", original)
+    train_until_a_crash_at_step_5(cfg)
 
     # a process SIGKILLed while writing the step-6 checkpoint: no cleanup ran, its staging folder stays
     writer = subprocess.Popen([sys.executable, "-c", WRITER_KILLED_MID_CHECKPOINT, str(run_dir)])

@@ -8,32 +8,21 @@ import torch
 
 from raysemi.cli import main
 from raysemi.engine.checkpoint import latest_checkpoint
-from raysemi.engine.loop import TrainingRun
 from raysemi.engine.mirror import RunMirror
 from raysemi.errors import ConfigError
 from raysemi.ray.train import train
 from raysemi.tracking import read_metrics
-from tests.conftest import fast_config
+from tests.conftest import fast_config, train_until_a_crash_at_step_5
 
 
 def remote_files(bucket) -> list[str]:
     return sorted(p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file())
 
 
-def test_a_mirrored_run_resumes_on_a_fresh_machine(synthetic_root, tmp_path, ray_local, monkeypatch):
+def test_a_mirrored_run_resumes_on_a_fresh_machine(synthetic_root, tmp_path, ray_local):
     bucket = tmp_path / "bucket" / "run"
     steps = ("train.steps=6", "train.checkpoint_every=2", f"run.sync_to=file://{bucket}")
-    original = TrainingRun._train_step
-
-    def crash_at_step_5(self, batch):
-        if self.step == 4:
-            raise RuntimeError("simulated node loss")
-        return original(self, batch)
-
-    monkeypatch.setattr(TrainingRun, "_train_step", crash_at_step_5)
-    with pytest.raises(Exception, match="simulated node loss"):
-        train(fast_config(synthetic_root, tmp_path / "machine-a" / "run", *steps))
-    monkeypatch.setattr(TrainingRun, "_train_step", original)
+    train_until_a_crash_at_step_5(fast_config(synthetic_root, tmp_path / "machine-a" / "run", *steps))
     checkpoint_files = ["config.yaml", "meta.json", "model.pt", "training_state.pt"]
     assert remote_files(bucket) == [
         *(f"checkpoints/step_0000000{n}/{f}" for n in (2, 4) for f in checkpoint_files),

@@ -13,11 +13,10 @@ from raysemi.cli import main
 from raysemi.data.formats import GenericFormat
 from raysemi.engine.checkpoint import latest_checkpoint, list_checkpoints
 from raysemi.engine.inference import evaluate_checkpoint, load_eval_model, predict_folder
-from raysemi.engine.loop import TrainingRun
 from raysemi.errors import CheckpointError
 from raysemi.ray.train import train
 from raysemi.tracking import read_metrics
-from tests.conftest import fast_config
+from tests.conftest import fast_config, train_until_a_crash_at_step_5
 
 
 def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path, ray_local, capsys):
@@ -67,24 +66,14 @@ def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path, ray_loc
     assert "supervised" in (tmp_path / "report" / "summary.md").read_text()
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(synthetic_root, tmp_path, ray_local, monkeypatch):
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(synthetic_root, tmp_path, ray_local):
     full = fast_config(synthetic_root, tmp_path / "full", "train.steps=6", "train.checkpoint_every=2")
     train(full)
 
     broken = fast_config(synthetic_root, tmp_path / "broken", "train.steps=6", "train.checkpoint_every=2")
-    original = TrainingRun._train_step
-
-    def crash_at_step_5(self, batch):
-        if self.step == 4:
-            raise RuntimeError("simulated crash")
-        return original(self, batch)
-
-    monkeypatch.setattr(TrainingRun, "_train_step", crash_at_step_5)
-    with pytest.raises(Exception, match="simulated crash"):
-        train(broken)
+    train_until_a_crash_at_step_5(broken)
     assert latest_checkpoint(tmp_path / "broken").read_meta()["step"] == 4
     assert not (tmp_path / "broken" / "summary.json").exists()
-    monkeypatch.setattr(TrainingRun, "_train_step", original)
     train(broken)  # the same command again resumes from step 4
 
     assert [r["step"] for r in read_metrics(tmp_path / "broken")] == [2, 4, 6]
