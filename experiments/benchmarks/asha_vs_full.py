@@ -3,13 +3,15 @@
 The same ``--samples`` configurations run twice through ``raysemi tune``'s search: once under ASHA (rungs at
 ``--grace`` steps times powers of 3), once with every trial run to ``--iterations`` (FIFO). Optuna proposes
 them with the same seed, and with fewer samples than its random start-up trials (10) the two runs get the
-same values in the same order, so the comparison is configuration for configuration. Recorded: the best val
+same values in the same order, so the comparison is configuration for configuration. λ ramps up over the first
+90 steps, as in the CPS benchmark at 300 iterations (the CamVid config's 300-step ramp-up would leave λ below
+full weight for the whole budget). Recorded: the best val
 mIoU each run found and the trial-steps it spent (the sum of each trial's last step).
 
 Target: ASHA's best within 1 mIoU point of the full-budget best, at most half the trial-steps.
 
-Usage (from the repository root; needs ``../shared/data``; about 4 hours on 2 CPUs: `cps` takes ~4 s an
-iteration here, the full budget is 2,700 iterations and ASHA about 900)::
+Usage (from the repository root; needs ``../shared/data``; about 2 hours on 2 CPUs: `cps` takes ~1.7 s an
+iteration here, the full budget is 2,700 iterations and ASHA about 900–1,300)::
 
     python experiments/benchmarks/asha_vs_full.py --labels 1/16 --samples 9 --iterations 300 --grace 50
 
@@ -47,7 +49,7 @@ def run_search(scheduler: str, args, sweep_dir: Path) -> dict:
         return json.loads(done.read_text())
     base = protocol_config("cps", args.labels, args.seed, args.iterations, sweep_dir / "unused",
                            [f"train.eval_every={args.grace}", f"train.checkpoint_every={args.grace}",
-                            "train.log_every=25", "scaling.num_workers=0"])
+                            "train.log_every=25", "scaling.num_workers=0", "cps.rampup_steps=90"])
     spec = SweepSpec.model_validate({"samples": args.samples, "scheduler": scheduler, "grace_steps": args.grace,
                                      "reduction_factor": 3, "concurrency": 1, "retries": 0, "space": SPACE})
     resume = args.resume and sweep_dir.is_dir()
