@@ -19,7 +19,7 @@ A sweep file (YAML)::
       data.label_fraction: {grid: [0.0625, 0.125]}
 
 Keys are dotted config keys; ``space`` may be left out to use the method's default space
-(:data:`DEFAULT_SPACES`). This module never imports ray: :mod:`raysemi.ray.tune` turns a :class:`SweepSpec`
+(:func:`default_space`). This module never imports ray: :mod:`raysemi.ray.tune` turns a :class:`SweepSpec`
 into Tune objects.
 """
 
@@ -106,8 +106,8 @@ def _ordered_pair(argument: Any, kind: str) -> bool:
     return low > 0 if kind == "loguniform" else True
 
 
-# Default search spaces per method (used when a sweep file has no `space`): the shared keys, plus the
-# method's own hyperparameters. Label fractions are swept with `raysemi sweep`, not searched.
+# Default search spaces per method (used when a sweep file has no `space`): the shared keys, the method's own
+# hyperparameters, and the label fraction as a grid (see `fraction_grid`).
 SHARED_SPACE = {
     "optim.lr": {"loguniform": [1.0e-3, 0.3]},
     "optim.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]},
@@ -128,9 +128,27 @@ DEFAULT_SPACES: dict[str, dict[str, dict]] = {
 }
 
 
-def default_space(method: str) -> dict[str, Distribution]:
-    return {key: Distribution.model_validate(value) for key, value in
-            {**SHARED_SPACE, **DEFAULT_SPACES[method]}.items()}
+# The label fractions a default search runs at: one Optuna search per fraction, since the best settings move
+# with the number of labels (searching the fraction itself would only find that more labels score higher).
+DEFAULT_FRACTIONS = [0.0625, 0.125, 0.25]
+
+
+def default_space(base: Config) -> dict[str, Distribution]:
+    """The method's default space for ``base``: :data:`SHARED_SPACE`, the method's :data:`DEFAULT_SPACES` and,
+    where the split comes from ``data.label_fraction``, a grid over :data:`DEFAULT_FRACTIONS`."""
+    space = {**SHARED_SPACE, **DEFAULT_SPACES[base.method], **fraction_grid(base)}
+    return {key: Distribution.model_validate(value) for key, value in space.items()}
+
+
+def fraction_grid(base: Config) -> dict[str, dict]:
+    """``{"data.label_fraction": {"grid": DEFAULT_FRACTIONS}}``, or nothing where the fraction would not take
+    effect or would not fit: a split, tag or box file, or ``data.label_count``, fixes the split, and
+    ``simformer`` trains on every image."""
+    data = base.data
+    fixed = data.labeled_split or data.unlabeled_tags or data.unlabeled_boxes or data.label_count
+    if fixed or base.method == "simformer":
+        return {}
+    return {"data.label_fraction": {"grid": DEFAULT_FRACTIONS}}
 
 
 def load_sweep(path: str | Path, base: Config) -> SweepSpec:
@@ -155,7 +173,7 @@ def load_sweep(path: str | Path, base: Config) -> SweepSpec:
     if spec.steps:
         base = apply_values(base, {"train.steps": spec.steps})
     if not spec.space:
-        spec.space = default_space(base.method)
+        spec.space = default_space(base)
     check_space(spec.space, base, source=str(path))
     check_schedule(spec, base, source=str(path))
     return spec

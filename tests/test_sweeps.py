@@ -62,11 +62,22 @@ def test_unknown_sweep_setting_and_missing_file(tmp_path):
 def test_every_default_space_fits_its_method(method, tmp_path):
     extra = {"self_correction": ["data.unlabeled_boxes=b.txt"]}.get(method, [])
     base = load_config(None, [f"method={method}", "train.eval_every=100", *extra])
-    space = default_space(method)
-    assert "optim.lr" in space and all(key.startswith(("optim.", f"{method}.")) for key in space)
+    space = default_space(base)
+    assert "optim.lr" in space and all(key.startswith(("optim.", f"{method}.", "data.")) for key in space)
     check_space(space, base, source="defaults")  # raises if a value is not accepted
     spec = load_sweep(_write(tmp_path, "samples: 2\n"), base)  # no space: the method's default
     assert set(spec.space) == set(space)
+
+
+def test_the_default_space_runs_one_search_per_label_fraction_where_the_fraction_takes_effect():
+    fraction = ("grid", [0.0625, 0.125, 0.25])
+    space = default_space(load_config(None, ["method=cps"]))
+    assert (space["data.label_fraction"].kind, space["data.label_fraction"].argument) == fraction
+    # a split file, a label count or a tags file fixes the split; simformer trains on every image
+    for fixed in (["data.labeled_split=l.txt"], ["data.label_count=10"], ["data.unlabeled_tags=t.txt"],
+                  ["data.unlabeled_boxes=b.txt", "method=self_correction"], ["method=simformer"]):
+        base = load_config(None, ["method=cps", *fixed])
+        assert "data.label_fraction" not in default_space(base), fixed
 
 
 def test_a_trial_config_sets_every_sampled_key():
