@@ -11,6 +11,7 @@ from torch import nn
 
 from raysemi.analysis.calibration import CalibrationBins
 from raysemi.analysis.gradcam import grad_cam
+from raysemi.analysis.plots import curve_labels
 from raysemi.analysis.report import find_runs, write_report
 from raysemi.errors import DataError
 
@@ -105,6 +106,12 @@ def test_report_tables_mean_and_std_per_method_and_fraction(tmp_path):
     assert "| cps | 0.4500 ± 0.0000 (1) | – |" in markdown
     for png in files[3:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_tell_apart_runs_that_differ_only_in_their_values(tmp_path):
+    for name, method in (("trial-a", "cps"), ("trial-b", "cps"), ("sup", "supervised")):
+        _fake_run(tmp_path / name, method, 23, 367, 0, 0.4, {"road": 0.4})
+    assert curve_labels(find_runs(tmp_path)) == ["supervised 1/16 s0", "cps 1/16 s0 (trial-a)", "cps 1/16 s0 (trial-b)"]
 
 
 def test_report_on_a_folder_without_runs_is_one_clear_error(tmp_path):

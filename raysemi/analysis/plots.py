@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -29,8 +30,7 @@ def plot_miou_vs_fraction(summary: pd.DataFrame, path: Path) -> None:
 def plot_curves(runs: list, path: Path) -> None:
     """Training loss and val mIoU against step, one line per run (``metrics.jsonl``)."""
     figure, (loss_axes, miou_axes) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
-        label = f"{run.method} {run.fraction} s{run.seed}"
+    for run, label in zip(runs, curve_labels(runs), strict=True):
         losses = [(r["step"], r["loss"]) for r in run.metrics if "loss" in r]
         mious = [(r["step"], r["val"]["miou"]) for r in run.metrics if "val" in r]
         if losses:
@@ -44,6 +44,15 @@ def plot_curves(runs: list, path: Path) -> None:
     if runs:
         miou_axes.legend(fontsize="small")
     _save(figure, path)
+
+
+def curve_labels(runs: list) -> list[str]:
+    """``method fraction sSEED`` per run, with the run directory's name added where runs would share a label
+    (the trials of a hyperparameter search)."""
+    labels = [f"{run.method} {run.fraction} s{run.seed}" for run in runs]
+    repeated = Counter(labels)
+    return [f"{label} ({run.run_dir.name})" if repeated[label] > 1 else label
+            for run, label in zip(runs, labels, strict=True)]
 
 
 def plot_calibration(rows: list[dict], path: Path) -> None:
