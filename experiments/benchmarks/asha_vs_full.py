@@ -10,8 +10,8 @@ mIoU each run found and the trial-steps it spent (the sum of each trial's last s
 
 Target: ASHA's best within 1 mIoU point of the full-budget best, at most half the trial-steps.
 
-Usage (from the repository root; needs ``../shared/data``; about 2 hours on 2 CPUs: `cps` takes ~1.7 s an
-iteration here, the full budget is 2,700 iterations and ASHA about 900–1,300)::
+Usage (from the repository root; needs ``../shared/data``; about 3 hours on 2 CPUs: `cps` takes ~2 s an
+iteration here with evaluation, the full budget is 2,700 iterations and ASHA about 900–1,300)::
 
     python experiments/benchmarks/asha_vs_full.py --labels 1/16 --samples 9 --iterations 300 --grace 50
 
