@@ -48,8 +48,8 @@ class DataConfig(Section):
     format: Literal["synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k"] = "synthetic"
     root: str | None = None  # dataset root; for `synthetic`, the cache folder (default: ~/.cache/raysemi)
     synthetic: SyntheticConfig = SyntheticConfig()
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = "train"  # a split the format names, or a split file (`*.txt` of `image mask` lines)
+    val_split: str = "val"  # the same: e.g. a held-out clip listed in a file (experiments/protocols/p2_camvid)
     labeled_split: str | None = None  # split file of `image mask` lines; overrides label_fraction/count
     unlabeled_split: str | None = None  # default: the train images not in the labeled split
     unlabeled_tags: str | None = None  # image-level tags file for the unlabeled images (`data split --tags`)

@@ -15,7 +15,7 @@ import numpy as np
 
 from raysemi.config import DataConfig
 from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, open_format, read_image
-from raysemi.data.splits import Split, complement, make_split, read_split_file
+from raysemi.data.splits import Split, complement, make_split, read_split_file, split_samples
 from raysemi.data.synthetic import ensure_synthetic
 from raysemi.data.weak_labels import read_boxes_file, read_tags_file
 from raysemi.errors import DataError
@@ -60,8 +60,8 @@ def dataset_root(cfg: DataConfig) -> Path:
 def open_dataset(cfg: DataConfig) -> DatasetSource:
     """Resolve the root, list train/val samples and choose the labeled split (file, count or fraction)."""
     reader = open_format(cfg.format, dataset_root(cfg))
-    train = reader.samples(cfg.train_split)
-    val = reader.samples(cfg.val_split)
+    train = split_samples(reader, cfg.train_split)
+    val = split_samples(reader, cfg.val_split)
     if cfg.labeled_split:
         labeled = read_split_file(cfg.labeled_split, reader.root)
         unlabeled = (

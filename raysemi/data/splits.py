@@ -84,7 +84,7 @@ def write_split(reader, split_name: str, fraction: float | None, count: int | No
     """The split tool: draw the labeled part of ``reader``'s ``split_name`` samples (a fraction or a count,
     with ``seed``) and write ``labeled.txt`` and ``unlabeled.txt`` to ``out``; with ``tags`` / ``boxes`` also
     each unlabeled image's tags (``unlabeled_tags.txt``) or boxes (``unlabeled_boxes.txt``) from its mask."""
-    split = make_split(reader.samples(split_name), fraction, count, seed)
+    split = make_split(split_samples(reader, split_name), fraction, count, seed)
     write_split_files(reader, split, out, tags, boxes)
     return split
 
@@ -124,6 +124,14 @@ def read_split_file(path: str | Path, root: Path, require_masks: bool = True) ->
     if not samples:
         raise DataError(f"{path}: the split file lists no images")
     return samples
+
+
+def split_samples(reader, split: str) -> list[Sample]:
+    """A split ``reader`` (a ``DatasetFormat``) names (``train``, ``val``), or a split file (a path ending in
+    ``.txt``) of ``image mask`` lines relative to the dataset root: a protocol's own train or evaluation set."""
+    if split.endswith(".txt"):
+        return read_split_file(split, reader.root)
+    return reader.samples(split)
 
 
 def resolve_inside(root: Path, relative: str, source: Path, number: int) -> Path:

@@ -1,0 +1,338 @@
+"""Does a method beat its baseline? Paired runs on a benchmark protocol, resumable, with a table and summary.
+
+A protocol (``experiments/protocols/``) fixes the data, the labeled split, the model, the optimiser and the
+iteration budget, and is itself a plain raysemi config of the supervised(k) baseline. This command runs a method
+and its baseline on that protocol for seeds ``0..S-1``: the same split, the same labeled batches (the labeled
+stream's order and augmentation are a function of ``run.seed`` alone, whatever else the method reads) and the
+same iterations; the seed changes initialisation and data order. Each run writes one JSON; every invocation
+then rebuilds, from all run JSONs:
+
+- ``results/gain/README.md``: per comparison, each seed's two mIoUs and their paired difference, the mean ± std
+  of the differences, per-class IoU (baseline, method, difference), training time per iteration and it/s; the
+  baseline's val-mIoU curve and final mIoU by budget (how each protocol's budget was chosen);
+- ``results/summary.json``: one record per comparison, ``{"protocol", "method", "baseline", "iterations",
+  "seeds", "miou", "baseline_miou", "diff_mean", "diff_std"}`` (lists in seed order; ``diff_*`` of
+  ``miou - baseline_miou``), plus ``"overrides"`` for an ablation. The headroom of a protocol is the record of
+  ``supervised_all_labels`` against ``supervised``.
+
+A finished run (its JSON exists) is never rerun; an interrupted one resumes from its run directory's newest
+checkpoint (``train.checkpoint_every`` in the protocol), so re-running the same command after a stop loses
+nothing. ``--control`` also runs the method with its unlabeled term's weight at 0 (``<method>_control``: CPS's
+two networks with their init and batch composition; CAC's crops and projector in the forward pass), so a gain
+can be attributed to the unlabeled data.
+
+Usage (from the repository root)::
+
+    python experiments/benchmarks/gain.py --protocol p1 --method supervised_all_labels --seeds 2   # headroom
+    python experiments/benchmarks/gain.py --protocol p1 --method cps --control --seeds 3
+    python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.temperature=0.2
+    python experiments/benchmarks/gain.py --protocol p1 --method supervised --iterations 300 --seeds 2  # budget
+    python experiments/benchmarks/gain.py --table                                      # rebuild outputs only
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "experiments" / "benchmarks" / "results"
+RUNS = RESULTS / "gain"  # one JSON per run: <protocol>/<variant>-seed<s>-it<N>[-<overrides hash>].json
+WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"  # the runs' directories (checkpoints)
+LEVELLED_TOLERANCE = 0.01  # a curve has levelled off when its last quarter stays within 1 point of its end
+
+
+@dataclass(frozen=True)
+class Protocol:
+    config: str  # the supervised(k) baseline, relative to the repository root
+    all_labels: tuple[str, ...]  # overrides that label every training image
+    methods: dict[str, tuple[str, ...]]  # each method's overrides on top of the protocol config
+    needs: str | None = None  # a data folder the protocol reads (the command skips, saying so, without it)
+
+
+# The unlabeled term's weight of each method, set to 0 by its control.
+CONTROLS = {"cps": ("cps.weight=0",), "cac": ("cac.weight=0",)}
+
+PROTOCOLS = {
+    "p1": Protocol(
+        config="experiments/protocols/p1_synthetic.yaml",
+        all_labels=("data.label_count=null", "data.label_fraction=1.0"),
+        methods={
+            "cps": ("method=cps", "cps.rampup_steps=150"),
+            "cac": ("method=cac", "cac.start_step=50", "cac.rampup_steps=100"),
+        },
+    ),
+    "p2": Protocol(
+        config="experiments/protocols/p2_camvid.yaml",
+        all_labels=("data.labeled_split=experiments/protocols/p2_camvid/all_labeled.txt",
+                    "data.unlabeled_split=null"),
+        methods={
+            "cps": ("method=cps", "cps.rampup_steps=250"),
+            "cac": ("method=cac", "cac.start_step=100", "cac.rampup_steps=150", "cac.queue_steps=4"),
+        },
+        needs="../shared/data/camvid-180x240",
+    ),
+}
+
+
+def variant_overrides(protocol: Protocol, variant: str) -> tuple[str, ...]:
+    """The overrides that make ``variant`` (``supervised``, ``supervised_all_labels``, a method or
+    ``<method>_control``) out of the protocol's config."""
+    if variant == "supervised":
+        return ()
+    if variant == "supervised_all_labels":
+        return protocol.all_labels
+    method = variant.removesuffix("_control")
+    if method not in protocol.methods or (variant.endswith("_control") and method not in CONTROLS):
+        known = ["supervised", "supervised_all_labels", *protocol.methods,
+                 *(f"{m}_control" for m in protocol.methods if m in CONTROLS)]
+        raise SystemExit(f"error: --method {variant} is not defined for this protocol; choose one of "
+                         f"{', '.join(known)}")
+    return protocol.methods[method] + (CONTROLS[method] if variant.endswith("_control") else ())
+
+
+def run_name(variant: str, seed: int, iterations: int, extra: tuple[str, ...] = ()) -> str:
+    suffix = f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+    return f"{variant}-seed{seed}-it{iterations}{suffix}"
+
+
+def train_run(cfg) -> dict:
+    """Train ``cfg`` (resuming its run directory) and return its summary."""
+    from raysemi.ray.train import train
+
+    return train(cfg)
+
+
+def run_once(protocol_name: str, variant: str, seed: int, iterations: int, baseline: str | None,
+             extra: tuple[str, ...] = (), trainer: Callable[[object], dict] = train_run) -> dict:
+    """One run's result, from its JSON when it finished before, else trained (or resumed) now and recorded."""
+    name = run_name(variant, seed, iterations, extra)
+    path = RUNS / protocol_name / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from raysemi.config import load_config
+    from raysemi.tracking import read_metrics
+
+    protocol = PROTOCOLS[protocol_name]
+    run_dir = WORK / protocol_name / name
+    overrides = [*variant_overrides(protocol, variant), *extra, f"run.seed={seed}", f"run.dir={run_dir}",
+                 f"train.steps={iterations}"]
+    cfg = load_config(REPO / protocol.config, overrides)
+    started = time.perf_counter()
+    summary = trainer(cfg)
+    result = {
+        "protocol": protocol_name, "method": variant, "baseline": baseline, "seed": seed, "iterations": iterations,
+        "overrides": list(extra), "val_miou": round(summary["miou"], 4),
+        "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
+        **({k: round(v, 4) for k, v in summary.items() if k.startswith("miou_")}),
+        **step_times(read_metrics(run_dir), iterations),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "curve": [[r["step"], round(r["val"]["miou"], 4)] for r in read_metrics(run_dir) if "val" in r],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)  # a run counts as finished only once its whole JSON is there
+    return result
+
+
+def step_times(records: list[dict], iterations: int) -> dict:
+    """Training time from the logged intervals (``steps_per_s`` over each ``log_every`` steps): unlike wall time
+    it leaves out start-up, evaluation and any interruption. The first interval (pipeline start-up) is left out
+    of the it/s."""
+    timed = [r for r in records if "steps_per_s" in r]
+    steps = [r["step"] - (p["step"] if p else 0) for p, r in zip([None, *timed], timed)]
+    seconds = [n / r["steps_per_s"] for n, r in zip(steps, timed)]
+    steady = slice(1, None) if len(timed) > 1 else slice(None)
+    return {
+        "train_time_s": round(sum(seconds) * iterations / max(sum(steps), 1), 1),
+        "it_per_s": round(sum(steps[steady]) / sum(seconds[steady]), 3) if seconds else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- the outputs
+
+
+def load_runs() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(RUNS.glob("*/*.json"))]
+
+
+def comparisons(runs: list[dict]) -> list[dict]:
+    """One summary record per (protocol, method, baseline, iterations, overrides), over the seeds where both the
+    method's and the baseline's runs exist, in seed order."""
+    index = {(r["protocol"], r["method"], r["seed"], r["iterations"], tuple(r["overrides"])): r for r in runs}
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["baseline"]:
+            groups.setdefault((r["protocol"], r["method"], r["baseline"], r["iterations"], tuple(r["overrides"])),
+                              []).append(r)
+    records = []
+    for (protocol, method, baseline, iterations, overrides), group in sorted(groups.items()):
+        pairs = [(r, index.get((protocol, baseline, r["seed"], iterations, ()))) for r in group]
+        pairs = sorted(((r, b) for r, b in pairs if b), key=lambda pair: pair[0]["seed"])
+        if pairs:
+            records.append(comparison_record(protocol, method, baseline, iterations, overrides, pairs))
+    return records
+
+
+def comparison_record(protocol, method, baseline, iterations, overrides, pairs) -> dict:
+    miou = [r["val_miou"] for r, _ in pairs]
+    baseline_miou = [b["val_miou"] for _, b in pairs]
+    diffs = [m - b for m, b in zip(miou, baseline_miou)]
+    record = {
+        "protocol": protocol, "method": method, "baseline": baseline, "iterations": iterations,
+        "seeds": [r["seed"] for r, _ in pairs], "miou": miou, "baseline_miou": baseline_miou,
+        "diff_mean": round(statistics.mean(diffs), 4),
+        "diff_std": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else 0.0,
+    }
+    if overrides:
+        record["overrides"] = list(overrides)
+    for group in sorted({k for r, _ in pairs for k in r if k.startswith("miou_")}):
+        name = group.removeprefix("miou_")
+        record[f"{name}_miou"] = [r.get(group) for r, _ in pairs]
+        record[f"baseline_{name}_miou"] = [b.get(group) for _, b in pairs]
+    return record
+
+
+def per_class_table(pairs: list[tuple[dict, dict]]) -> list[str]:
+    """Mean per-class IoU of the baseline and the method over the paired seeds, and their difference."""
+    classes = list(pairs[0][0]["per_class_iou"])
+    lines = ["| class | baseline IoU | method IoU | difference |", "|---|---|---|---|"]
+    for name in classes:
+        method = _mean_of([r["per_class_iou"].get(name) for r, _ in pairs])
+        base = _mean_of([b["per_class_iou"].get(name) for _, b in pairs])
+        diff = f"{100 * (method - base):+.1f}" if method is not None and base is not None else "-"
+        lines.append(f"| {name} | {_fmt(base)} | {_fmt(method)} | {diff} |")
+    return lines
+
+
+def comparison_section(record: dict, runs: list[dict]) -> list[str]:
+    index = {(r["protocol"], r["method"], r["seed"], r["iterations"], tuple(r["overrides"])): r for r in runs}
+    key = tuple(record.get("overrides", ()))
+    pairs = [(index[(record["protocol"], record["method"], s, record["iterations"], key)],
+              index[(record["protocol"], record["baseline"], s, record["iterations"], ())]) for s in record["seeds"]]
+    title = f"### {record['protocol']}: {record['method']} against {record['baseline']}, {record['iterations']} it"
+    lines = [title + (f" ({', '.join(key)})" if key else ""), "",
+             "| seed | baseline mIoU | method mIoU | difference (points) | baseline it/s | method it/s |",
+             "|---|---|---|---|---|---|"]
+    for (r, b), m, bm in zip(pairs, record["miou"], record["baseline_miou"]):
+        lines.append(f"| {r['seed']} | {bm:.4f} | {m:.4f} | {100 * (m - bm):+.1f} | {_fmt(b['it_per_s'], 2)} "
+                     f"| {_fmt(r['it_per_s'], 2)} |")
+    ratio = statistics.mean(b["it_per_s"] / r["it_per_s"] for r, b in pairs if r["it_per_s"] and b["it_per_s"])
+    lines += ["", f"Difference: **{100 * record['diff_mean']:+.1f} ± {100 * record['diff_std']:.1f} points** "
+              f"(mean ± std over {len(pairs)} paired seeds); time per iteration {ratio:.2f}× the baseline's "
+              f"(training time {statistics.mean(r['train_time_s'] for r, _ in pairs):.0f} s against "
+              f"{statistics.mean(b['train_time_s'] for _, b in pairs):.0f} s).", ""]
+    return lines + per_class_table(pairs) + [""]
+
+
+def budget_section(protocol: str, runs: list[dict]) -> list[str]:
+    """The supervised(k) baseline's val-mIoU curve within each run and its final mIoU by budget."""
+    base = [r for r in runs if r["protocol"] == protocol and r["method"] == "supervised" and not r["overrides"]]
+    if not base:
+        return []
+    lines = [f"### {protocol}: the supervised(k) budget", "",
+             "| iterations | seed | final mIoU | val mIoU along the run | last quarter within 1 point of the end |",
+             "|---|---|---|---|---|"]
+    for r in sorted(base, key=lambda r: (r["iterations"], r["seed"])):
+        curve = " ".join(f"{step}:{miou:.3f}" for step, miou in r["curve"])
+        lines.append(f"| {r['iterations']} | {r['seed']} | {r['val_miou']:.4f} | {curve} "
+                     f"| {'yes' if levelled_off(r['curve']) else 'no'} |")
+    return lines + [""]
+
+
+def levelled_off(curve: list[list[float]], tolerance: float = LEVELLED_TOLERANCE) -> bool:
+    """Every evaluation in the last quarter of the run within ``tolerance`` of the final one."""
+    if not curve:
+        return False
+    last_step, final = curve[-1]
+    return all(abs(miou - final) <= tolerance for step, miou in curve if step >= 0.75 * last_step)
+
+
+def write_outputs() -> list[dict]:
+    """Rebuild ``results/summary.json`` and ``results/gain/README.md`` (plus ``results/gain/notes.md``)."""
+    runs = load_runs()
+    records = comparisons(runs)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.json").write_text(json.dumps(records, indent=1) + "\n")
+    lines = ["# Gains over baselines on the benchmark protocols", "",
+             "Written by [`gain.py`](../../gain.py) from the run JSONs beside this file; protocols in",
+             "[`experiments/protocols/`](../../../protocols). Differences are method − baseline in mIoU points",
+             "(×100), paired by seed (same split, same labeled batches, same iterations). Training time leaves out",
+             "start-up and evaluation; it/s compares only runs of the same invocation on the same machine.", ""]
+    for protocol in sorted({r["protocol"] for r in runs}):
+        lines += [f"## Protocol {protocol}", ""]
+        lines += budget_section(protocol, runs)
+        for record in (r for r in records if r["protocol"] == protocol):
+            lines += comparison_section(record, runs)
+    notes = RUNS / "notes.md"
+    if notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
+    RUNS.mkdir(parents=True, exist_ok=True)
+    (RUNS / "README.md").write_text("\n".join(lines))
+    return records
+
+
+def _mean_of(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.mean(present) if present else None
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS))
+    parser.add_argument("--method", help="supervised_all_labels, a method (cps, cac) or <method>_control")
+    parser.add_argument("--baseline", default="supervised")
+    parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..S-1")
+    parser.add_argument("--iterations", type=int, help="default: the protocol config's train.steps")
+    parser.add_argument("--control", action="store_true", help="also run the method with its unlabeled weight 0")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the method's runs only (an ablation; repeatable)")
+    parser.add_argument("--table", action="store_true", help="only rebuild the README and summary.json")
+    args = parser.parse_args(argv)
+    os.chdir(REPO)  # the protocols' paths are relative to the repository root
+    if args.table:
+        write_outputs()
+        return 0
+    if not args.protocol or not args.method:
+        parser.error("--protocol and --method are required (or --table)")
+    protocol = PROTOCOLS[args.protocol]
+    if protocol.needs and not (REPO / protocol.needs).is_dir():
+        print(f"skipped: {REPO / protocol.needs} not found (protocol {args.protocol} needs it)", file=sys.stderr)
+        return 0
+    variants = [args.method] + ([f"{args.method}_control"] if args.control else [])
+    for variant in variants:
+        variant_overrides(protocol, variant)  # refuse an unknown method before anything runs
+    if args.iterations is None:
+        from raysemi.config import load_config
+
+        args.iterations = load_config(REPO / protocol.config).train.steps
+    baseline = None if args.method == args.baseline else args.baseline
+    for seed in range(args.seeds):
+        if baseline:
+            run_once(args.protocol, baseline, seed, args.iterations, None)
+        for variant in variants:
+            run_once(args.protocol, variant, seed, args.iterations, baseline, tuple(args.set))
+        write_outputs()
+    for record in write_outputs():
+        if record["protocol"] == args.protocol and record["method"] in variants:
+            print(f"{record['method']} - {record['baseline']} ({record['iterations']} it, seeds {record['seeds']}): "
+                  f"{100 * record['diff_mean']:+.1f} ± {100 * record['diff_std']:.1f} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
