@@ -112,7 +112,7 @@ def train_run(cfg) -> dict:
 
 
 def run_once(protocol_name: str, variant: str, seed: int, iterations: int, baseline: str | None,
-             extra: tuple[str, ...] = (), trainer: Callable[[object], dict] = train_run) -> dict:
+             extra: tuple[str, ...] = (), trainer: Callable[[object], dict] | None = None) -> dict:
     """One run's result, from its JSON when it finished before, else trained (or resumed) now and recorded."""
     name = run_name(variant, seed, iterations, extra)
     path = RUNS / protocol_name / f"{name}.json"
@@ -127,7 +127,7 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
                  f"train.steps={iterations}"]
     cfg = load_config(REPO / protocol.config, overrides)
     started = time.perf_counter()
-    summary = trainer(cfg)
+    summary = (trainer or train_run)(cfg)
     result = {
         "protocol": protocol_name, "method": variant, "baseline": baseline, "seed": seed, "iterations": iterations,
         "overrides": list(extra), "val_miou": round(summary["miou"], 4),

@@ -1,0 +1,136 @@
+"""The gain benchmark's arithmetic on hand-made run JSONs, and its resume after an interruption."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysemi.config import load_config
+from raysemi.data.dataset import open_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_gain():
+    """experiments/benchmarks/gain.py as a module (registered first: its dataclasses look themselves up)."""
+    spec = importlib.util.spec_from_file_location("gain_benchmark", REPO / "experiments" / "benchmarks" / "gain.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def gain(tmp_path, monkeypatch):
+    module = load_gain()
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(module, "RUNS", tmp_path / "results" / "gain")
+    monkeypatch.setattr(module, "WORK", tmp_path / "work")
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository root; this puts the cwd back afterwards
+    return module
+
+
+def write_run(gain, method, seed, miou, baseline=None, iou=None, overrides=(), iterations=600):
+    run = {"protocol": "p1", "method": method, "baseline": baseline, "seed": seed, "iterations": iterations,
+           "overrides": list(overrides), "val_miou": miou, "per_class_iou": iou or {"a": miou, "b": None},
+           "train_time_s": 100.0, "it_per_s": 6.0 if method == "supervised" else 2.0, "wall_time_s": 120.0,
+           "curve": [[300, miou - 0.05], [450, miou - 0.005], [600, miou]]}
+    path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, iterations, tuple(overrides))}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run))
+
+
+def test_summary_pairs_seeds_and_reports_mean_and_std_of_differences(gain):
+    write_run(gain, "supervised", 0, 0.30, iou={"a": 0.5, "b": 0.1})
+    write_run(gain, "supervised", 1, 0.32, iou={"a": 0.6, "b": None})
+    write_run(gain, "cps", 0, 0.36, "supervised", iou={"a": 0.7, "b": 0.2})
+    write_run(gain, "cps", 1, 0.35, "supervised", iou={"a": 0.6, "b": 0.1})
+    write_run(gain, "cps", 2, 0.40, "supervised")  # no baseline run for seed 2: left out of the pairing
+    write_run(gain, "cps", 0, 0.31, "supervised", overrides=("cps.weight=3",))  # an ablation: its own record
+
+    records = gain.write_outputs()
+
+    assert records == json.loads((gain.RESULTS / "summary.json").read_text())
+    plain, ablation = sorted(records, key=lambda r: "overrides" in r)
+    assert plain["seeds"] == [0, 1] and plain["miou"] == [0.36, 0.35] and plain["baseline_miou"] == [0.30, 0.32]
+    assert plain["diff_mean"] == pytest.approx(0.045)  # (0.06 + 0.03) / 2
+    assert plain["diff_std"] == pytest.approx(0.0212, abs=1e-4)  # sample std of 0.06 and 0.03: 0.015·√2
+    assert ablation["overrides"] == ["cps.weight=3"] and ablation["diff_mean"] == pytest.approx(0.01)
+    table = (gain.RUNS / "README.md").read_text()
+    assert "| 0 | 0.3000 | 0.3600 | +6.0 | 6.00 | 2.00 |" in table
+    assert "**+4.5 ± 2.1 points**" in table and "time per iteration 3.00× the baseline's" in table
+    assert "| a | 0.5500 | 0.6500 | +10.0 |" in table  # class a: baseline mean 0.55, method mean 0.65
+    assert "| b | 0.1000 | 0.1500 | +5.0 |" in table  # absent (None) values are left out of the means
+
+
+def test_headroom_record_and_budget_curve(gain):
+    for seed, (k, everything) in enumerate([(0.26, 0.55), (0.24, 0.57)]):
+        write_run(gain, "supervised", seed, k)
+        write_run(gain, "supervised_all_labels", seed, everything, "supervised")
+    (record,) = gain.write_outputs()
+    assert (record["method"], record["baseline"]) == ("supervised_all_labels", "supervised")
+    assert record["diff_mean"] == pytest.approx(0.31)
+    assert "| 600 | 0 | 0.2600 | 300:0.210 450:0.255 600:0.260 | yes |" in (gain.RUNS / "README.md").read_text()
+
+
+def test_levelled_off_looks_at_the_last_quarter_only():
+    gain = load_gain()
+    assert gain.levelled_off([[100, 0.1], [700, 0.495], [800, 0.5]])  # 700 >= 600: within 0.005
+    assert not gain.levelled_off([[100, 0.1], [600, 0.48], [800, 0.5]])  # 600 is in the last quarter: 0.02
+    assert gain.step_times([{"step": 50, "steps_per_s": 1.0}, {"step": 100, "steps_per_s": 2.0},
+                            {"step": 150, "steps_per_s": 2.0}], 150) == {"train_time_s": 100.0, "it_per_s": 2.0}
+
+
+def test_an_interrupted_benchmark_resumes_without_rerunning_finished_runs(gain, monkeypatch):
+    trained = []
+
+    def fake_train(cfg):
+        if cfg.method == "cps" and cfg.run.seed == 1 and "cps-1" not in trained:
+            trained.append("cps-1")
+            raise KeyboardInterrupt  # the stop, in the middle of seed 1's method run
+        trained.append(f"{cfg.method}-{cfg.run.seed}")
+        run_dir = Path(cfg.run.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "steps_per_s": 4.0,
+                                                           "val": {"miou": 0.3}}) + "\n")
+        miou = 0.3 + 0.05 * (cfg.method == "cps")
+        return {"miou": miou, "iou": {"a": miou}}
+
+    monkeypatch.setattr(gain, "train_run", fake_train)
+    command = ["--protocol", "p1", "--method", "cps", "--seeds", "2", "--iterations", "8"]
+    with pytest.raises(KeyboardInterrupt):
+        gain.main(command)
+    assert trained == ["supervised-0", "cps-0", "supervised-1", "cps-1"]
+    assert gain.main(command) == 0
+    assert trained[4:] == ["cps-1"]  # only the interrupted run trains again
+    (record,) = json.loads((gain.RESULTS / "summary.json").read_text())
+    assert record["seeds"] == [0, 1] and record["diff_mean"] == pytest.approx(0.05)
+
+
+def test_protocol_configs_load_and_p2_holds_its_clip_out():
+    p1 = load_config(REPO / "experiments" / "protocols" / "p1_synthetic.yaml")
+    assert (p1.data.label_count, p1.data.synthetic.height, p1.data.synthetic.width) == (10, 144, 192)
+    assert p1.data.crop_size == (96, 128)  # smaller than the scenes: two crops of one scene differ
+    lines = {name: (REPO / "experiments" / "protocols" / "p2_camvid" / f"{name}.txt").read_text().splitlines()
+             for name in ("labeled", "unlabeled", "all_labeled", "val")}
+    clips = {name: {Path(line.split()[0]).name.split("_")[0] for line in text} for name, text in lines.items()}
+    assert clips["val"] == {"0006R0"} and len(lines["val"]) == 101
+    assert "0006R0" not in clips["all_labeled"] | clips["labeled"] | clips["unlabeled"]
+    assert (len(lines["labeled"]), len(lines["unlabeled"]), len(lines["all_labeled"])) == (12, 355, 367)
+
+
+def test_p2_protocol_reads_its_split_files():
+    root = REPO.parent / "shared" / "data" / "camvid-180x240"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found: CamVid is read from ../shared/data")
+    cfg = load_config(REPO / "experiments" / "protocols" / "p2_camvid.yaml", [f"data.root={root}"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        source = open_dataset(cfg.data)
+    assert (len(source.split.labeled), len(source.split.unlabeled), len(source.val)) == (12, 355, 101)
+    assert all(s.mask is None for s in source.split.unlabeled)
+    assert {s.image.name[:6] for s in source.val} == {"0006R0"}
