@@ -152,3 +152,24 @@ def test_a_method_and_its_baseline_get_the_same_labeled_batches(synthetic_root, 
     (baseline_spec, baseline), (method_spec, plan) = labeled_plan(), labeled_plan(f"method={method}")
     assert method_spec == baseline_spec and plan == baseline and len(plan) == 12 * 4
     assert labeled_plan("run.seed=4")[1] != baseline  # the seed does change the order
+
+
+def test_simformer_records_carry_novel_lists_and_the_oracle_of_each_seed(gain):
+    def weak_shot(method, seed, novel, baseline=None):
+        write_run(gain, method, seed, 0.4, baseline)
+        path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, 600)}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "miou_novel": novel, "miou_base": 0.5}))
+
+    for seed, (basic, full, oracle) in enumerate([(0.05, 0.12, 0.17), (0.03, 0.08, 0.15)]):
+        weak_shot("simformer_basic", seed, basic)
+        weak_shot("simformer_full", seed, full, "simformer_basic")
+        if seed == 0:  # seed 1 has no oracle run yet
+            weak_shot("simformer_oracle", seed, oracle, "simformer_basic")
+    full = next(r for r in gain.write_outputs() if r["method"] == "simformer_full")
+    assert full["novel_miou"] == [0.12, 0.08] and full["baseline_novel_miou"] == [0.05, 0.03]
+    assert full["oracle_novel_miou"] == [0.17, None]
+    # the share of the basic -> oracle gap closed, computable from the file: (0.12 - 0.05) / (0.17 - 0.05)
+    share = (full["novel_miou"][0] - full["baseline_novel_miou"][0]) / (
+        full["oracle_novel_miou"][0] - full["baseline_novel_miou"][0])
+    assert share == pytest.approx(0.5833, abs=1e-4)
+    assert gain.variant_overrides(gain.PROTOCOLS["p1"], "simformer_basic")[-1] == "simformer.distill_weight=0"

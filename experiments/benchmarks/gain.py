@@ -12,8 +12,9 @@ then rebuilds, from all run JSONs:
   baseline's val-mIoU curve and final mIoU by budget (how each protocol's budget was chosen);
 - ``results/summary.json``: one record per comparison, ``{"protocol", "method", "baseline", "iterations",
   "seeds", "miou", "baseline_miou", "diff_mean", "diff_std"}`` (lists in seed order; ``diff_*`` of
-  ``miou - baseline_miou``), plus ``"overrides"`` for an ablation. The headroom of a protocol is the record of
-  ``supervised_all_labels`` against ``supervised``.
+  ``miou - baseline_miou``), plus ``"overrides"`` for an ablation, and for weak-shot runs ``<group>_miou``,
+  ``baseline_<group>_miou`` and (SimFormer) ``oracle_<group>_miou`` lists (``novel``, ``base``). The headroom
+  of a protocol is the record of ``supervised_all_labels`` against ``supervised``.
 
 A finished run (its JSON exists) is never rerun; an interrupted one resumes from its run directory's newest
 checkpoint (``train.checkpoint_every`` in the protocol), so re-running the same command after a stop loses
@@ -27,6 +28,8 @@ Usage (from the repository root)::
     python experiments/benchmarks/gain.py --protocol p1 --method cps --control --seeds 3
     python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.temperature=0.2
     python experiments/benchmarks/gain.py --protocol p1 --method supervised --iterations 300 --seeds 2  # budget
+    python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_basic
+    python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
     python experiments/benchmarks/gain.py --table                                      # rebuild outputs only
 """
 
@@ -60,23 +63,39 @@ class Protocol:
 
 # The unlabeled term's weight of each method, set to 0 by its control.
 CONTROLS = {"cps": ("cps.weight=0",), "cac": ("cac.weight=0",)}
+# SimFormer's variants (every image, novel classes known from tags): full is compared with basic, and each
+# record adds the oracle run of the same seed (novel masks too), so the share of the gap closed is computable.
+SIMFORMER_BASIC = ("simformer.complementary_weight=0", "simformer.similarity_weight=0", "simformer.distill_weight=0")
+ORACLES = {"simformer_full": "simformer_oracle"}
 
+
+def simformer_variants(all_labels: tuple[str, ...], novel: str) -> dict[str, tuple[str, ...]]:
+    common = ("method=simformer", *all_labels, f"simformer.novel={novel}")
+    return {"simformer_full": common, "simformer_basic": common + SIMFORMER_BASIC,
+            "simformer_oracle": common + ("simformer.oracle=true",)}
+
+
+P1_ALL_LABELS = ("data.label_count=null", "data.label_fraction=1.0")
+P2_ALL_LABELS = ("data.labeled_split=experiments/protocols/p2_camvid/all_labeled.txt", "data.unlabeled_split=null")
 PROTOCOLS = {
     "p1": Protocol(
         config="experiments/protocols/p1_synthetic.yaml",
-        all_labels=("data.label_count=null", "data.label_fraction=1.0"),
+        all_labels=P1_ALL_LABELS,
         methods={
             "cps": ("method=cps", "cps.rampup_steps=150"),
             "cac": ("method=cac", "cac.start_step=50", "cac.rampup_steps=100"),
+            # two of the five shapes novel: square and ring
+            **simformer_variants(P1_ALL_LABELS, "[2,4]"),
         },
     ),
     "p2": Protocol(
         config="experiments/protocols/p2_camvid.yaml",
-        all_labels=("data.labeled_split=experiments/protocols/p2_camvid/all_labeled.txt",
-                    "data.unlabeled_split=null"),
+        all_labels=P2_ALL_LABELS,
         methods={
             "cps": ("method=cps", "cps.rampup_steps=250"),
             "cac": ("method=cac", "cac.start_step=100", "cac.rampup_steps=150", "cac.queue_steps=4"),
+            # Car alone novel (the three-class split, Car, Pedestrian and Bicyclist, is issue 20's next step)
+            **simformer_variants(P2_ALL_LABELS, "[8]"),
         },
         needs="../shared/data/camvid-180x240",
     ),
@@ -180,11 +199,15 @@ def comparisons(runs: list[dict]) -> list[dict]:
         pairs = [(r, index.get((protocol, baseline, r["seed"], iterations, ()))) for r in group]
         pairs = sorted(((r, b) for r, b in pairs if b), key=lambda pair: pair[0]["seed"])
         if pairs:
-            records.append(comparison_record(protocol, method, baseline, iterations, overrides, pairs))
+            oracle = ORACLES.get(method)
+            oracles = [index.get((protocol, oracle, r["seed"], iterations, ())) for r, _ in pairs] if oracle else []
+            records.append(comparison_record(protocol, method, baseline, iterations, overrides, pairs, oracles))
     return records
 
 
-def comparison_record(protocol, method, baseline, iterations, overrides, pairs) -> dict:
+def comparison_record(protocol, method, baseline, iterations, overrides, pairs, oracles=()) -> dict:
+    """The summary record of ``pairs`` (``[(method run, baseline run)]`` in seed order); ``oracles`` (the
+    oracle run of each seed, or None) add ``oracle_<group>_miou`` lists beside the group mIoUs."""
     miou = [r["val_miou"] for r, _ in pairs]
     baseline_miou = [b["val_miou"] for _, b in pairs]
     diffs = [m - b for m, b in zip(miou, baseline_miou)]
@@ -200,6 +223,8 @@ def comparison_record(protocol, method, baseline, iterations, overrides, pairs) 
         name = group.removeprefix("miou_")
         record[f"{name}_miou"] = [r.get(group) for r, _ in pairs]
         record[f"baseline_{name}_miou"] = [b.get(group) for _, b in pairs]
+        if oracles:
+            record[f"oracle_{name}_miou"] = [o.get(group) if o else None for o in oracles]
     return record
 
 
@@ -294,7 +319,8 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS))
-    parser.add_argument("--method", help="supervised_all_labels, a method (cps, cac) or <method>_control")
+    parser.add_argument("--method", help="supervised_all_labels, a method (cps, cac, simformer_full, ...) or "
+                                         "<method>_control")
     parser.add_argument("--baseline", default="supervised")
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..S-1")
     parser.add_argument("--iterations", type=int, help="default: the protocol config's train.steps")
