@@ -80,8 +80,9 @@ def test_headroom_record_and_budget_curve(gain):
 
 def test_levelled_off_looks_at_the_last_quarter_only():
     gain = load_gain()
-    assert gain.levelled_off([[100, 0.1], [700, 0.495], [800, 0.5]])  # 700 >= 600: within 0.005
-    assert not gain.levelled_off([[100, 0.1], [600, 0.48], [800, 0.5]])  # 600 is in the last quarter: 0.02
+    assert gain.levelled_off([[100, 0.1], [700, 0.52], [800, 0.5]])  # 700 >= 600: a band of 0.02 (±1 point)
+    assert not gain.levelled_off([[100, 0.1], [600, 0.479], [800, 0.5]])  # 600 is in the last quarter: 0.021
+    assert not gain.levelled_off([[100, 0.1], [700, 0.49], [750, 0.515], [800, 0.5]])  # 0.025 wide
     assert gain.step_times([{"step": 50, "steps_per_s": 1.0}, {"step": 100, "steps_per_s": 2.0},
                             {"step": 150, "steps_per_s": 2.0}], 150) == {"train_time_s": 100.0, "it_per_s": 2.0}
 
