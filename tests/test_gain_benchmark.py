@@ -174,3 +174,12 @@ def test_simformer_records_carry_novel_lists_and_the_oracle_of_each_seed(gain):
         full["oracle_novel_miou"][0] - full["baseline_novel_miou"][0])
     assert share == pytest.approx(0.5833, abs=1e-4)
     assert gain.variant_overrides(gain.PROTOCOLS["p1"], "simformer_basic")[-1] == "simformer.distill_weight=0"
+
+
+def test_pairs_of_different_code_versions_are_flagged(gain):
+    write_run(gain, "supervised", 0, 0.30)
+    write_run(gain, "cps", 0, 0.36, "supervised")
+    path = gain.RUNS / "p1" / "cps-seed0-it600.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "commit": "abc1234"}))
+    gain.write_outputs()
+    assert "**Seeds [0] compare runs of different code versions**" in (gain.RUNS / "README.md").read_text()

@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -156,12 +157,23 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
         "wall_time_s": round(time.perf_counter() - started, 1),
         "curve": [[r["step"], round(r["val"]["miou"], 4)] for r in read_metrics(run_dir) if "val" in r],
         "date": time.strftime("%Y-%m-%d"),
+        "commit": code_version(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(path)  # a run counts as finished only once its whole JSON is there
     return result
+
+
+def code_version() -> str:
+    """The repository's commit (``+changes`` when the work tree differs from it): a method and its baseline
+    compare like with like only when they ran the same code."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--", "raysemi") else "")
 
 
 def step_times(records: list[dict], iterations: int) -> dict:
@@ -253,10 +265,14 @@ def comparison_section(record: dict, runs: list[dict]) -> list[str]:
         lines.append(f"| {r['seed']} | {bm:.4f} | {m:.4f} | {100 * (m - bm):+.1f} | {_fmt(b['it_per_s'], 2)} "
                      f"| {_fmt(r['it_per_s'], 2)} |")
     ratio = statistics.mean(b["it_per_s"] / r["it_per_s"] for r, b in pairs if r["it_per_s"] and b["it_per_s"])
+    mixed = [r["seed"] for r, b in pairs if r.get("commit") != b.get("commit")]
     lines += ["", f"Difference: **{100 * record['diff_mean']:+.1f} ± {100 * record['diff_std']:.1f} points** "
               f"(mean ± std over {len(pairs)} paired seeds); time per iteration {ratio:.2f}× the baseline's "
               f"(training time {statistics.mean(r['train_time_s'] for r, _ in pairs):.0f} s against "
               f"{statistics.mean(b['train_time_s'] for _, b in pairs):.0f} s).", ""]
+    if mixed:
+        lines += [f"**Seeds {mixed} compare runs of different code versions** (see each run's `commit`): rerun the "
+                  "baseline (delete its JSON) before reading a small difference.", ""]
     return lines + per_class_table(pairs) + [""]
 
 
@@ -266,7 +282,7 @@ def budget_section(protocol: str, runs: list[dict]) -> list[str]:
     if not base:
         return []
     lines = [f"### {protocol}: the supervised(k) budget", "",
-             "| iterations | seed | final mIoU | val mIoU along the run | levelled off (last quarter within ±1 point) |",
+             "| iterations | seed | final mIoU | val mIoU along the run | levelled (last quarter within ±1 point) |",
              "|---|---|---|---|---|"]
     for r in sorted(base, key=lambda r: (r["iterations"], r["seed"])):
         curve = " ".join(f"{step}:{miou:.3f}" for step, miou in r["curve"])
