@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from raysemi.data.formats import Sample, open_format
-from raysemi.data.splits import make_split, write_split_file
+from raysemi.data.splits import complement, make_split, write_split_file
 
 HELD_OUT_CLIP = "0006R0"
 OUT = Path(__file__).resolve().parent / "p2_camvid"
@@ -32,18 +32,22 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data/camvid-180x240")
     parser.add_argument("--labels", type=int, default=12, help="labeled images drawn from the training pool")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labeled-clip", help="draw the labeled images from this clip only (e.g. 0001TP)")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     reader = open_format("generic", Path(args.root))
     train, val = reader.samples("train"), reader.samples("val")
     held_out = [s for s in train if clip(s) == HELD_OUT_CLIP]
     pool = [s for s in train + val if clip(s) != HELD_OUT_CLIP]
-    split = make_split(pool, count=args.labels, seed=args.seed)
-    write_split_file(OUT / "labeled.txt", split.labeled, reader.root)
-    write_split_file(OUT / "unlabeled.txt", [Sample(s.image, None) for s in split.unlabeled], reader.root)
-    write_split_file(OUT / "all_labeled.txt", pool, reader.root)
-    write_split_file(OUT / "val.txt", held_out, reader.root)
-    print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled, {len(held_out)} held-out "
-          f"({HELD_OUT_CLIP}) -> {OUT}")
+    candidates = [s for s in pool if clip(s) == args.labeled_clip] if args.labeled_clip else pool
+    labeled = make_split(candidates, count=args.labels, seed=args.seed).labeled
+    unlabeled = complement(pool, labeled)
+    write_split_file(args.out / "labeled.txt", labeled, reader.root)
+    write_split_file(args.out / "unlabeled.txt", [Sample(s.image, None) for s in unlabeled], reader.root)
+    write_split_file(args.out / "all_labeled.txt", pool, reader.root)
+    write_split_file(args.out / "val.txt", held_out, reader.root)
+    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(held_out)} held-out ({HELD_OUT_CLIP}) "
+          f"-> {args.out}")
 
 
 if __name__ == "__main__":
