@@ -107,6 +107,8 @@ class TrainConfig(Section):
     log_every: int = Field(100, ge=1)
     amp: bool = True  # mixed precision, used only on CUDA
     torch_threads: int | None = Field(None, ge=1)  # per worker; default: the worker's CPUs
+    # the watchdog: a run that waits this long for a batch (or a worker group) ends with the reason; 0: off
+    stall_timeout_s: float = Field(600.0, ge=0.0)
 
 
 class EvalConfig(Section):

@@ -140,20 +140,29 @@ def test_a_failing_trial_is_retried_then_recorded_and_the_sweep_goes_on(syntheti
     assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["failed"] == 1
 
 
-def test_a_grid_sweep_runs_each_method_on_its_own_split(synthetic_root, tmp_path, ray_local):
+def test_a_grid_sweep_runs_each_method_on_its_own_split(synthetic_root, tmp_path, ray_local, capsys):
+    """Also issue 24's command: the default layout (one 1-CPU worker a trial) on a 2-CPU Ray hung after 10
+    steps; its trials now run in local mode, and a stall would end a trial after 60 s rather than never."""
     from raysemi.cli import main
 
     sweep_dir = tmp_path / "sweep"
-    overrides = [f"{o}" for o in _overrides(synthetic_root)] + ["tracking.wandb.mode=offline"]
+    overrides = [o for o in _overrides(synthetic_root) if o != "scaling.num_workers=0"]
+    overrides += ["tracking.wandb.mode=offline", "train.stall_timeout_s=60"]
     status = main(["sweep", "--methods", "supervised", "--fractions", "1/4,1/2", "--seeds", "3",
                    "--out", str(sweep_dir), *overrides])
     assert status == 0
+    assert ("a supervised trial with 1 worker(s) x 1 CPU needs 2.25 CPU (0.25 for its driver, the workers', 1 CPU "
+            "per data stream) and this Ray has 2 CPU; the trials run in local mode (scaling.num_workers=0, 1.25 "
+            "CPU)") in capsys.readouterr().out
+    statuses = [t["status"] for t in json.loads((sweep_dir / "summary.json").read_text())["trials"]]
+    assert statuses == ["finished", "finished"]
     for fraction, labeled in (("1_4", 6), ("1_2", 12)):  # 24 synthetic train images
         split = sweep_dir / "splits" / f"{fraction}-seed3"
         assert len((split / "labeled.txt").read_text().splitlines()) == labeled
         run_dir = sweep_dir / "trials" / f"supervised-{fraction}-seed3"
         assert (run_dir / "labeled.txt").read_text() == (split / "labeled.txt").read_text()
         assert _config_of(run_dir)["run"]["seed"] == 3 and (run_dir / "summary.json").is_file()
+        assert _config_of(run_dir)["scaling"]["num_workers"] == 0
         assert list((run_dir / "wandb").glob("offline-run-*"))  # one W&B run per trial
     report = (sweep_dir / "report" / "summary.csv").read_text()
     assert "supervised" in report and "1/4" in report and "1/2" in report

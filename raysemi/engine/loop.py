@@ -39,6 +39,7 @@ from raysemi.engine.evaluate import (
 from raysemi.engine.mirror import mirror_for
 from raysemi.engine.optim import build_optimizer
 from raysemi.engine.rundir import write_json
+from raysemi.engine.watchdog import StallError, watched
 from raysemi.errors import RaysemiError
 from raysemi.methods import Method, build_method
 from raysemi.models import unwrap
@@ -107,6 +108,8 @@ class TrainingRun:
         self.last_val: dict[str, Any] | None = None
         self.final_report: dict[str, Any] | None = None
         self.first_val_batch: RawBatch | None = None
+        stall = cfg.train.stall_timeout_s  # each wait for data ends after this long (0: never)
+        self.streams = {name: watched(stream, f"data stream '{name}'", stall) for name, stream in env.streams.items()}
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device)
@@ -152,7 +155,14 @@ class TrainingRun:
             say(f"initialised {', '.join(shared)} from {checkpoint.path}")
 
     def fit(self) -> dict[str, Any] | None:
-        """Train to ``train.steps``; rank 0 returns (and writes) the summary."""
+        """Train to ``train.steps``; rank 0 returns (and writes) the summary. A wait for data longer than
+        ``train.stall_timeout_s`` ends the run with :class:`StallError` (see :meth:`_stalled`)."""
+        try:
+            return self._fit()
+        except StallError as stall:
+            raise self._stalled(stall) from None
+
+    def _fit(self) -> dict[str, Any] | None:
         self._skip_consumed_batches()
         timer = _IntervalTimer()
         sums: dict[str, torch.Tensor] = {}
@@ -160,7 +170,7 @@ class TrainingRun:
             model.train()
         while self.step < self.cfg.train.steps:
             with timer.waiting():
-                raw = {name: next(stream) for name, stream in self.env.streams.items()}
+                raw = {name: next(stream) for name, stream in self.streams.items()}
             logged = self._train_step({name: prepare_batch(b, self.env.device) for name, b in raw.items()})
             self.step += 1
             timer.tick(sum(len(b["image"]) for b in raw.values()) * self.env.world_size)
@@ -227,7 +237,8 @@ class TrainingRun:
         """mIoU over the whole val set: each worker evaluates its shard; the confusion matrices are summed."""
         self._sync_buffers()
         model = self.method.eval_model(self.models)
-        raw_batches = self._keeping_first(self.env.val_batches())
+        raw_batches = self._keeping_first(watched(iter(self.env.val_batches()), "the val data (evaluation)",
+                                                  self.cfg.train.stall_timeout_s))
         batches = (with_box_channels(prepare_batch(b, self.env.device)) for b in raw_batches)
         confusion = evaluate(model, batches, len(self.run.class_names), self.cfg.eval, self.run.ignore_index)
         confusion.matrix = confusion.matrix.to(self.env.device)
@@ -265,6 +276,22 @@ class TrainingRun:
                 for buffer in unwrap(model).buffers():
                     dist.broadcast(buffer, src=0)
 
+    def _stalled(self, stall: StallError) -> StallError:
+        """The run's one-line end after a stall, once its progress is saved: a single worker checkpoints the
+        steps done since the last checkpoint (with several, the others may be stalled in a collective, so the
+        newest checkpoint stays as it is); the same command resumes from it."""
+        if self.env.world_size == 1 and self.step > self._checkpoint_step():
+            self._checkpoint()
+        resume = (f"the same command resumes from step {self._checkpoint_step()}" if self.last_checkpoint
+                  else "no checkpoint yet: the same command starts again")
+        return StallError(
+            f"train.stall_timeout_s={self.cfg.train.stall_timeout_s:g}: {stall} at step {self.step}/"
+            f"{self.cfg.train.steps} (Ray Data may have no free CPU to decode on: free some, or use "
+            f"scaling.num_workers=0); {self.run.run_dir} keeps its checkpoints and {resume}")
+
+    def _checkpoint_step(self) -> int:
+        return int(self.last_checkpoint.read_meta()["step"]) if self.last_checkpoint else 0
+
     def _checkpoint(self) -> None:
         if self.is_chief:
             eval_model = self.method.eval_model(self.models)
@@ -295,7 +322,7 @@ class TrainingRun:
     def _skip_consumed_batches(self) -> None:
         """After an in-run restart the streams start at the plan's first step; skip to the checkpoint's."""
         for _ in range(self.step - self.env.plan_start_step):
-            for stream in self.env.streams.values():
+            for stream in self.streams.values():
                 next(stream)
 
     def _finish(self) -> dict[str, Any] | None:

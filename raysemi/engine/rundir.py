@@ -23,7 +23,8 @@ from raysemi.engine.storage import storage_errors
 from raysemi.errors import ConfigError
 
 # Keys that may change between an interrupted run and its resumption.
-RESUMABLE_KEYS = {"scaling", "tracking", "run.dir", "run.name", "run.sync_to", "train.log_every", "data.verify"}
+RESUMABLE_KEYS = {"scaling", "tracking", "run.dir", "run.name", "run.sync_to", "train.log_every",
+                  "train.stall_timeout_s", "data.verify"}
 
 
 def run_directory(cfg: Config) -> Path:

@@ -8,6 +8,8 @@ on a multi-node cluster ``run.dir`` must be on storage every node sees.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -20,6 +22,8 @@ import ray.tune
 import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.constants import DEFAULT_WORKER_GROUP_START_TIMEOUT_S, WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysemi.config import Config
@@ -28,6 +32,7 @@ from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_
 from raysemi.engine.mirror import mirror_for
 from raysemi.engine.rundir import prepare_run_dir, read_summary, run_directory, write_json
 from raysemi.engine.storage import check_run_storage, run_storage_bytes
+from raysemi.engine.watchdog import StallError
 from raysemi.errors import ConfigError, find_user_error
 from raysemi.methods import Method, build_method
 from raysemi.methods.self_correction import stage_configs
@@ -115,7 +120,8 @@ def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], dataset
         run_config=RunConfig(
             name=run_dir.name,
             storage_path=str(run_dir / "ray"),
-            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures,
+                                         controller_failure_limit=worker_group_start_retries(cfg)),
             callbacks=[TuneReportWith(tune_metric)] if tune_metric else None,
         ),
         datasets=datasets,
@@ -123,10 +129,45 @@ def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], dataset
     try:
         trainer.fit()
     except Exception as exc:
+        if unplaced_worker_group(exc):
+            raise worker_group_stall(cfg) from None
         user_error = find_user_error(exc)
         if user_error is not None:
             raise user_error from None
         raise
+
+
+def worker_group_start_timeout_s() -> float:
+    """How long Ray Train waits for a worker group's placement before it tries again (Ray's own setting)."""
+    return float(os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
+
+
+def worker_group_start_retries(cfg: Config) -> int:
+    """The watchdog on the driver's side: Ray Train retries a worker group it cannot place without end (its
+    ``controller_failure_limit`` is -1), so a cluster whose CPUs or GPUs are taken by other jobs would keep the
+    run waiting forever. Allow the tries that fit in ``train.stall_timeout_s`` (at least one), or -1 when off:
+    600 s with Ray's 60 s a try is 10 tries, 9 retries."""
+    timeout = cfg.train.stall_timeout_s
+    if timeout == 0:
+        return -1
+    return max(math.ceil(timeout / worker_group_start_timeout_s()) - 1, 0)
+
+
+def unplaced_worker_group(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ray Train giving up on placing the worker group."""
+    return isinstance(getattr(exc, "controller_failure", None), WorkerGroupStartupTimeoutError)
+
+
+def worker_group_stall(cfg: Config) -> StallError:
+    s = cfg.scaling
+    each = f"{s.cpus_per_worker:g} CPU" + (" + 1 GPU" if s.use_gpu else "")
+    waited = (worker_group_start_retries(cfg) + 1) * worker_group_start_timeout_s()
+    free = {k: round(v, 2) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+    return StallError(
+        f"train.stall_timeout_s={cfg.train.stall_timeout_s:g}: waited {waited:g} s for a worker group of "
+        f"{s.num_workers} workers x ({each}) that this Ray could not place (free now: {free}); free those "
+        "resources, lower scaling.num_workers, or use scaling.num_workers=0; the same command resumes from the "
+        "newest checkpoint")
 
 
 def train_in_tune_trial(loop_config: dict[str, Any], datasets: dict, tune_metric: str) -> None:

@@ -37,6 +37,7 @@ from raysemi.ray.train import init_ray, train
 from raysemi.sweeps import Distribution, SweepSpec, apply_values
 
 DRIVER_CPUS = 0.25  # a trial's own process: it drives its TorchTrainer (or, in local mode, trains)
+LOCAL_DATA_CPUS = 1.0  # free CPUs a local-mode trial's streams need (measured: cps's two run on 1.75)
 TRIALS_DIR = "trials"
 
 
@@ -107,6 +108,51 @@ def concurrency(cfg: Config, num_streams: int, cluster: dict[str, float]) -> int
     return max(limit, 1)
 
 
+def trial_needs(cfg: Config, num_streams: int) -> dict[str, float]:
+    """The CPUs and GPUs one trial must find free to make progress. With workers: the driver's quarter CPU, the
+    workers' CPUs and GPUs, and one whole CPU per data stream (see :func:`raysemi.ray.train.check_cpu_budget`;
+    measured here, the default layout's one worker on 2 CPUs leaves its one stream 0.75 CPU and hangs). In
+    local mode the streams are not held to whole CPUs (Ray Train reserves nothing there; measured, ``cps``'s
+    two streams run on the 1.75 CPUs a 2-CPU machine leaves): the driver and one CPU for data."""
+    s = cfg.scaling
+    if s.num_workers == 0:
+        return {"CPU": DRIVER_CPUS + LOCAL_DATA_CPUS, **({"GPU": 1.0} if s.use_gpu else {})}
+    needs = {"CPU": DRIVER_CPUS + s.num_workers * s.cpus_per_worker + max(num_streams, 1)}
+    return {**needs, **({"GPU": float(s.num_workers)} if s.use_gpu else {})}
+
+
+def plan_layout(cfg: Config, cluster: dict[str, float]) -> Config:
+    """``cfg`` if one of its trials fits ``cluster`` (Ray's resource totals), else ``cfg`` in local mode
+    (``scaling.num_workers=0``, said in one line) if that fits; else a one-line :class:`ConfigError` naming
+    what a trial needs and what the cluster has. Skipped for an explicit ``scaling.address``, whose cluster
+    may autoscale (the watchdog, ``train.stall_timeout_s``, bounds the wait there)."""
+    if cfg.scaling.address:
+        return cfg
+    streams = len(stream_names(cfg))
+    needs = trial_needs(cfg, streams)
+    has = {key: cluster.get(key, 0.0) for key in needs}
+    if fits(needs, has):
+        return cfg
+    local = apply_values(cfg, {"scaling.num_workers": 0})
+    local_needs = trial_needs(local, streams)
+    layout = (f"a {cfg.method} trial with {cfg.scaling.num_workers} worker(s) x {cfg.scaling.cpus_per_worker:g} CPU "
+              f"needs {amounts(needs)} ({DRIVER_CPUS:g} for its driver, the workers', 1 CPU per data stream) and "
+              f"this Ray has {amounts(has)}")
+    if cfg.scaling.num_workers and fits(local_needs, has):
+        say(f"scaling: {layout}; the trials run in local mode (scaling.num_workers=0, {amounts(local_needs)})")
+        return local
+    raise ConfigError(f"scaling: {layout}, too few even in local mode ({amounts(local_needs)}); lower "
+                      "scaling.num_workers or scaling.cpus_per_worker, or give Ray more CPUs/GPUs")
+
+
+def fits(needs: dict[str, float], has: dict[str, float]) -> bool:
+    return all(has.get(key, 0.0) >= amount for key, amount in needs.items())
+
+
+def amounts(resources: dict[str, float]) -> str:
+    return " + ".join(f"{amount:g} {key}" for key, amount in resources.items())
+
+
 # ---- hyperparameter search (raysemi tune) ----
 
 
@@ -134,15 +180,19 @@ def point_name(point: dict[str, Any]) -> str:
 
 def search(base: Config, spec: SweepSpec, sweep_dir: Path, resume: bool = False) -> list[TrialOutcome]:
     """``raysemi tune``: for each grid point, ``spec.samples`` Optuna trials under ASHA (or FIFO)."""
-    sweep_dir = start_sweep(sweep_dir, resume, {"base.yaml": base.model_dump(mode="json"),
-                                                "sweep.yaml": spec.model_dump(mode="json")})
+    files = {"base.yaml": base.model_dump(mode="json"), "sweep.yaml": spec.model_dump(mode="json")}
+    sweep_dir = check_sweep_dir(sweep_dir, resume)
     init_ray(base)
     if spec.steps:
         base = apply_values(base, {"train.steps": spec.steps})
+    points = grid_points(spec)
+    widest = max((apply_values(base, p) for p in points), key=lambda c: len(stream_names(c)))
+    workers = {"scaling.num_workers": plan_layout(widest, ray.cluster_resources()).scaling.num_workers}
+    start_sweep(sweep_dir, resume, files)
     searched = {key: tune_domain(d) for key, d in spec.space.items() if d.kind != "grid"}
     outcomes = []
-    for point in grid_points(spec):
-        point_base = apply_values(base, point)
+    for point in points:
+        point_base = apply_values(base, {**point, **workers})
         tune_config = tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, num_samples=spec.samples if searched else 1,
             search_alg=OptunaSearch(seed=base.run.seed) if searched else None,
@@ -176,14 +226,17 @@ def grid_sweep(base: Config, methods: list[str], fractions: list[str], seeds: li
                resume: bool = False, retries: int = 0) -> list[TrialOutcome]:
     """``raysemi sweep``: every method at every label fraction and seed, each split written by the split
     tool once per (fraction, seed) under ``<sweep>/splits``; every trial runs to ``train.steps``."""
-    sweep_dir = start_sweep(sweep_dir, resume, {"base.yaml": base.model_dump(mode="json"),
-                                                "grid.yaml": {"methods": methods, "fractions": fractions,
-                                                              "seeds": seeds}})
+    files = {"base.yaml": base.model_dump(mode="json"),
+             "grid.yaml": {"methods": methods, "fractions": fractions, "seeds": seeds}}
+    sweep_dir = check_sweep_dir(sweep_dir, resume)
     init_ray(base)
+    widest = max((apply_values(base, {"method": m}) for m in methods), key=lambda c: len(stream_names(c)))
+    widest = plan_layout(widest, ray.cluster_resources())  # one layout for all trials: the widest decides
+    base = apply_values(base, {"scaling.num_workers": widest.scaling.num_workers})
+    start_sweep(sweep_dir, resume, files)
     splits = write_splits(base, fractions, seeds, sweep_dir / "splits")
     param_space = {"method": tune.grid_search(methods), "fraction": tune.grid_search(fractions),
                    "seed": tune.grid_search(seeds)}
-    widest = max((apply_values(base, {"method": m}) for m in methods), key=lambda c: len(stream_names(c)))
     tune_config = tune.TuneConfig(
         metric="val_miou", mode="max", num_samples=1, scheduler=FIFOScheduler(),
         max_concurrent_trials=auto_concurrency(widest),
@@ -236,9 +289,9 @@ def grid_trial_name(trial) -> str:
 # ---- shared ----
 
 
-def start_sweep(sweep_dir: Path, resume: bool, files: dict[str, dict]) -> Path:
+def check_sweep_dir(sweep_dir: Path, resume: bool) -> Path:
     """The sweep folder (absolute: Tune stores by path). A new sweep needs an empty or new folder; ``--resume``
-    needs one that holds a sweep. Records what the sweep runs, for the reader."""
+    needs one that holds a sweep."""
     sweep_dir = sweep_dir.expanduser().resolve()
     holds_sweep = (sweep_dir / "base.yaml").is_file()
     if resume and not holds_sweep:
@@ -246,11 +299,15 @@ def start_sweep(sweep_dir: Path, resume: bool, files: dict[str, dict]) -> Path:
     if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
         hint = "pass --resume to continue it" if holds_sweep else "choose an empty or new folder"
         raise ConfigError(f"{sweep_dir} is not empty; {hint}")
+    return sweep_dir
+
+
+def start_sweep(sweep_dir: Path, resume: bool, files: dict[str, dict]) -> None:
+    """Create a new sweep's folder (checked by :func:`check_sweep_dir`) with what it runs, for the reader."""
     if not resume:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             (sweep_dir / name).write_text(yaml.safe_dump(content, sort_keys=False))
-    return sweep_dir
 
 
 def fit(name: str, trainable, base: Config, param_space: dict, tune_config: tune.TuneConfig, sweep_dir: Path,
