@@ -123,6 +123,7 @@ def test_protocol_configs_load_and_p2_holds_its_clip_out():
     assert clips["val"] == {"0006R0"} and len(lines["val"]) == 101
     assert "0006R0" not in clips["all_labeled"] | clips["labeled"] | clips["unlabeled"]
     assert (len(lines["labeled"]), len(lines["unlabeled"]), len(lines["all_labeled"])) == (12, 355, 367)
+    assert clips["labeled"] == {"0001TP"}  # the labels come from one clip (make_p2_camvid_splits.py says why)
 
 
 def test_p2_protocol_reads_its_split_files():

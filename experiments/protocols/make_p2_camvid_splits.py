@@ -2,13 +2,20 @@
 
 P2 is clip-disjoint: clip 0006R0 (101 frames of CamVid's train split) is held out of training and is the
 evaluation set; the training pool is every frame of the other clips, 0001TP (62) and 0016E5 (204 train + 101
-val frames) = 367 images. ``labeled.txt`` is a seeded draw of ``--labels`` images from the pool (the project's
-split tool, :func:`raysemi.data.splits.make_split`), ``unlabeled.txt`` the rest (images only),
+val frames) = 367 images. ``labeled.txt`` is a seeded draw of ``--labels`` images from clip ``--labeled-clip``
+(0001TP; the project's split tool, :func:`raysemi.data.splits.make_split`), ``unlabeled.txt`` the rest of the
+pool (images only),
 ``all_labeled.txt`` the whole pool with masks (the all-labels run), ``val.txt`` the held-out clip.
+
+Why the labels come from one clip: 12 labels drawn from the whole pool scored 0.345 on the held-out clip
+against 0.365 for all 367 (seed 0, 1,000 iterations): the pool's frames are so alike that 12 random ones
+carry nearly all it holds, leaving no headroom. 12 labels of the dusk clip 0001TP leave 13.2 ± 3.4 points,
+and unlabeled frames of the other clips then carry what the labels lack (the common case of annotating one
+drive and recording many).
 
 Usage (from the repository root)::
 
-    python experiments/protocols/make_p2_camvid_splits.py [--root ../shared/data/camvid-180x240] [--labels 12]
+    python experiments/protocols/make_p2_camvid_splits.py [--root ../shared/data/camvid-180x240] [--labels 12] [--labeled-clip 0001TP]
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data/camvid-180x240")
     parser.add_argument("--labels", type=int, default=12, help="labeled images drawn from the training pool")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--labeled-clip", help="draw the labeled images from this clip only (e.g. 0001TP)")
+    parser.add_argument("--labeled-clip", default="0001TP",
+                        help="draw the labeled images from this clip only ('' for the whole pool)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     reader = open_format("generic", Path(args.root))
