@@ -157,6 +157,9 @@ class CACConfig(Section):
     chunk_size: int = Field(2048, ge=1)  # negatives per chunk of the memory-efficient loss
     projection_dim: int = Field(128, ge=1)
     iou_range: tuple[float, float] = (0.1, 1.0)  # accepted IoU of the two crops, [low, high)
+    # the unlabeled image is resized so that its long side is r × the crop's long side, r drawn from this range
+    # (released code: 320 crops from long sides 320–800, i.e. [1.0, 2.5]); None: data.scale_range resizes it
+    region_range: tuple[float, float] | None = None
     # ablation switches (the paper's Table 3)
     projector: bool = True  # False: the loss works on the (L2-normalised) decoder features
     context: bool = True  # False: the same crop twice (independent flips and photometric augmentation)
@@ -173,6 +176,13 @@ class CACConfig(Section):
     def _iou_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0 <= value[0] < value[1] <= 1:
             raise ValueError(f"iou_range must be (low, high) with 0 <= low < high <= 1, got {list(value)}")
+        return value
+
+    @field_validator("region_range")
+    @classmethod
+    def _region_bounds(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"region_range must be (low, high) with 0 < low <= high, or null; got {list(value)}")
         return value
 
 
