@@ -228,11 +228,17 @@ class SimFormerConfig(Section):
     focal_weight: float = Field(20.0, ge=0.0)
     dice_weight: float = Field(1.0, ge=0.0)
     complementary_weight: float = Field(0.15, ge=0.0)
+    # the complementary loss's own focal and dice weights (released code: the mask loss's, 20 and 1) and
+    # whether it runs after every decoder layer (released: all) or the last only
+    complementary_focal_weight: float = Field(1.0, ge=0.0)
+    complementary_dice_weight: float = Field(1.0, ge=0.0)
+    complementary_layers: Literal["last", "all"] = "last"
     ignore_prob: float = Field(0.05, gt=0.0, lt=1.0)  # the constant "ignore" proposal of the complementary loss
     # pixel–pixel transfer
     points: int = Field(100, ge=1)  # J points per image
     inside_share: float = Field(0.75, ge=0.0, le=1.0)  # of them, the share drawn inside shared base classes
     similarity_weight: float = Field(1.0, ge=0.0)  # the head's class-balanced BCE on base pairs
+    detach_pair_features: bool = False  # the head's BCE does not reach the pixel embeddings (released BASE_DETACH)
     distill_weight: float = Field(0.1, ge=0.0)  # pulling novel score similarity toward the head
     head_hidden: int = Field(64, ge=1)
     head_blocks: int = Field(2, ge=0)
