@@ -159,6 +159,9 @@ class CACConfig(Section):
     chunk_size: int = Field(2048, ge=1)  # negatives per chunk of the memory-efficient loss
     projection_dim: int = Field(128, ge=1)
     iou_range: tuple[float, float] = (0.1, 1.0)  # accepted IoU of the two crops, [low, high)
+    # the unlabeled image is resized so that its long side is r × the crop's long side, r drawn from this range
+    # (released code: 320 crops from long sides 320–800, i.e. [1.0, 2.5]); None: data.scale_range resizes it
+    region_range: tuple[float, float] | None = None
     # ablation switches (the paper's Table 3)
     projector: bool = True  # False: the loss works on the (L2-normalised) decoder features
     context: bool = True  # False: the same crop twice (independent flips and photometric augmentation)
@@ -175,6 +178,13 @@ class CACConfig(Section):
     def _iou_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0 <= value[0] < value[1] <= 1:
             raise ValueError(f"iou_range must be (low, high) with 0 <= low < high <= 1, got {list(value)}")
+        return value
+
+    @field_validator("region_range")
+    @classmethod
+    def _region_bounds(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"region_range must be (low, high) with 0 < low <= high, or null; got {list(value)}")
         return value
 
 
@@ -220,11 +230,17 @@ class SimFormerConfig(Section):
     focal_weight: float = Field(20.0, ge=0.0)
     dice_weight: float = Field(1.0, ge=0.0)
     complementary_weight: float = Field(0.15, ge=0.0)
+    # the complementary loss's own focal and dice weights (released code: the mask loss's, 20 and 1) and
+    # whether it runs after every decoder layer (released: all) or the last only
+    complementary_focal_weight: float = Field(1.0, ge=0.0)
+    complementary_dice_weight: float = Field(1.0, ge=0.0)
+    complementary_layers: Literal["last", "all"] = "last"
     ignore_prob: float = Field(0.05, gt=0.0, lt=1.0)  # the constant "ignore" proposal of the complementary loss
     # pixel–pixel transfer
     points: int = Field(100, ge=1)  # J points per image
     inside_share: float = Field(0.75, ge=0.0, le=1.0)  # of them, the share drawn inside shared base classes
     similarity_weight: float = Field(1.0, ge=0.0)  # the head's class-balanced BCE on base pairs
+    detach_pair_features: bool = False  # the head's BCE does not reach the pixel embeddings (released BASE_DETACH)
     distill_weight: float = Field(0.1, ge=0.0)  # pulling novel score similarity toward the head
     head_hidden: int = Field(64, ge=1)
     head_blocks: int = Field(2, ge=0)

@@ -10,7 +10,7 @@ from torch import nn
 from raysemi.config import load_config
 from raysemi.data.overlapping_crops import OverlappingCrops, overlap_boxes
 from raysemi.losses import directional_alignment_loss, directional_contrastive_loss
-from raysemi.methods.cac import ContextAwareConsistency, _overlap
+from raysemi.methods.cac import ContextAwareConsistency, _overlap, crop_pair_stats
 
 
 def _unit(*rows):
@@ -161,10 +161,37 @@ def test_overlap_boxes_point_at_the_same_image_content():
     assert any(pair.flips.tolist() for pair in [crops(image, torch.Generator().manual_seed(s)) for s in range(5)])
 
 
-def test_crop_two_falls_back_to_crop_one_when_no_offset_fits_the_iou_range():
+def test_crop_two_takes_the_nearest_iou_when_no_offset_fits_the_range():
+    # 120x150 image, 64x96 crop: the closest non-zero offsets are one stride across, IoU 64*88/(2*64*96 - 64*88)
     crops = OverlappingCrops((64, 96), scale_range=(1.0, 1.0), iou_range=(0.99, 1.0), photometric=False)
-    pair = crops(_coordinate_image(), torch.Generator().manual_seed(0))
-    assert pair.boxes.tolist() == [[0, 0, 64, 96], [0, 0, 64, 96]]
+    for seed in range(5):
+        pair = crops(_coordinate_image(), torch.Generator().manual_seed(seed))
+        assert pair.iou == pytest.approx(5632 / 6656)
+        assert (pair.boxes[:, 2] - pair.boxes[:, 0]).tolist() == [64, 64]
+
+
+def test_pairs_are_never_identical_where_the_image_leaves_room():
+    # 72x104 image, 64x96 crop: only offsets of one stride fit (IoUs 56*96/6912, 64*88/6656, 56*88/7360)
+    crops = OverlappingCrops((64, 96), scale_range=(1.0, 1.0), photometric=False, hflip=False)
+    ious = {round(crops(_coordinate_image(72, 104), torch.Generator().manual_seed(s)).iou, 4) for s in range(100)}
+    assert ious == {round(5376 / 6912, 4), round(5632 / 6656, 4), round(4928 / 7360, 4)}
+    # an image exactly the crop's size leaves no room: the same crop twice
+    assert crops(_coordinate_image(64, 96), torch.Generator().manual_seed(0)).iou == 1.0
+
+
+def test_region_range_sets_the_long_side_relative_to_the_crop():
+    # r = 2 on a 120x150 image and a 64x96 crop: long side 2*96 = 192, so the image becomes 154x192 (the
+    # padded valid mask is all ones; the offsets reach (154-64)//8 and (192-96)//8 strides)
+    crops = OverlappingCrops((64, 96), region_range=(2.0, 2.0), photometric=False, hflip=False)
+    image_size = crops._scale_and_pad(_coordinate_image(), torch.Generator().manual_seed(0))[0].shape[-2:]
+    assert tuple(image_size) == (154, 192)
+    ious = [crops(_coordinate_image(), torch.Generator().manual_seed(s)).iou for s in range(200)]
+    assert all(0.1 <= iou < 1.0 for iou in ious)
+
+
+def test_crop_pair_stats_report_mean_iou_and_identical_share():
+    stats = crop_pair_stats(torch.tensor([1.0, 0.5, 0.25, 1.0]))
+    assert stats["crop_iou"].item() == pytest.approx(0.6875) and stats["crop_identical"].item() == 0.5
 
 
 def test_padding_is_marked_invalid():

@@ -105,3 +105,60 @@ def test_mean_eval_averages_softmaxes():
             m.eval()
         expected = (models["net1"](images)["logits"].softmax(1) + models["net2"](images)["logits"].softmax(1)) / 2
         assert torch.allclose(method.eval_model(models)(images).exp(), expected, atol=1e-6)
+
+
+# --- teacher passes and init (issue 19) ---------------------------------------------------------------------
+
+
+class _CountingNet(torch.nn.Module):
+    """A per-pixel 'segmenter' (1x1 conv + dropout) that counts its passes, with and without gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.dropout = torch.nn.Conv2d(3, 4, 1), torch.nn.Dropout(0.5)
+        self.drop_connect_enabled = True
+        self.passes = {"grad": 0, "no_grad": 0}
+        self.dropout_seen: list[bool] = []
+
+    def forward(self, images):
+        self.passes["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        self.dropout_seen.append(self.dropout.training and self.drop_connect_enabled)
+        return {"logits": self.dropout(self.conv(images))}
+
+
+def test_one_teacher_pass_per_network_without_dropout_rolled_for_the_second_image():
+    method = build_method(load_config(None, ["method=cps"]))
+    net1, net2 = _CountingNet(), _CountingNet()
+    images = torch.randn(4, 3, 8, 8)
+    torch.manual_seed(0)
+    mixed, teacher_1, _ = method._cutmix(net1, net2, images)
+    assert net1.passes == {"grad": 0, "no_grad": 1} and net2.passes == {"grad": 0, "no_grad": 1}
+    assert net1.dropout_seen == [False] and net1.dropout.training and net1.drop_connect_enabled  # restored
+    # the teacher equals the mix of the (dropout-free) predictions on the first and on the rolled images
+    torch.manual_seed(0)
+    masks = box_mask(4, 8, 8, method.options.prop_range, method.options.n_boxes)
+    plain = net1.conv(images).detach()
+    torch.testing.assert_close(teacher_1, mix(plain, plain.roll(1, 0), masks))
+    torch.testing.assert_close(mixed, mix(images, images.roll(1, 0), masks))
+
+
+def test_rolled_prediction_equals_the_prediction_on_the_rolled_batch_with_batchnorm_in_training_mode():
+    from raysemi.models import build_segmenter, without_dropout
+
+    net = build_segmenter(load_config().model, 3).train()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), without_dropout(net):
+        direct, rolled = net(images.roll(1, 0))["logits"], net(images)["logits"].roll(1, 0)
+    torch.testing.assert_close(direct, rolled, atol=1e-5, rtol=1e-4)
+
+
+def test_supervised_and_cps_heads_share_the_kaiming_fan_in_init():
+    # the classifier is a 1x1 conv from head_channels=64: std √(2/64) = 0.177; the same for both methods
+    stds = []
+    for name in ("supervised", "cps"):
+        method = build_method(load_config(None, [f"method={name}"]))
+        torch.manual_seed(0)
+        models = method.build_models(num_classes=200)
+        stds.append([model.classifier.weight.std().item() for model in models.values()])
+    for std in stds[0] + stds[1]:
+        assert std == pytest.approx(math.sqrt(2 / 64), rel=0.05)

@@ -86,6 +86,7 @@ def _crop_pairs(crops, n, generator):
         "valid_pixels": torch.stack([p.valid for p in pairs]),
         "crop_boxes": torch.stack([p.boxes for p in pairs]),
         "flips": torch.stack([p.flips for p in pairs]),
+        "crop_iou": torch.tensor([p.iou for p in pairs]),
     }
 
 

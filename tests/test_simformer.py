@@ -162,3 +162,31 @@ def test_pseudo_labels_fill_unknown_pixels_with_the_best_tagged_novel_class():
     assert novel_pseudo_label(scores, hidden, [2, 3]).tolist() == [[0, 2, 2], [3, 3, 1]]
     assert novel_pseudo_label(scores, hidden, [3]).tolist() == [[0, 3, 3], [3, 3, 1]]  # only its tags
     assert novel_pseudo_label(scores, hidden, []).tolist() == hidden.tolist()  # no novel tag: unknown stays
+
+
+# --- the released code's losses (issue 20) ------------------------------------------------------------------
+
+
+def test_detached_pair_features_keep_the_head_bce_out_of_the_pixel_embeddings():
+    no_distill = ("simformer.distill_weight=0", "simformer.complementary_weight=0")
+    torch.manual_seed(0)
+    models = _method(*no_distill).build_models(num_classes=4)
+    _, detached = _gradients(_method(*no_distill, "simformer.detach_pair_features=true"), models)
+    _, without = _gradients(_method(*no_distill, "simformer.similarity_weight=0"), models)
+    assert detached["similarity.embed.weight"].abs().sum() > 0  # the head still learns
+    key = "mask_former.pixel_decoder.embed.weight"
+    torch.testing.assert_close(detached[key], without[key])  # the embeddings see no BCE gradient
+
+
+def test_complementary_loss_on_every_layer_adds_the_auxiliary_layers_term():
+    # simformer.layers=2: one auxiliary layer; the weighted difference of the totals is the difference of the
+    # logged complementary losses, and the all-layer term is larger (each layer's term is positive)
+    keys = ("simformer.similarity_weight=0", "simformer.distill_weight=0", "simformer.complementary_weight=0.5")
+    torch.manual_seed(0)
+    models = _method(*keys).build_models(num_classes=4)
+    last, _ = _gradients(_method(*keys), models)
+    every, _ = _gradients(_method(*keys, "simformer.complementary_layers=all"), models)
+    assert every["loss_complementary"] > last["loss_complementary"] > 0
+    difference = every["loss"] - last["loss"]
+    assert difference.item() == pytest.approx(0.5 * (every["loss_complementary"] - last["loss_complementary"]).item(),
+                                              rel=1e-5)

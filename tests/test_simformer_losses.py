@@ -157,3 +157,19 @@ def test_complementary_loss_covers_the_non_base_region():
     loss.backward()
     assert loss.item() < 0.3 and claimed.grad[0].abs().sum() == 0
     assert complementary_loss(claimed, torch.tensor([], dtype=torch.long), base, valid).item() == 0.0
+
+
+def test_complementary_loss_weights_its_focal_and_dice_terms():
+    from raysemi.losses import complementary_loss
+
+    logits = torch.randn(3, 6, 7, generator=torch.Generator().manual_seed(0))
+    base = torch.zeros(6, 7, dtype=torch.bool)
+    base[:3] = True
+    valid = torch.ones(6, 7, dtype=torch.bool)
+    queries = torch.tensor([0, 2])
+    focal = complementary_loss(logits, queries, base, valid, 0.05, focal_weight=1.0, dice_weight=0.0)
+    dice = complementary_loss(logits, queries, base, valid, 0.05, focal_weight=0.0, dice_weight=1.0)
+    released = complementary_loss(logits, queries, base, valid, 0.05, focal_weight=20.0, dice_weight=1.0)
+    assert focal > 0 and dice > 0
+    assert released.item() == pytest.approx(20 * focal.item() + dice.item(), rel=1e-6)
+    assert complementary_loss(logits, queries, base, valid, 0.05).item() == pytest.approx(focal.item() + dice.item())

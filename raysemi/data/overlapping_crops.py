@@ -1,9 +1,14 @@
 """Two partially overlapping crops of one unlabeled image, for CAC's context-aware consistency.
 
-The image is resized by a random scale and padded (bottom/right) to at least the crop size; crop 1 is taken at
-a random position; crop 2's offset from crop 1 is a multiple of the feature ``stride`` (so the overlap lands on
-whole feature cells) and is redrawn until the crops' IoU lies in ``[iou_range[0], iou_range[1])``, at most
-``max_tries`` times, else crop 2 = crop 1. Each crop is then flipped left-right with probability 0.5 and gets its
+The image is resized and padded (bottom/right) to at least the crop size: by a factor drawn from
+``scale_range``, or, with ``region_range`` set, so that its long side is ``r`` times the crop's long side for
+``r`` drawn from ``region_range`` (the released CAC code crops 320 × 320 from images with a long side of
+320–800: ``r`` in [1, 2.5]); a region larger than the crop is what lets the two crops see different context.
+The pair is drawn uniformly among all pairs of crops inside the image whose offset is a non-zero multiple of
+the feature ``stride`` (so the overlap lands on whole feature cells) and whose IoU lies in
+``[iou_range[0], iou_range[1])``. If no offset gives such an IoU, the offsets whose IoU is nearest the range
+are used; crop 2 = crop 1 only when the image leaves no room for another crop (it is smaller than the crop
+plus one stride both ways). Each crop is then flipped left-right with probability 0.5 and gets its
 own photometric augmentation (Gaussian blur p=0.5 with σ in [0.1, 2.0]; colour jitter brightness/contrast/
 saturation 0.4 and hue 0.1, in random order, p=0.8; grayscale p=0.2), as in the reference implementation.
 
@@ -33,12 +38,14 @@ class CropPair:
         boxes: ``(2, 4)`` int64 overlap box ``(y0, x0, y1, x1)`` in crop 1's and crop 2's unflipped coordinates;
             both boxes have the same size and are multiples of the stride.
         flips: ``(2,)`` bool, whether each crop was flipped left-right.
+        iou: the two crops' IoU (1.0: the same crop twice).
     """
 
     images: torch.Tensor
     valid: torch.Tensor
     boxes: torch.Tensor
     flips: torch.Tensor
+    iou: float
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -72,10 +79,11 @@ class OverlappingCrops:
 
     Args:
         crop_size: ``(h, w)``, multiples of ``stride``.
-        scale_range: resize factor range.
+        scale_range: resize factor range (unused when ``region_range`` is set).
         iou_range: accepted IoU of the two crops, ``[low, high)``.
         stride: offsets between the crops are multiples of this (the feature stride the loss works at).
-        max_tries: redraws of crop 2 before falling back to crop 2 = crop 1.
+        region_range: ``(low, high)``, the resized image's long side over the crop's long side; None: resize by
+            ``scale_range``.
         photometric: apply blur/jitter/grayscale (False only for tests that compare pixels).
         same_crop: take crop 2 = crop 1 (CAC's "no context" ablation); flips and photometry stay independent.
     """
@@ -84,24 +92,30 @@ class OverlappingCrops:
     scale_range: tuple[float, float] = (0.5, 2.0)
     iou_range: tuple[float, float] = (0.1, 1.0)
     stride: int = 8
-    max_tries: int = 50
+    region_range: tuple[float, float] | None = None
     hflip: bool = True
     photometric: bool = True
     same_crop: bool = False
 
     @classmethod
     def from_config(
-        cls, data: DataConfig, iou_range: tuple[float, float], stride: int = 8, same_crop: bool = False
+        cls,
+        data: DataConfig,
+        iou_range: tuple[float, float],
+        stride: int = 8,
+        same_crop: bool = False,
+        region_range: tuple[float, float] | None = None,
     ) -> OverlappingCrops:
         return cls(
-            tuple(data.crop_size), tuple(data.scale_range), tuple(iou_range), stride, hflip=data.hflip,
+            tuple(data.crop_size), tuple(data.scale_range), tuple(iou_range), stride,
+            region_range=tuple(region_range) if region_range is not None else None, hflip=data.hflip,
             same_crop=same_crop,
         )
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> CropPair:
         image, valid = self._scale_and_pad(image, generator)
         corner_1, corner_2 = self._corners(image.shape[-2:], generator)
-        box_1, box_2, _ = overlap_boxes(corner_1, corner_2, self.crop_size)
+        box_1, box_2, iou = overlap_boxes(corner_1, corner_2, self.crop_size)
         crops, valids, flips = [], [], []
         for top, left in (corner_1, corner_2):
             crop = image[:, top : top + self.crop_size[0], left : left + self.crop_size[1]]
@@ -112,10 +126,13 @@ class OverlappingCrops:
             crops.append(photometric(crop, generator) if self.photometric else crop)
             valids.append(crop_valid)
             flips.append(flip)
-        return CropPair(torch.stack(crops), torch.stack(valids), torch.tensor([box_1, box_2]), torch.tensor(flips))
+        return CropPair(torch.stack(crops), torch.stack(valids), torch.tensor([box_1, box_2]), torch.tensor(flips), iou)
 
     def _scale_and_pad(self, image: torch.Tensor, generator: torch.Generator):
-        factor = _uniform(generator, *self.scale_range)
+        if self.region_range is None:
+            factor = _uniform(generator, *self.scale_range)
+        else:
+            factor = _uniform(generator, *self.region_range) * max(self.crop_size) / max(image.shape[-2:])
         size = [max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))]
         image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
         valid = torch.ones(size, dtype=torch.uint8)
@@ -126,20 +143,38 @@ class OverlappingCrops:
         return image, valid
 
     def _corners(self, image_size, generator: torch.Generator):
-        """Top-left corners of crop 1 and crop 2 in the padded image."""
-        (height, width), (crop_h, crop_w), s = image_size, self.crop_size, self.stride
-        corner_1 = (_randint(generator, 0, height - crop_h), _randint(generator, 0, width - crop_w))
-        if self.same_crop:
-            return corner_1, corner_1
+        """Top-left corners of crop 1 and crop 2 in the padded image.
+
+        The pair is drawn uniformly among all pairs whose offset is a non-zero multiple of the stride and whose
+        IoU is in range (the released code's rejection sampling, without its give-up): an offset weighted by
+        the number of places the pair fits, then a place.
+        """
+        (height, width), (crop_h, crop_w) = image_size, self.crop_size
+        offsets, ious = self._offsets(image_size)
+        if self.same_crop or len(offsets) == 0:  # no room for another crop
+            corner = (_randint(generator, 0, height - crop_h), _randint(generator, 0, width - crop_w))
+            return corner, corner
         low, high = self.iou_range
-        for _ in range(self.max_tries):
-            # offsets that keep crop 2 inside the image, in whole strides
-            dy = s * _randint(generator, math.ceil(-corner_1[0] / s), (height - crop_h - corner_1[0]) // s)
-            dx = s * _randint(generator, math.ceil(-corner_1[1] / s), (width - crop_w - corner_1[1]) // s)
-            corner_2 = (corner_1[0] + dy, corner_1[1] + dx)
-            if low <= overlap_boxes(corner_1, corner_2, self.crop_size)[2] < high:
-                return corner_1, corner_2
-        return corner_1, corner_1
+        fits = (ious >= low) & (ious < high)
+        if not fits.any():  # the nearest IoU to the range
+            distance = torch.where(ious < low, low - ious, ious - high)
+            fits = distance <= distance.min() + 1e-12
+        places = (height - crop_h - offsets[:, 0].abs() + 1) * (width - crop_w - offsets[:, 1].abs() + 1)
+        choice = int(torch.multinomial((places * fits).double(), 1, generator=generator))
+        dy, dx = offsets[choice].tolist()
+        top = _randint(generator, 0, height - crop_h - abs(dy)) + max(-dy, 0)
+        left = _randint(generator, 0, width - crop_w - abs(dx)) + max(-dx, 0)
+        return (top, left), (top + dy, left + dx)
+
+    def _offsets(self, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every non-zero offset ``(K, 2)`` (whole strides) at which two crops fit in the image, and its IoU."""
+        (height, width), (crop_h, crop_w), s = image_size, self.crop_size, self.stride
+        reach_y, reach_x = (height - crop_h) // s, (width - crop_w) // s
+        dy, dx = s * torch.arange(-reach_y, reach_y + 1), s * torch.arange(-reach_x, reach_x + 1)
+        offsets = torch.cartesian_prod(dy, dx).reshape(-1, 2)
+        offsets = offsets[(offsets != 0).any(1)]
+        inter = (crop_h - offsets[:, 0].abs()).clamp_min(0) * (crop_w - offsets[:, 1].abs()).clamp_min(0)
+        return offsets, inter / (2 * crop_h * crop_w - inter)
 
 
 def photometric(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -172,8 +172,8 @@ class DecodeCropPairs:
 
     Output: ``image`` and ``image_2`` ``(B, 3, h, w)`` uint8 (crop 1, crop 2, each maybe flipped), ``valid``
     ``(B, 2, h, w)`` uint8 (1 on image pixels), ``crop_boxes`` ``(B, 2, 4)`` int64 overlap boxes in unflipped
-    crop coordinates, ``flips`` ``(B, 2)`` bool, and ``image_tags`` ``(B, C)`` when the records carry tags.
-    See :mod:`raysemi.data.overlapping_crops`.
+    crop coordinates, ``flips`` ``(B, 2)`` bool, ``crop_iou`` ``(B,)`` float32 (each pair's IoU), and
+    ``image_tags`` ``(B, C)`` when the records carry tags. See :mod:`raysemi.data.overlapping_crops`.
     """
 
     format_name: str
@@ -192,6 +192,7 @@ class DecodeCropPairs:
             "valid_pixels": np.stack([p.valid.numpy() for p in pairs]),
             "crop_boxes": np.stack([p.boxes.numpy() for p in pairs]),
             "flips": np.stack([p.flips.numpy() for p in pairs]),
+            "crop_iou": np.array([p.iou for p in pairs], dtype=np.float32),
         }
         return out | _tags(batch, reader.classes.num_classes)
 

@@ -90,8 +90,11 @@ def complementary_loss(
     base_region: torch.Tensor,
     valid: torch.Tensor,
     ignore_prob: float = 0.05,
+    focal_weight: float = 1.0,
+    dice_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Focal + dice asking ``max(max over novel queries' mask logits, logit(ignore_prob))`` to be 1 outside every
+    """``focal_weight`` · focal + ``dice_weight`` · dice asking ``max(max over novel queries' mask logits,
+    logit(ignore_prob))`` to be 1 outside every
     base mask and 0 inside, over valid pixels.
 
     Args:
@@ -110,4 +113,4 @@ def complementary_loss(
     ignore_logit = math.log(ignore_prob / (1 - ignore_prob))
     covered = mask_logits[novel_queries].amax(0).clamp(min=ignore_logit)[None]
     target = (~base_region).float()[None]
-    return sigmoid_focal_loss(covered, target, valid) + dice_loss(covered, target, valid)
+    return focal_weight * sigmoid_focal_loss(covered, target, valid) + dice_weight * dice_loss(covered, target, valid)

@@ -23,6 +23,9 @@ Choices where the paper is silent or disagrees with its code:
   form), not per image; under DDP each worker averages its own anchors and DDP averages the gradients.
 - Labeled images and both crops go through the segmenter in one forward pass, so BatchNorm sees them together.
 - Padding (crops larger than the rescaled image) never serves as an anchor or a negative.
+- The two crops need a region larger than the crop to differ: ``cac.region_range`` resizes each unlabeled image
+  so its long side is r × the crop's (the released code: r in [1, 2.5]); the logged ``crop_iou`` (mean IoU of
+  the step's pairs) and ``crop_identical`` (share of pairs that are one crop twice) show what the loss saw.
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ class ContextAwareConsistency:
 
     def streams(self) -> dict[str, StreamSpec]:
         crops = OverlappingCrops.from_config(
-            self.cfg.data, self.options.iou_range, FEATURE_STRIDE, same_crop=not self.options.context
+            self.cfg.data, self.options.iou_range, FEATURE_STRIDE, same_crop=not self.options.context,
+            region_range=self.options.region_range,
         )
         return {
             "labeled": StreamSpec("labeled", self.cfg.train.batch_size),
@@ -84,7 +88,8 @@ class ContextAwareConsistency:
         outputs = models["segmenter"](torch.cat(images))
         n, u = len(labeled["image"]), len(unlabeled["image"])
         loss_sup = self.criterion(outputs["logits"][:n], labeled["mask"])
-        logged = {"loss_sup": loss_sup.detach(), "cac_weight": loss_sup.new_tensor(weight)}
+        logged = {"loss_sup": loss_sup.detach(), "cac_weight": loss_sup.new_tensor(weight),
+                  **crop_pair_stats(unlabeled["crop_iou"])}
         loss = loss_sup
         features = outputs["features"][n:].split(u) if uses_unlabeled else ()
         if weight > 0:
@@ -197,6 +202,12 @@ class ContextAwareConsistency:
         """½ Σ over the two crops of the multi-label BCE of ``C_w(average-pooled features)`` against tags."""
         losses = [F.multilabel_soft_margin_loss(classifier(f.mean((2, 3))), tags) for f in features]
         return (losses[0] + losses[1]) / 2
+
+
+def crop_pair_stats(ious: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The step's crop pairs ``(u,)`` IoUs → their mean ``crop_iou`` and the share of identical pairs."""
+    ious = ious.float()
+    return {"crop_iou": ious.mean(), "crop_identical": (ious >= 1.0).float().mean()}
 
 
 def _overlap(view: dict[str, torch.Tensor], boxes: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,7 +2,8 @@
 Supervision", CVPR 2021), with CutMix.
 
 Two segmenters of the same architecture. Their backbones start from the same (pretrained) weights; their heads
-are kaiming-initialised from two different seeds (``cps.init_backbones=different`` re-initialises the
+are kaiming-initialised (fan-in, as every method's head: :func:`raysemi.models.kaiming_init`) from two
+different seeds (``cps.init_backbones=different`` re-initialises the
 backbones apart too). Per step:
 
     L = L_s + λ · L_cps
@@ -10,7 +11,8 @@ backbones apart too). Per step:
     L_cps = CE(p1(x), argmax p2(x)) + CE(p2(x), argmax p1(x))      on unlabeled x (+ labeled if cps.on_labeled)
 
 With CutMix (``cps.cutmix``, default) x is ``u0·(1−M) + u1·M`` for a box mask M; the pseudo-labels are the
-argmax of each network's no-grad predictions on u0 and u1, mixed with the same M. u1 is the unlabeled batch
+argmax of each network's no-grad predictions on u0 and u1, mixed with the same M (one teacher pass per network
+on u0, rolled for u1; dropout and drop-connect off, BatchNorm on batch statistics). u1 is the unlabeled batch
 rolled by one, so u0 and u1 are always different images of the same batch and no second stream is decoded.
 
 λ (``cps.weight``) defaults to 1.0 with CutMix and 1.5 without, the paper's VOC values (its Cityscapes configs
@@ -32,7 +34,7 @@ from raysemi.config import Config
 from raysemi.data.cutmix import box_mask, mix
 from raysemi.losses import cross_pseudo_supervision
 from raysemi.methods.base import Batch, StreamSpec, labeled_criterion
-from raysemi.models import LogitsOnly, build_segmenter, unwrap
+from raysemi.models import LogitsOnly, build_segmenter, kaiming_init, unwrap, without_dropout
 
 
 class CrossPseudoSupervision:
@@ -89,14 +91,21 @@ class CrossPseudoSupervision:
         }
 
     def _cutmix(self, net1: nn.Module, net2: nn.Module, images: torch.Tensor):
-        """Mixed images ``(N, 3, H, W)`` and each network's mixed no-grad predictions ``(N, C, H, W)``."""
+        """Mixed images ``(N, 3, H, W)`` and each network's mixed no-grad predictions ``(N, C, H, W)``.
+
+        One teacher pass per network, without dropout or drop-connect (BatchNorm in its training mode, on batch
+        statistics): the second image's prediction is the first's rolled by one, which is what a pass on the
+        rolled batch gives, since batch statistics do not change when the batch is permuted.
+        """
         second = images.roll(1, dims=0)
         masks = box_mask(len(images), *images.shape[-2:], self.options.prop_range, self.options.n_boxes)
         masks = masks.to(images.device)
-        with torch.no_grad():
-            teacher_1 = mix(net1(images)["logits"], net1(second)["logits"], masks)
-            teacher_2 = mix(net2(images)["logits"], net2(second)["logits"], masks)
-        return mix(images, second, masks), teacher_1, teacher_2
+        teachers = []
+        for net in (net1, net2):
+            with torch.no_grad(), without_dropout(net):
+                logits = net(images)["logits"]
+            teachers.append(mix(logits, logits.roll(1, dims=0), masks))
+        return mix(images, second, masks), teachers[0], teachers[1]
 
     def weight(self, step: int) -> float:
         """λ at ``step``: linear ramp-up over ``cps.rampup_steps``, then constant."""
@@ -122,21 +131,6 @@ class MeanOfSoftmaxes(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         probs = (self.net1(images)["logits"].softmax(1) + self.net2(images)["logits"].softmax(1)) / 2
         return probs.clamp_min(1e-12).log()
-
-
-def kaiming_init(modules: list[nn.Module], generator: torch.Generator) -> None:
-    """Kaiming-normal conv weights (fan-out, ReLU), zero biases, unit BatchNorm, drawn from ``generator``."""
-    for root in modules:
-        for module in root.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1] // module.groups
-                with torch.no_grad():
-                    module.weight.normal_(0.0, (2.0 / fan_out) ** 0.5, generator=generator)
-                    if module.bias is not None:
-                        module.bias.zero_()
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
 
 def pseudo_label_stats(logits_1: torch.Tensor, logits_2: torch.Tensor) -> dict[str, torch.Tensor]:

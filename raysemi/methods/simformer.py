@@ -14,11 +14,13 @@ and their B references:
   classes (class + mask cost) and novel tags (class cost); class CE for every query, focal + dice masks for
   base-matched queries only; after every decoder layer with ``deep_supervision``. Mask logits are upsampled to
   the crop's size first (MaskFormer computes its mask losses at the targets' resolution).
-- complementary loss (last layer, ``complementary_weight``): the novel-matched queries' masks, with a constant
-  "ignore" logit, cover what no base mask covers.
+- complementary loss (``complementary_weight``; its own focal and dice weights, 1 and 1 by default, 20 and 1
+  in the released code; the last layer, or every decoder layer with ``complementary_layers=all`` as released):
+  the novel-matched queries' masks, with a constant "ignore" logit, cover what no base mask covers.
 - pixel–pixel transfer, per image/reference pair at the pixel embeddings' stride: J points per image
   (:func:`raysemi.models.similarity_head.sample_pair_points`); the head learns "same class" on base–base
-  pairs (class-balanced BCE, ``similarity_weight``, its gradient reaching the pixel embeddings), and when the
+  pairs (class-balanced BCE, ``similarity_weight``, its gradient reaching the pixel embeddings unless
+  ``detach_pair_features``, the released code's ``BASE_DETACH``), and when the
   two images share a novel tag, the novel-class score similarity ``ReLU(cos)`` of unknown–unknown pairs is
   pulled toward the head's output on detached embeddings (``distill_weight``). With a single novel class the
   score vectors are scalars whose cosine is always 1: the distillation then has nothing to teach.
@@ -123,16 +125,14 @@ class SimFormer:
         layers = [*out["aux"], (out["class_logits"], out["mask_logits"])]
         if not self.options.deep_supervision:
             layers = layers[-1:]
-        loss_layers = both["image"].new_zeros(())
-        for class_logits, mask_logits in layers:  # the last layer last: its masks and matches stay below
+        o = self.options
+        loss_layers, loss_comp = both["image"].new_zeros(()), both["image"].new_zeros(())
+        for index, (class_logits, mask_logits) in enumerate(layers):  # the last layer last: its losses are logged
             masks = _upsample(mask_logits, size)
             layer_losses, novel_queries = self._proposal_pixel(class_logits, masks, targets)
             loss_layers = loss_layers + layer_losses["loss"]
-        loss_comp = torch.stack([
-            complementary_loss(image_masks, queries, self._base_region(mask), ok, self.options.ignore_prob)
-            for image_masks, queries, mask, ok in zip(masks, novel_queries, both["mask"], valid, strict=True)
-        ]).mean()
-        o = self.options
+            if o.complementary_layers == "all" or index == len(layers) - 1:
+                loss_comp = loss_comp + self._complementary(masks, novel_queries, both["mask"], valid)
         loss = loss_layers + o.complementary_weight * loss_comp
         logged = {k: v.detach() for k, v in layer_losses.items() if k != "loss"}  # the last layer's
         logged |= {"loss_proposal_pixel": loss_layers.detach(), "loss_complementary": loss_comp.detach()}
@@ -166,6 +166,15 @@ class SimFormer:
         losses = {key: torch.stack([p[0][key] for p in per_image]).mean() for key in per_image[0][0]}
         return losses, [p[1] for p in per_image]
 
+    def _complementary(self, masks, novel_queries, hidden_masks, valid) -> torch.Tensor:
+        """Mean over images of :func:`complementary_loss` for one layer's masks ``(N, Q, H, W)``."""
+        o = self.options
+        return torch.stack([
+            complementary_loss(image_masks, queries, self._base_region(mask), ok, o.ignore_prob,
+                               o.complementary_focal_weight, o.complementary_dice_weight)
+            for image_masks, queries, mask, ok in zip(masks, novel_queries, hidden_masks, valid, strict=True)
+        ]).mean()
+
     def _base_region(self, mask: torch.Tensor) -> torch.Tensor:
         """``(H, W)`` bool: pixels labeled with a class (in the hidden mask, only base classes are)."""
         return mask != self.ignore
@@ -187,7 +196,9 @@ class SimFormer:
             feats_a, feats_b = _at(embeddings[a], idx_a), _at(embeddings[b], idx_b)
             known = (labels_a != self.ignore)[:, None] & (labels_b != self.ignore)[None, :]
             targets = pixel_pair_similarity_targets(labels_a, labels_b)
-            similarity.append(balanced_pair_bce(head(feats_a, feats_b), targets, known))
+            pair_a, pair_b = (feats_a.detach(), feats_b.detach()) if self.options.detach_pair_features else (
+                feats_a, feats_b)
+            similarity.append(balanced_pair_bce(head(pair_a, pair_b), targets, known))
             shares_novel = bool((both["image_tags"][a, novel] * both["image_tags"][b, novel]).sum() > 0)
             unknown = (labels_a == self.ignore)[:, None] & (labels_b == self.ignore)[None, :] & shares_novel
             with torch.no_grad():  # the teacher: no gradient, and no DDP bookkeeping for this call

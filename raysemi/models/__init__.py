@@ -9,7 +9,7 @@ from raysemi.models.mask_former import (
     sine_positions,
 )
 from raysemi.models.projector import Projector, resample_to_stride
-from raysemi.models.segmenter import LogitsOnly, Segmenter, build_segmenter, unwrap
+from raysemi.models.segmenter import LogitsOnly, Segmenter, build_segmenter, kaiming_init, unwrap, without_dropout
 
 __all__ = [
     "AncillarySegmenter",
@@ -23,6 +23,8 @@ __all__ = [
     "SemanticOutput",
     "build_ancillary",
     "build_segmenter",
+    "kaiming_init",
+    "without_dropout",
     "resample_to_stride",
     "semantic_probabilities",
     "sine_positions",

@@ -97,6 +97,7 @@ class EfficientNetLite0Backbone(Backbone):
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=True))
         self.blocks = net._blocks
         self.drop_connect_rate = net._global_params.drop_connect_rate
+        self.drop_connect_enabled = True  # off for no-grad teacher passes (models.without_dropout)
         self.low_index = self._dilate(output_stride)
 
     def _dilate(self, output_stride: int) -> int:
@@ -119,7 +120,7 @@ class EfficientNetLite0Backbone(Backbone):
         x = self.stem(images)
         low = x
         for index, block in enumerate(self.blocks):
-            rate = self.drop_connect_rate * index / len(self.blocks)
+            rate = self.drop_connect_rate * index / len(self.blocks) if self.drop_connect_enabled else 0.0
             x = block(x, drop_connect_rate=rate)
             if index == self.low_index:
                 low = x

@@ -1,6 +1,14 @@
-"""The segmenter every method builds on: backbone → head → 1×1 classifier."""
+"""The segmenter every method builds on: backbone → head → 1×1 classifier.
+
+Every method's segmenter head and classifier start from one init, :func:`kaiming_init` (kaiming-normal,
+fan-in, ReLU gain; zero biases; unit BatchNorm), as TorchSemiSeg initialises its CPS networks and its
+supervised baseline alike: the same init for every method, so that a comparison compares the methods alone.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +55,43 @@ class LogitsOnly(nn.Module):
 def build_segmenter(cfg: ModelConfig, num_classes: int) -> Segmenter:
     backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.weights)
     head = HEADS[cfg.head](backbone.low_channels, backbone.high_channels, cfg.head_channels, cfg.output_stride)
-    return Segmenter(backbone, head, num_classes)
+    segmenter = Segmenter(backbone, head, num_classes)
+    kaiming_init([segmenter.head, segmenter.classifier])
+    return segmenter
+
+
+def kaiming_init(modules: list[nn.Module], generator: torch.Generator | None = None) -> None:
+    """Kaiming-normal conv weights (fan-in, ReLU: std √(2 / (c_in/groups · k²))), zero biases, unit BatchNorm,
+    drawn from ``generator`` (None: torch's global generator)."""
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                with torch.no_grad():
+                    module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+                    if module.bias is not None:
+                        module.bias.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+@contextmanager
+def without_dropout(model: nn.Module) -> Iterator[None]:
+    """Dropout and drop-connect off inside the block (for teacher passes); BatchNorm keeps its mode."""
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    connects = [m for m in model.modules() if getattr(m, "drop_connect_enabled", False)]
+    for module in dropouts:
+        module.eval()
+    for module in connects:
+        module.drop_connect_enabled = False
+    try:
+        yield
+    finally:
+        for module in dropouts:
+            module.train()
+        for module in connects:
+            module.drop_connect_enabled = True
 
 
 def unwrap(model: nn.Module) -> nn.Module:
