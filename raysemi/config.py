@@ -106,6 +106,7 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept in <run.dir>/checkpoints
     log_every: int = Field(100, ge=1)
     amp: bool = True  # mixed precision, used only on CUDA
+    channels_last: Literal["auto", True, False] = "auto"  # NHWC models and images; auto: on CPU, and on CUDA with AMP
     torch_threads: int | None = Field(None, ge=1)  # per worker; default: the worker's CPUs
 
 
