@@ -160,8 +160,9 @@ def main() -> int:
     parser.add_argument("--negatives", type=int, nargs="+", default=[19200, 76800])
     parser.add_argument("--chunk-size", default="auto", help="negatives per chunk, or auto (the loss's default)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
     n, d = args.anchors, args.dim
     rows = []
     chunk_arg = args.chunk_size if args.chunk_size == "auto" else int(args.chunk_size)
@@ -185,12 +186,13 @@ def main() -> int:
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"device": device_name, "repeats": args.repeats, "rows": rows}
-    (RESULTS / "contrastive_loss.json").write_text(json.dumps(record, indent=1) + "\n")
-    write_table(rows, device_name, args.repeats)
+    name = "contrastive_loss" if device.type == "cpu" else f"contrastive_loss-{device.type}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_table(rows, device_name, args.repeats, name)
     return 0
 
 
-def write_table(rows: list[dict], device_name: str, repeats: int) -> None:
+def write_table(rows: list[dict], device_name: str, repeats: int, name: str) -> None:
     lines = [
         "# Directional contrastive loss: chunked vs plain",
         "",
@@ -210,7 +212,7 @@ def write_table(rows: list[dict], device_name: str, repeats: int) -> None:
             f"| {r['time_ratio']:.2f} | {r['floor_s']:.3f} | {r['chunked_vs_floor']:.2f} "
             f"| {r['plain_peak_mib']:.0f} | {r['chunked_peak_mib']:.0f} | {r['memory_ratio']:.1f}× |"
         )
-    (RESULTS / "contrastive_loss.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

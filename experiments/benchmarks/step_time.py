@@ -75,7 +75,8 @@ def in_memory_batches(cfg, method) -> dict[str, dict[str, torch.Tensor]]:
     return batches, source
 
 
-def engine_seconds_per_step(name: str, steps: int, warmup: int, extra: list[str]) -> float:
+def engine_seconds_per_step(name: str, steps: int, warmup: int, extra: list[str],
+                            device: torch.device) -> float:
     """Median seconds per iteration of ``TrainingRun`` over ``steps`` iterations after ``warmup``."""
     from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv
     from raysemi.methods import build_method
@@ -88,7 +89,7 @@ def engine_seconds_per_step(name: str, steps: int, warmup: int, extra: list[str]
     val = {k: v for k, v in batches[next(iter(batches))].items() if k in ("image", "mask")}
     reports = []
     env = WorkerEnv(
-        rank=0, world_size=1, device=torch.device("cpu"),
+        rank=0, world_size=1, device=device,
         streams={stream: itertools.repeat(batch) for stream, batch in batches.items()},
         val_batches=lambda: [val], report=reports.append,
     )
@@ -99,8 +100,8 @@ def engine_seconds_per_step(name: str, steps: int, warmup: int, extra: list[str]
     return statistics.fmean(1 / r["steps_per_s"] for r in timed)
 
 
-def plain_seconds_per_step(steps: int, warmup: int) -> float:
-    cfg = method_config("supervised", 1000, protocol.WORK / "step_time-plain", [])
+def plain_seconds_per_step(steps: int, warmup: int, extra: list[str]) -> float:
+    cfg = method_config("supervised", 1000, protocol.WORK / "step_time-plain", extra)
     return cfg.train.batch_size / protocol.plain_pytorch_images_per_s(cfg, steps, warmup)
 
 
@@ -110,6 +111,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (AMP on, as train.amp)")
     parser.add_argument("--tag", default="after", help="names the results files (e.g. before / after)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every method (repeatable)")
@@ -121,13 +123,21 @@ def main() -> int:
         return 0
     variants = {name: (name, args.set) for name in args.methods}
     variants |= {f"supervised ({c})": ("supervised", [*args.set, c]) for c in args.compare}
-    times: dict[str, list[float]] = {name: [] for name in [*variants, "plain PyTorch loop (supervised)"]}
+    device = torch.device(args.device)
+    plain = "plain PyTorch loop (supervised)" if device.type == "cpu" else None  # the plain loop runs on CPU
+    times: dict[str, list[float]] = {name: [] for name in [*variants, *([plain] if plain else [])]}
     started = time.time()
     for round_number in range(args.rounds):
         for label, (name, extra) in variants.items():
-            times[label].append(engine_seconds_per_step(name, args.steps, args.warmup, extra))
+            try:
+                times[label].append(engine_seconds_per_step(name, args.steps, args.warmup, extra, device))
+            except Exception as exc:  # noqa: BLE001 - one method's failure is reported, the others still run
+                print(f"round {round_number}: {label} failed: {type(exc).__name__}: {exc}", flush=True)
+                continue
             print(f"round {round_number}: {label} {times[label][-1]:.3f} s/it", flush=True)
-        times["plain PyTorch loop (supervised)"].append(plain_seconds_per_step(args.steps, args.warmup))
+        if plain:
+            times[plain].append(plain_seconds_per_step(args.steps, args.warmup, args.set))
+    times = {k: v for k, v in times.items() if v}
     write_results(args, {k: statistics.median(v) for k, v in times.items()}, times, time.time() - started)
     return 0
 
@@ -138,7 +148,7 @@ def write_results(args, median: dict[str, float], every: dict[str, list[float]],
              "rounds_s_per_it": [round(x, 4) for x in every[k]]} for k, v in median.items()]
     record = {"tag": args.tag, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
               "overrides": args.set, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "wall_s": round(wall), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"step_time-{args.tag}.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -131,8 +131,9 @@ def _dense_contrastive(anchor, positive, labels, neg_feats, neg_labels, temperat
 
 
 # Chunk of negatives per call on each device type when ``chunk_size="auto"``: the ``(N, chunk)`` float32 buffer
-# is sized to about this many bytes (CPU: small enough to stay near the caches; CUDA: large products).
-AUTO_CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 256 * 2**20}
+# is sized to about this many bytes (CPU: 4,096 negatives at N = 6,400 ran ~10 % faster than 2,048 and 2×
+# faster than 512 on 2 cores; CUDA: large products).
+AUTO_CHUNK_BYTES = {"cpu": 96 * 2**20, "cuda": 256 * 2**20}
 # The fixed shift s_i bounds every logit, so each term exp(l − s_i) ≥ exp(−2·s_i); up to s_i = 30 that stays
 # a normal float32 (≥ 1e-26); larger bounds take the online-maximum path.
 FIXED_SHIFT_LIMIT = 30.0
