@@ -384,9 +384,9 @@ def say(text: str) -> None:
 
 def use_channels_last(setting: bool | str, device: torch.device, amp: bool) -> bool:
     """Whether models and images use the channels-last memory format: ``train.channels_last`` if true or false;
-    ``auto`` turns it on where it is faster: on CPU (oneDNN's convolutions; +20 % or more for the CamVid model
-    on 2 cores, see ``experiments/benchmarks/results/step_time-after.md``) and on CUDA with AMP (tensor-core
-    convolutions want NHWC); off on CUDA in float32 and on other devices."""
+    ``auto`` turns it on where it is faster: on CPU (oneDNN's convolutions; issue 23 measured +22 % training
+    throughput for the CamVid model on 2 cores) and on CUDA with AMP (tensor-core convolutions want NHWC); off
+    on CUDA in float32 and on other devices. ``experiments/benchmarks/step_time.py`` compares both layouts."""
     if setting != "auto":
         return bool(setting)
     return device.type == "cpu" or (device.type == "cuda" and amp)
