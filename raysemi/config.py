@@ -106,6 +106,7 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept in <run.dir>/checkpoints
     log_every: int = Field(100, ge=1)
     amp: bool = True  # mixed precision, used only on CUDA
+    channels_last: Literal["auto", True, False] = "auto"  # NHWC models and images; auto: on CPU, and on CUDA with AMP
     torch_threads: int | None = Field(None, ge=1)  # per worker; default: the worker's CPUs
     # the watchdog: a run that waits this long for a batch (or a worker group) ends with the reason; 0: off
     stall_timeout_s: float = Field(600.0, ge=0.0)
@@ -156,7 +157,7 @@ class CACConfig(Section):
     gamma: float = Field(0.75, ge=0.0, lt=1.0)  # positive filtering threshold γ
     num_negatives: int = Field(19_200, ge=1)  # negatives per step, over all workers (before the queue)
     queue_steps: int = Field(0, ge=0)  # also use the negatives of the last K steps
-    chunk_size: int = Field(2048, ge=1)  # negatives per chunk of the memory-efficient loss
+    chunk_size: int | str = "auto"  # negatives per chunk of the memory-efficient loss; "auto": sized per device
     projection_dim: int = Field(128, ge=1)
     iou_range: tuple[float, float] = (0.1, 1.0)  # accepted IoU of the two crops, [low, high)
     # the unlabeled image is resized so that its long side is r × the crop's long side, r drawn from this range
@@ -172,6 +173,13 @@ class CACConfig(Section):
     # image-level tags on the unlabeled images (needs data.unlabeled_tags)
     image_tags: bool = False
     tags_weight: float = Field(1.0, ge=0.0)  # λ_w
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk(cls, value: int | str) -> int | str:
+        if value != "auto" and not (isinstance(value, int) and value >= 1):
+            raise ValueError("chunk_size must be a whole number >= 1 or 'auto'")
+        return value
 
     @field_validator("iou_range")
     @classmethod

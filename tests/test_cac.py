@@ -10,6 +10,7 @@ from torch import nn
 from raysemi.config import load_config
 from raysemi.data.overlapping_crops import OverlappingCrops, overlap_boxes
 from raysemi.losses import directional_alignment_loss, directional_contrastive_loss
+from raysemi.losses.directional_contrastive import auto_chunk_size
 from raysemi.methods.cac import ContextAwareConsistency, _overlap, crop_pair_stats
 
 
@@ -88,6 +89,30 @@ def test_chunked_equals_unchunked_in_value_and_gradient(chunk_size):
     (chunked_grad,) = torch.autograd.grad(chunked, anchor)
     assert chunked.item() == pytest.approx(dense.item(), rel=1e-5)
     torch.testing.assert_close(chunked_grad, dense_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_auto_chunk_size_sizes_the_buffer_per_device_and_equals_unchunked():
+    # 96 MiB / (4 bytes × 6,400 anchors) = 3,932 negatives on CPU; 256 MiB / 25,600 = 10,485 on CUDA
+    assert auto_chunk_size(6400, 19200, torch.device("cpu")) == 3932
+    assert auto_chunk_size(6400, 19200, torch.device("cuda")) == 10485
+    assert auto_chunk_size(6400, 500, torch.device("cpu")) == 500  # never more than the negatives
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case()
+    dense = directional_contrastive_loss(anchor, positive, c1, c2, labels, negatives, neg_labels)
+    auto = directional_contrastive_loss(anchor, positive, c1, c2, labels, negatives, neg_labels, chunk_size="auto")
+    assert auto.item() == pytest.approx(dense.item(), rel=1e-5)
+
+
+def test_features_of_large_norm_take_the_online_path_and_still_equal_unchunked():
+    # norm 3, τ = 0.05: the fixed shift would be 180 (> 30), so the running maximum is used
+    anchor, positive, c1, c2, labels, negatives, neg_labels = _random_case(scale=3.0)
+    dense = directional_contrastive_loss(anchor, positive, c1, c2, labels, negatives, neg_labels, temperature=0.05)
+    (dense_grad,) = torch.autograd.grad(dense, anchor)
+    chunked = directional_contrastive_loss(
+        anchor, positive, c1, c2, labels, negatives, neg_labels, temperature=0.05, chunk_size=64
+    )
+    (chunked_grad,) = torch.autograd.grad(chunked, anchor)
+    assert chunked.item() == pytest.approx(dense.item(), rel=1e-5)
+    torch.testing.assert_close(chunked_grad, dense_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_chunked_gradient_passes_gradcheck():

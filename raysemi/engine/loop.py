@@ -68,16 +68,18 @@ class RunInfo:
     ignore_index: int = 255
 
 
-def prepare_batch(raw: RawBatch, device: torch.device) -> dict[str, torch.Tensor]:
+def prepare_batch(
+    raw: RawBatch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> dict[str, torch.Tensor]:
     """Move a stream batch to ``device``: uint8 ``image`` (and CAC's second crop ``image_2``, SimFormer's
-    ``partner_image``) → normalised float, ``mask`` (and ``partner_mask``) → int64.
+    ``partner_image``) → normalised float in ``memory_format``, ``mask`` (and ``partner_mask``) → int64.
 
     Rows with ``valid == False`` (padding that evens out the val shards) get an all-ignore mask.
     """
     batch = {k: v.to(device, non_blocking=True) for k, v in raw.items()}
     for key in ("image", "image_2", "partner_image"):
-        if key in batch:
-            batch[key] = normalize(batch[key])
+        if key in batch:  # the layout is set on the uint8 tensor (cheap); normalising keeps it
+            batch[key] = normalize(batch[key].contiguous(memory_format=memory_format))
     if "partner_mask" in batch:
         batch["partner_mask"] = batch["partner_mask"].long()
     if "mask" in batch:
@@ -94,6 +96,8 @@ class TrainingRun:
         self.cfg, self.run, self.env = cfg, run, env
         self.is_chief = env.rank == 0
         self.use_amp = cfg.train.amp and env.device.type == "cuda"
+        channels_last = use_channels_last(cfg.train.channels_last, env.device, self.use_amp)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         torch.manual_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.method: Method = build_method(cfg)
         self.models = {name: self._place(m) for name, m in self.method.build_models(len(run.class_names)).items()}
@@ -112,7 +116,7 @@ class TrainingRun:
         self.streams = {name: watched(stream, f"data stream '{name}'", stall) for name, stream in env.streams.items()}
 
     def _place(self, model: nn.Module) -> nn.Module:
-        model.to(self.env.device)
+        model.to(self.env.device, memory_format=self.memory_format)  # the layout applies to 4-D weights only
         if self.env.world_size == 1 or not any(p.requires_grad for p in model.parameters()):
             return model  # a frozen model (e.g. a teacher) needs no DDP
         if self.cfg.model.sync_bn and self.env.device.type == "cuda":
@@ -171,7 +175,7 @@ class TrainingRun:
         while self.step < self.cfg.train.steps:
             with timer.waiting():
                 raw = {name: next(stream) for name, stream in self.streams.items()}
-            logged = self._train_step({name: prepare_batch(b, self.env.device) for name, b in raw.items()})
+            logged = self._train_step({name: self._prepare(b) for name, b in raw.items()})
             self.step += 1
             timer.tick(sum(len(b["image"]) for b in raw.values()) * self.env.world_size)
             for key, value in logged.items():
@@ -181,6 +185,9 @@ class TrainingRun:
         if self.final_report is not None:
             self.env.report(self.final_report)
         return summary
+
+    def _prepare(self, raw: RawBatch) -> dict[str, torch.Tensor]:
+        return prepare_batch(raw, self.env.device, self.memory_format)
 
     def _train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         with torch.autocast(self.env.device.type, enabled=self.use_amp):
@@ -239,7 +246,7 @@ class TrainingRun:
         model = self.method.eval_model(self.models)
         raw_batches = self._keeping_first(watched(iter(self.env.val_batches()), "the val data (evaluation)",
                                                   self.cfg.train.stall_timeout_s))
-        batches = (with_box_channels(prepare_batch(b, self.env.device)) for b in raw_batches)
+        batches = (with_box_channels(self._prepare(b)) for b in raw_batches)
         confusion = evaluate(model, batches, len(self.run.class_names), self.cfg.eval, self.run.ignore_index)
         confusion.matrix = confusion.matrix.to(self.env.device)
         if self.env.world_size > 1:
@@ -262,7 +269,7 @@ class TrainingRun:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            images = with_box_channels(prepare_batch(raw, self.env.device))["image"]
+            images = with_box_channels(self._prepare(raw))["image"]
             predicted = predict_logits(model, images, self.cfg.eval).argmax(1)
         model.train(was_training)
         self.tracker.log_images(self.step, "predictions",
@@ -400,6 +407,16 @@ def say(text: str) -> None:
     into its logger, which shows every printed line twice on the driver."""
     sys.stdout.write(f"[raysemi] {text}\n")
     sys.stdout.flush()
+
+
+def use_channels_last(setting: bool | str, device: torch.device, amp: bool) -> bool:
+    """Whether models and images use the channels-last memory format: ``train.channels_last`` if true or false;
+    ``auto`` turns it on where it is faster: on CPU (oneDNN's convolutions; issue 23 measured +22 % training
+    throughput for the CamVid model on 2 cores) and on CUDA with AMP (tensor-core convolutions want NHWC); off
+    on CUDA in float32 and on other devices. ``experiments/benchmarks/step_time.py`` compares both layouts."""
+    if setting != "auto":
+        return bool(setting)
+    return device.type == "cpu" or (device.type == "cuda" and amp)
 
 
 def set_torch_threads(cfg: Config, local_workers: int) -> int:

@@ -1,0 +1,84 @@
+"""Cost of one ``ray.train.report`` in a 2-worker CPU run of Ray Train V2, with the controller's default poll
+interval (2 s) and with raysemi's (``raysemi.ray.train.REPORT_POLL_INTERVAL_S``).
+
+Each worker calls ``ray.train.report`` ``--reports`` times with a small metrics dict and nothing else, so the
+time per call is the report's own cost (the same call raysemi's loop makes every ``train.log_every`` steps).
+Each setting runs in a fresh Ray (the interval is read by the controller when it starts).
+
+Usage (from the repository root)::
+
+    python experiments/benchmarks/report_cost.py [--reports 20]
+
+Writes ``experiments/benchmarks/results/report_cost.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "experiments" / "benchmarks" / "results"
+
+
+def worker_loop(config: dict) -> None:
+    import ray.train
+
+    started = time.perf_counter()
+    for step in range(config["reports"]):
+        ray.train.report({"step": step, "loss": 1.0 / (step + 1)})
+    if ray.train.get_context().get_world_rank() == 0:
+        per_report = (time.perf_counter() - started) / config["reports"]
+        Path(config["out"]).write_text(json.dumps({"s_per_report": per_report}))
+
+
+def one_setting(reports: int, out: Path) -> None:
+    """Runs in a fresh process: a 2-worker TorchTrainer whose workers only report."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
+    TorchTrainer(worker_loop, train_loop_config={"reports": reports, "out": str(out)},
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 run_config=RunConfig(storage_path=str(out.parent / "ray"))).fit()
+    ray.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reports", type=int, default=20)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        one_setting(args.reports, Path(args.child))
+        return 0
+    sys.path.insert(0, str(REPO))
+    from raysemi.ray.train import REPORT_POLL_INTERVAL_S
+
+    work = REPO / "experiments" / "benchmarks" / "_work" / "report_cost"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    settings = (("Ray default (2 s)", None), (f"raysemi ({REPORT_POLL_INTERVAL_S} s)", REPORT_POLL_INTERVAL_S))
+    for label, interval in settings:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"}
+        if interval is not None:
+            env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = interval
+        out = work / f"{len(rows)}.json"
+        subprocess.run([sys.executable, __file__, "--reports", str(args.reports), "--child", str(out)],
+                       env=env, check=True)
+        rows.append({"poll_interval": label, **json.loads(out.read_text())})
+        print(json.dumps(rows[-1]), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"workers": 2, "reports": args.reports, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+    (RESULTS / "report_cost.json").write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
