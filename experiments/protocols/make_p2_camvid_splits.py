@@ -15,7 +15,7 @@ drive and recording many).
 
 Usage (from the repository root)::
 
-    python experiments/protocols/make_p2_camvid_splits.py [--root ../shared/data/camvid-180x240] [--labels 12] [--labeled-clip 0001TP]
+    python experiments/protocols/make_p2_camvid_splits.py [--root DIR] [--labels 12] [--labeled-clip 0001TP]
 """
 
 from __future__ import annotations
