@@ -8,6 +8,7 @@ on a multi-node cluster ``run.dir`` must be on storage every node sees.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -210,6 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def run_training(loop_config: dict[str, Any], *, rank: int, world_size: int, local_world_size: int,
                  device: torch.device, shard: Callable[[str], Any], report: Callable[[dict], None]) -> None:
     """One worker's training: ``shard(name)`` gives its part of a dataset, ``report`` takes its metrics."""
+    silence_report_lines()
     cfg = Config.model_validate(loop_config["config"])
     set_torch_threads(cfg, local_world_size)
     specs = build_method(cfg).streams()
@@ -236,6 +238,21 @@ def run_training(loop_config: dict[str, Any], *, rank: int, world_size: int, loc
         loop_config["ignore_index"],
     )
     TrainingRun(cfg, run, env).fit()
+
+
+def silence_report_lines() -> None:
+    """Drop Ray Train's INFO line per ``ray.train.report`` ("Reporting training result N: ..."): raysemi
+    prints its own line per log step. Ray names that logger by its file's path, not its module."""
+    from ray.train.v2._internal.execution import context
+
+    ray_logger = logging.getLogger(context.__file__)
+    if not any(isinstance(f, _DropReportLines) for f in ray_logger.filters):
+        ray_logger.addFilter(_DropReportLines())
+
+
+class _DropReportLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Reporting training result")
 
 
 def init_ray(cfg: Config) -> None:

@@ -27,6 +27,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def best_of(records: list[dict[str, Any]], final_miou: float, final_step: int) -> dict[str, float | int]:
+    """``best_miou`` and ``best_step`` over the run's evaluations (``metrics.jsonl`` records with ``val``, the
+    final one included); the earliest step wins a tie."""
+    evaluations = [(r["val"]["miou"], -r["step"]) for r in records if isinstance(r.get("val"), dict)]
+    miou, negative_step = max(evaluations, default=(final_miou, -final_step))
+    return {"best_miou": miou, "best_step": -negative_step}
+
+
 def truncate_metrics(run_dir: Path, after_step: int) -> None:
     """Drop records logged after ``after_step`` (work a resumed run will redo), keeping one continuous log."""
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
