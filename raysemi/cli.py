@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("overrides", nargs="*")
     predict.set_defaults(handler=cmd_predict)
 
+    export = commands.add_parser("export", help="write a checkpoint's model as TorchScript or an ExportedProgram")
+    export.add_argument("--checkpoint", required=True, help="checkpoint folder or run directory")
+    export.add_argument("--format", required=True, dest="export_format", help="torchscript or exported_program")
+    export.add_argument("--out", required=True, type=Path, help="file to write, e.g. model.ts or model.pt2")
+    export.add_argument("--size", help="H,W of the example image traced (default: the config's data.crop_size); "
+                                       "TorchScript traces the model at that size")
+    export.set_defaults(handler=cmd_export)
+
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic dataset")
     synth.add_argument("--out", type=Path, help="folder (default: the cache used by training)")
@@ -194,6 +202,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from raysemi.engine.predictor import export
+
+    size = None
+    if args.size:
+        try:
+            size = tuple(int(v) for v in args.size.split(","))
+        except ValueError:
+            size = ()
+        if len(size) != 2:
+            raise DataError(f"--size={args.size!r}: expected H,W (two integers), e.g. --size 512,512")
+    out = export(args.checkpoint, args.export_format, args.out, size)
+    print(f"wrote {out}: (N, 3, H, W) float images in 0..1 -> (N, C, H, W) logits")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from raysemi.data.synthetic import ensure_synthetic, write_synthetic
 
@@ -263,7 +287,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from raysemi.data.formats import open_format
 
     reader = open_format(args.format, args.root)
-    problems, total, unlabeled = [], 0, 0
+    problems, total, masked, unlabeled = [], 0, 0, 0
     for split in args.splits:
         try:
             samples = reader.samples(split)
@@ -272,6 +296,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         total += len(samples)
         unmasked = [s for s in samples if s.mask is None]
+        masked += len(samples) - len(unmasked)
         if split == args.val_split:  # evaluation needs every mask
             problems += [f"{s.image}: val image without a mask" for s in unmasked]
         else:
@@ -288,7 +313,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     where = ", ".join(args.splits + ([args.unlabeled_dir] if args.unlabeled_dir else []))
-    print(f"checked {total} samples in {where}: {total - unlabeled} with masks, {unlabeled} unlabeled (no mask), "
+    print(f"checked {total} samples in {where}: {masked} with masks, {unlabeled} unlabeled (no mask), "
           f"{len(problems)} problem(s)")
     return 1 if problems else 0
 
