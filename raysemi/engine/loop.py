@@ -111,6 +111,7 @@ class TrainingRun:
         self.kept_best_miou = kept_best.read_meta()["miou"] if kept_best else float("-inf")
         self.final_report: dict[str, Any] | None = None
         self.first_val_batch: RawBatch | None = None
+        self.last_unlabeled: RawBatch | None = None
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device)
@@ -166,6 +167,7 @@ class TrainingRun:
         while self.step < self.cfg.train.steps:
             with timer.waiting():
                 raw = {name: next(stream) for name, stream in self.env.streams.items()}
+            self.last_unlabeled = raw.get("unlabeled")  # a few of its images' pseudo-labels go to W&B
             logged = self._train_step({name: prepare_batch(b, self.env.device) for name, b in raw.items()})
             self.step += 1
             timer.tick(sum(len(b["image"]) for b in raw.values()) * self.env.world_size)
@@ -202,6 +204,7 @@ class TrainingRun:
             timer.reset()
         if final or (train.eval_every and self.step % train.eval_every == 0):
             metrics["val"] = self.last_val = self.evaluate()
+            self._log_masks()
             if train.keep_best and self.last_val["miou"] > self.kept_best_miou:
                 self.kept_best_miou = self.last_val["miou"]
                 self._checkpoint(best=True)
@@ -271,6 +274,33 @@ class TrainingRun:
         model.train(was_training)
         self.tracker.log_images(self.step, "predictions",
                                 prediction_panels(raw["image"], raw["mask"], predicted, self.run.palette))
+
+    def _log_masks(self) -> None:
+        """At an evaluation, to W&B (rank 0): a few val images with ground-truth and predicted masks
+        (``val_masks``) and, for a method with unlabeled data, a few of the latest unlabeled images with the
+        eval model's pseudo-labels (``pseudo_labels``: its argmax, before any confidence threshold)."""
+        if self.tracker is None or self.tracker.wandb_run is None or self.first_val_batch is None:
+            return
+        names = list(self.run.class_names)
+        val = {k: v[:PREDICTION_IMAGES] for k, v in self.first_val_batch.items()}
+        predicted = self._predicted(val)
+        self.tracker.log_masks(self.step, "val_masks", _hwc(val["image"]),
+                               {"ground_truth": _maps(val["mask"]), "prediction": _maps(predicted)}, names)
+        if self.last_unlabeled is not None:
+            unlabeled = {"image": self.last_unlabeled["image"][:PREDICTION_IMAGES]}
+            self.tracker.log_masks(self.step, "pseudo_labels", _hwc(unlabeled["image"]),
+                                   {"pseudo_label": _maps(self._predicted(unlabeled))}, names)
+
+    def _predicted(self, raw: RawBatch) -> torch.Tensor:
+        """``(N, H, W)`` class ids of the eval model for a raw batch (``image`` uint8, maybe ``boxes``)."""
+        model = self.method.eval_model(self.models)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            images = with_box_channels(prepare_batch(dict(raw), self.env.device))["image"]
+            predicted = predict_logits(model, images, self.cfg.eval).argmax(1)
+        model.train(was_training)
+        return predicted
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics: DDP syncs buffers only at the start of a training
@@ -373,6 +403,16 @@ class _IntervalTimer:
             "images_per_s": self.images / elapsed,
             "data_wait_frac": self.wait / elapsed,
         }
+
+
+def _hwc(images: torch.Tensor) -> list:
+    """``(N, 3, H, W)`` uint8 → N ``(H, W, 3)`` numpy arrays."""
+    return list(images.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def _maps(masks: torch.Tensor) -> list:
+    """``(N, H, W)`` class ids → N ``(H, W)`` uint8 numpy arrays."""
+    return list(masks.to(torch.uint8).cpu().numpy())
 
 
 def _scalars(metrics: dict[str, Any], last_val: dict[str, Any] | None) -> dict[str, float]:
