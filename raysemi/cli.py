@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("overrides", nargs="*")
     predict.set_defaults(handler=cmd_predict)
 
+    export = commands.add_parser("export", help="write a checkpoint's model as TorchScript or an ExportedProgram")
+    export.add_argument("--checkpoint", required=True, help="checkpoint folder or run directory")
+    export.add_argument("--format", required=True, dest="export_format", help="torchscript or exported_program")
+    export.add_argument("--out", required=True, type=Path, help="file to write, e.g. model.ts or model.pt2")
+    export.add_argument("--size", help="H,W of the example image traced (default: the config's data.crop_size); "
+                                       "TorchScript traces the model at that size")
+    export.set_defaults(handler=cmd_export)
+
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic dataset")
     synth.add_argument("--out", type=Path, help="folder (default: the cache used by training)")
@@ -70,11 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("root", type=Path)
     split.add_argument("--format", default="generic", help="generic, voc, cityscapes, cocostuff10k, ade20k")
     split.add_argument("--split", default="train", help="the dataset split to divide")
+    split.add_argument("--protocol", help="a published protocol instead of --split (voc: classic = labeled from the "
+                                          "1,464 fine images, blended = from trainaug; both leave the rest of "
+                                          "trainaug unlabeled)")
     amount = split.add_mutually_exclusive_group(required=True)
     amount.add_argument("--fraction", help="e.g. 1/16, 1/8, 0.25")
     amount.add_argument("--count", type=int, help="number of labeled images, e.g. 92 or 1464")
     amount.add_argument("--import", dest="import_file", type=Path, help="a published labeled split file")
     split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--unlabeled-dir", help="folder of extra unlabeled images (no masks) inside ROOT, appended "
+                                                "to unlabeled.txt (as data.unlabeled_dir)")
     split.add_argument("--out", type=Path, required=True, help="folder for labeled.txt and unlabeled.txt")
     split.add_argument("--tags", action="store_true",
                        help="also write unlabeled_tags.txt: each unlabeled image's classes, from its mask")
@@ -93,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("root", type=Path)
     check.add_argument("--format", default="generic")
     check.add_argument("--splits", nargs="+", default=["train", "val"])
+    check.add_argument("--val-split", default="val", help="the split whose images all need masks (default: val)")
+    check.add_argument("--unlabeled-dir", help="folder of extra unlabeled images inside ROOT (data.unlabeled_dir)")
     check.set_defaults(handler=cmd_check)
 
     submit = commands.add_parser("submit", help="run `train`, `tune` or `sweep` as a Ray job on a cluster")
@@ -163,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
     print_results(summary, title=f"{cfg.method} on {cfg.data.format}")
-    print(f"final val mIoU: {summary['miou']:.4f}")
+    print(f"final val mIoU: {summary['miou']:.4f} (best {summary['best_miou']:.4f} at step {summary['best_step']})")
     print(f"run directory: {summary['run_dir']}")
     return 0
 
@@ -187,6 +202,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from raysemi.engine.predictor import export
+
+    size = None
+    if args.size:
+        try:
+            size = tuple(int(v) for v in args.size.split(","))
+        except ValueError:
+            size = ()
+        if len(size) != 2:
+            raise DataError(f"--size={args.size!r}: expected H,W (two integers), e.g. --size 512,512")
+    out = export(args.checkpoint, args.export_format, args.out, size)
+    print(f"wrote {out}: (N, 3, H, W) float images in 0..1 -> (N, C, H, W) logits")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from raysemi.data.synthetic import ensure_synthetic, write_synthetic
 
@@ -200,10 +231,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    from raysemi.data.dataset import check_mask_sample, extra_unlabeled
     from raysemi.data.formats import open_format
     from raysemi.data.splits import (
         Split,
         complement,
+        find_protocol,
         parse_fraction,
         read_split_file,
         write_split,
@@ -211,16 +244,25 @@ def cmd_split(args: argparse.Namespace) -> int:
     )
 
     reader = open_format(args.format, args.root)
+    extra = extra_unlabeled(reader, args.unlabeled_dir)
     if args.import_file:
         labeled = read_split_file(args.import_file, reader.root)
-        split = Split(labeled, complement(reader.samples(args.split), labeled))
+        check_mask_sample(reader, labeled, args.import_file)
+        split = Split(labeled, complement(reader.samples(args.split), labeled) + extra)
         write_split_files(reader, split, args.out, args.tags, args.boxes)
     else:
         fraction = parse_fraction(args.fraction) if args.fraction else None
-        split = write_split(reader, args.split, fraction, args.count, args.seed, args.out, args.tags, args.boxes)
+        split = write_split(reader, args.split, fraction, args.count, args.seed, args.out, args.tags, args.boxes,
+                            extra, args.protocol)
     if args.pairs:
         write_pairs(reader, split.labeled, args.novel, args.seed, args.out / "pairs.txt")
-    print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled -> {args.out}")
+    unmasked = sum(s.mask is None for s in split.unlabeled)
+    print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled ({unmasked} without masks) "
+          f"-> {args.out}")
+    if args.protocol and not args.import_file:
+        counts = find_protocol(reader.name, args.protocol).counts
+        if len(split.labeled) not in counts:
+            print(f"note: published {args.protocol} counts are {', '.join(map(str, counts))}")
     return 0
 
 
@@ -241,11 +283,11 @@ def write_pairs(reader, samples: list, novel_text: str | None, seed: int, path: 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from raysemi.data.dataset import find_problems
+    from raysemi.data.dataset import extra_unlabeled, find_problems
     from raysemi.data.formats import open_format
 
     reader = open_format(args.format, args.root)
-    problems, total = [], 0
+    problems, total, masked, unlabeled = [], 0, 0, 0
     for split in args.splits:
         try:
             samples = reader.samples(split)
@@ -253,10 +295,26 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems.append(str(exc))
             continue
         total += len(samples)
+        unmasked = [s for s in samples if s.mask is None]
+        masked += len(samples) - len(unmasked)
+        if split == args.val_split:  # evaluation needs every mask
+            problems += [f"{s.image}: val image without a mask" for s in unmasked]
+        else:
+            unlabeled += len(unmasked)
         problems += find_problems(reader, samples, threads=os.cpu_count() or 2)
+    try:
+        extra = extra_unlabeled(reader, args.unlabeled_dir)
+    except RaysemiError as exc:
+        problems.append(str(exc))
+        extra = []
+    total += len(extra)
+    unlabeled += len(extra)
+    problems += find_problems(reader, extra, threads=os.cpu_count() or 2)
     for problem in problems:
         print(problem)
-    print(f"checked {total} samples in {', '.join(args.splits)}: {len(problems)} problem(s)")
+    where = ", ".join(args.splits + ([args.unlabeled_dir] if args.unlabeled_dir else []))
+    print(f"checked {total} samples in {where}: {masked} with masks, {unlabeled} unlabeled (no mask), "
+          f"{len(problems)} problem(s)")
     return 1 if problems else 0
 
 
@@ -346,10 +404,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     summary, files = write_report(args.runs, args.out or args.runs / "report", args.per_class)
     table = Table(title=f"runs under {args.runs}")
-    for column in ("method", "labels", "runs", "val mIoU"):
+    for column in ("method", "labels", "runs", "final val mIoU", "best val mIoU"):
         table.add_column(column)
     for row in summary.itertuples():
-        table.add_row(row.method, row.fraction, str(row.runs), f"{row.miou_mean:.4f} ± {row.miou_std:.4f}")
+        table.add_row(row.method, row.fraction, str(row.runs), f"{row.miou_mean:.4f} ± {row.miou_std:.4f}",
+                      f"{row.best_miou_mean:.4f} ± {row.best_miou_std:.4f}")
     console.print(table)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0

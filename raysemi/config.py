@@ -52,8 +52,10 @@ class DataConfig(Section):
     val_split: str = "val"  # the same: e.g. a held-out clip listed in a file (experiments/protocols/p2_camvid)
     labeled_split: str | None = None  # split file of `image mask` lines; overrides label_fraction/count
     unlabeled_split: str | None = None  # default: the train images not in the labeled split
+    unlabeled_dir: str | None = None  # folder of extra unlabeled images (no masks), absolute or under data.root
     unlabeled_tags: str | None = None  # image-level tags file for the unlabeled images (`data split --tags`)
     unlabeled_boxes: str | None = None  # boxes file for the unlabeled (weak) images (`data split --boxes`)
+    protocol: str | None = None  # a published split protocol of the format (voc: classic, blended)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     label_count: int | None = Field(None, ge=1)
     split_seed: int = 0
@@ -104,6 +106,7 @@ class TrainConfig(Section):
     eval_every: int = Field(0, ge=0)  # 0: evaluate at the end only
     checkpoint_every: int = Field(0, ge=0)  # 0: checkpoint at the end only
     keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept in <run.dir>/checkpoints
+    keep_best: bool = False  # also keep <run.dir>/checkpoints/best: the checkpoint of the best val mIoU
     log_every: int = Field(100, ge=1)
     amp: bool = True  # mixed precision, used only on CUDA
     channels_last: Literal["auto", True, False] = "auto"  # NHWC models and images; auto: on CPU, and on CUDA with AMP
@@ -112,8 +115,21 @@ class TrainConfig(Section):
     stall_timeout_s: float = Field(600.0, ge=0.0)
 
 
+class TTAConfig(Section):
+    hflip: bool = False  # also predict the mirrored image
+    scales: list[float] = [1.0]  # image scales predicted and averaged, e.g. [0.75, 1.0, 1.25]
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(s <= 0 for s in value):
+            raise ValueError(f"scales must be a non-empty list of positive numbers, got {value}")
+        return value
+
+
 class EvalConfig(Section):
     mode: Literal["whole", "slide"] = "whole"
+    tta: TTAConfig = TTAConfig()  # test-time augmentation: probabilities averaged over flips and scales
     crop_size: tuple[int, int] = (96, 128)  # sliding-window size (height, width)
     stride: tuple[int, int] = (64, 86)
     batch_size: int = Field(8, ge=1)  # images of different sizes need batch_size 1

@@ -100,6 +100,8 @@ def test_report_tables_mean_and_std_per_method_and_fraction(tmp_path):
     assert table[table.method == "self_correction-linear"].miou_mean.item() == pytest.approx(0.46)
     runs = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert len(runs) == 6 and "iou_car" in runs.columns
+    # summaries without best_miou (older runs): the best of metrics.jsonl, here the one evaluation at step 100
+    assert runs.best_miou.tolist() == runs.miou.tolist() and set(runs.best_step) == {100}
     markdown = (tmp_path / "report" / "summary.md").read_text()
     assert "| method | 1/16 | 1/8 |" in markdown
     assert "| supervised | 0.4400 ± 0.0400 (3) | 0.5000 ± 0.0000 (1) |" in markdown

@@ -82,16 +82,18 @@ def test_data_check_reports_every_problem_in_one_pass(dataset, capsys):
     (dataset / "val/labels/val_00004.png").unlink()
     assert main(["data", "check", str(dataset)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and lines[-1] == "checked 32 samples in train, val: 4 problem(s)"
+    assert len(lines) == 5 and lines[-1] == (
+        "checked 32 samples in train, val: 31 with masks, 0 unlabeled (no mask), 4 problem(s)")
     assert any("train_00005.png: unreadable image" in line for line in lines)
     assert any("train_00002.png: mask is 10x10" in line for line in lines)
     assert any("val_00003.png: label values [9]" in line for line in lines)
-    assert any("val_00004.png: mask not found" in line for line in lines)
+    assert any("val_00004.png: val image without a mask" in line for line in lines)
 
 
 def test_data_check_clean_dataset(synthetic_root, capsys):
     assert main(["data", "check", str(synthetic_root)]) == 0
-    assert capsys.readouterr().out.strip() == "checked 32 samples in train, val: 0 problem(s)"
+    assert capsys.readouterr().out.strip() == (
+        "checked 32 samples in train, val: 32 with masks, 0 unlabeled (no mask), 0 problem(s)")
 
 
 def test_simformer_novel_class_outside_the_dataset_or_a_pair_table_of_another_split(dataset, tmp_path, capsys):

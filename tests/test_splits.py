@@ -50,3 +50,43 @@ def test_split_file_paths_outside_root_or_missing_are_rejected(synthetic_root, t
     missing.write_text("train/images/train_00000.png train/labels/train_00000.png\ntrain/images/nope.png x.png\n")
     with pytest.raises(DataError, match=r"missing.txt:2: train/images/nope.png not found"):
         read_split_file(missing, synthetic_root)
+
+
+def test_voc_protocols_have_the_published_counts():
+    from raysemi.data.splits import PROTOCOLS
+
+    classic, blended = PROTOCOLS["voc"]["classic"], PROTOCOLS["voc"]["blended"]
+    # 1/16, 1/8, 1/4, 1/2 (and all) of the 1,464 fine images; 1/16 .. 1/2 of the 10,582 trainaug images
+    assert [labeled_count(1464, f) for f in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1)] == list(classic.counts)
+    assert [labeled_count(10582, f) for f in (1 / 16, 1 / 8, 1 / 4, 1 / 2)] == list(blended.counts)
+    assert (classic.labeled_pool, classic.train_split, blended.labeled_pool) == ("train", "trainaug", "trainaug")
+
+
+def test_voc_classic_draws_from_the_fine_images_and_blended_from_trainaug(tmp_path, capsys):
+    """A VOC layout with 4 fine images (train.txt) among 12 trainaug ones."""
+    import numpy as np
+    from PIL import Image
+
+    voc = tmp_path / "VOCdevkit/VOC2012"
+    ids = [f"2007_{i:06d}" for i in range(12)]
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    for i in ids:
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(voc / f"JPEGImages/{i}.jpg")
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(voc / f"SegmentationClass/{i}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:4]) + "\n")
+    (voc / "ImageSets/Segmentation/trainaug.txt").write_text("\n".join(ids) + "\n")
+    fine = {f"JPEGImages/{i}.jpg" for i in ids[:4]}
+    for protocol, seed in (("classic", 0), ("classic", 1), ("blended", 3)):
+        out = tmp_path / f"{protocol}{seed}"
+        assert main(["data", "split", str(tmp_path), "--format", "voc", "--protocol", protocol, "--count", "2",
+                     "--seed", str(seed), "--out", str(out)]) == 0
+        assert capsys.readouterr().out.startswith("2 labeled, 10 unlabeled (0 without masks)")
+        labeled = {line.split()[0] for line in (out / "labeled.txt").read_text().splitlines()}
+        if protocol == "classic":
+            assert labeled <= fine
+    assert not labeled <= fine  # blended with seed 3 draws from outside the fine set (checked by hand)
+    assert main(["data", "split", str(tmp_path), "--format", "voc", "--protocol", "mixed", "--count", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "protocol 'mixed' is not defined for data.format=voc (accepted: voc: classic, blended)" in (
+        capsys.readouterr().err)

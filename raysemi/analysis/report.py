@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from raysemi.errors import DataError
-from raysemi.tracking import read_metrics
+from raysemi.tracking import best_of, read_metrics
 
 
 @dataclass
@@ -33,6 +33,8 @@ class RunResult:
     miou: float
     iou: dict[str, float | None]
     metrics: list[dict] = field(default_factory=list)
+    best_miou: float | None = None  # the best val mIoU of the run's evaluations, and its step
+    best_step: int | None = None
 
     @property
     def fraction(self) -> str:
@@ -71,8 +73,11 @@ def _read_run(run_dir: Path) -> RunResult:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     labeled, unlabeled = (_lines(run_dir / name) for name in ("labeled.txt", "unlabeled.txt"))
+    metrics = read_metrics(run_dir)
+    best = {key: summary[key] for key in ("best_miou", "best_step") if key in summary}
+    best = best or best_of(metrics, summary["miou"], summary.get("steps", 0))  # runs from before best_miou
     return RunResult(run_dir, _method_label(cfg, run_dir), labeled, labeled + unlabeled, cfg["run"]["seed"],
-                     summary["miou"], summary["iou"], read_metrics(run_dir))
+                     summary["miou"], summary["iou"], metrics, best["best_miou"], best["best_step"])
 
 
 def _lines(path: Path) -> int:
@@ -88,11 +93,12 @@ def _method_label(cfg: dict, run_dir: Path) -> str:
 
 
 def runs_frame(runs: list[RunResult], per_class: bool = False) -> pd.DataFrame:
-    """One row per run: ``method, fraction, labeled, total, seed, miou`` (+ ``iou_<class>``), ``run_dir``."""
+    """One row per run: ``method, fraction, labeled, total, seed, miou, best_miou, best_step``
+    (+ ``iou_<class>``), ``run_dir``."""
     rows = []
     for run in runs:
         row = {"method": run.method, "fraction": run.fraction, "labeled": run.labeled, "total": run.total,
-               "seed": run.seed, "miou": run.miou}
+               "seed": run.seed, "miou": run.miou, "best_miou": run.best_miou, "best_step": run.best_step}
         if per_class:
             row |= {f"iou_{name}": value for name, value in run.iou.items()}
         rows.append(row | {"run_dir": str(run.run_dir)})
@@ -102,7 +108,7 @@ def runs_frame(runs: list[RunResult], per_class: bool = False) -> pd.DataFrame:
 def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std (0 for one run) and count of each numeric result per method and fraction, fractions
     in increasing order of labeled share."""
-    values = [c for c in runs.columns if c == "miou" or c.startswith("iou_")]
+    values = [c for c in runs.columns if c in ("miou", "best_miou") or c.startswith("iou_")]
     grouped = runs.groupby(["method", "fraction"], sort=False)
     summary = grouped[values].agg(["mean", "std"]).fillna({(c, "std"): 0.0 for c in values})
     summary.columns = [f"{c}_{stat}" for c, stat in summary.columns]

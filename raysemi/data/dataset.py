@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from raysemi.config import DataConfig
-from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, open_format, read_image
-from raysemi.data.splits import Split, complement, make_split, read_split_file, split_samples
+from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, list_images, open_format, read_image
+from raysemi.data.splits import Split, complement, draw_split, find_protocol, read_split_file, split_samples
 from raysemi.data.synthetic import ensure_synthetic
 from raysemi.data.weak_labels import read_boxes_file, read_tags_file
 from raysemi.errors import DataError
@@ -58,20 +58,27 @@ def dataset_root(cfg: DataConfig) -> Path:
 
 
 def open_dataset(cfg: DataConfig) -> DatasetSource:
-    """Resolve the root, list train/val samples and choose the labeled split (file, count or fraction)."""
+    """Resolve the root, list train/val samples and choose the labeled split (file, count or fraction).
+
+    Labeled images are drawn from the train images that have masks; train images without one, and the images
+    of ``data.unlabeled_dir``, are unlabeled (unless ``data.unlabeled_split`` lists the unlabeled images).
+    """
     reader = open_format(cfg.format, dataset_root(cfg))
-    train = split_samples(reader, cfg.train_split)
+    train_split = find_protocol(reader.name, cfg.protocol).train_split if cfg.protocol else cfg.train_split
+    train = split_samples(reader, train_split)
     val = split_samples(reader, cfg.val_split)
     if cfg.labeled_split:
         labeled = read_split_file(cfg.labeled_split, reader.root)
+        check_mask_sample(reader, labeled, cfg.labeled_split)
         unlabeled = (
             read_split_file(cfg.unlabeled_split, reader.root, require_masks=False)
             if cfg.unlabeled_split
-            else complement(train, labeled)
+            else complement(train, labeled) + extra_unlabeled(reader, cfg.unlabeled_dir)
         )
         split = Split(labeled, unlabeled)
     else:
-        split = make_split(train, cfg.label_fraction, cfg.label_count, cfg.split_seed)
+        split = draw_split(reader, train_split, cfg.label_fraction, cfg.label_count, cfg.split_seed, cfg.protocol)
+        split = Split(split.labeled, split.unlabeled + extra_unlabeled(reader, cfg.unlabeled_dir))
     # Unlabeled samples never carry a mask path: nothing downstream can read their masks.
     tags = _unlabeled_weak_labels(cfg.unlabeled_tags, read_tags_file, reader, split.unlabeled)
     boxes = _unlabeled_weak_labels(cfg.unlabeled_boxes, read_boxes_file, reader, split.unlabeled)
@@ -82,6 +89,22 @@ def open_dataset(cfg: DataConfig) -> DatasetSource:
     if not split.labeled:
         raise DataError(f"the labeled split is empty ({cfg.labeled_split or 'data.label_fraction'})")
     return DatasetSource(reader, train, val, split)
+
+
+def extra_unlabeled(reader: DatasetFormat, folder: str | Path | None) -> list[Sample]:
+    """The images of ``folder`` (inside the dataset root: absolute, or relative to it) as mask-less samples;
+    inside, so that split files can name them relative to the root as they name every other image."""
+    if not folder:
+        return []
+    path = Path(folder).expanduser()
+    path = (path if path.is_absolute() else reader.root / path).resolve()
+    if not path.is_relative_to(reader.root):
+        raise DataError(f"data.unlabeled_dir={folder}: the folder must be inside the dataset root {reader.root} "
+                        "(move or link it there)")
+    images = list_images(path)
+    if not images:
+        raise DataError(f"{folder}: data.unlabeled_dir holds no images (accepted: .png, .jpg, .jpeg, .bmp, .tif)")
+    return [Sample(image.resolve(), None) for image in images]
 
 
 def _unlabeled_weak_labels(path: str | None, read, reader: DatasetFormat, unlabeled: list[Sample]) -> dict:
@@ -120,6 +143,22 @@ def load_sample(reader: DatasetFormat, sample: Sample) -> tuple[np.ndarray, np.n
     return image, mask
 
 
+def check_mask_sample(reader: DatasetFormat, samples: list[Sample], source: str | Path, size: int = 32) -> None:
+    """Decode up to ``size`` evenly spaced masks of an imported split (``source``) and check them against the
+    format's label range: a split whose masks decode wrong is refused before anything trains on it.
+
+    Raises:
+        DataError: ``"<source>: <mask file>: <problem>"`` for the first mask that fails.
+    """
+    masked = [s for s in samples if s.mask is not None]
+    picks = np.unique(np.linspace(0, len(masked) - 1, num=min(size, len(masked))).round().astype(int))
+    for index in picks if masked else ():
+        try:
+            load_sample(reader, masked[index])
+        except DataError as exc:
+            raise DataError(f"{source}: {exc}") from None
+
+
 def check_label_values(mask: np.ndarray, classes: ClassInfo, source: Path) -> None:
     values = np.unique(mask)
     bad = values[(values >= classes.num_classes) & (values != classes.ignore_index)]
@@ -150,6 +189,10 @@ def find_problems(reader: DatasetFormat, samples: list[Sample], decode: bool = T
 def preflight(source: DatasetSource, cfg: DataConfig) -> None:
     """Fail before a run directory exists: check the labeled and val samples, and unlabeled image paths."""
     decode = cfg.verify == "full"
+    unmasked = [s.image for s in source.val if s.mask is None]
+    if unmasked:
+        raise DataError(f"{unmasked[0]}: val image without a mask ({len(unmasked)} in data.val_split="
+                        f"{cfg.val_split}); every val image needs one")
     problems = find_problems(source.reader, source.split.labeled + source.val, decode=decode)
     problems += find_problems(source.reader, source.split.unlabeled, decode=False)
     if problems:

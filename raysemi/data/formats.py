@@ -8,12 +8,16 @@ Layouts (paths relative to the dataset root):
 
 - ``generic`` (also the synthetic data and ``../shared/data/camvid-*``): ``classes.json`` (``classes``,
   ``palette``, ``ignore_index``), ``<split>/images/<name>.<ext>``, ``<split>/labels/<name>.png``, optional
-  ``<split>.txt`` listing the file names in order.
+  ``<split>.txt`` listing the file names in order. An image without ``labels/<name>.png`` has no mask
+  (``Sample.mask is None``): in the train split it joins the unlabeled pool; images of a folder named by
+  ``data.unlabeled_dir`` join it too (:func:`list_images`).
 - ``voc``: PASCAL VOC 2012 + SBD: ``JPEGImages/<id>.jpg``, ``SegmentationClassAug/<id>.png`` (preferred when
   present, the 10,582-image ``train_aug`` set) or ``SegmentationClass/<id>.png``, ids in
   ``ImageSets/Segmentation/<split>.txt`` (``train``, ``val``, ``trainaug``, ...).
 - ``cityscapes``: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
-  ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png``; label ids are mapped to the 19 train ids.
+  ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (label ids 0..33, mapped to the 19 train ids) or, when
+  only that exists, ``..._gtFine_labelTrainIds.png`` (train ids as stored). A mask's encoding follows from its
+  name; a name with neither ending is refused, as is a label-id file holding values above 33.
 - ``cocostuff10k``: ``images/<id>.jpg``, ``annotations/<id>.mat`` (key ``S``, 0 = unlabeled, 1..182) or
   ``annotations/<id>.png``, ids in ``imageLists/<split>.txt``; the 171 used COCO-Stuff ids map to 0..170.
 - ``ade20k``: ``ADEChallengeData2016/images/{training,validation}/*.jpg`` and ``annotations/.../*.png``
@@ -105,8 +109,8 @@ class GenericFormat(DatasetFormat):
             names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
             images = [images_dir / name for name in names]
         else:
-            images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        return [Sample(image, labels_dir / f"{image.stem}.png") for image in images]
+            images = list_images(images_dir)
+        return [Sample(image, _existing(labels_dir / f"{image.stem}.png")) for image in images]
 
     def _splits(self) -> str:
         return ", ".join(sorted(p.name for p in self.root.iterdir() if (p / "images").is_dir())) or "none"
@@ -178,10 +182,22 @@ class CityscapesFormat(DatasetFormat):
 
     def _mask_for(self, image: Path, split: str) -> Path:
         stem = image.name.removesuffix("_leftImg8bit.png")
-        return self.root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
+        label_ids = self.root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
+        train_ids = label_ids.with_name(f"{stem}_gtFine_labelTrainIds.png")
+        return train_ids if train_ids.is_file() and not label_ids.is_file() else label_ids
 
     def decode_mask(self, path: Path) -> np.ndarray:
-        return self._lookup[read_png_indices(path)]
+        """Train ids from a ``*_labelIds.png`` (through the id table) or a ``*_labelTrainIds.png`` (as stored)."""
+        if path.name.endswith("_labelTrainIds.png"):
+            return read_png_indices(path)
+        if not path.name.endswith("_labelIds.png"):
+            raise DataError(f"{path}: cannot tell the mask's encoding from its name; Cityscapes masks must end in "
+                            "_labelIds.png (label ids 0..33) or _labelTrainIds.png (train ids 0..18, 255 = ignore)")
+        raw = read_png_indices(path)
+        if raw.max(initial=0) > 33:
+            raise DataError(f"{path}: values up to {raw.max()} are not Cityscapes label ids 0..33; "
+                            "a mask of train ids must be named *_labelTrainIds.png")
+        return self._lookup[raw]
 
 
 # COCO-Stuff ids (1-based, 182) that no annotation uses; the remaining 171 map to 0..170 in order.
@@ -284,6 +300,17 @@ def read_png_indices(path: Path) -> np.ndarray:
             raise DataError(f"{path}: mask values up to {values.max()} do not fit label ids 0..255")
         values = values.astype(np.uint8)
     return values
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), sorted by name."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
 
 
 def _read_id_list(path: Path) -> list[str]:

@@ -6,8 +6,9 @@ the format the reference implementations publish (TorchSemiSeg/CPS, and UniMatch
 resolve outside the root are rejected.
 
 A split made here is a deterministic function of (train set order, fraction or count, seed): a seeded
-permutation of the train samples whose first ``k`` are labeled and the rest unlabeled, so the two are
-disjoint and cover the train set.
+permutation of the train samples that have a mask, whose first ``k`` are labeled; every other train sample
+(masked or not) is unlabeled, so the two are disjoint and cover the train set. The fraction is of the masked
+images.
 """
 
 from __future__ import annotations
@@ -29,11 +30,54 @@ class Split:
     unlabeled: list[Sample]
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """A published way to split a dataset: labeled images are drawn from the ``labeled_pool`` split, and the
+    rest of ``train_split`` is unlabeled; ``counts`` are the labeled counts papers report (1/16 .. 1/2 or all
+    of the pool, rounded up)."""
+
+    train_split: str
+    labeled_pool: str
+    counts: tuple[int, ...]
+
+
+# VOC 2012: `classic` draws the labeled images from the 1,464 finely annotated ones (ImageSets/Segmentation/
+# train.txt), `blended` from all 10,582 of trainaug (fine + SBD), as in UniMatch and CPS; both leave the rest
+# of trainaug unlabeled.
+PROTOCOLS: dict[str, dict[str, Protocol]] = {
+    "voc": {
+        "classic": Protocol("trainaug", "train", (92, 183, 366, 732, 1464)),
+        "blended": Protocol("trainaug", "trainaug", (662, 1323, 2646, 5291)),
+    },
+}
+
+
+def find_protocol(format_name: str, name: str) -> Protocol:
+    """The protocol ``name`` of ``format_name``; a one-line error lists those accepted."""
+    known = PROTOCOLS.get(format_name, {})
+    if name not in known:
+        accepted = ", ".join(f"{f}: {', '.join(p)}" for f, p in PROTOCOLS.items())
+        raise DataError(f"protocol {name!r} is not defined for data.format={format_name} (accepted: {accepted})")
+    return known[name]
+
+
+def draw_split(reader, train_split: str, fraction: float | None, count: int | None, seed: int,
+               protocol: str | None = None) -> Split:
+    """The labeled/unlabeled split of ``reader``'s ``train_split`` (:func:`make_split`), or under a named
+    ``protocol``: the labeled images drawn from its pool, the rest of its train split unlabeled."""
+    if protocol is None:
+        return make_split(split_samples(reader, train_split), fraction, count, seed)
+    chosen = find_protocol(reader.name, protocol)
+    labeled = make_split(reader.samples(chosen.labeled_pool), fraction, count, seed).labeled
+    return Split(labeled, complement(reader.samples(chosen.train_split), labeled))
+
+
 def labeled_count(total: int, fraction: float | None = None, count: int | None = None) -> int:
     """How many of ``total`` images are labeled: ``count`` if given, else ``ceil(total * fraction)``."""
     if count is not None:
         if not 1 <= count <= total:
-            raise DataError(f"label count {count} is not accepted: the train set has {total} images (1..{total})")
+            raise DataError(f"label count {count} is not accepted: the train set has {total} images with masks "
+                            f"(1..{total})")
         return count
     if fraction is None or not 0 < fraction <= 1:
         raise DataError(f"label fraction {fraction} is not accepted; use a value in (0, 1], e.g. 1/8 or 0.125")
@@ -41,14 +85,17 @@ def labeled_count(total: int, fraction: float | None = None, count: int | None =
 
 
 def make_split(samples: list[Sample], fraction: float | None = None, count: int | None = None, seed: int = 0) -> Split:
-    """Choose the labeled subset by a seeded permutation of ``samples`` (deterministic, disjoint, covering)."""
+    """Choose the labeled subset among the samples with a mask by a seeded permutation; the rest of
+    ``samples`` (including every sample without a mask) is unlabeled, in their order."""
     if not samples:
         raise DataError("cannot split an empty train set")
-    k = labeled_count(len(samples), fraction, count)
-    order = np.random.default_rng(seed).permutation(len(samples))
-    labeled = sorted(order[:k])
-    unlabeled = sorted(order[k:])
-    return Split([samples[i] for i in labeled], [samples[i] for i in unlabeled])
+    masked = [i for i, s in enumerate(samples) if s.mask is not None]
+    if not masked:
+        raise DataError(f"none of the {len(samples)} train images has a mask; at least one labeled image is needed")
+    k = labeled_count(len(masked), fraction, count)
+    order = np.random.default_rng(seed).permutation(len(masked))
+    chosen = {masked[i] for i in order[:k]}
+    return Split([samples[i] for i in sorted(chosen)], [s for i, s in enumerate(samples) if i not in chosen])
 
 
 def complement(train: list[Sample], labeled: list[Sample]) -> list[Sample]:
@@ -80,11 +127,15 @@ def write_split_file(path: Path, samples: list[Sample], root: Path) -> None:
 
 
 def write_split(reader, split_name: str, fraction: float | None, count: int | None, seed: int, out: Path,
-                tags: bool = False, boxes: bool = False) -> Split:
-    """The split tool: draw the labeled part of ``reader``'s ``split_name`` samples (a fraction or a count,
-    with ``seed``) and write ``labeled.txt`` and ``unlabeled.txt`` to ``out``; with ``tags`` / ``boxes`` also
-    each unlabeled image's tags (``unlabeled_tags.txt``) or boxes (``unlabeled_boxes.txt``) from its mask."""
-    split = make_split(split_samples(reader, split_name), fraction, count, seed)
+                tags: bool = False, boxes: bool = False, extra_unlabeled: list[Sample] = (),
+                protocol: str | None = None) -> Split:
+    """The split tool: draw the labeled part of ``reader``'s ``split_name`` samples (a fraction or a count of
+    those with masks, with ``seed``) and write ``labeled.txt`` and ``unlabeled.txt`` (with
+    ``extra_unlabeled`` appended) to ``out``; with ``tags`` / ``boxes`` also each unlabeled image's tags
+    (``unlabeled_tags.txt``) or boxes (``unlabeled_boxes.txt``) from its mask; a ``protocol`` names the pool
+    and train split instead (:func:`draw_split`)."""
+    split = draw_split(reader, split_name, fraction, count, seed, protocol)
+    split = Split(split.labeled, split.unlabeled + list(extra_unlabeled))
     write_split_files(reader, split, out, tags, boxes)
     return split
 
@@ -92,6 +143,11 @@ def write_split(reader, split_name: str, fraction: float | None, count: int | No
 def write_split_files(reader, split: Split, out: Path, tags: bool = False, boxes: bool = False) -> None:
     from raysemi.data.weak_labels import dataset_boxes, tags_from_masks, write_boxes_file, write_tags_file
 
+    unmasked = [s.image for s in split.unlabeled if s.mask is None]
+    if (tags or boxes) and unmasked:
+        option = "--tags" if tags else "--boxes"
+        raise DataError(f"{option} derives weak labels from masks, but {len(unmasked)} unlabeled images have none "
+                        f"(e.g. {unmasked[0]}); drop {option} or give those images masks")
     write_split_file(out / "labeled.txt", split.labeled, reader.root)
     write_split_file(out / "unlabeled.txt", split.unlabeled, reader.root)
     if tags:

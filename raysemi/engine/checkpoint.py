@@ -4,7 +4,9 @@ Each holds ``model.pt`` (the eval model's weights only: a plain state dict that 
 ``torch.load(weights_only=True)``), ``training_state.pt`` (every model, optimizer, LR scheduler and AMP
 scaler state, also tensors and primitives only), ``config.yaml`` (the resolved config) and ``meta.json``
 (step, class names). A checkpoint is assembled in a hidden temporary folder and renamed into place, so a crash
-mid-write never leaves a folder that :func:`latest_checkpoint` would pick up. Only rank 0 writes checkpoints,
+mid-write never leaves a folder that :func:`latest_checkpoint` would pick up. With ``train.keep_best``,
+``checkpoints/best/`` holds the checkpoint of the best val mIoU so far (its ``meta.json`` says ``step`` and
+``miou``); pruning to the newest ``train.keep_checkpoints`` never touches it. Only rank 0 writes checkpoints,
 so a staging folder found at the next write is a dead writer's, and is removed then.
 """
 
@@ -24,6 +26,7 @@ from raysemi.engine.storage import storage_errors
 from raysemi.errors import CheckpointError
 
 PREFIX = "step_"
+BEST = "best"
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,14 @@ def write_checkpoint(
     config_yaml: str,
     meta: dict[str, Any],
     keep: int = 2,
+    name: str | None = None,
 ) -> CheckpointFiles:
-    """Write ``checkpoints/step_<step>`` atomically and prune to the newest ``keep``."""
+    """Write ``checkpoints/step_<step>`` atomically and prune to the newest ``keep``; with ``name`` (``best``)
+    write ``checkpoints/<name>`` instead, replacing the previous one, outside the newest-``keep`` list."""
     parent = run_dir / "checkpoints"
     parent.mkdir(parents=True, exist_ok=True)
-    final = parent / f"{PREFIX}{step:08d}"
-    for leftover in parent.glob(f".tmp-{PREFIX}*"):  # from a writer killed before its rename
+    final = parent / (name or f"{PREFIX}{step:08d}")
+    for leftover in parent.glob(f".tmp-{final.name if name else PREFIX}*"):  # a writer killed before its rename
         shutil.rmtree(leftover, ignore_errors=True)
     with storage_errors(final, f"the step-{step} checkpoint"):
         staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
@@ -98,13 +103,19 @@ def list_checkpoints(run_dir: Path) -> list[CheckpointFiles]:
     return sorted((c for c in found if c.meta.is_file()), key=lambda c: c.path.name)
 
 
+def best_checkpoint(run_dir: Path) -> CheckpointFiles | None:
+    """``checkpoints/best`` (``train.keep_best``), whose ``meta.json`` holds its ``step`` and ``miou``."""
+    best = CheckpointFiles(run_dir / "checkpoints" / BEST)
+    return best if best.meta.is_file() else None
+
+
 def latest_checkpoint(run_dir: Path) -> CheckpointFiles | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
 
 def resolve_checkpoint(path: str | Path) -> CheckpointFiles:
-    """A checkpoint folder, or a run directory (→ its newest checkpoint)."""
+    """A checkpoint folder (``checkpoints/best`` included), or a run directory (→ its newest checkpoint)."""
     path = Path(path).expanduser()
     if (path / "model.pt").is_file() and (path / "meta.json").is_file():
         return CheckpointFiles(path)

@@ -15,7 +15,31 @@ from raysemi.engine.metrics import ConfusionMatrix
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
-    """``(N, 3, H, W)`` normalised images → ``(N, C, H, W)`` logits, whole-image or sliding-window."""
+    """``(N, 3, H, W)`` normalised images → ``(N, C, H, W)`` logits, whole-image or sliding-window.
+
+    With test-time augmentation (``cfg.tta``: horizontal flip, scales) the result is the log of the softmax
+    probabilities averaged over every flip × scale, each resized back to ``H × W``: its softmax is that mean.
+    """
+    if not cfg.tta.hflip and list(cfg.tta.scales) == [1.0]:
+        return _model_logits(model, images, cfg)
+    height, width = images.shape[-2:]
+    total = None
+    for scale in cfg.tta.scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = images if size == (height, width) else F.interpolate(images, size, mode="bilinear",
+                                                                       align_corners=False)
+        for flip in (False, True) if cfg.tta.hflip else (False,):
+            logits = _model_logits(model, scaled.flip(-1) if flip else scaled, cfg)
+            logits = logits.flip(-1) if flip else logits
+            if size != (height, width):
+                logits = F.interpolate(logits, (height, width), mode="bilinear", align_corners=False)
+            probabilities = logits.float().softmax(1)
+            total = probabilities if total is None else total + probabilities
+    views = len(cfg.tta.scales) * (2 if cfg.tta.hflip else 1)
+    return (total / views).clamp_min(1e-12).log()
+
+
+def _model_logits(model: nn.Module, images: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
     if cfg.mode == "whole":
         return model(images)
     return sliding_window_logits(model, images, cfg.crop_size, cfg.stride)

@@ -23,7 +23,9 @@ from torch import nn
 from raysemi.config import Config
 from raysemi.data.transforms import normalize
 from raysemi.engine.checkpoint import (
+    BEST,
     CheckpointFiles,
+    best_checkpoint,
     latest_checkpoint,
     load_tensors,
     resolve_checkpoint,
@@ -43,7 +45,7 @@ from raysemi.engine.watchdog import StallError, watched
 from raysemi.errors import RaysemiError
 from raysemi.methods import Method, build_method
 from raysemi.models import unwrap
-from raysemi.tracking import Tracker
+from raysemi.tracking import Tracker, best_of, read_metrics
 
 RawBatch = dict[str, torch.Tensor]
 PREDICTION_IMAGES = 4  # val images logged to W&B as input | truth | prediction at the end of a run
@@ -110,10 +112,13 @@ class TrainingRun:
         self.tracker = Tracker(cfg, run.run_dir, self.step) if self.is_chief else None
         self.last_checkpoint: CheckpointFiles | None = latest_checkpoint(run.run_dir)
         self.last_val: dict[str, Any] | None = None
+        kept_best = best_checkpoint(run.run_dir) if cfg.train.keep_best else None
+        self.kept_best_miou = kept_best.read_meta()["miou"] if kept_best else float("-inf")
         self.final_report: dict[str, Any] | None = None
         self.first_val_batch: RawBatch | None = None
         stall = cfg.train.stall_timeout_s  # each wait for data ends after this long (0: never)
         self.streams = {name: watched(stream, f"data stream '{name}'", stall) for name, stream in env.streams.items()}
+        self.last_unlabeled: RawBatch | None = None
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device, memory_format=self.memory_format)  # the layout applies to 4-D weights only
@@ -168,6 +173,7 @@ class TrainingRun:
 
     def _fit(self) -> dict[str, Any] | None:
         self._skip_consumed_batches()
+        self.started = (time.perf_counter(), self.step)  # for the elapsed time and ETA of the log lines
         timer = _IntervalTimer()
         sums: dict[str, torch.Tensor] = {}
         for model in self.models.values():
@@ -175,6 +181,7 @@ class TrainingRun:
         while self.step < self.cfg.train.steps:
             with timer.waiting():
                 raw = {name: next(stream) for name, stream in self.streams.items()}
+            self.last_unlabeled = raw.get("unlabeled")  # a few of its images' pseudo-labels go to W&B
             logged = self._train_step({name: self._prepare(b) for name, b in raw.items()})
             self.step += 1
             timer.tick(sum(len(b["image"]) for b in raw.values()) * self.env.world_size)
@@ -214,12 +221,16 @@ class TrainingRun:
             timer.reset()
         if final or (train.eval_every and self.step % train.eval_every == 0):
             metrics["val"] = self.last_val = self.evaluate()
+            self._log_masks()
+            if train.keep_best and self.last_val["miou"] > self.kept_best_miou:
+                self.kept_best_miou = self.last_val["miou"]
+                self._checkpoint(best=True)
         checkpointed = final or bool(train.checkpoint_every and self.step % train.checkpoint_every == 0)
         if checkpointed:
             self._checkpoint()
         if metrics and self.tracker is not None:
             self.tracker.log(self.step, metrics)
-            say(_log_line(self.step, train.steps, metrics))
+            say(_log_line(self.step, train.steps, metrics, *self._elapsed_and_eta()))
         if checkpointed and self.mirror is not None and self.is_chief:  # with the log up to the checkpoint
             self.mirror.push_run_files()
         if metrics:
@@ -228,6 +239,13 @@ class TrainingRun:
                 self.final_report = report
             else:
                 self.env.report(report)
+
+    def _elapsed_and_eta(self) -> tuple[float, float]:
+        """Seconds since :meth:`fit` began, and the seconds the remaining steps take at this run's pace."""
+        began, first_step = self.started
+        elapsed = time.perf_counter() - began
+        done = max(self.step - first_step, 1)
+        return elapsed, elapsed / done * (self.cfg.train.steps - self.step)
 
     def _averaged(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         """Means over the interval and over workers."""
@@ -275,6 +293,33 @@ class TrainingRun:
         self.tracker.log_images(self.step, "predictions",
                                 prediction_panels(raw["image"], raw["mask"], predicted, self.run.palette))
 
+    def _log_masks(self) -> None:
+        """At an evaluation, to W&B (rank 0): a few val images with ground-truth and predicted masks
+        (``val_masks``) and, for a method with unlabeled data, a few of the latest unlabeled images with the
+        eval model's pseudo-labels (``pseudo_labels``: its argmax, before any confidence threshold)."""
+        if self.tracker is None or self.tracker.wandb_run is None or self.first_val_batch is None:
+            return
+        names = list(self.run.class_names)
+        val = {k: v[:PREDICTION_IMAGES] for k, v in self.first_val_batch.items()}
+        predicted = self._predicted(val)
+        self.tracker.log_masks(self.step, "val_masks", _hwc(val["image"]),
+                               {"ground_truth": _maps(val["mask"]), "prediction": _maps(predicted)}, names)
+        if self.last_unlabeled is not None:
+            unlabeled = {"image": self.last_unlabeled["image"][:PREDICTION_IMAGES]}
+            self.tracker.log_masks(self.step, "pseudo_labels", _hwc(unlabeled["image"]),
+                                   {"pseudo_label": _maps(self._predicted(unlabeled))}, names)
+
+    def _predicted(self, raw: RawBatch) -> torch.Tensor:
+        """``(N, H, W)`` class ids of the eval model for a raw batch (``image`` uint8, maybe ``boxes``)."""
+        model = self.method.eval_model(self.models)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            images = with_box_channels(prepare_batch(dict(raw), self.env.device))["image"]
+            predicted = predict_logits(model, images, self.cfg.eval).argmax(1)
+        model.train(was_training)
+        return predicted
+
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics: DDP syncs buffers only at the start of a training
         forward, so after the last step each rank holds the statistics of its own last batch."""
@@ -299,7 +344,9 @@ class TrainingRun:
     def _checkpoint_step(self) -> int:
         return int(self.last_checkpoint.read_meta()["step"]) if self.last_checkpoint else 0
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, best: bool = False) -> None:
+        """Write the step's checkpoint (collective: every rank waits for rank 0); ``best`` writes
+        ``checkpoints/best`` with the latest val mIoU in its meta instead."""
         if self.is_chief:
             eval_model = self.method.eval_model(self.models)
             state = {
@@ -312,17 +359,23 @@ class TrainingRun:
             }
             if self.env.device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(self.env.device)
-            self.last_checkpoint = write_checkpoint(
+            meta = {"method": self.cfg.method, "classes": list(self.run.class_names), "palette": self.run.palette}
+            if best:
+                meta["miou"] = self.last_val["miou"]
+            written = write_checkpoint(
                 self.run.run_dir,
                 self.step,
                 eval_model.state_dict(),
                 state,
                 self.cfg.to_yaml(),
-                {"method": self.cfg.method, "classes": list(self.run.class_names), "palette": self.run.palette},
+                meta,
                 keep=self.cfg.train.keep_checkpoints,
+                name=BEST if best else None,
             )
+            if not best:
+                self.last_checkpoint = written
             if self.mirror is not None:
-                self.mirror.push_checkpoint(self.last_checkpoint)
+                self.mirror.push_checkpoint(written)
         if self.env.world_size > 1:
             dist.barrier()
 
@@ -343,12 +396,16 @@ class TrainingRun:
             **{key: value for key, value in final.items() if key.startswith("miou")},
             "pixel_acc": final["pixel_acc"],
             "iou": final["iou"],
+            **best_of(read_metrics(self.run.run_dir), final["miou"], self.cfg.train.steps),
             "checkpoint": str(self.last_checkpoint.path) if self.last_checkpoint else None,
             "run_dir": str(self.run.run_dir),
         }
+        kept_best = best_checkpoint(self.run.run_dir) if self.cfg.train.keep_best else None
+        if kept_best is not None:
+            summary["best_checkpoint"] = str(kept_best.path)
         write_json(self.run.run_dir / "summary.json", summary)
         self._log_predictions()
-        self.tracker.close({"val": final})
+        self.tracker.close({"val": final, "best_miou": summary["best_miou"], "best_step": summary["best_step"]})
         if self.mirror is not None:
             self.mirror.push_run_files()
         return summary
@@ -382,6 +439,16 @@ class _IntervalTimer:
         }
 
 
+def _hwc(images: torch.Tensor) -> list:
+    """``(N, 3, H, W)`` uint8 → N ``(H, W, 3)`` numpy arrays."""
+    return list(images.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def _maps(masks: torch.Tensor) -> list:
+    """``(N, H, W)`` class ids → N ``(H, W)`` uint8 numpy arrays."""
+    return list(masks.to(torch.uint8).cpu().numpy())
+
+
 def _scalars(metrics: dict[str, Any], last_val: dict[str, Any] | None) -> dict[str, float]:
     """The numbers a report carries; ``val_miou`` is the latest evaluation's, so schedulers that compare
     trials at a step (ASHA's rungs) find it in every report after the first evaluation."""
@@ -391,7 +458,8 @@ def _scalars(metrics: dict[str, Any], last_val: dict[str, Any] | None) -> dict[s
     return flat
 
 
-def _log_line(step: int, total: int, metrics: dict[str, Any]) -> str:
+def _log_line(step: int, total: int, metrics: dict[str, Any], elapsed: float, eta: float) -> str:
+    """One terminal line per log step: ``step 20/100 | loss 0.41 | ... | 0:00:12 elapsed, ETA 0:00:48``."""
     parts = [f"step {step}/{total}"]
     if "loss" in metrics:
         parts.append(f"loss {metrics['loss']:.4f}")
@@ -399,7 +467,15 @@ def _log_line(step: int, total: int, metrics: dict[str, Any]) -> str:
         parts.append(f"{metrics['steps_per_s']:.2f} it/s, data wait {100 * metrics['data_wait_frac']:.1f}%")
     if "val" in metrics:
         parts.append(f"val mIoU {metrics['val']['miou']:.4f}")
+    parts.append(f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}")
     return " | ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    """``3725.4`` → ``1:02:05``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def say(text: str) -> None:

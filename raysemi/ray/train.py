@@ -8,6 +8,7 @@ on a multi-node cluster ``run.dir`` must be on storage every node sees.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -251,6 +252,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def run_training(loop_config: dict[str, Any], *, rank: int, world_size: int, local_world_size: int,
                  device: torch.device, shard: Callable[[str], Any], report: Callable[[dict], None]) -> None:
     """One worker's training: ``shard(name)`` gives its part of a dataset, ``report`` takes its metrics."""
+    silence_report_lines()
     cfg = Config.model_validate(loop_config["config"])
     set_torch_threads(cfg, local_world_size)
     specs = build_method(cfg).streams()
@@ -285,6 +287,21 @@ def run_training(loop_config: dict[str, Any], *, rank: int, world_size: int, loc
 # ``log_every=2`` with 2 workers). Polling every 0.1 s costs the controller a few actor calls a second, and a
 # poll that misses the interval is only retried (a worker is declared dead after 10 minutes without an answer).
 REPORT_POLL_INTERVAL_S = "0.1"
+
+
+def silence_report_lines() -> None:
+    """Drop Ray Train's INFO line per ``ray.train.report`` ("Reporting training result N: ..."): raysemi
+    prints its own line per log step. Ray names that logger by its file's path, not its module."""
+    from ray.train.v2._internal.execution import context
+
+    ray_logger = logging.getLogger(context.__file__)
+    if not any(isinstance(f, _DropReportLines) for f in ray_logger.filters):
+        ray_logger.addFilter(_DropReportLines())
+
+
+class _DropReportLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Reporting training result")
 
 
 def init_ray(cfg: Config) -> None:

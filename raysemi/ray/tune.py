@@ -252,11 +252,12 @@ def grid_sweep(base: Config, methods: list[str], fractions: list[str], seeds: li
 def write_splits(base: Config, fractions: list[str], seeds: list[int], out: Path) -> dict[str, dict[str, Any]]:
     """One split per (fraction, seed), written once (a resumed sweep reuses them): ``{"1/16@0": values}``
     where values point ``data.labeled_split`` etc. at the files (tags or boxes too when ``base`` uses them)."""
-    from raysemi.data.dataset import dataset_root
+    from raysemi.data.dataset import dataset_root, extra_unlabeled
     from raysemi.data.formats import open_format
     from raysemi.data.splits import parse_fraction, write_split
 
     reader = open_format(base.data.format, dataset_root(base.data))
+    extra = extra_unlabeled(reader, base.data.unlabeled_dir)
     splits = {}
     for fraction, seed in itertools.product(fractions, seeds):
         folder = out / f"{fraction.replace('/', '_')}-seed{seed}"
@@ -264,7 +265,8 @@ def write_splits(base: Config, fractions: list[str], seeds: list[int], out: Path
         if not folder.is_dir():  # written whole, then renamed: an interrupted write is redone on resume
             staging = folder.with_name(folder.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
-            write_split(reader, base.data.train_split, parse_fraction(fraction), None, seed, staging, tags, boxes)
+            write_split(reader, base.data.train_split, parse_fraction(fraction), None, seed, staging, tags, boxes,
+                        extra, base.data.protocol)
             staging.rename(folder)
         values = {"data.labeled_split": str(folder / "labeled.txt"),
                   "data.unlabeled_split": str(folder / "unlabeled.txt"), "run.seed": seed}

@@ -27,6 +27,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def best_of(records: list[dict[str, Any]], final_miou: float, final_step: int) -> dict[str, float | int]:
+    """``best_miou`` and ``best_step`` over the run's evaluations (``metrics.jsonl`` records with ``val``, the
+    final one included); the earliest step wins a tie."""
+    evaluations = [(r["val"]["miou"], -r["step"]) for r in records if isinstance(r.get("val"), dict)]
+    miou, negative_step = max(evaluations, default=(final_miou, -final_step))
+    return {"best_miou": miou, "best_step": -negative_step}
+
+
 def truncate_metrics(run_dir: Path, after_step: int) -> None:
     """Drop records logged after ``after_step`` (work a resumed run will redo), keeping one continuous log."""
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
@@ -59,6 +67,19 @@ class Tracker:
 
             self.wandb_run.log({key: [wandb.Image(image) for image in images]}, step=step)
 
+    def log_masks(self, step: int, key: str, images: list, masks: dict[str, list], class_names: list[str]) -> None:
+        """W&B images with mask overlays: ``images`` ``(H, W, 3)`` uint8, ``masks`` ``{"ground_truth": [(H, W)
+        class ids], "prediction": [...]}``, classes named (255 = ignore, named so); W&B only."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        labels = {i: name for i, name in enumerate(class_names)} | {255: "ignore"}
+        logged = [wandb.Image(image, masks={kind: {"mask_data": maps[i], "class_labels": labels}
+                                            for kind, maps in masks.items()})
+                  for i, image in enumerate(images)]
+        self.wandb_run.log({key: logged}, step=step)
+
     def close(self, summary: dict[str, Any] | None = None) -> None:
         if self.wandb_run is not None:
             if summary:
@@ -71,7 +92,8 @@ def _init_wandb(cfg: Config, run_dir: Path):
     import wandb
 
     w = cfg.tracking.wandb
-    return wandb.init(
+    facts = sweep_facts(cfg, run_dir)
+    run = wandb.init(
         project=w.project,
         entity=w.entity,
         group=w.group,
@@ -80,8 +102,26 @@ def _init_wandb(cfg: Config, run_dir: Path):
         resume="allow",
         mode=w.mode,
         dir=str(run_dir),
-        config=cfg.model_dump(mode="json"),
+        config=cfg.model_dump(mode="json") | facts,
+        tags=[f"{key}={value}" if key != "method" else str(value) for key, value in facts.items()],
     )
+    run.define_metric("val/miou", summary="max")  # a sweep's runs compare by their best evaluation
+    return run
+
+
+def sweep_facts(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """What a sweep groups runs by, as top-level W&B config keys and tags: ``method``, ``label_fraction``
+    (labeled / train images, from the run's own split files: a sweep's splits arrive as files),
+    ``label_count``, ``seed`` and ``protocol`` (``data.protocol``, else ``split_file`` or ``random``)."""
+    labeled, unlabeled = (_count_lines(run_dir / name) for name in ("labeled.txt", "unlabeled.txt"))
+    protocol = cfg.data.protocol or ("split_file" if cfg.data.labeled_split else "random")
+    fraction = round(labeled / (labeled + unlabeled), 4) if labeled + unlabeled else cfg.data.label_fraction
+    return {"method": cfg.method, "label_fraction": fraction, "label_count": labeled, "seed": cfg.run.seed,
+            "protocol": protocol}
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
 def _wandb_id(run_dir: Path) -> str:
