@@ -202,17 +202,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def int_pair(text: str, flag: str, form: str, example: str) -> tuple[int, int]:
+    """``"40,64"`` → ``(40, 64)``; anything else is a one-line error naming ``flag`` and its ``form``."""
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"{flag}={text!r}: expected {form} (two integers), e.g. {flag} {example}") from None
+    return a, b
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from raysemi.engine.predictor import export
 
-    size = None
-    if args.size:
-        try:
-            size = tuple(int(v) for v in args.size.split(","))
-        except ValueError:
-            size = ()
-        if len(size) != 2:
-            raise DataError(f"--size={args.size!r}: expected H,W (two integers), e.g. --size 512,512")
+    size = int_pair(args.size, "--size", "H,W", "512,512") if args.size else None
     out = export(args.checkpoint, args.export_format, args.out, size)
     print(f"wrote {out}: (N, 3, H, W) float images in 0..1 -> (N, C, H, W) logits")
     return 0
@@ -427,12 +429,7 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     from raysemi.analysis.checkpoint import write_gradcam
     from raysemi.engine.inference import load_eval_model
 
-    try:
-        pixel = tuple(int(v) for v in args.pixel.split(","))
-    except ValueError:
-        pixel = ()
-    if len(pixel) != 2:
-        raise DataError(f"--pixel={args.pixel!r}: expected Y,X (two integers), e.g. --pixel 40,64")
+    pixel = int_pair(args.pixel, "--pixel", "Y,X", "40,64")
     loaded = load_eval_model(args.checkpoint)
     out, explained = write_gradcam(loaded, args.image, pixel, args.out, args.layer)
     print(f"Grad-CAM of class {loaded.class_names[explained]} at {args.pixel} -> {out}")
