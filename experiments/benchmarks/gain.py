@@ -139,6 +139,7 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
     if path.is_file():
         return json.loads(path.read_text())
     from raysemi.config import load_config
+    from raysemi.engine.rundir import write_json
     from raysemi.tracking import read_metrics
 
     protocol = PROTOCOLS[protocol_name]
@@ -159,10 +160,7 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
         "date": time.strftime("%Y-%m-%d"),
         "commit": code_version(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)  # a run counts as finished only once its whole JSON is there
+    write_json(path, result)  # atomic: a run counts as finished only once its whole JSON is there
     return result
 
 
