@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -68,6 +69,8 @@ def ray_head(monkeypatch, tmp_path):
         for process in started:
             process.kill()
         gone, alive = psutil.wait_procs(started, timeout=60)
+        # the job's runtime environment clones the test's virtualenv into the temp dir: about 6 GB
+        shutil.rmtree(temp_dir, ignore_errors=True)
         assert not alive, f"processes of the test's cluster still running: {alive}"
 
 
