@@ -175,6 +175,9 @@ def test_simformer_records_carry_novel_lists_and_the_oracle_of_each_seed(gain):
         full["oracle_novel_miou"][0] - full["baseline_novel_miou"][0])
     assert share == pytest.approx(0.5833, abs=1e-4)
     assert gain.variant_overrides(gain.PROTOCOLS["p1"], "simformer_basic")[-1] == "simformer.distill_weight=0"
+    three = gain.variant_overrides(gain.PROTOCOLS["p2"], "simformer3_oracle")  # Car, Pedestrian, Bicyclist
+    assert "simformer.novel=[8,9,10]" in three and three[-1] == "simformer.oracle=true"
+    assert gain.ORACLES["simformer3_full"] == "simformer3_oracle"
 
 
 def test_pairs_of_different_code_versions_are_flagged(gain):

@@ -30,6 +30,7 @@ Usage (from the repository root)::
     python experiments/benchmarks/gain.py --protocol p1 --method supervised --iterations 300 --seeds 2  # budget
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_basic
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
+    python experiments/benchmarks/gain.py --protocol p2 --method simformer3_full --baseline simformer3_basic
     python experiments/benchmarks/gain.py --table                                      # rebuild outputs only
 """
 
@@ -67,13 +68,14 @@ CONTROLS = {"cps": ("cps.weight=0",), "cac": ("cac.weight=0",)}
 # SimFormer's variants (every image, novel classes known from tags): full is compared with basic, and each
 # record adds the oracle run of the same seed (novel masks too), so the share of the gap closed is computable.
 SIMFORMER_BASIC = ("simformer.complementary_weight=0", "simformer.similarity_weight=0", "simformer.distill_weight=0")
-ORACLES = {"simformer_full": "simformer_oracle"}
+ORACLES = {"simformer_full": "simformer_oracle", "simformer3_full": "simformer3_oracle"}
 
 
-def simformer_variants(all_labels: tuple[str, ...], novel: str) -> dict[str, tuple[str, ...]]:
+def simformer_variants(all_labels: tuple[str, ...], novel: str, name: str = "simformer") -> dict[str, tuple[str, ...]]:
+    """``<name>_full``, ``<name>_basic`` and ``<name>_oracle`` with the classes ``novel`` (a YAML list) novel."""
     common = ("method=simformer", *all_labels, f"simformer.novel={novel}")
-    return {"simformer_full": common, "simformer_basic": common + SIMFORMER_BASIC,
-            "simformer_oracle": common + ("simformer.oracle=true",)}
+    return {f"{name}_full": common, f"{name}_basic": common + SIMFORMER_BASIC,
+            f"{name}_oracle": common + ("simformer.oracle=true",)}
 
 
 P1_ALL_LABELS = ("data.label_count=null", "data.label_fraction=1.0")
@@ -95,8 +97,9 @@ PROTOCOLS = {
         methods={
             "cps": ("method=cps", "cps.rampup_steps=250"),
             "cac": ("method=cac", "cac.start_step=100", "cac.rampup_steps=150", "cac.queue_steps=4"),
-            # Car alone novel (the three-class split, Car, Pedestrian and Bicyclist, is issue 20's next step)
+            # Car alone novel (simformer_*), then Car, Pedestrian and Bicyclist (simformer3_*)
             **simformer_variants(P2_ALL_LABELS, "[8]"),
+            **simformer_variants(P2_ALL_LABELS, "[8,9,10]", name="simformer3"),
         },
         needs="../shared/data/camvid-180x240",
     ),
