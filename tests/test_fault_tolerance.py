@@ -121,6 +121,7 @@ checkpoint.write_checkpoint(Path(sys.argv[1]), 6, {"w": torch.ones(2)}, {"step":
 """
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_checkpoint_is_ignored_by_resume_and_cleaned_up(synthetic_root, tmp_path, ray_local):
     run_dir = tmp_path / "run"
     cfg = fast_config(synthetic_root, run_dir, "train.steps=6", "train.checkpoint_every=2")

@@ -107,6 +107,7 @@ def test_a_new_sweep_refuses_a_used_folder_and_resume_needs_a_sweep(synthetic_ro
 # ---- real Tune runs on the synthetic data (local-mode trials) ----
 
 
+@pytest.mark.slow
 def test_optuna_search_under_asha_runs_its_trials_with_their_values(synthetic_root, tmp_path, ray_local):
     base = fast_config(synthetic_root, tmp_path / "unused", "train.eval_every=2", "train.steps=100")
     spec = _spec(samples=2, steps=4, grace_steps=2, reduction_factor=2,  # steps: each trial's budget
@@ -128,6 +129,7 @@ def test_optuna_search_under_asha_runs_its_trials_with_their_values(synthetic_ro
     assert (tmp_path / "sweep" / "tune").is_dir() and (tmp_path / "sweep" / "sweep.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_retried_then_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path, ray_local):
     base = fast_config(synthetic_root, tmp_path / "unused")
     spec = _spec(scheduler="fifo", retries=1, space={"optim.lr": {"grid": [0.01, 1.0e9]}})  # 1e9: a nan loss
@@ -140,6 +142,7 @@ def test_a_failing_trial_is_retried_then_recorded_and_the_sweep_goes_on(syntheti
     assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["failed"] == 1
 
 
+@pytest.mark.slow
 def test_a_grid_sweep_runs_each_method_on_its_own_split(synthetic_root, tmp_path, ray_local, capsys):
     """Also issue 24's command: the default layout (one 1-CPU worker a trial) on a 2-CPU Ray hung after 10
     steps; its trials now run in local mode, and a stall would end a trial after 60 s rather than never."""
@@ -175,6 +178,7 @@ def _overrides(data_root: Path) -> list[str]:
             "train.log_every=2", "train.torch_threads=1", "eval.batch_size=4", "scaling.num_workers=0"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_where_it_stopped(synthetic_root, tmp_path):
     """Ctrl-C during the second trial, then ``--resume``: the finished trial is not run again, the other
     completes, and the search holds exactly its two trials."""

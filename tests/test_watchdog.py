@@ -100,6 +100,7 @@ def test_a_stalled_stream_ends_the_run_with_the_reason_and_the_same_command_resu
     assert summary["steps"] == 6 and [r["step"] for r in read_metrics(run_dir)] == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_a_stalled_trial_is_recorded_as_failed_with_the_reason(synthetic_root, tmp_path, ray_local):
     """A 10 ms stall timeout stalls a trial on purpose: no cold start delivers its first batch that fast. (The
     sweep going on past a failed trial is checked with a NaN loss in test_tune.py.)"""
