@@ -13,15 +13,14 @@ so a staging folder found at the next write is a dead writer's, and is removed t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from raysemi.atomic import remove_staging_leftovers, staging_dir
 from raysemi.engine.storage import storage_errors
 from raysemi.errors import CheckpointError
 
@@ -68,20 +67,12 @@ def write_checkpoint(
     parent = run_dir / "checkpoints"
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / (name or f"{PREFIX}{step:08d}")
-    for leftover in parent.glob(f".tmp-{final.name if name else PREFIX}*"):  # a writer killed before its rename
-        shutil.rmtree(leftover, ignore_errors=True)
-    with storage_errors(final, f"the step-{step} checkpoint"):
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
-        try:
-            save_tensors(eval_weights, staging / "model.pt")
-            save_tensors(training_state, staging / "training_state.pt")
-            (staging / "config.yaml").write_text(config_yaml)
-            (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    remove_staging_leftovers(parent, final.name if name else f"{PREFIX}*")  # writers killed before their rename
+    with storage_errors(final, f"the step-{step} checkpoint"), staging_dir(final, replace=True) as staging:
+        save_tensors(eval_weights, staging / "model.pt")
+        save_tensors(training_state, staging / "training_state.pt")
+        (staging / "config.yaml").write_text(config_yaml)
+        (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old.path, ignore_errors=True)
     return CheckpointFiles(final)
