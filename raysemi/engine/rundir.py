@@ -18,7 +18,8 @@ from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource
 from raysemi.data.splits import write_split_file
 from raysemi.engine.checkpoint import latest_checkpoint
-from raysemi.engine.storage import storage_errors
+from raysemi.engine.mirror import mirror_for
+from raysemi.engine.storage import check_run_storage, storage_errors
 from raysemi.errors import ConfigError
 
 # Keys that may change between an interrupted run and its resumption.
@@ -28,6 +29,21 @@ RESUMABLE_KEYS = {"scaling", "tracking", "run.dir", "run.name", "run.sync_to", "
 
 def run_directory(cfg: Config) -> Path:
     return Path(cfg.run.dir).expanduser().resolve()
+
+
+def open_run_dir(cfg: Config, source: DatasetSource, needed_bytes: int) -> tuple[Path, int]:
+    """Check the storage (writable, ``needed_bytes`` free), fetch the run from its mirror (``run.sync_to``)
+    where this machine lacks it, and create or reopen the run directory; return it and the step training
+    continues from."""
+    local = run_directory(cfg)
+    check_run_storage(local, needed_bytes)
+    mirror = mirror_for(cfg.run.sync_to, local)
+    if mirror is not None:
+        mirror.pull()
+    run_dir, start_step = prepare_run_dir(cfg, source)
+    if mirror is not None:
+        mirror.push_run_files()
+    return run_dir, start_step
 
 
 def prepare_run_dir(cfg: Config, source: DatasetSource) -> tuple[Path, int]:
