@@ -143,7 +143,7 @@ def test_p2_protocol_reads_its_split_files():
 def test_a_method_and_its_baseline_get_the_same_labeled_batches(synthetic_root, tmp_path, method):
     """Paired seeds compare like with like: the labeled stream (its samples, order and per-image augmentation
     seeds) depends on the split and run.seed, not on the method or its unlabeled stream."""
-    from raysemi.data.pipeline import stream_records
+    from raysemi.data.streams import stream_records
     from raysemi.methods import build_method
 
     def labeled_plan(*overrides):

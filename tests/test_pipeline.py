@@ -5,10 +5,10 @@ import torch
 
 from raysemi.data.formats import GenericFormat, Sample
 from raysemi.data.overlapping_crops import OverlappingCrops
-from raysemi.data.pipeline import box_raster, plan_records, stream_decoder, val_records
+from raysemi.data.pipeline import box_raster, plan_records, val_records
+from raysemi.data.streams import StreamSpec, stream_decoder
 from raysemi.data.transforms import TrainAugment
 from raysemi.data.weak_labels import Box, tags_from_masks
-from raysemi.methods import StreamSpec
 
 SAMPLES = [Sample(Path(f"/d/{i}.png"), Path(f"/d/{i}_m.png")) for i in range(5)]
 

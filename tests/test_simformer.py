@@ -7,7 +7,8 @@ import torch
 from raysemi.config import load_config
 from raysemi.data.formats import GenericFormat
 from raysemi.data.pairs import partner_samples, write_pairs_file
-from raysemi.data.pipeline import WeakShotView, plan_records, stream_decoder
+from raysemi.data.pipeline import plan_records
+from raysemi.data.streams import WeakShotView, stream_decoder
 from raysemi.data.transforms import TrainAugment
 from raysemi.data.weak_labels import ClassSplit
 from raysemi.engine.metrics import ConfusionMatrix

@@ -72,7 +72,7 @@ def protocol_config(method: str, labels: str, seed: int, iterations: int, run_di
 def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     """A single-process loop over in-memory batches: same model, optimizer, batch size and threads."""
     from raysemi.data.dataset import open_dataset
-    from raysemi.data.pipeline import stream_decoder, stream_records
+    from raysemi.data.streams import stream_decoder, stream_records
     from raysemi.data.transforms import TrainAugment
     from raysemi.engine.loop import prepare_batch
     from raysemi.engine.optim import build_optimizer

@@ -141,8 +141,8 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
     path = RUNS / protocol_name / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    from raysemi.atomic import write_json
     from raysemi.config import load_config
-    from raysemi.engine.rundir import write_json
     from raysemi.tracking import read_metrics
 
     protocol = PROTOCOLS[protocol_name]

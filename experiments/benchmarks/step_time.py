@@ -61,7 +61,7 @@ def method_config(name: str, steps: int, run_dir: Path, extra: list[str]):
 def in_memory_batches(cfg, method) -> dict[str, dict[str, torch.Tensor]]:
     """One decoded batch per stream, as the Ray Data pipeline hands it to the loop (uint8 images)."""
     from raysemi.data.dataset import open_dataset
-    from raysemi.data.pipeline import stream_decoder, stream_records
+    from raysemi.data.streams import stream_decoder, stream_records
     from raysemi.data.transforms import TrainAugment
 
     source = open_dataset(cfg.data)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysemi.atomic import write_lines
 from raysemi.data.formats import Sample
 from raysemi.errors import DataError
 
@@ -62,13 +63,11 @@ def reference_pairs(
 
 def write_pairs_file(path: Path, images: list[Path], partner: np.ndarray, kind: np.ndarray, root: Path) -> None:
     """One ``image_path partner_path kind`` line per image, paths relative to ``root``."""
-    from raysemi.data.weak_labels import write_lines_atomically
-
     lines = [
         f"{images[i].relative_to(root).as_posix()} {images[j].relative_to(root).as_posix()} {KINDS[k]}"
         for i, (j, k) in enumerate(zip(partner, kind, strict=True))
     ]
-    write_lines_atomically(path, lines)
+    write_lines(path, lines)
 
 
 def read_pairs_file(path: str | Path, root: Path) -> dict[Path, Path]:

@@ -1,5 +1,8 @@
 """What the Ray Data streams are made of, without Ray: record plans and the decode/augment functions.
 
+:mod:`raysemi.data.streams` turns a method's stream specs into these (:func:`~raysemi.data.streams.stream_records`,
+:func:`~raysemi.data.streams.stream_decoder`).
+
 A training stream is planned on the driver as a list of records, one per image the stream will deliver over
 the whole run: ``steps × global batch`` records, each epoch a fresh seeded permutation of the samples, each
 record with its own augmentation seed. A short labeled set therefore repeats (epoch after epoch) to the length
@@ -80,20 +83,6 @@ def plan_records(
     return records
 
 
-def stream_records(source, spec, total_steps: int, start_step: int, seed: int, stream: str) -> list[Record]:
-    """:func:`plan_records` of a method's stream (a ``StreamSpec``) over ``source`` (a ``DatasetSource``), with
-    each image's reference image when the stream is a weak-shot one."""
-    from raysemi.data.pairs import partner_samples
-
-    samples = source.samples_for(spec.source)
-    partners = None
-    if spec.weak_shot is not None:
-        view = spec.weak_shot
-        _, novel = view.classes.resolve(source.classes.num_classes)
-        partners = partner_samples(source.reader, samples, novel, view.pair_seed, view.pairs_file)
-    return plan_records(samples, spec.batch_size, total_steps, start_step, seed, stream, partners)
-
-
 def val_records(samples: list[Sample], world_size: int) -> list[Record]:
     """Val records padded to a multiple of ``world_size`` with ``valid=False`` copies, so equal shards drop
     nothing and the padding counts for nothing."""
@@ -158,7 +147,8 @@ def parse_boxes(text: str) -> list[Box]:
     return [Box.from_text(cell) for cell in text.split()]
 
 
-def box_raster(boxes: list[Box], geometry: Geometry, original_size: tuple[int, int], num_classes: int):
+def box_raster(boxes: list[Box], geometry: Geometry, original_size: tuple[int, int],
+               num_classes: int) -> torch.Tensor:
     """Boxes of an image of ``original_size`` → ``(C + 1, h, w)`` uint8 raster of its training crop."""
     crop_h, crop_w = geometry.crop_size
     raster = rasterize_boxes(geometry.boxes(boxes, original_size), num_classes, crop_h, crop_w)
@@ -195,18 +185,6 @@ class DecodeCropPairs:
             "crop_iou": np.array([p.iou for p in pairs], dtype=np.float32),
         }
         return out | _tags(batch, reader.classes.num_classes)
-
-
-@dataclass(frozen=True)
-class WeakShotView:
-    """How a weak-shot stream (SimFormer) presents its images: the novel classes' pixels hidden (unless
-    ``hide_novel`` is off: the fully supervised oracle), the classes present as tags, and each image followed by
-    its reference image from the pair table (``pairs_file``, or computed from the masks with ``pair_seed``)."""
-
-    classes: ClassSplit
-    hide_novel: bool = True
-    pairs_file: str | None = None
-    pair_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,17 +231,6 @@ class DecodeWeakShotPairs:
             "image_tags": image_tags(mask_np, classes.num_classes, classes.ignore_index),
             "valid_pixels": geometry.valid().numpy().astype(np.uint8),
         }
-
-
-def stream_decoder(spec, format_name: str, root: str, augment: TrainAugment):
-    """The ``map_batches`` function of a training stream (a ``StreamSpec``): crop pairs when ``spec.crops`` is
-    set, image/reference pairs when ``spec.weak_shot`` is, else single crops (with box rasters from masks when
-    ``spec.boxes`` is set)."""
-    if spec.crops is not None:
-        return DecodeCropPairs(format_name, root, spec.crops)
-    if spec.weak_shot is not None:
-        return DecodeWeakShotPairs(format_name, root, augment, spec.weak_shot.classes, spec.weak_shot.hide_novel)
-    return DecodeTrainBatch(format_name, root, augment, boxes_from_masks=spec.boxes)
 
 
 def _tags(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysemi.atomic import write_lines
 from raysemi.data.formats import Sample
 from raysemi.errors import DataError
 
@@ -120,10 +121,7 @@ def write_split_file(path: Path, samples: list[Sample], root: Path) -> None:
         if sample.mask is not None:
             parts.append(sample.mask.relative_to(root).as_posix())
         lines.append(" ".join(parts))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_lines(path, lines)
 
 
 def write_split(reader, split_name: str, fraction: float | None, count: int | None, seed: int, out: Path,

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from raysemi.atomic import staging_dir
 from raysemi.data.formats import voc_palette
 from raysemi.progress import progress
 
@@ -48,17 +47,12 @@ def ensure_synthetic(
     root = synthetic_root(num_train, num_val, height, width, seed, cache)
     if (root / "classes.json").is_file():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        write_synthetic(staging, num_train, num_val, height, width, seed)
-        try:
-            staging.rename(root)
-        except OSError:  # another process finished first; its copy is identical
-            if not (root / "classes.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staging_dir(root) as staging:
+            write_synthetic(staging, num_train, num_val, height, width, seed)
+    except OSError:  # another process finished first; its copy is identical
+        if not (root / "classes.json").is_file():
+            raise
     return root
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from raysemi.atomic import write_lines
 from raysemi.data.formats import IGNORE_INDEX
 from raysemi.errors import DataError
 
@@ -140,7 +141,7 @@ def tags_from_masks(reader, samples: list) -> dict[Path, tuple[int, ...]]:
 def write_tags_file(path: Path, tags: dict[Path, tuple[int, ...]], root: Path) -> None:
     """One ``image_path class_id class_id ...`` line per image, paths relative to ``root``."""
     lines = [" ".join([image.relative_to(root).as_posix(), *map(str, ids)]) for image, ids in tags.items()]
-    write_lines_atomically(path, lines)
+    write_lines(path, lines)
 
 
 def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path, tuple[int, ...]]:
@@ -217,7 +218,7 @@ def write_boxes_file(path: Path, boxes: dict[Path, list[Box]], root: Path) -> No
     lines = []
     for image, image_boxes in boxes.items():
         lines.append(" ".join([image.relative_to(root).as_posix(), *(b.to_text() for b in image_boxes)]))
-    write_lines_atomically(path, lines)
+    write_lines(path, lines)
 
 
 def read_boxes_file(path: str | Path, root: Path, num_classes: int) -> dict[Path, list[Box]]:
@@ -257,10 +258,3 @@ def _parse_box(cell: str, num_classes: int, path: Path, number: int) -> Box:
                         "0 <= y0 < y1 and 0 <= x0 < x1")
     return box
 
-
-def write_lines_atomically(path: Path, lines: list[str]) -> None:
-    """Write ``lines`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)

@@ -13,17 +13,19 @@ so a staging folder found at the next write is a dead writer's, and is removed t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from raysemi.atomic import remove_staging_leftovers, staging_dir
+from raysemi.config import Config
 from raysemi.engine.storage import storage_errors
-from raysemi.errors import CheckpointError
+from raysemi.errors import CheckpointError, RaysemiError
+from raysemi.models import unwrap
 
 PREFIX = "step_"
 BEST = "best"
@@ -53,6 +55,75 @@ class CheckpointFiles:
         return json.loads(self.meta.read_text())
 
 
+@dataclass
+class TrainingState:
+    """The live objects a checkpoint saves and restores: what ``training_state.pt`` holds, as a dict of
+    tensors and primitives: ``step``, ``models`` (each model's state dict, DDP unwrapped), ``optimizer``,
+    ``scheduler``, ``scaler`` (AMP), ``rng_cpu`` and, on CUDA, ``rng_cuda`` (so dropout draws continue where
+    they stopped)."""
+
+    models: dict[str, nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        state = {
+            "step": step,
+            "models": {name: unwrap(m).state_dict() for name, m in self.models.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore every object from ``state`` (:meth:`state_dict`'s form); return its step."""
+        for name, model in self.models.items():
+            unwrap(model).load_state_dict(state["models"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        return int(state["step"])
+
+
+def save_checkpoint(run_dir: Path, step: int, state: TrainingState, eval_model: nn.Module, cfg: Config,
+                    classes: list[str], palette: Any, miou: float | None = None) -> CheckpointFiles:
+    """Write the step's checkpoint (:func:`write_checkpoint`): ``eval_model``'s weights as ``model.pt``,
+    ``state`` as ``training_state.pt``, the config, and ``meta.json`` (method, classes, palette). With
+    ``miou`` (``train.keep_best``) it is ``checkpoints/best`` and its meta holds that val mIoU."""
+    meta = {"method": cfg.method, "classes": classes, "palette": palette}
+    if miou is not None:
+        meta["miou"] = miou
+    return write_checkpoint(run_dir, step, eval_model.state_dict(), state.state_dict(step), cfg.to_yaml(), meta,
+                            keep=cfg.train.keep_checkpoints, name=BEST if miou is not None else None)
+
+
+def restore_checkpoint(checkpoint: CheckpointFiles, state: TrainingState) -> int:
+    """Load ``checkpoint``'s training state into ``state``; return the step it was written at."""
+    return state.load_state_dict(load_tensors(checkpoint.training_state))
+
+
+def initialise_models(checkpoint: CheckpointFiles, models: dict[str, nn.Module], origin: str) -> list[str]:
+    """Load into ``models`` the weights of ``checkpoint``'s models of the same names (``run.init_from``,
+    named by ``origin`` in the error); return those names. No shared name: :class:`RaysemiError`."""
+    saved = load_tensors(checkpoint.training_state)["models"]
+    shared = [name for name in models if name in saved]
+    if not shared:
+        raise RaysemiError(f"run.init_from={origin}: its models ({', '.join(saved)}) share no "
+                           f"name with this run's ({', '.join(models)})")
+    for name in shared:
+        unwrap(models[name]).load_state_dict(saved[name])
+    return shared
+
+
 def write_checkpoint(
     run_dir: Path,
     step: int,
@@ -68,20 +139,12 @@ def write_checkpoint(
     parent = run_dir / "checkpoints"
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / (name or f"{PREFIX}{step:08d}")
-    for leftover in parent.glob(f".tmp-{final.name if name else PREFIX}*"):  # a writer killed before its rename
-        shutil.rmtree(leftover, ignore_errors=True)
-    with storage_errors(final, f"the step-{step} checkpoint"):
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
-        try:
-            save_tensors(eval_weights, staging / "model.pt")
-            save_tensors(training_state, staging / "training_state.pt")
-            (staging / "config.yaml").write_text(config_yaml)
-            (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    remove_staging_leftovers(parent, final.name if name else f"{PREFIX}*")  # writers killed before their rename
+    with storage_errors(final, f"the step-{step} checkpoint"), staging_dir(final, replace=True) as staging:
+        save_tensors(eval_weights, staging / "model.pt")
+        save_tensors(training_state, staging / "training_state.pt")
+        (staging / "config.yaml").write_text(config_yaml)
+        (staging / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old.path, ignore_errors=True)
     return CheckpointFiles(final)

@@ -23,13 +23,14 @@ from torch import nn
 from raysemi.config import Config
 from raysemi.data.transforms import normalize
 from raysemi.engine.checkpoint import (
-    BEST,
     CheckpointFiles,
+    TrainingState,
     best_checkpoint,
+    initialise_models,
     latest_checkpoint,
-    load_tensors,
     resolve_checkpoint,
-    write_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
 )
 from raysemi.engine.evaluate import (
     class_groups,
@@ -105,6 +106,7 @@ class TrainingRun:
         self.models = {name: self._place(m) for name, m in self.method.build_models(len(run.class_names)).items()}
         self.optimizer, self.scheduler = build_optimizer(self.models, cfg.optim, cfg.train.steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.state = TrainingState(self.models, self.optimizer, self.scheduler, self.scaler, env.device)
         self.mirror = mirror_for(cfg.run.sync_to, run.run_dir)
         if self.mirror is not None:  # a fresh node: the newest checkpoint comes from the mirror
             self.mirror.pull()
@@ -139,27 +141,13 @@ class TrainingRun:
             if self.cfg.run.init_from:
                 self._initialise_from(resolve_checkpoint(self.cfg.run.init_from))
             return 0
-        state = load_tensors(checkpoint.training_state)
-        for name, model in self.models.items():
-            unwrap(model).load_state_dict(state["models"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])  # dropout draws continue where they stopped
-        if "rng_cuda" in state and self.env.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], self.env.device)
+        step = restore_checkpoint(checkpoint, self.state)
         if self.is_chief:
-            say(f"resuming {self.run.run_dir} from step {state['step']}")
-        return int(state["step"])
+            say(f"resuming {self.run.run_dir} from step {step}")
+        return step
 
     def _initialise_from(self, checkpoint: CheckpointFiles) -> None:
-        saved = load_tensors(checkpoint.training_state)["models"]
-        shared = [name for name in self.models if name in saved]
-        if not shared:
-            raise RaysemiError(f"run.init_from={self.cfg.run.init_from}: its models ({', '.join(saved)}) share no "
-                               f"name with this run's ({', '.join(self.models)})")
-        for name in shared:
-            unwrap(self.models[name]).load_state_dict(saved[name])
+        shared = initialise_models(checkpoint, self.models, str(self.cfg.run.init_from))
         if self.is_chief:
             say(f"initialised {', '.join(shared)} from {checkpoint.path}")
 
@@ -348,30 +336,9 @@ class TrainingRun:
         """Write the step's checkpoint (collective: every rank waits for rank 0); ``best`` writes
         ``checkpoints/best`` with the latest val mIoU in its meta instead."""
         if self.is_chief:
-            eval_model = self.method.eval_model(self.models)
-            state = {
-                "step": self.step,
-                "models": {name: unwrap(m).state_dict() for name, m in self.models.items()},
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-            }
-            if self.env.device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state(self.env.device)
-            meta = {"method": self.cfg.method, "classes": list(self.run.class_names), "palette": self.run.palette}
-            if best:
-                meta["miou"] = self.last_val["miou"]
-            written = write_checkpoint(
-                self.run.run_dir,
-                self.step,
-                eval_model.state_dict(),
-                state,
-                self.cfg.to_yaml(),
-                meta,
-                keep=self.cfg.train.keep_checkpoints,
-                name=BEST if best else None,
-            )
+            written = save_checkpoint(self.run.run_dir, self.step, self.state, self.method.eval_model(self.models),
+                                      self.cfg, list(self.run.class_names), self.run.palette,
+                                      miou=self.last_val["miou"] if best else None)
             if not best:
                 self.last_checkpoint = written
             if self.mirror is not None:

@@ -17,11 +17,10 @@ environment or the node's identity (instance profile, workload identity), never 
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from raysemi.atomic import open_atomic, staging_dir
 from raysemi.engine.checkpoint import PREFIX, CheckpointFiles, latest_checkpoint
 from raysemi.errors import StorageError
 
@@ -72,31 +71,22 @@ class RunMirror:
         return max(complete) if complete else None
 
     def _download_checkpoint(self, name: str, remote: list[str]) -> None:
-        parent = self.local / CHECKPOINTS
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-pull-", dir=parent))
+        final = self.local / CHECKPOINTS / name
         try:
-            for relative in remote:
-                if relative.startswith(f"{CHECKPOINTS}/{name}/"):
-                    self._download(relative, staging / relative.rsplit("/", 1)[1])
-            try:
-                os.replace(staging, parent / name)
-            except OSError:  # another worker of this node pulled it first
-                if not (parent / name / "meta.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            with staging_dir(final) as staging:
+                for relative in remote:
+                    if relative.startswith(f"{CHECKPOINTS}/{name}/"):
+                        self._download(relative, staging / relative.rsplit("/", 1)[1])
+        except OSError:  # another worker of this node pulled it first
+            if not (final / "meta.json").is_file():
+                raise
 
     def _download(self, relative: str, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")  # workers of one node may pull at once
-        try:
-            with self.fs.open_input_stream(f"{self.root}/{relative}") as source, partial.open("wb") as sink:
+        try:  # workers of one node may pull at once: each writes its own temporary file
+            with self.fs.open_input_stream(f"{self.root}/{relative}") as source, open_atomic(target) as sink:
                 shutil.copyfileobj(source, sink)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
             raise StorageError(f"run.sync_to={self.uri}: cannot read {relative} ({first_line(exc)})") from None
-        partial.replace(target)
 
     # ---- writing (rank 0) ----
 

@@ -9,13 +9,13 @@ masks), so a plain segmenter retrains on it with any method and config.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from raysemi.atomic import staging_dir
 from raysemi.data.dataset import DatasetSource, load_sample
 from raysemi.data.formats import Sample
 from raysemi.data.weak_labels import hide_novel, image_tags
@@ -49,25 +49,23 @@ def write_pseudo_label_dataset(loaded: LoadedModel, source: DatasetSource, novel
     """Write ``out`` as a ``generic`` dataset: ``train`` = the training images with pseudo-labels (see
     :func:`novel_pseudo_label`; the novel tags are each image's, from its full mask), ``val`` = the val images
     with their masks. Images are symlinked, labels written as PNG; ``classes.json`` copies the source's classes.
-    Built in ``<out>.tmp`` and renamed, so ``out`` is complete or absent.
+    Built in a staging folder beside ``out`` and renamed (:func:`raysemi.atomic.staging_dir`), so ``out`` is
+    complete or absent.
     """
     classes = source.classes
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for index, sample in enumerate(progress(source.train, "pseudo-labels")):
-        image, mask = load_sample(source.reader, sample)
-        tags = np.flatnonzero(image_tags(mask, classes.num_classes, classes.ignore_index))
-        hidden = torch.from_numpy(hide_novel(mask, novel, classes.ignore_index))
-        scores = predict_image(loaded, image)
-        labels = novel_pseudo_label(scores, hidden, [int(c) for c in tags if c in novel], classes.ignore_index)
-        _write(tmp / "train", index, sample, labels.numpy())
-    for index, sample in enumerate(source.val):
-        _write(tmp / "val", index, sample, load_sample(source.reader, sample)[1])
-    info = {"classes": list(classes.names), "palette": [list(c) for c in classes.palette],
-            "ignore_index": classes.ignore_index}
-    (tmp / "classes.json").write_text(json.dumps(info, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with staging_dir(out, replace=True) as tmp:
+        for index, sample in enumerate(progress(source.train, "pseudo-labels")):
+            image, mask = load_sample(source.reader, sample)
+            tags = np.flatnonzero(image_tags(mask, classes.num_classes, classes.ignore_index))
+            hidden = torch.from_numpy(hide_novel(mask, novel, classes.ignore_index))
+            scores = predict_image(loaded, image)
+            labels = novel_pseudo_label(scores, hidden, [int(c) for c in tags if c in novel], classes.ignore_index)
+            _write(tmp / "train", index, sample, labels.numpy())
+        for index, sample in enumerate(source.val):
+            _write(tmp / "val", index, sample, load_sample(source.reader, sample)[1])
+        info = {"classes": list(classes.names), "palette": [list(c) for c in classes.palette],
+                "ignore_index": classes.ignore_index}
+        (tmp / "classes.json").write_text(json.dumps(info, indent=1))
     return out
 
 

@@ -8,18 +8,18 @@ run directory resumes it; a different config is refused rather than mixed into t
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from raysemi import atomic
 from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource
 from raysemi.data.splits import write_split_file
 from raysemi.engine.checkpoint import latest_checkpoint
-from raysemi.engine.storage import storage_errors
+from raysemi.engine.mirror import mirror_for
+from raysemi.engine.storage import check_run_storage, storage_errors
 from raysemi.errors import ConfigError
 
 # Keys that may change between an interrupted run and its resumption.
@@ -31,6 +31,21 @@ def run_directory(cfg: Config) -> Path:
     return Path(cfg.run.dir).expanduser().resolve()
 
 
+def open_run_dir(cfg: Config, source: DatasetSource, needed_bytes: int) -> tuple[Path, int]:
+    """Check the storage (writable, ``needed_bytes`` free), fetch the run from its mirror (``run.sync_to``)
+    where this machine lacks it, and create or reopen the run directory; return it and the step training
+    continues from."""
+    local = run_directory(cfg)
+    check_run_storage(local, needed_bytes)
+    mirror = mirror_for(cfg.run.sync_to, local)
+    if mirror is not None:
+        mirror.pull()
+    run_dir, start_step = prepare_run_dir(cfg, source)
+    if mirror is not None:
+        mirror.push_run_files()
+    return run_dir, start_step
+
+
 def prepare_run_dir(cfg: Config, source: DatasetSource) -> tuple[Path, int]:
     """Create (or reopen) the run directory; return it and the step training continues from."""
     run_dir = run_directory(cfg)
@@ -40,17 +55,10 @@ def prepare_run_dir(cfg: Config, source: DatasetSource) -> tuple[Path, int]:
         return run_dir, checkpoint.read_meta()["step"] if checkpoint else 0
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run.dir={run_dir} exists and is not a raysemi run; choose an empty or new folder")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
-    try:
+    with atomic.staging_dir(run_dir) as staging:  # an existing run_dir is empty: the rename replaces it
         write_split_file(staging / "labeled.txt", source.split.labeled, source.root)
         write_split_file(staging / "unlabeled.txt", source.split.unlabeled, source.root)
         (staging / "config.yaml").write_text(cfg.to_yaml())
-        if run_dir.exists():
-            run_dir.rmdir()
-        staging.rename(run_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return run_dir, 0
 
 
@@ -86,9 +94,6 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (a temporary file, then a rename): readers never see half a file."""
+    """:func:`raysemi.atomic.write_json` into a run directory: a full disk is a one-line :class:`StorageError`."""
     with storage_errors(path, path.name):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
+        atomic.write_json(path, data)

@@ -8,40 +8,17 @@ of scalars whose ``"loss"`` the engine back-propagates. It never calls ``backwar
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from raysemi.config import Config, LossConfig
-from raysemi.data.overlapping_crops import OverlappingCrops
-from raysemi.data.pipeline import WeakShotView
+from raysemi.data.streams import StreamSpec
 from raysemi.losses import ohem_cross_entropy, pixel_cross_entropy
 
 Batch = dict[str, dict[str, torch.Tensor]]  # stream name -> {"image": (N,3,H,W), "mask": (N,H,W), ...}
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """A training stream: which samples it draws from, its global batch size per step, and its view.
-
-    ``source="labeled"`` yields ``image`` and ``mask``; ``source="unlabeled"`` yields ``image`` only (its
-    samples carry no mask path, so their masks are never read), plus ``image_tags`` when ``data.unlabeled_tags``
-    is set, or ``boxes`` (a box raster) when ``data.unlabeled_boxes`` is. With ``crops`` set, each image arrives
-    as two overlapping crops instead (CAC; see :class:`raysemi.data.pipeline.DecodeCropPairs` for the keys).
-    ``boxes=True`` on a labeled stream adds the raster of boxes derived from each image's mask.
-    ``source="labeled_half"`` draws from the first half of the labeled split only. With ``weak_shot`` set,
-    each image arrives with its reference image, novel pixels hidden and tags added (SimFormer; see
-    :class:`raysemi.data.pipeline.DecodeWeakShotPairs`; ``batch_size`` counts the images, not the partners).
-    """
-
-    source: Literal["labeled", "labeled_half", "unlabeled"]
-    batch_size: int
-    crops: OverlappingCrops | None = None
-    boxes: bool = False
-    weak_shot: WeakShotView | None = None
 
 
 class Method(Protocol):

@@ -42,7 +42,7 @@ from torch import nn
 
 from raysemi.config import Config
 from raysemi.data.pairs import partner_samples
-from raysemi.data.pipeline import WeakShotView
+from raysemi.data.streams import WeakShotView
 from raysemi.data.weak_labels import ClassSplit
 from raysemi.losses import (
     ImageTargets,

@@ -11,9 +11,9 @@ import ray.data
 
 from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource
-from raysemi.data.pipeline import DecodeEvalRow, stream_decoder, stream_records, val_records
+from raysemi.data.pipeline import DecodeEvalRow, val_records
+from raysemi.data.streams import StreamSpec, stream_decoder, stream_records
 from raysemi.data.transforms import TrainAugment
-from raysemi.methods.base import StreamSpec
 
 BATCHES_PER_BLOCK = 32
 DECODE_CPUS = 0.5

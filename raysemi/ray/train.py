@@ -1,4 +1,5 @@
-"""The training driver: checks, run directory, Ray Data streams, and a Ray Train V2 ``TorchTrainer``.
+"""The training driver: the checks and run directory of :mod:`raysemi.engine.preflight`, then Ray Data streams
+and a Ray Train V2 ``TorchTrainer``.
 
 ``scaling.num_workers=0`` runs the loop in this process (Ray Train's local mode; tests use it);
 ``num_workers>=1`` starts that many DDP workers (gloo on CPU, nccl on GPU). Checkpoints live in the run
@@ -28,14 +29,13 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysemi.config import Config
-from raysemi.data.dataset import DatasetSource, open_dataset, preflight
+from raysemi.data.dataset import open_dataset
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
-from raysemi.engine.mirror import mirror_for
-from raysemi.engine.rundir import prepare_run_dir, read_summary, run_directory, write_json
-from raysemi.engine.storage import check_run_storage, run_storage_bytes
+from raysemi.engine.preflight import prepare_run
+from raysemi.engine.rundir import read_summary, write_json
 from raysemi.engine.watchdog import StallError
 from raysemi.errors import ConfigError, find_user_error
-from raysemi.methods import Method, build_method
+from raysemi.methods import build_method
 from raysemi.methods.self_correction import stage_configs
 from raysemi.ray.data import build_datasets
 
@@ -53,12 +53,7 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
             raise ConfigError(f"run.sync_to: method {cfg.method} chains stages that read each other's files; give "
                               "it a run.dir every node mounts instead (see README, Run on a cluster)")
         return chained(cfg, tune_metric)
-    source = open_dataset(cfg.data)
-    preflight(source, cfg.data)
-    method = build_method(cfg)
-    if hasattr(method, "check_data"):  # the method's own data needs (e.g. SimFormer's classes and pair table)
-        method.check_data(source)
-    run_dir, start_step = open_run_dir(cfg, source, method)
+    source, method, run_dir, start_step = prepare_run(cfg)
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
         summary = read_summary(run_dir)
@@ -94,21 +89,6 @@ def chained_stages(cfg: Config) -> Callable[[Config, str | None], dict[str, Any]
     if cfg.method == "simformer" and cfg.simformer.retrain_steps:
         return train_weak_shot_then_retrain
     return None
-
-
-def open_run_dir(cfg: Config, source: DatasetSource, method: Method) -> tuple[Path, int]:
-    """Check the storage, fetch the run from its mirror (``run.sync_to``) where this machine lacks it, and
-    create or reopen the run directory; return it and the step training continues from."""
-    local = run_directory(cfg)
-    check_run_storage(local, run_storage_bytes(method.build_models(source.classes.num_classes),
-                                               cfg.train.keep_checkpoints))
-    mirror = mirror_for(cfg.run.sync_to, local)
-    if mirror is not None:
-        mirror.pull()
-    run_dir, start_step = prepare_run_dir(cfg, source)
-    if mirror is not None:
-        mirror.push_run_files()
-    return run_dir, start_step
 
 
 def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -30,6 +29,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from raysemi.atomic import remove_staging_leftovers, staging_dir
 from raysemi.config import Config
 from raysemi.engine.loop import say
 from raysemi.errors import ConfigError, find_user_error
@@ -263,11 +263,10 @@ def write_splits(base: Config, fractions: list[str], seeds: list[int], out: Path
         folder = out / f"{fraction.replace('/', '_')}-seed{seed}"
         tags, boxes = bool(base.data.unlabeled_tags), bool(base.data.unlabeled_boxes)
         if not folder.is_dir():  # written whole, then renamed: an interrupted write is redone on resume
-            staging = folder.with_name(folder.name + ".partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            write_split(reader, base.data.train_split, parse_fraction(fraction), None, seed, staging, tags, boxes,
-                        extra, base.data.protocol)
-            staging.rename(folder)
+            remove_staging_leftovers(out, folder.name)
+            with staging_dir(folder) as staging:
+                write_split(reader, base.data.train_split, parse_fraction(fraction), None, seed, staging, tags,
+                            boxes, extra, base.data.protocol)
         values = {"data.labeled_split": str(folder / "labeled.txt"),
                   "data.unlabeled_split": str(folder / "unlabeled.txt"), "run.seed": seed}
         if tags:

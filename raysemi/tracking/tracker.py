@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from raysemi.atomic import write_text
 from raysemi.config import Config
 from raysemi.engine.storage import storage_errors
 
@@ -40,9 +41,7 @@ def truncate_metrics(run_dir: Path, after_step: int) -> None:
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
     path = run_dir / "metrics.jsonl"
     if path.is_file():
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class Tracker:
