@@ -85,16 +85,16 @@ class Config(CommonConfig):
         if unknown:
             raise ValidationError.from_exception_data(
                 cls.__name__, [{"type": "extra_forbidden", "loc": (unknown[0],), "input": data[unknown[0]]}])
-        data, errors = dict(data), []
-        for name, model in sections.items():
+        validated, errors = {key: value for key, value in data.items() if key not in sections}, []
+        for name, model in sections.items():  # in registry order, whatever the order of the input
             try:
-                data[name] = model.model_validate(data.get(name, {}))
+                validated[name] = model.model_validate(data.get(name, {}))
             except ValidationError as exc:
                 errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"], "ctx": e.get("ctx", {})}
                            for e in exc.errors()]
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
-        return handler(data)
+        return handler(validated)
 
     @model_validator(mode="after")
     def _method_checks(self) -> Config:
