@@ -10,7 +10,7 @@ from raysemi.config import load_config
 from raysemi.data.transforms import normalize
 from raysemi.engine.checkpoint import write_checkpoint
 from raysemi.engine.inference import load_eval_model
-from raysemi.methods import build_method, method_names
+from raysemi.methods import build_method, method_class, method_names
 
 # γ = 0: an untrained 4-class head is never 75 % confident, and every parameter must get a gradient
 CAC_SMALL = ["cac.gamma=0", "cac.num_negatives=64", "cac.chunk_size=16", "data.crop_size=[40,56]"]
@@ -153,3 +153,10 @@ def test_checkpoint_save_then_load_gives_the_same_logits(name, tmp_path):
     images = torch.randn(2, 3 + (5 if method.eval_needs_boxes else 0), 40, 56)
     with torch.no_grad():
         assert torch.equal(loaded.model(images.to(loaded.device)).cpu(), model(images))
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_option_of_a_method_is_described(name):
+    model = method_class(name).config_model
+    fields = model.model_fields if model is not None else {}
+    assert [key for key, field in fields.items() if not field.description] == []
