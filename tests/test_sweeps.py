@@ -4,7 +4,8 @@ import pytest
 
 from raysemi.config import load_config
 from raysemi.errors import ConfigError
-from raysemi.sweeps import DEFAULT_SPACES, apply_values, check_space, default_space, load_sweep
+from raysemi.methods import method_names
+from raysemi.sweeps import apply_values, check_space, default_space, load_sweep
 
 GOOD = """
 metric: val_miou
@@ -58,7 +59,7 @@ def test_unknown_sweep_setting_and_missing_file(tmp_path):
         load_sweep(tmp_path / "nope.yaml", load_config())
 
 
-@pytest.mark.parametrize("method", sorted(DEFAULT_SPACES))
+@pytest.mark.parametrize("method", sorted(method_names()))
 def test_every_default_space_fits_its_method(method, tmp_path):
     extra = {"self_correction": ["data.unlabeled_boxes=b.txt"]}.get(method, [])
     base = load_config(None, [f"method={method}", "train.eval_every=100", *extra])

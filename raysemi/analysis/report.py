@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from raysemi.errors import DataError
+from raysemi.methods.registry import method_class, method_names
 from raysemi.tracking import best_of, read_metrics
 
 
@@ -85,11 +86,23 @@ def _lines(path: Path) -> int:
 
 
 def _method_label(cfg: dict, run_dir: Path) -> str:
-    if cfg["method"] == "self_correction":
-        return f"self_correction-{cfg['self_correction']['mode']}"
-    if run_dir.name == "retrain" and (run_dir.parent / "stages.json").is_file():
-        return "simformer+retrain"
-    return cfg["method"]
+    """The method's :meth:`~raysemi.methods.base.Method.report_label`; the last stage of a chain that changes
+    method (SimFormer's ``retrain``) is ``<first stage's label>+<stage name>``."""
+    label = _label(cfg)
+    stages = run_dir.parent / "stages.json"
+    first = list(json.loads(stages.read_text()))[0] if stages.is_file() else run_dir.name
+    first_config = run_dir.parent / first / "config.yaml"
+    if first != run_dir.name and first_config.is_file():
+        first_cfg = yaml.safe_load(first_config.read_text())
+        if first_cfg["method"] != cfg["method"]:
+            return f"{_label(first_cfg)}+{run_dir.name}"
+    return label
+
+
+def _label(cfg: dict) -> str:
+    """A run's method label from its config as written; a method no longer registered keeps its name."""
+    name = cfg["method"]
+    return method_class(name).report_label(cfg.get(name) or {}) if name in method_names() else name
 
 
 def runs_frame(runs: list[RunResult], per_class: bool = False) -> pd.DataFrame:

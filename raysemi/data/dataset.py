@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from raysemi.config import DataConfig
 from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, list_images, open_format, read_image
 from raysemi.data.splits import Split, complement, draw_split, find_protocol, read_split_file, split_samples
 from raysemi.data.synthetic import ensure_synthetic
 from raysemi.data.weak_labels import read_boxes_file, read_tags_file
 from raysemi.errors import DataError
 from raysemi.progress import progress
+from raysemi.sections import DataConfig
 
 
 @dataclass

@@ -309,6 +309,20 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def resolve_inside(root: Path, relative: str, source: Path, number: int) -> Path:
+    """``root / relative`` resolved, for line ``number`` of the list file ``source``.
+
+    Raises:
+        DataError: the path leaves ``root`` or is not a file.
+    """
+    resolved = (root / relative.lstrip("/")).resolve()
+    if not resolved.is_relative_to(root):
+        raise DataError(f"{source}:{number}: {relative} resolves outside the dataset root {root}")
+    if not resolved.is_file():
+        raise DataError(f"{source}:{number}: {relative} not found under {root}")
+    return resolved
+
+
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
 

@@ -25,7 +25,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from raysemi.config import DataConfig
+from raysemi.sections import DataConfig
 
 
 @dataclass(frozen=True)

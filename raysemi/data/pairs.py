@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from raysemi.atomic import write_lines
-from raysemi.data.formats import Sample
+from raysemi.data.formats import Sample, resolve_inside
 from raysemi.errors import DataError
 
 KINDS = ("novel", "base", "any")
@@ -76,7 +76,6 @@ def read_pairs_file(path: str | Path, root: Path) -> dict[Path, Path]:
     Raises:
         DataError: naming the file and line of a malformed line, a path outside ``root`` or a missing image.
     """
-    from raysemi.data.splits import resolve_inside
     from raysemi.data.weak_labels import read_image_lines
 
     def parse(cells: list[str], number: int) -> Path:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from raysemi.atomic import write_lines
-from raysemi.data.formats import Sample
+from raysemi.data.formats import Sample, resolve_inside
+from raysemi.data.weak_labels import dataset_boxes, tags_from_masks, write_boxes_file, write_tags_file
 from raysemi.errors import DataError
 
 
@@ -139,8 +140,6 @@ def write_split(reader, split_name: str, fraction: float | None, count: int | No
 
 
 def write_split_files(reader, split: Split, out: Path, tags: bool = False, boxes: bool = False) -> None:
-    from raysemi.data.weak_labels import dataset_boxes, tags_from_masks, write_boxes_file, write_tags_file
-
     unmasked = [s.image for s in split.unlabeled if s.mask is None]
     if (tags or boxes) and unmasked:
         option = "--tags" if tags else "--boxes"
@@ -186,12 +185,3 @@ def split_samples(reader, split: str) -> list[Sample]:
     if split.endswith(".txt"):
         return read_split_file(split, reader.root)
     return reader.samples(split)
-
-
-def resolve_inside(root: Path, relative: str, source: Path, number: int) -> Path:
-    resolved = (root / relative.lstrip("/")).resolve()
-    if not resolved.is_relative_to(root):
-        raise DataError(f"{source}:{number}: {relative} resolves outside the dataset root {root}")
-    if not resolved.is_file():
-        raise DataError(f"{source}:{number}: {relative} not found under {root}")
-    return resolved

@@ -16,9 +16,9 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from raysemi.config import DataConfig
 from raysemi.data.formats import IGNORE_INDEX
 from raysemi.data.weak_labels import Box
+from raysemi.sections import DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

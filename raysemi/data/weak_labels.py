@@ -14,7 +14,7 @@ import torch
 from scipy import ndimage
 
 from raysemi.atomic import write_lines
-from raysemi.data.formats import IGNORE_INDEX
+from raysemi.data.formats import IGNORE_INDEX, resolve_inside
 from raysemi.errors import DataError
 
 
@@ -235,8 +235,6 @@ def read_boxes_file(path: str | Path, root: Path, num_classes: int) -> dict[Path
 def read_image_lines(path: str | Path, root: Path, kind: str, parse) -> dict:
     """``{image path: parse(cells, line number)}`` for each non-blank ``image_path cell ...`` line of a weak-label
     file; ``kind`` (``tags`` or ``boxes``) names the ``data split`` flag that writes one."""
-    from raysemi.data.splits import resolve_inside
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {kind} file not found (write one with `raysemi data split ... --{kind}`)")

@@ -127,4 +127,4 @@ def prediction_panels(images: torch.Tensor, masks: torch.Tensor, predicted: torc
 def class_groups(cfg, method) -> dict[str, list[int]] | None:
     """The class groups whose mIoU is reported beside the overall one: ``eval.groups``, else the method's own
     (SimFormer's base and novel classes)."""
-    return cfg.eval.groups or getattr(method, "class_groups", None)
+    return cfg.eval.groups or method.class_groups

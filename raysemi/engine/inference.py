@@ -58,7 +58,7 @@ def load_eval_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint.model}: weights do not fit the model in its config ({exc})"[:300]) from None
     device = default_device()
-    needs_boxes = getattr(method, "eval_needs_boxes", False)
+    needs_boxes = method.eval_needs_boxes
     groups = class_groups(cfg, method)
     return LoadedModel(model.to(device).eval(), cfg, class_names, meta["palette"], checkpoint, device, needs_boxes,
                        groups)

@@ -1,5 +1,6 @@
-"""Training methods, one file each. Never imports ray or wandb."""
+"""Training methods, one file each; :mod:`raysemi.methods.registry` lists them. Never imports ray or wandb."""
 
-from raysemi.methods.base import Method, StreamSpec, build_method
+from raysemi.methods.base import Method, StreamSpec
+from raysemi.methods.registry import build_method, method_class, method_names
 
-__all__ = ["Method", "StreamSpec", "build_method"]
+__all__ = ["Method", "StreamSpec", "build_method", "method_class", "method_names"]

@@ -33,32 +33,100 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
-from raysemi.config import Config
 from raysemi.data.overlapping_crops import OverlappingCrops
 from raysemi.losses import directional_alignment_loss, directional_contrastive_loss, kept_anchor_shares
-from raysemi.methods.base import Batch, StreamSpec, labeled_criterion
+from raysemi.methods.base import Batch, Method, StreamSpec, labeled_criterion
 from raysemi.models import LogitsOnly, Projector, build_segmenter, resample_to_stride, unwrap
+from raysemi.sections import CommonConfig, Section
 
 FEATURE_STRIDE = 8
 
 
-class ContextAwareConsistency:
-    """Config keys: ``cac.*`` (see :class:`raysemi.config.CACConfig`), ``model.*``, ``loss.*``."""
+class CACConfig(Section):
+    """Directional context-aware consistency (``method: cac``): the ``cac`` section of a config."""
+
+    weight: float = Field(0.1, ge=0.0, description="λ for L_dc, with L_dc normalised by the kept anchors "
+                          "(released code)")
+    start_step: int = Field(0, ge=0, description="L_dc is off before this step")
+    rampup_steps: int = Field(0, ge=0, description="then λ grows linearly from 0 over these steps")
+    temperature: float = Field(0.1, gt=0.0, description="τ")
+    gamma: float = Field(0.75, ge=0.0, lt=1.0, description="positive filtering threshold γ")
+    num_negatives: int = Field(19_200, ge=1, description="negatives per step, over all workers (before the "
+                               "queue)")
+    queue_steps: int = Field(0, ge=0, description="also use the negatives of the last K steps")
+    chunk_size: int | str = Field("auto", description="negatives per chunk of the memory-efficient loss; "
+                                  "'auto': sized per device")
+    projection_dim: int = Field(128, ge=1, description="width of the projector's embeddings")
+    iou_range: tuple[float, float] = Field((0.1, 1.0), description="accepted IoU of the two crops, [low, high)")
+    region_range: tuple[float, float] | None = Field(
+        None, description="the unlabeled image is resized so that its long side is r × the crop's long side, r "
+        "drawn from this range (released code: 320 crops from long sides 320–800, i.e. [1.0, 2.5]); None: "
+        "data.scale_range resizes it")
+    projector: bool = Field(True, description="ablation (Table 3): False: the loss works on the "
+                            "(L2-normalised) decoder features")
+    context: bool = Field(True, description="ablation: False: the same crop twice (independent flips and "
+                          "photometric augmentation)")
+    loss: Literal["contrastive", "l2"] = Field("contrastive", description="ablation: l2 aligns positive pairs "
+                                               "with ||φ1 − φ2||²")
+    directional: bool = Field(True, description="ablation: the directional mask 1[c1 < c2]")
+    negative_sampling: bool = Field(True, description="ablation: drop negatives with the anchor's pseudo-label")
+    positive_filtering: bool = Field(True, description="ablation: keep anchors whose positive is confident "
+                                     "(c2 > γ)")
+    image_tags: bool = Field(False, description="image-level tags on the unlabeled images (needs "
+                             "data.unlabeled_tags)")
+    tags_weight: float = Field(1.0, ge=0.0, description="λ_w, the weight of the tags loss")
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk(cls, value: int | str) -> int | str:
+        if value != "auto" and not (isinstance(value, int) and value >= 1):
+            raise ValueError("chunk_size must be a whole number >= 1 or 'auto'")
+        return value
+
+    @field_validator("iou_range")
+    @classmethod
+    def _iou_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 1:
+            raise ValueError(f"iou_range must be (low, high) with 0 <= low < high <= 1, got {list(value)}")
+        return value
+
+    @field_validator("region_range")
+    @classmethod
+    def _region_bounds(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"region_range must be (low, high) with 0 < low <= high, or null; got {list(value)}")
+        return value
+
+
+class ContextAwareConsistency(Method):
+    """Config keys: ``cac.*`` (:class:`CACConfig`), ``model.*``, ``loss.*``."""
 
     name = "cac"
+    config_model = CACConfig
+    search_space = {"cac.temperature": {"loguniform": [0.05, 0.5]}, "cac.gamma": {"uniform": [0.5, 0.95]},
+                    "cac.weight": {"loguniform": [0.01, 1.0]}, "cac.rampup_steps": {"choice": [0, 100, 300]},
+                    "cac.num_negatives": {"choice": [4800, 9600, 19200]}}
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: CommonConfig):
         self.cfg = cfg
-        self.options = cfg.cac
+        self.options: CACConfig = cfg.cac
         self.criterion = labeled_criterion(cfg.loss)
         self.queue: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=max(self.options.queue_steps, 1))
         self._warned_short = False
+
+    @classmethod
+    def check_config(cls, cfg: CommonConfig) -> None:
+        if cfg.cac.image_tags and not cfg.data.unlabeled_tags:
+            raise ValueError("cac.image_tags=true needs data.unlabeled_tags, a tags file for the unlabeled "
+                             "images (write one with `raysemi data split ... --tags`)")
 
     def build_models(self, num_classes: int) -> dict[str, nn.Module]:
         segmenter = build_segmenter(self.cfg.model, num_classes)

@@ -27,24 +27,53 @@ rates go with ``batch_size × GPUs`` global images here.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from raysemi.config import Config
 from raysemi.data.cutmix import box_mask, mix
 from raysemi.losses import cross_pseudo_supervision
-from raysemi.methods.base import Batch, StreamSpec, labeled_criterion
+from raysemi.methods.base import Batch, Method, StreamSpec, labeled_criterion
 from raysemi.models import LogitsOnly, build_segmenter, kaiming_init, unwrap, without_dropout
+from raysemi.sections import CommonConfig, Section
 
 
-class CrossPseudoSupervision:
-    """Config keys: ``cps.*`` (see :class:`raysemi.config.CPSConfig`), ``model.*``, ``loss.*``."""
+class CPSConfig(Section):
+    """Cross pseudo supervision (``method: cps``): the ``cps`` section of a config."""
+
+    cutmix: bool = Field(True, description="CutMix the unlabeled images (box masks) and their pseudo-labels")
+    weight: float | None = Field(None, ge=0.0, description="λ; None: 1.0 with CutMix, 1.5 without (VOC-style "
+                                 "defaults)")
+    rampup_steps: int = Field(0, ge=0, description="λ grows linearly from 0 over these steps")
+    on_labeled: bool = Field(False, description="also apply the CPS loss to labeled images (the paper's form "
+                             "without CutMix)")
+    prop_range: tuple[float, float] = Field((0.25, 0.5), description="area share of each CutMix box")
+    n_boxes: int = Field(3, ge=1, description="CutMix boxes per mask")
+    init_backbones: Literal["same", "different"] = Field(
+        "same", description="'different': kaiming-init both backbones apart")
+    eval: Literal["first", "second", "mean"] = Field(
+        "first", description="the eval model: the first network, the second, or the mean of their softmaxes")
+
+    @property
+    def resolved_weight(self) -> float:
+        if self.weight is not None:
+            return self.weight
+        return 1.0 if self.cutmix else 1.5
+
+
+class CrossPseudoSupervision(Method):
+    """Config keys: ``cps.*`` (:class:`CPSConfig`), ``model.*``, ``loss.*``."""
 
     name = "cps"
+    config_model = CPSConfig
+    search_space = {"cps.weight": {"uniform": [0.5, 3.0]},
+                    "cps.prop_range": {"choice": [[0.25, 0.5], [0.1, 0.3], [0.4, 0.6]]}}
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: CommonConfig):
         self.cfg = cfg
-        self.options = cfg.cps
+        self.options: CPSConfig = cfg.cps
         self.criterion = labeled_criterion(cfg.loss)
 
     def build_models(self, num_classes: int) -> dict[str, nn.Module]:

@@ -1,8 +1,9 @@
 """Self-correcting networks (Ibrahim, Vahdat, Ranjbar, Macready, "Semi-Supervised Semantic Image Segmentation
 with Self-correcting Networks", CVPR 2020): a fully labeled set F and a weak set W with boxes only.
 
-The method runs in stages, each its own checkpointed run (``raysemi.ray.stages`` chains them; the next stage
-starts from the previous one's checkpoint through ``run.init_from``):
+The method runs in stages, each its own checkpointed run (:meth:`SelfCorrection.stages` declares them, the
+training driver chains them; the next stage starts from the previous one's checkpoint through
+``run.init_from``):
 
 1. ``ancillary``: p_anc(y | x, b), a segmenter with a box encoder (:mod:`raysemi.models.box_encoder`),
    trained with CE on F (on the first half of F in ``conv`` mode, so the corrector later sees its mistakes on
@@ -25,27 +26,45 @@ The ancillary stays frozen (eval mode, no gradient) after stage 1. ``eval`` and 
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from raysemi.config import Config
 from raysemi.losses import linear_self_correction, soft_cross_entropy
-from raysemi.methods.base import Batch, StreamSpec, labeled_criterion
+from raysemi.methods.base import Batch, Method, Stage, StreamSpec, derived_config, labeled_criterion
 from raysemi.models import ConvCorrector, LogitsOnly, build_ancillary, build_segmenter, unwrap
+from raysemi.sections import CommonConfig, Section
 
 STAGES = ("ancillary", "corrector", "primary")
+
+
+class SelfCorrectionConfig(Section):
+    """Self-correcting networks (``method: self_correction``): the ``self_correction`` section of a config."""
+
+    mode: Literal["none", "linear", "conv"] = Field("linear", description="how the weak set's targets q are "
+                                                    "made (see the module docstring)")
+    alpha_start: float = Field(30.0, gt=0.0, description="linear mode: α at the first primary step ...")
+    alpha_end: float = Field(0.5, gt=0.0, description="... and at the last")
+    alpha_schedule: Literal["geometric", "linear", "cosine"] = Field("geometric", description="α's path from "
+                                                                     "alpha_start to alpha_end")
+    weak_weight: float = Field(1.0, ge=0.0, description="weight of the soft-target CE on the weak (box) set")
+    ancillary_steps: int | None = Field(None, ge=1, description="stage 1's steps; None: train.steps")
+    corrector_steps: int | None = Field(None, ge=1, description="conv stage 2's steps; None: train.steps")
+    corrector_hidden: int = Field(128, ge=1, description="hidden channels of the convolutional corrector")
+    box_constraint: bool = Field(True, description="ancillary output restricted to the classes whose boxes "
+                                 "cover each pixel (free_classes are allowed anywhere)")
+    free_classes: list[int] = Field([], description="classes allowed outside every box, e.g. VOC's background "
+                                    "0, which has no boxes")
+    stage: Literal["all", "ancillary", "corrector", "primary"] = Field(
+        "all", description="which stage a run is; `all` (what a user runs) chains them, each its own run under "
+        "run.dir")
 
 
 def stages_for(mode: str) -> tuple[str, ...]:
     """The stages a ``self_correction.mode`` runs, in order."""
     return STAGES if mode == "conv" else ("ancillary", "primary")
-
-
-def build_self_correction(cfg: Config):
-    """The method object for the config's stage (``all`` → the primary stage, what eval and predict load)."""
-    stage = cfg.self_correction.stage
-    return {"ancillary": AncillaryStage, "corrector": CorrectorStage}.get(stage, PrimaryStage)(cfg)
 
 
 def alpha_at(step: int, total_steps: int, start: float, end: float, schedule: str) -> float:
@@ -62,14 +81,42 @@ def alpha_at(step: int, total_steps: int, start: float, end: float, schedule: st
     return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
 
-class _Stage:
-    name = "self_correction"
-    eval_needs_boxes = False
+class SelfCorrection(Method):
+    """The registered method: its config, search space and stages. A method object is one stage's
+    (:meth:`create`: ``all`` → the primary stage, what eval and predict load)."""
 
-    def __init__(self, cfg: Config):
+    name = "self_correction"
+    config_model = SelfCorrectionConfig
+    search_space = {"self_correction.alpha_start": {"loguniform": [3.0, 100.0]},
+                    "self_correction.alpha_end": {"loguniform": [0.1, 3.0]},
+                    "self_correction.alpha_schedule": {"choice": ["geometric", "linear", "cosine"]}}
+
+    def __init__(self, cfg: CommonConfig):
         self.cfg = cfg
-        self.options = cfg.self_correction
+        self.options: SelfCorrectionConfig = cfg.self_correction
         self.criterion = labeled_criterion(cfg.loss)
+
+    @classmethod
+    def create(cls, cfg: CommonConfig) -> SelfCorrection:
+        stage = cfg.self_correction.stage
+        return {"ancillary": AncillaryStage, "corrector": CorrectorStage}.get(stage, PrimaryStage)(cfg)
+
+    @classmethod
+    def check_config(cls, cfg: CommonConfig) -> None:
+        if cfg.self_correction.stage in ("all", "primary") and not cfg.data.unlabeled_boxes:
+            raise ValueError("method=self_correction needs data.unlabeled_boxes, a boxes file for the weak set "
+                             "(write one with `raysemi data split ... --boxes`)")
+
+    @classmethod
+    def stages(cls, cfg: CommonConfig) -> list[Stage]:
+        """``stage=all``: :func:`stage_configs`' runs; a single stage is a plain run."""
+        if cfg.self_correction.stage != "all":
+            return super().stages(cfg)
+        return [Stage(c.self_correction.stage, c) for c in stage_configs(cfg)]
+
+    @classmethod
+    def report_label(cls, options: dict[str, Any]) -> str:
+        return f"{cls.name}-{options['mode']}"
 
     def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
         return LogitsOnly(unwrap(models["primary"]))
@@ -90,7 +137,7 @@ class _Stage:
             return ancillary(stream["image"], stream["boxes"])["logits"]
 
 
-class AncillaryStage(_Stage):
+class AncillaryStage(SelfCorrection):
     """Stage 1: p_anc(y | x, b) with CE on F (its first half in ``conv`` mode)."""
 
     eval_needs_boxes = True
@@ -112,7 +159,7 @@ class AncillaryStage(_Stage):
         return BoxConditioned(unwrap(models["ancillary"]))
 
 
-class CorrectorStage(_Stage):
+class CorrectorStage(SelfCorrection):
     """Stage 2 (``conv``): primary and corrector on F, ``CE(y, p) + CE(y, q_conv)``."""
 
     def build_models(self, num_classes: int) -> dict[str, nn.Module]:
@@ -135,7 +182,7 @@ class CorrectorStage(_Stage):
         return {"loss": loss_sup + loss_corrector, **logged}
 
 
-class PrimaryStage(_Stage):
+class PrimaryStage(SelfCorrection):
     """Stage 3: the primary on F ∪ W with W's targets from ``self_correction.mode``."""
 
     def build_models(self, num_classes: int) -> dict[str, nn.Module]:
@@ -198,12 +245,9 @@ class BoxConditioned(nn.Module):
         return self.ancillary(inputs[:, :3], inputs[:, 3:])["logits"]
 
 
-def stage_configs(cfg: Config) -> list[Config]:
+def stage_configs(cfg: CommonConfig) -> list[CommonConfig]:
     """The chained runs of ``self_correction.stage=all``: one config per stage, each in ``<run.dir>/<stage>``,
     each after the first starting from the previous stage's checkpoint (``run.init_from``)."""
-    from raysemi.config import validate_config
-
-    base = cfg.model_dump(mode="json")
     steps = {
         "ancillary": cfg.self_correction.ancillary_steps or cfg.train.steps,
         "corrector": cfg.self_correction.corrector_steps or cfg.train.steps,
@@ -211,11 +255,10 @@ def stage_configs(cfg: Config) -> list[Config]:
     }
     configs, previous = [], None
     for stage in stages_for(cfg.self_correction.mode):
-        raw = {**base, "run": {**base["run"], "dir": f"{cfg.run.dir}/{stage}", "init_from": previous},
-               "train": {**base["train"], "steps": steps[stage]},
-               "self_correction": {**base["self_correction"], "stage": stage}}
+        changes = {"run.dir": f"{cfg.run.dir}/{stage}", "run.init_from": previous, "train.steps": steps[stage],
+                   "self_correction.stage": stage}
         if cfg.run.name:
-            raw["run"]["name"] = f"{cfg.run.name}-{stage}"
-        configs.append(validate_config(raw, source=f"self_correction stage {stage}"))
+            changes["run.name"] = f"{cfg.run.name}-{stage}"
+        configs.append(derived_config(cfg, changes, source=f"self_correction stage {stage}"))
         previous = configs[-1].run.dir
     return configs

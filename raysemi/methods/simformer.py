@@ -35,12 +35,14 @@ and ``miou_novel`` beside the overall mIoU, on the full val masks.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from raysemi.config import Config
+from raysemi.data.dataset import DatasetSource
 from raysemi.data.pairs import partner_samples
 from raysemi.data.streams import WeakShotView
 from raysemi.data.weak_labels import ClassSplit
@@ -55,21 +57,84 @@ from raysemi.losses import (
     proposal_pixel_loss,
     similarity_distillation_loss,
 )
-from raysemi.methods.base import Batch, StreamSpec
+from raysemi.methods.base import Batch, Method, PseudoLabels, Stage, StreamSpec, derived_config
 from raysemi.models import MaskFormer, MaskFormerShape, SemanticOutput, semantic_probabilities, unwrap
 from raysemi.models.backbones import build_backbone
 from raysemi.models.similarity_head import PairSimilarityHead, sample_pair_points
+from raysemi.sections import CommonConfig, Section
 
 PADDING = -1  # point-sampling label of padding pixels (never drawn)
 
 
-class SimFormer:
+class SimFormerConfig(Section):
+    """Weak-shot segmentation by dual similarity transfer (``method: simformer``): the ``simformer`` section."""
+
+    # base/novel split
+    novel: list[int] | None = Field(None, description="novel class ids; None: novel_fraction of the classes, "
+                                    "drawn with class_seed")
+    novel_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="share of the classes drawn as novel")
+    class_seed: int = Field(0, description="seed of the novel classes' draw")
+    keep_base: list[int] = Field([], description="never drawn as novel (e.g. VOC's background 0)")
+    oracle: bool = Field(False, description="train on the novel masks too (the fully supervised upper bound); "
+                         "metrics still split")
+    pairs_file: str | None = Field(None, description="pair table from `raysemi data split --pairs`; None: "
+                                   "computed at start")
+    # mask-classification model
+    queries: int = Field(16, ge=1, description="object queries of the mask-classification model")
+    dim: int = Field(64, ge=8, description="transformer, pixel-embedding and mask-embedding width (divisible "
+                     "by 4 and heads)")
+    layers: int = Field(2, ge=1, description="transformer decoder layers")
+    heads: int = Field(4, ge=1, description="attention heads")
+    feedforward: int = Field(256, ge=1, description="width of the decoder's feed-forward layers")
+    deep_supervision: bool = Field(True, description="proposal–pixel loss after every decoder layer, not only "
+                                   "the last")
+    # proposal–pixel transfer
+    no_object_weight: float = Field(0.1, ge=0.0, description="class-CE weight of the no-object class")
+    focal_weight: float = Field(20.0, ge=0.0, description="weight of the mask focal loss (and its matching "
+                                "cost)")
+    dice_weight: float = Field(1.0, ge=0.0, description="weight of the mask dice loss (and its matching cost)")
+    complementary_weight: float = Field(0.15, ge=0.0, description="weight of the complementary loss")
+    complementary_focal_weight: float = Field(1.0, ge=0.0, description="the complementary loss's own focal "
+                                              "weight (released code: the mask loss's, 20)")
+    complementary_dice_weight: float = Field(1.0, ge=0.0, description="the complementary loss's own dice "
+                                             "weight (released code: 1)")
+    complementary_layers: Literal["last", "all"] = Field(
+        "last", description="the complementary loss after the last decoder layer or every one (released: all)")
+    ignore_prob: float = Field(0.05, gt=0.0, lt=1.0, description="the constant 'ignore' proposal of the "
+                               "complementary loss")
+    # pixel–pixel transfer
+    points: int = Field(100, ge=1, description="J points per image")
+    inside_share: float = Field(0.75, ge=0.0, le=1.0, description="of the points, the share drawn inside "
+                                "shared base classes")
+    similarity_weight: float = Field(1.0, ge=0.0, description="the head's class-balanced BCE on base pairs")
+    detach_pair_features: bool = Field(False, description="the head's BCE does not reach the pixel embeddings "
+                                       "(released BASE_DETACH)")
+    distill_weight: float = Field(0.1, ge=0.0, description="pulling novel score similarity toward the head")
+    head_hidden: int = Field(64, ge=1, description="hidden width of the pair similarity head")
+    head_blocks: int = Field(2, ge=0, description="residual blocks of the pair similarity head")
+    retrain_steps: int | None = Field(None, ge=1, description="optional second stage: pseudo-label the novel "
+                                      "pixels, then train a plain segmenter (model.*) this long")
+
+    @model_validator(mode="after")
+    def _shape(self) -> SimFormerConfig:
+        if self.dim % 4 or self.dim % self.heads:
+            raise ValueError(f"simformer.dim={self.dim} must divide by 4 (positional code) and by "
+                             f"simformer.heads={self.heads}")
+        return self
+
+
+class SimFormer(Method):
     """See the module docstring. Config keys: ``simformer.*``, ``model.backbone`` / ``pretrained`` /
     ``output_stride``, ``loss.ignore_index``."""
 
     name = "simformer"
+    config_model = SimFormerConfig
+    search_space = {"simformer.distill_weight": {"loguniform": [0.01, 1.0]},
+                    "simformer.points": {"choice": [50, 100, 200]},
+                    "simformer.complementary_weight": {"loguniform": [0.03, 1.0]}}
+    tunes_label_fraction = False  # trains on every image: base masks and novel tags for all
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: CommonConfig):
         self.cfg = cfg
         self.options = o = cfg.simformer
         self.class_split = ClassSplit(None if o.novel is None else tuple(o.novel), o.novel_fraction, o.class_seed,
@@ -106,7 +171,19 @@ class SimFormer:
     def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
         return SemanticOutput(unwrap(models["mask_former"]))
 
-    def check_data(self, source) -> None:
+    @classmethod
+    def stages(cls, cfg: CommonConfig) -> list[Stage]:
+        """With ``simformer.retrain_steps``: the weak-shot run in ``<run.dir>/simformer``, then a plain segmenter
+        in ``<run.dir>/retrain`` on its novel pseudo-labels (``<run.dir>/pseudo_labels``, written once), evaluated
+        with the same base/novel groups; else one run."""
+        if not cfg.simformer.retrain_steps:
+            return super().stages(cfg)
+        record = ("miou", "miou_novel")
+        return [Stage("simformer", first_stage_config(cfg), record),
+                Stage("retrain", retrain_config(cfg, Path(cfg.run.dir) / "pseudo_labels"), record,
+                      PseudoLabels(group="novel"))]
+
+    def check_data(self, source: DatasetSource) -> None:
         """Before a run directory exists: the novel classes are class ids of the dataset, and a pair table
         (``simformer.pairs_file``) covers exactly this run's training images. Raises ``DataError``."""
         _, novel = self.class_split.resolve(source.classes.num_classes)
@@ -226,28 +303,21 @@ def _at(feature_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return feature_map.flatten(1)[:, index].T
 
 
-def retrain_config(cfg: Config, dataset_root: Path) -> Config:
+def retrain_config(cfg: CommonConfig, dataset_root: Path) -> CommonConfig:
     """The second stage's config: ``method=supervised`` on the pseudo-labelled ``generic`` dataset at
     ``dataset_root`` (all of its train split labeled), ``train.steps = simformer.retrain_steps``, in
     ``<run.dir>/retrain``; model, optimizer, augmentation and the rest as configured."""
-    from raysemi.config import validate_config
-
-    raw = cfg.model_dump(mode="json")
-    data = {**raw["data"], "format": "generic", "root": str(dataset_root), "train_split": "train", "val_split": "val",
-            "labeled_split": None, "unlabeled_split": None, "unlabeled_tags": None, "unlabeled_boxes": None,
-            "label_fraction": 1.0, "label_count": None}
-    raw |= {"method": "supervised", "data": data, "run": {**raw["run"], "dir": f"{cfg.run.dir}/retrain"},
-            "train": {**raw["train"], "steps": cfg.simformer.retrain_steps}}
+    changes = {"method": "supervised", "data.format": "generic", "data.root": str(dataset_root),
+               "data.train_split": "train", "data.val_split": "val", "data.labeled_split": None,
+               "data.unlabeled_split": None, "data.unlabeled_tags": None, "data.unlabeled_boxes": None,
+               "data.label_fraction": 1.0, "data.label_count": None, "run.dir": f"{cfg.run.dir}/retrain",
+               "train.steps": cfg.simformer.retrain_steps}
     if cfg.run.name:
-        raw["run"]["name"] = f"{cfg.run.name}-retrain"
-    return validate_config(raw, source="simformer retrain stage")
+        changes["run.name"] = f"{cfg.run.name}-retrain"
+    return derived_config(cfg, changes, source="simformer retrain stage")
 
 
-def first_stage_config(cfg: Config) -> Config:
+def first_stage_config(cfg: CommonConfig) -> CommonConfig:
     """The weak-shot stage of a run with a second stage: the same config in ``<run.dir>/simformer``."""
-    from raysemi.config import validate_config
-
-    raw = cfg.model_dump(mode="json")
-    raw["run"]["dir"] = f"{cfg.run.dir}/simformer"
-    raw["simformer"]["retrain_steps"] = None
-    return validate_config(raw, source="simformer stage")
+    return derived_config(cfg, {"run.dir": f"{cfg.run.dir}/simformer", "simformer.retrain_steps": None},
+                          source="simformer stage")

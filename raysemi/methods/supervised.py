@@ -5,17 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raysemi.config import Config
-from raysemi.methods.base import Batch, StreamSpec, labeled_criterion
+from raysemi.methods.base import Batch, Method, StreamSpec, labeled_criterion
 from raysemi.models import LogitsOnly, build_segmenter, unwrap
+from raysemi.sections import CommonConfig
 
 
-class Supervised:
+class Supervised(Method):
     """Pixel CE (``loss.ohem`` for OHEM) on the labeled stream. Config keys: ``model.*``, ``loss.*``."""
 
     name = "supervised"
+    search_space = {}  # the shared optimizer keys (and the label-fraction grid) only
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: CommonConfig):
         self.cfg = cfg
         self.criterion = labeled_criterion(cfg.loss)
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raysemi.config import ModelConfig
 from raysemi.models.backbones import conv_bn_relu
 from raysemi.models.segmenter import Segmenter, build_segmenter
+from raysemi.sections import ModelConfig
 
 INITIAL_HEAT_BIAS = 0.0
 

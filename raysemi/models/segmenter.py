@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raysemi.config import ModelConfig
 from raysemi.models.backbones import Backbone, build_backbone
 from raysemi.models.heads import HEADS
+from raysemi.sections import ModelConfig
 
 
 class Segmenter(nn.Module):

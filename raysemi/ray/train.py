@@ -29,14 +29,13 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysemi.config import Config
-from raysemi.data.dataset import open_dataset
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
 from raysemi.engine.preflight import prepare_run
-from raysemi.engine.rundir import read_summary, write_json
+from raysemi.engine.rundir import read_summary
+from raysemi.engine.stages import train_stages
 from raysemi.engine.watchdog import StallError
 from raysemi.errors import ConfigError, find_user_error
-from raysemi.methods import build_method
-from raysemi.methods.self_correction import stage_configs
+from raysemi.methods import build_method, method_class
 from raysemi.ray.data import build_datasets
 
 
@@ -47,12 +46,12 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     its schedulers and searchers (Optuna reads the metric from every result it gets); a multi-stage method
     reports its last stage only, whose steps count from 0 again.
     """
-    chained = chained_stages(cfg)
-    if chained is not None:
+    stages = method_class(cfg.method).stages(cfg)
+    if len(stages) > 1:
         if cfg.run.sync_to:
             raise ConfigError(f"run.sync_to: method {cfg.method} chains stages that read each other's files; give "
-                              "it a run.dir every node mounts instead (see README, Run on a cluster)")
-        return chained(cfg, tune_metric)
+                              "it a run.dir every node mounts instead (see docs/cluster.md)")
+        return train_stages(cfg, stages, train, tune_metric)
     source, method, run_dir, start_step = prepare_run(cfg)
     if start_step >= cfg.train.steps and read_summary(run_dir):
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
@@ -71,7 +70,7 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
         "ignore_index": source.classes.ignore_index,
         "plan_start_step": start_step,
     }
-    datasets = build_datasets(cfg, source, streams, start_step, getattr(method, "eval_needs_boxes", False))
+    datasets = build_datasets(cfg, source, streams, start_step, method.eval_needs_boxes)
     if tune_metric and cfg.scaling.num_workers == 0:
         train_in_tune_trial(loop_config, datasets, tune_metric)
     else:
@@ -80,15 +79,6 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
     if summary is None:
         raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
     return summary
-
-
-def chained_stages(cfg: Config) -> Callable[[Config, str | None], dict[str, Any]] | None:
-    """The driver of a method whose stages are runs of their own, or None for a single run."""
-    if cfg.method == "self_correction" and cfg.self_correction.stage == "all":
-        return train_stages
-    if cfg.method == "simformer" and cfg.simformer.retrain_steps:
-        return train_weak_shot_then_retrain
-    return None
 
 
 def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict,
@@ -176,49 +166,6 @@ class TuneReportWith(TuneReportCallback):
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         if self.metric in metrics[0]:
             super().after_report(run_context, metrics, checkpoint)
-
-
-def train_stages(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
-    """Run a multi-stage method's stages in order, each its own run under ``run.dir`` (a finished stage returns
-    at once when the command is repeated); ``<run.dir>/stages.json`` lists each stage's mIoU and the returned
-    summary is the last stage's."""
-    summaries = {}
-    stages = stage_configs(cfg)
-    for number, stage_cfg in enumerate(stages, 1):
-        stage = stage_cfg.self_correction.stage
-        say(f"stage {stage}: {stage_cfg.run.dir}")
-        summaries[stage] = train(stage_cfg, tune_metric if number == len(stages) else None)
-    stages = {name: {"run_dir": str(Path(cfg.run.dir) / name), "miou": s["miou"]} for name, s in summaries.items()}
-    write_json(Path(cfg.run.dir) / "stages.json", stages)
-    return summaries[stage]
-
-
-def train_weak_shot_then_retrain(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
-    """SimFormer with its second stage: the weak-shot run in ``<run.dir>/simformer``, its pseudo-labels as a
-    dataset in ``<run.dir>/pseudo_labels`` (written once), then a plain segmenter in ``<run.dir>/retrain``.
-    The retrained model is evaluated with the same base/novel groups (``eval.groups``), so its summary has
-    ``miou_base`` / ``miou_novel`` too; ``<run.dir>/stages.json`` lists both stages'."""
-    from raysemi.engine.inference import load_eval_model
-    from raysemi.engine.pseudo_labels import write_pseudo_label_dataset
-    from raysemi.methods.simformer import first_stage_config, retrain_config
-
-    weak_shot_cfg = first_stage_config(cfg)
-    say(f"stage simformer: {weak_shot_cfg.run.dir}")
-    stages = {"simformer": train(weak_shot_cfg)}
-    groups = build_method(weak_shot_cfg).class_split.resolve(len(stages["simformer"]["iou"]))
-    dataset = Path(cfg.run.dir) / "pseudo_labels"
-    if not (dataset / "classes.json").is_file():
-        say(f"writing pseudo-labels to {dataset}")
-        loaded = load_eval_model(weak_shot_cfg.run.dir)
-        write_pseudo_label_dataset(loaded, open_dataset(weak_shot_cfg.data), groups[1], dataset)
-    retrain_cfg = retrain_config(cfg, dataset)
-    retrain_cfg.eval.groups = {"base": list(groups[0]), "novel": list(groups[1])}
-    say(f"stage retrain: {retrain_cfg.run.dir}")
-    summary = stages["retrain"] = train(retrain_cfg, tune_metric)
-    write_json(Path(cfg.run.dir) / "stages.json", {
-        name: {"run_dir": s["run_dir"], "miou": s["miou"], "miou_novel": s["miou_novel"]} for name, s in stages.items()
-    })
-    return summary
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
