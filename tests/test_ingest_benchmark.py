@@ -83,3 +83,27 @@ def test_photo_like_is_neither_flat_nor_noise(ingest):
     neighbour = np.abs(grey[:, 1:] - grey[:, :-1]).mean()
     distant = np.abs(grey[:, 64:] - grey[:, :-64]).mean()
     assert grey.std() > 10 and neighbour < distant / 3
+
+
+def test_summary_sizes_each_published_step_with_the_slower_cpu_setting_and_the_measured_load_limit(ingest):
+    def ray_row(cpus, rate, repeat):
+        return {"kind": "voc_like", "crop": 321, "cpus": cpus, "repeat": repeat, "images_per_s": 1.0,
+                "images_per_cpu_s": rate, "images_per_worker_cpu_s": rate * 2, "load_average": 3.0,
+                "seconds": 10.0, "cpu_seconds": {"workers": 1.0, "driver": 1.0, "daemons": 0.5}}
+
+    # 1 CPU: 40 and 60 (mean 50); 2 CPUs: 30 and 50 (mean 40) -> sizing uses 40 images per CPU-second.
+    throughput = [ray_row(1, 40.0, 0), ray_row(1, 60.0, 1), ray_row(2, 30.0, 0), ray_row(2, 50.0, 1),
+                  {"kind": "voc_like", "crop": 321, "cpus": 0, "repeat": 0, "mode": "plain loop",
+                   "images_per_cpu_s": 130.0, "load_average": 3.0}]
+    scaleout = [{"consumers": n, "load": n / 4, "wait_fraction": w, "first_wait_s": 1.0}
+                for n, w in ((1, 0.0), (2, 0.01), (3, 0.04), (4, 0.12))]
+    summary = ingest.summarise(throughput, scaleout)
+
+    assert summary["max_load_under_5pct_wait"] == 0.75
+    assert summary["cases"]["voc_like/321/plain"]["images_per_cpu_s"] == [130.0]
+    assert summary["cases"]["voc_like/321/2"]["daemon_cpu_per_s"] == [0.05, 0.05]
+    voc321 = [row for row in summary["sizing"] if row["stream"] == "voc_like crop 321"]
+    assert len(voc321) == 1  # the other published settings need streams this summary has no rows for
+    # UniMatch VOC 321: 6 images per 0.669 s = 8.97 images/s; / 40 per CPU-second / 0.75 = 0.30 CPUs per GPU.
+    assert voc321[0]["images_per_cpu_s"] == 40.0
+    assert voc321[0]["cpus_per_gpu"] == pytest.approx(6 / 0.669 / 40.0 / 0.75, abs=0.005)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -290,16 +291,18 @@ def training_stream(kind: Kind, root: Path, crop: int, local_batch: int, steps: 
 
 
 class TreeCpu:
-    """CPU seconds (user + system) used by this process and all its descendants (Ray's raylet, GCS, workers)
-    since construction. :meth:`sample` between batches keeps the last reading of every process, so a worker
-    that Ray ends during the measurement still counts up to its last sample."""
+    """CPU seconds (user + system) used since construction by this process and all its descendants, split
+    into ``workers`` (Ray's task and actor processes, ``ray::*``: decoding, augmentation, Ray Data's own
+    actors), ``driver`` (this process: batching, the consumer's side) and ``daemons`` (raylet, GCS, log
+    monitor: a cost per node and second, not per image). :meth:`sample` between batches keeps the last reading
+    of every process, so a worker that Ray ends during the measurement still counts up to its last sample."""
 
     def __init__(self) -> None:
         self.start = self._read()
         self.last = dict(self.start)
 
     @staticmethod
-    def _read() -> dict[tuple[int, float], float]:
+    def _read() -> dict[tuple[int, float, str], float]:
         import psutil
 
         readings = {}
@@ -307,30 +310,68 @@ class TreeCpu:
         for process in [root, *root.children(recursive=True)]:
             try:
                 times = process.cpu_times()
-                readings[(process.pid, process.create_time())] = times.user + times.system
+                role = "driver" if process.pid == root.pid else (
+                    "workers" if process.name().startswith("ray::") else "daemons")
+                readings[(process.pid, process.create_time(), role)] = times.user + times.system
             except psutil.Error:  # exited between listing and reading
                 pass
         return readings
 
-    def sample(self) -> float:
-        """CPU seconds used since construction."""
+    def sample(self) -> dict[str, float]:
+        """``{"workers", "driver", "daemons": CPU seconds used since construction}``."""
         self.last.update(self._read())
-        return sum(self.last.values()) - sum(self.start.values())
+        used = {"workers": 0.0, "driver": 0.0, "daemons": 0.0}
+        for key, seconds in self.last.items():
+            used[key[2]] += seconds - self.start.get(key, 0.0)
+        return used
+
+
+def plain_loop_rate(kind: Kind, root: Path, crop: int, images: int) -> dict:
+    """The same decode + augmentation (raysemi's ``DecodeTrainBatch``) called in this process, one thread, no
+    Ray: images per CPU-second of this process alone, the floor that Ray's per-image overhead adds to."""
+    import torch
+
+    from raysemi.data.pipeline import DecodeTrainBatch
+    from raysemi.data.transforms import TrainAugment
+
+    torch.set_num_threads(1)
+    decode = DecodeTrainBatch(kind.format, str(root), TrainAugment((crop, crop)))
+    names = sorted(Path(root).rglob("*.jpg" if kind.format == "voc" else "*_leftImg8bit.png"))
+    records = [_record(kind, path, seed) for seed, path in zip(range(images), names * (images // len(names) + 1))]
+    decode({key: np.array([r[key] for r in records[:2]]) for key in records[0]})  # warm-up: imports, caches
+    start = time.process_time()
+    for first in range(0, images, 8):
+        chunk = records[first : first + 8]
+        decode({key: np.array([r[key] for r in chunk]) for key in chunk[0]})
+    cpu = time.process_time() - start
+    return {"images": images, "cpu_seconds": round(cpu, 2), "images_per_cpu_s": round(images / cpu, 2)}
+
+
+def _record(kind: Kind, image: Path, seed: int) -> dict:
+    """A stream record (as :func:`raysemi.data.pipeline.plan_records` writes) for a generated image."""
+    if kind.format == "voc":
+        mask = image.parents[1] / "SegmentationClass" / f"{image.stem}.png"
+    else:
+        stem = image.name.removesuffix("_leftImg8bit.png")
+        mask = Path(str(image.parent).replace("leftImg8bit", "gtFine")) / f"{stem}_gtFine_labelIds.png"
+    return {"image_path": str(image), "mask_path": str(mask), "seed": seed}
 
 
 def measure_throughput(kind: Kind, root: Path, crop: int, local_batch: int, steps: int) -> dict:
-    """Read one stream to its end on the driver; images/s of wall clock and images per CPU-second of the whole
-    Ray process tree (decode tasks, object store, the driver's batching), which the machine's other load
-    does not inflate."""
+    """Read one stream to its end on the driver: images/s of wall clock (which the machine's other load
+    stretches) and images per CPU-second of the Ray workers, of workers + driver, and of the whole tree."""
     dataset = training_stream(kind, root, crop, local_batch, steps)
     cpu, start = TreeCpu(), time.perf_counter()
     images = 0
     for batch in dataset.iter_batches(batch_size=local_batch, batch_format="numpy", prefetch_batches=4):
         images += len(batch["image"])
         cpu.sample()
-    seconds, cpu = time.perf_counter() - start, cpu.sample()
-    return {"images": images, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-            "images_per_s": round(images / seconds, 2), "images_per_cpu_s": round(images / cpu, 2),
+    seconds, used = time.perf_counter() - start, cpu.sample()
+    return {"images": images, "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 2),
+            "cpu_seconds": {role: round(value, 2) for role, value in used.items()},
+            "images_per_cpu_s": round(images / (used["workers"] + used["driver"]), 2),
+            "images_per_worker_cpu_s": round(images / used["workers"], 2),
+            "images_per_tree_cpu_s": round(images / sum(used.values()), 2),
             "load_average": round(os.getloadavg()[0], 2)}
 
 
@@ -391,10 +432,11 @@ def measure_scaleout(kind: Kind, root: Path, crop: int, local_batch: int, steps:
 # ----------------------------------------------------------------------------------------------------------------
 
 # (kind, crop, local batch, steps per CPU): a few CPU-seconds per measurement.
-THROUGHPUT_CASES = (("voc_like", 321, 8, 16), ("voc_like", 512, 8, 12), ("cityscapes_like", 768, 4, 8))
+THROUGHPUT_CASES = (("voc_like", 321, 8, 12), ("voc_like", 512, 8, 8), ("cityscapes_like", 768, 4, 6))
+PLAIN_LOOP_IMAGES = {"voc_like": 32, "cityscapes_like": 8}
 SCALEOUT_CASE = ("voc_like", 321, 4)  # the cheapest images: the hardest stream to keep up with
 SCALEOUT_CONSUMERS = (1, 2, 3, 4, 6)
-SCALEOUT_SECONDS = 25.0  # per consumer count: steps = this / step time
+SCALEOUT_SECONDS = 20.0  # per consumer count: steps = this / step time
 
 
 def start_ray(cpus: int) -> None:
@@ -418,6 +460,13 @@ def run_throughput(cpus: int, repeats: int, out: Path) -> None:
     measure_throughput(VOC, roots["voc_like"], 321, 8, 2 * cpus * 2)  # warm-up: start every decode worker
     for repeat in range(repeats):
         for name, crop, batch, steps in THROUGHPUT_CASES:
+            if cpus == 1:
+                row = plain_loop_rate(KINDS[name], roots[name], crop, PLAIN_LOOP_IMAGES[name])
+                row |= {"kind": name, "crop": crop, "cpus": 0, "repeat": repeat, "mode": "plain loop",
+                        "load_average": round(os.getloadavg()[0], 2)}
+                print(json.dumps(row), flush=True)
+                with out.open("a") as file:
+                    file.write(json.dumps(row) + "\n")
             row = measure_throughput(KINDS[name], roots[name], crop, batch, steps * cpus)
             row |= {"kind": name, "crop": crop, "local_batch": batch, "cpus": cpus, "repeat": repeat}
             print(json.dumps(row), flush=True)
@@ -447,9 +496,16 @@ def run_scaleout(cpus: int, repeats: int, supply: float, out: Path) -> None:
 
 
 def child(argv: list[str]) -> None:
-    """Run one part in a fresh process (its own Ray, its own CPU pinning)."""
-    subprocess.run([sys.executable, __file__, *argv], check=True, cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    """Run one part in a fresh process (its own Ray, its own CPU pinning); stopped with this one."""
+    process = subprocess.Popen([sys.executable, __file__, *argv], cwd=REPO, env={
+        **os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    try:
+        if process.wait() != 0:
+            raise SystemExit(f"ingest benchmark: part {argv[-3:]} failed with exit code {process.returncode}")
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -498,17 +554,23 @@ def summarise(throughput: list[dict], scaleout: list[dict]) -> dict:
     """Per-case means of the measurements, the scale-out curve, u* and the sizing table."""
     cases = {}
     for row in throughput:
-        key = f"{row['kind']}/{row['crop']}/{row['cpus']}cpu"
-        cases.setdefault(key, []).append(row)
-    per_case = {key: {"kind": rows[0]["kind"], "crop": rows[0]["crop"], "cpus": rows[0]["cpus"],
-                      "images_per_s": [r["images_per_s"] for r in rows],
-                      "images_per_cpu_s": [r["images_per_cpu_s"] for r in rows],
-                      "load_average": [r["load_average"] for r in rows]} for key, rows in cases.items()}
-    # Sizing uses the lower of the 1-CPU and 2-CPU means of images per CPU-second.
+        cases.setdefault((row["kind"], row["crop"], row["cpus"]), []).append(row)
+    per_case = {}
+    for (kind, crop, cpus), rows in cases.items():
+        case = {"kind": kind, "crop": crop, "cpus": cpus, "mode": rows[0].get("mode", "ray data"),
+                "images_per_cpu_s": [r["images_per_cpu_s"] for r in rows],
+                "load_average": [r["load_average"] for r in rows]}
+        if cpus:  # Ray Data runs
+            case |= {"images_per_s": [r["images_per_s"] for r in rows],
+                     "images_per_worker_cpu_s": [r["images_per_worker_cpu_s"] for r in rows],
+                     "daemon_cpu_per_s": [round(r["cpu_seconds"]["daemons"] / r["seconds"], 3) for r in rows]}
+        per_case[f"{kind}/{crop}/{cpus or 'plain'}"] = case
+    # Sizing: the lower of the 1- and 2-CPU means of images per CPU-second (Ray workers + driver).
     per_cpu = {}
     for case in per_case.values():
-        key = (case["kind"], case["crop"])
-        per_cpu[key] = min(per_cpu.get(key, float("inf")), mean(case["images_per_cpu_s"]))
+        if case["cpus"]:
+            key = (case["kind"], case["crop"])
+            per_cpu[key] = min(per_cpu.get(key, float("inf")), mean(case["images_per_cpu_s"]))
     curve = {}
     for row in scaleout:
         curve.setdefault(row["consumers"], []).append(row)
@@ -567,16 +629,28 @@ def markdown(record: dict) -> str:
         "",
         "raysemi's own `labeled` stream of a `supervised` run (`raysemi.ray.data.build_datasets`: read, decode, "
         "random scale 0.75–1.5, pad, crop, flip, colour jitter in `map_batches` tasks of 0.5 CPU), read to the end "
-        "on the driver; Ray pinned to 1 or 2 cores; one warm-up pass first; two repeats.",
+        "on the driver; Ray pinned to 1 or 2 cores; one warm-up pass first; two repeats (values: repeat 1 / "
+        "repeat 2). CPU-seconds are read from every process of the Ray tree (psutil), so they do not stretch "
+        "with the machine's load as wall time does: the CPU of the Ray workers (decode tasks, Ray Data's "
+        "actors) plus the driver (which batches, as a training worker would) is the cost per image; the daemons "
+        "(raylet, GCS) cost CPU per second and node, not per image. The plain loop calls the same "
+        "`DecodeTrainBatch` in one process without Ray.",
         "",
-        "| stream | CPUs | images/s (wall) | images per CPU-second | load average |",
-        "|---|---|---|---|---|",
+        "| stream | CPUs | images/s (wall, loaded machine) | images per CPU-s (Ray workers + driver) | "
+        "images per worker CPU-s | daemons' CPU-s per s | load average |",
+        "|---|---|---|---|---|---|---|",
     ]
     for case in summary["cases"].values():
+        values = " / ".join(str(v) for v in case["images_per_cpu_s"])
+        loads = " / ".join(str(v) for v in case["load_average"])
+        if not case["cpus"]:
+            lines.append(f"| {case['kind']} crop {case['crop']} | plain loop, no Ray, 1 thread | – | {values} (of "
+                         f"this process) | – | – | {loads} |")
+            continue
         lines.append(f"| {case['kind']} crop {case['crop']} | {case['cpus']} | "
-                     f"{' / '.join(str(v) for v in case['images_per_s'])} | "
-                     f"{' / '.join(str(v) for v in case['images_per_cpu_s'])} | "
-                     f"{' / '.join(str(v) for v in case['load_average'])} |")
+                     f"{' / '.join(str(v) for v in case['images_per_s'])} | {values} | "
+                     f"{' / '.join(str(v) for v in case['images_per_worker_cpu_s'])} | "
+                     f"{' / '.join(str(v) for v in case['daemon_cpu_per_s'])} | {loads} |")
     scale = record.get("scaleout_setup", {})
     lines += [
         "",
@@ -637,6 +711,7 @@ def main() -> int:
     parser.add_argument("--table", action="store_true", help="rebuild ingest.md from ingest.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup: stop the child and its Ray
     if args.child:
         part, cpus, out = args.child[0], int(args.child[1]), Path(args.child[2])
         if part == "throughput":
@@ -647,6 +722,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.table:
         record = json.loads((RESULTS / "ingest.json").read_text())
+        record["summary"] = summarise(record["throughput"], record["scaleout"])
+        (RESULTS / "ingest.json").write_text(json.dumps(record, indent=1) + "\n")
         (RESULTS / "ingest.md").write_text(markdown(record))
         return 0
     images = {name: file_sizes(ensure_images(kind)) for name, kind in KINDS.items()}
