@@ -284,7 +284,8 @@ def training_stream(kind: Kind, root: Path, crop: int, local_batch: int, steps: 
     from raysemi.methods.base import build_method
 
     cfg = load_config(None, [f"data.format={kind.format}", f"data.root={root}", f"data.crop_size=[{crop},{crop}]",
-                             f"train.batch_size={local_batch * consumers}", f"train.steps={steps}",
+                             f"train.batch_size={local_batch * consumers}",
+                             f"train.unlabeled_batch_size={local_batch * consumers}", f"train.steps={steps}",
                              f"scaling.num_workers={consumers}", "method=supervised"])
     ray_data.BATCHES_PER_BLOCK = BENCH_BATCHES_PER_BLOCK
     return ray_data.build_datasets(cfg, open_dataset(cfg.data), build_method(cfg).streams(), 0)["labeled"]
@@ -714,6 +715,8 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="CPU counts for the throughput runs")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="rebuild ingest.md from ingest.json")
+    parser.add_argument("--keep-throughput", action="store_true",
+                        help="reuse the throughput rows of the last run (_work/ingest/raw) and rerun the scale-out")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup: stop the child and its Ray
@@ -735,9 +738,9 @@ def main() -> int:
     raw = WORK / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     throughput_file, scaleout_file = raw / "throughput.jsonl", raw / "scaleout.jsonl"
-    for path in (throughput_file, scaleout_file):
+    for path in (scaleout_file,) if args.keep_throughput else (throughput_file, scaleout_file):
         path.unlink(missing_ok=True)
-    for cpus in args.cpus:
+    for cpus in [] if args.keep_throughput else args.cpus:
         child(["--repeats", str(args.repeats), "--child", "throughput", str(cpus), str(throughput_file)])
     throughput = read_lines(throughput_file)
     scale_cpus = max(args.cpus)
