@@ -423,8 +423,9 @@ def measure_scaleout(kind: Kind, root: Path, crop: int, local_batch: int, steps:
     results = ray.get([actor.run.remote(shard, local_batch, step_s) for actor, shard in zip(consumers, shards)])
     wait = sum(r["wait_s"] for r in results)
     seconds = sum(r["seconds"] for r in results)
+    delivered = sum(r["steps"] - 1 for r in results) * local_batch / max(r["seconds"] for r in results)
     return {"consumers": len(consumers), "step_s": step_s, "local_batch": local_batch,
-            "wait_fraction": round(wait / seconds, 4),
+            "wait_fraction": round(wait / seconds, 4), "delivered_images_per_s": round(delivered, 2),
             "first_wait_s": round(max(r["first_wait_s"] for r in results), 2),
             "steps_per_consumer": min(r["steps"] for r in results),
             "load_average": round(os.getloadavg()[0], 2)}
@@ -440,6 +441,7 @@ PLAIN_LOOP_IMAGES = {"voc_like": 32, "cityscapes_like": 8}
 SCALEOUT_CASE = ("voc_like", 321, 4)  # the cheapest images: the hardest stream to keep up with
 SCALEOUT_CONSUMERS = (1, 2, 3, 4, 6)
 SCALEOUT_SECONDS = 20.0  # per consumer count: steps = this / step time
+SUPPLY_STEPS = 32  # per CPU: the supply measured before each scale-out point (about 4 s)
 
 
 def start_ray(cpus: int) -> None:
@@ -482,7 +484,9 @@ def run_throughput(cpus: int, repeats: int, out: Path) -> None:
 
 def run_scaleout(cpus: int, repeats: int, supply: float, out: Path) -> None:
     """The scale-out with ``cpus`` CPUs: the step time is set so one consumer asks for a quarter of
-    ``supply`` (images/s measured with these CPUs), so N consumers put a load of N / 4 on the stream."""
+    ``supply`` (images/s measured with these CPUs), so N consumers put a load of about N / 4 on the stream.
+    The supply is measured again (one reader, no sleep) just before each point, since the shared machine's
+    load moves it; a point's load is its demand over that supply."""
     start_ray(cpus)
     name, crop, batch = SCALEOUT_CASE
     root = ensure_images(KINDS[name])
@@ -492,10 +496,12 @@ def run_scaleout(cpus: int, repeats: int, supply: float, out: Path) -> None:
     actors = start_consumers(max(SCALEOUT_CONSUMERS))
     for repeat in range(repeats):
         for consumers in SCALEOUT_CONSUMERS:
+            supply_now = measure_throughput(KINDS[name], root, crop, batch, SUPPLY_STEPS * cpus)["images_per_s"]
             row = measure_scaleout(KINDS[name], root, crop, batch, steps, actors[:consumers], step_s)
             demand = consumers * batch / step_s
-            row |= {"kind": name, "crop": crop, "cpus": cpus, "repeat": repeat, "supply_images_per_s": supply,
-                    "demand_images_per_s": round(demand, 2), "load": round(demand / supply, 3)}
+            row |= {"kind": name, "crop": crop, "cpus": cpus, "repeat": repeat, "supply_images_per_s": supply_now,
+                    "demand_images_per_s": round(demand, 2), "load": round(demand / supply_now, 3),
+                    "nominal_load": round(demand / supply, 3)}
             print(json.dumps(row), flush=True)
             with out.open("a") as file:
                 file.write(json.dumps(row) + "\n")
@@ -540,12 +546,12 @@ MMSEG = ("open-mmlab/mmsegmentation `docs/en/model_zoo.md`, \"Speed benchmark\":
 UNIMATCH = "LiheYoung/UniMatch `training-logs/{}` (timestamps of the `Iters:` lines; GPU model not stated)"
 PUBLISHED = (
     PublishedStep("Cityscapes 512×1024, supervised, 2 img/GPU, V100", "cityscapes_like", 768, 2, 0.85, MMSEG),
-    PublishedStep("Cityscapes 801, UniMatch, 2 labeled + 2×2 unlabeled img/GPU, 4 GPUs", "cityscapes_like", 768, 6,
+    PublishedStep("Cityscapes 801, UniMatch, 2 labeled + 2 + 2 unlabeled img/GPU, 4 GPUs", "cityscapes_like", 768, 6,
                   0.592, UNIMATCH.format("Cityscapes/ResNet-101/1_8.log") + ": iters 40→320 in 165.8 s"),
-    PublishedStep("VOC 321, UniMatch, 2 labeled + 2×2 unlabeled img/GPU", "voc_like", 321, 6, 0.669,
+    PublishedStep("VOC 321, UniMatch, 2 labeled + 2 + 2 unlabeled img/GPU", "voc_like", 321, 6, 0.669,
                   UNIMATCH.format("Pascal-VOC-2012/High-Quality-Split-Size321/ResNet-101/1464-run1.log")
                   + ": iters 0→1136 in 760 s"),
-    PublishedStep("VOC 513, UniMatch, 4 labeled + 2×4 unlabeled img/GPU, 2 GPUs", "voc_like", 512, 12, 0.479,
+    PublishedStep("VOC 513, UniMatch, 4 labeled + 4 + 4 unlabeled img/GPU, 2 GPUs", "voc_like", 512, 12, 0.479,
                   UNIMATCH.format("Pascal-VOC-2012/U2PL-Split-Size513/ResNet-101/1_4.log")
                   + ": iters 0→868 in 416.1 s"),
 )
@@ -583,7 +589,10 @@ def summarise(throughput: list[dict], scaleout: list[dict]) -> dict:
     points = [{"consumers": n, "load": mean([r["load"] for r in rows]),
                "wait_fraction": mean([r["wait_fraction"] for r in rows]),
                "wait_fractions": [r["wait_fraction"] for r in rows],
-               "first_wait_s": [r["first_wait_s"] for r in rows]} for n, rows in sorted(curve.items())]
+               "first_wait_s": [r["first_wait_s"] for r in rows],
+               "loads": [r["load"] for r in rows],
+               "delivered_images_per_s": [r.get("delivered_images_per_s") for r in rows]}
+              for n, rows in sorted(curve.items())]
     max_load = max_load_under(points) if points else None
     sizing = []
     for step in PUBLISHED:
@@ -609,8 +618,8 @@ def markdown(record: dict) -> str:
         f"Run {record['date']} with `python experiments/benchmarks/ingest.py` on the shared 2-core machine, "
         f"**busy** (1-minute load average {min(record['load_averages'])}–{max(record['load_averages'])} during "
         "the measurements; another benchmark runs continuously). Absolute images/s of wall clock are from this "
-        "loaded machine; images per CPU-second (CPU time of the whole Ray process tree) and the ratios are what "
-        "carry over.",
+        "loaded machine; images per CPU-second (CPU time of the Ray workers and the driver) and the ratios are "
+        "what carry over.",
         "",
         "## Synthetic images",
         "",
@@ -664,22 +673,29 @@ def markdown(record: dict) -> str:
         "",
         f"N consumers (Ray actors, `num_cpus=0`) each read one part of `streaming_split(N, equal=True)` of the "
         f"{scale.get('kind')} crop {scale.get('crop')} stream with `iter_torch_batches(prefetch_batches=4)` and "
-        f"sleep a fixed step time of {scale.get('step_s')} s per batch of {scale.get('local_batch')} (one consumer "
-        f"asks for a quarter of the {scale.get('supply_images_per_s')} images/s the stream delivered with "
-        f"{scale.get('cpus')} CPUs just before), so the load (demand / supply) is N / 4. Data wait = time blocked "
-        "in `next()` / time after the first batch (the first wait, the pipeline filling, is shown apart).",
+        f"sleep a fixed step time of {scale.get('step_s')} s per batch of {scale.get('local_batch')}, so that one "
+        f"consumer asks for a quarter of the {scale.get('supply_images_per_s')} images/s the stream delivered with "
+        f"{scale.get('cpus')} CPUs in the throughput runs (nominal load N / 4). Since the shared machine's load "
+        "moves the supply, it is measured again (one reader, no sleep) just before each point, and a point's "
+        "load is its demand (N × batch / step time) over that supply. Data wait = time blocked in `next()` / "
+        "time after the first batch (the first wait, the pipeline filling, is shown apart). Delivered = images "
+        "the N consumers received per second.",
         "",
-        "| consumers N | load | data wait (mean) | data wait per repeat | first batch wait (s) |",
-        "|---|---|---|---|---|",
+        "| consumers N | load (mean) | data wait (mean) | load per repeat | data wait per repeat | delivered "
+        "(img/s) | first batch wait (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for point in summary["scaleout"]:
+        delivered = " / ".join(str(v) for v in point.get("delivered_images_per_s", []) if v is not None) or "–"
         lines.append(f"| {point['consumers']} | {point['load']:.2f} | {100 * point['wait_fraction']:.1f} % | "
-                     f"{' / '.join(f'{100 * w:.1f} %' for w in point['wait_fractions'])} | "
+                     f"{' / '.join(f'{v:.2f}' for v in point.get('loads', []))} | "
+                     f"{' / '.join(f'{100 * w:.1f} %' for w in point['wait_fractions'])} | {delivered} | "
                      f"{' / '.join(str(w) for w in point['first_wait_s'])} |")
     max_load = summary["max_load_under_5pct_wait"]
     lines += [
         "",
-        f"Largest load with data wait under 5 %: **u\\* = {max_load}**.",
+        f"Largest load with data wait under 5 % (mean of the repeats, every lighter point under 5 % too): "
+        f"**u\\* = {max_load if max_load is None else round(max_load, 2)}**.",
         "",
         "## CPUs per GPU to keep data wait under 5 %",
         "",
@@ -699,6 +715,9 @@ def markdown(record: dict) -> str:
     lines += ["", "Sources:", ""]
     lines += [f"- {row['setting']}: {row['source']}." for row in summary["sizing"]]
     lines += [
+        "",
+        "UniMatch reads a labeled and two unlabeled loaders of `batch_size` images each per step (its "
+        "`unimatch.py`), so a GPU step consumes 3 × batch images.",
         "",
         "Caveats: UniMatch's unlabeled images also get strong augmentation (colour jitter, grey, blur, CutMix) that "
         "raysemi's stream here does not, so its real CPU need is higher than this table; the Cityscapes rows use "
