@@ -586,11 +586,13 @@ def summarise(throughput: list[dict], scaleout: list[dict]) -> dict:
     curve = {}
     for row in scaleout:
         curve.setdefault(row["consumers"], []).append(row)
-    points = [{"consumers": n, "load": mean([r["load"] for r in rows]),
+    # Load = demand over the supply of the throughput runs (nominal): the supply measured just before each
+    # point is a short read that includes the pipeline filling, so it reads low; it is shown, not used.
+    points = [{"consumers": n, "load": mean([r.get("nominal_load", r["load"]) for r in rows]),
                "wait_fraction": mean([r["wait_fraction"] for r in rows]),
                "wait_fractions": [r["wait_fraction"] for r in rows],
                "first_wait_s": [r["first_wait_s"] for r in rows],
-               "loads": [r["load"] for r in rows],
+               "supply_before": [r["supply_images_per_s"] for r in rows if "nominal_load" in r],
                "delivered_images_per_s": [r.get("delivered_images_per_s") for r in rows]}
               for n, rows in sorted(curve.items())]
     max_load = max_load_under(points) if points else None
@@ -675,24 +677,30 @@ def markdown(record: dict) -> str:
         f"{scale.get('kind')} crop {scale.get('crop')} stream with `iter_torch_batches(prefetch_batches=4)` and "
         f"sleep a fixed step time of {scale.get('step_s')} s per batch of {scale.get('local_batch')}, so that one "
         f"consumer asks for a quarter of the {scale.get('supply_images_per_s')} images/s the stream delivered with "
-        f"{scale.get('cpus')} CPUs in the throughput runs (nominal load N / 4). Since the shared machine's load "
-        "moves the supply, it is measured again (one reader, no sleep) just before each point, and a point's "
-        "load is its demand (N × batch / step time) over that supply. Data wait = time blocked in `next()` / "
-        "time after the first batch (the first wait, the pipeline filling, is shown apart). Delivered = images "
-        "the N consumers received per second.",
+        f"{scale.get('cpus')} CPUs in the throughput runs: the load (demand / supply) is N / 4. The shared "
+        "machine's load moves the supply: each point also shows the supply read just before it (one reader, no "
+        "sleep; a short read that includes the pipeline filling, so it reads low) and the images the N "
+        "consumers received per second (delivered). Data wait = time blocked in `next()` / time after the "
+        "first batch (the first wait, the pipeline filling, is shown apart). Values per repeat are separated "
+        "by /.",
         "",
-        "| consumers N | load (mean) | data wait (mean) | load per repeat | data wait per repeat | delivered "
+        "| consumers N | load | data wait (mean) | data wait per repeat | delivered (img/s) | supply just before "
         "(img/s) | first batch wait (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for point in summary["scaleout"]:
         delivered = " / ".join(str(v) for v in point.get("delivered_images_per_s", []) if v is not None) or "–"
+        supply = " / ".join(str(v) for v in point.get("supply_before", [])) or "–"
         lines.append(f"| {point['consumers']} | {point['load']:.2f} | {100 * point['wait_fraction']:.1f} % | "
-                     f"{' / '.join(f'{v:.2f}' for v in point.get('loads', []))} | "
                      f"{' / '.join(f'{100 * w:.1f} %' for w in point['wait_fractions'])} | {delivered} | "
-                     f"{' / '.join(str(w) for w in point['first_wait_s'])} |")
+                     f"{supply} | {' / '.join(str(w) for w in point['first_wait_s'])} |")
     max_load = summary["max_load_under_5pct_wait"]
+    if record.get("scaleout_note"):
+        lines += ["", f"Repeats: {record['scaleout_note']}."]
     lines += [
+        "",
+        "On a loaded machine the wait at one load varies from repeat to repeat (the other jobs take the CPUs at "
+        "will; see the values per repeat), so u\\* below is read from the means.",
         "",
         f"Largest load with data wait under 5 % (mean of the repeats, every lighter point under 5 % too): "
         f"**u\\* = {max_load if max_load is None else round(max_load, 2)}**.",
