@@ -16,8 +16,9 @@ Three measurements, on images generated here at VOC and Cityscapes sizes and cod
 
 Usage (from the repository root)::
 
-    python experiments/benchmarks/ingest.py            # all of it (~10 min on a busy 2-core machine)
-    python experiments/benchmarks/ingest.py --table    # rebuild ingest.md from ingest.json
+    python experiments/benchmarks/ingest.py                    # all of it (~20 min on a busy 2-core machine)
+    python experiments/benchmarks/ingest.py --keep-throughput  # rerun the scale-out alone (~10 min)
+    python experiments/benchmarks/ingest.py --table            # rebuild ingest.md from ingest.json
 
 Writes ``experiments/benchmarks/results/ingest.json`` and ``ingest.md``.
 """
