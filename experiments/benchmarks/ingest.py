@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -150,19 +151,18 @@ def cityscapes_like_mask(rng: np.random.Generator, height: int = 1024, width: in
     return mask
 
 
-VOC_PALETTE = None  # filled on first use from raysemi's VOC colour map
+@lru_cache(maxsize=1)
+def _voc_palette_bytes() -> tuple[int, ...]:
+    """raysemi's VOC colour map for all 256 indices, flattened ``(r, g, b, r, g, b, ...)``."""
+    from raysemi.data.formats import voc_palette
+
+    return tuple(channel for colour in voc_palette(256) for channel in colour)
 
 
 def save_voc_mask(mask: np.ndarray, path: Path) -> None:
     """A palette ("P") PNG with the VOC colour map, as VOC's ``SegmentationClass`` files are stored."""
-    global VOC_PALETTE
-    if VOC_PALETTE is None:
-        from raysemi.data.formats import voc_palette
-
-        colours = list(voc_palette(256))
-        VOC_PALETTE = [channel for colour in colours for channel in colour]
     image = Image.fromarray(mask, mode="P")
-    image.putpalette(VOC_PALETTE)
+    image.putpalette(list(_voc_palette_bytes()))
     image.save(path)
 
 
@@ -271,8 +271,9 @@ def max_load_under(points: list[dict], wait_limit: float = 0.05) -> float | None
 # Measurements (Ray)
 # ----------------------------------------------------------------------------------------------------------------
 
-# Blocks of 4 batches instead of raysemi's 32 (raysemi.ray.data.BATCHES_PER_BLOCK): a run of thousands of steps
-# has dozens of 32-batch blocks, a benchmark of a few hundred images would have one (a single task, no overlap).
+# Blocks of 2 batches instead of raysemi's 32 (raysemi.ray.data.BATCHES_PER_BLOCK), set in this process only: a
+# run of thousands of steps has dozens of 32-batch blocks, a benchmark of a few hundred images would have one (a
+# single task, no overlap between CPUs).
 BENCH_BATCHES_PER_BLOCK = 2
 
 
