@@ -1,0 +1,109 @@
+"""The ingest benchmark's pure parts: the CPUs-per-GPU arithmetic and the synthetic images (no Ray)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raysemi.data.formats import open_format
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ingest():
+    """experiments/benchmarks/ingest.py as a module (registered first: its dataclasses look themselves up)."""
+    spec = importlib.util.spec_from_file_location("ingest_benchmark",
+                                                  REPO / "experiments" / "benchmarks" / "ingest.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpus_per_gpu_is_demand_over_supply_per_cpu_over_the_load_limit(ingest):
+    # 8 images every 0.5 s = 16 images/s; 4 images per CPU-second -> 4 CPUs at full load, 5 at a 0.8 limit.
+    assert ingest.cpus_per_gpu(8, 0.5, 4.0) == pytest.approx(4.0)
+    assert ingest.cpus_per_gpu(8, 0.5, 4.0, max_load=0.8) == pytest.approx(5.0)
+    # mmsegmentation's 2 images per 0.85 s at 10 images per CPU-second: 0.235 CPUs.
+    assert ingest.cpus_per_gpu(2, 0.85, 10.0) == pytest.approx(2 / 0.85 / 10.0)
+    with pytest.raises(ValueError, match="step_time_s=0"):
+        ingest.cpus_per_gpu(8, 0, 4.0)
+
+
+def test_max_load_is_the_last_point_before_wait_reaches_the_limit(ingest):
+    points = [{"load": 0.25, "wait_fraction": 0.01}, {"load": 1.0, "wait_fraction": 0.20},
+              {"load": 0.5, "wait_fraction": 0.02}, {"load": 0.75, "wait_fraction": 0.049},
+              {"load": 1.5, "wait_fraction": 0.03}]  # a lucky point past a failing one does not count
+    assert ingest.max_load_under(points) == 0.75
+    assert ingest.max_load_under(points, wait_limit=0.02) == 0.25
+    assert ingest.max_load_under([{"load": 0.25, "wait_fraction": 0.3}]) is None
+
+
+def test_voc_like_tree_has_voc_sizes_codecs_and_reads_with_the_voc_reader(ingest, tmp_path):
+    ingest.write_voc_like(tmp_path, count=3)
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    with Image.open(base / "JPEGImages" / "2007_000000.jpg") as image:
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (500, 375))
+    with Image.open(base / "SegmentationClass" / "2007_000000.png") as mask:
+        assert (mask.format, mask.mode, mask.size) == ("PNG", "P", (500, 375))
+        assert mask.getpalette()[:6] == [0, 0, 0, 128, 0, 0]  # VOC colour map: background, aeroplane
+        values = set(np.unique(np.array(mask)).tolist())
+    assert 0 in values and 255 in values and values <= set(range(21)) | {255}
+    reader = open_format("voc", tmp_path)
+    assert [s.image.name for s in reader.samples("train")] == ["2007_000000.jpg", "2007_000001.jpg",
+                                                                "2007_000002.jpg"]
+    assert len(reader.samples("val")) == 2
+
+
+def test_cityscapes_like_tree_has_cityscapes_names_codecs_and_label_ids(ingest, tmp_path):
+    assert ingest.CITYSCAPES.size == (1024, 2048)
+    ingest.write_cityscapes_like(tmp_path, count=1, size=(64, 128))
+    image_path = tmp_path / "leftImg8bit" / "train" / "synth" / "synth_000000_000019_leftImg8bit.png"
+    mask_path = tmp_path / "gtFine" / "train" / "synth" / "synth_000000_000019_gtFine_labelIds.png"
+    with Image.open(image_path) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (128, 64))
+    with Image.open(mask_path) as mask:
+        assert (mask.format, mask.mode, mask.size) == ("PNG", "L", (128, 64))
+        ids = set(np.unique(np.array(mask)).tolist())
+    assert {1, 7, 23} <= ids <= set(ingest.CITYSCAPES_IDS.values())  # ego vehicle, road, sky at least
+    train_ids = open_format("cityscapes", tmp_path).decode_mask(mask_path)
+    assert train_ids[0, 0] == 10 and train_ids[-1, 0] == 255  # sky on top, ego vehicle (ignored) at the bottom
+
+
+def test_photo_like_is_neither_flat_nor_noise(ingest):
+    """A 1/f texture: neighbouring pixels agree far more than distant ones, and no region is flat."""
+    image = ingest.photo_like(np.random.default_rng(0), np.zeros((128, 128), np.uint8)).astype(float)
+    grey = image.mean(axis=2)
+    neighbour = np.abs(grey[:, 1:] - grey[:, :-1]).mean()
+    distant = np.abs(grey[:, 64:] - grey[:, :-64]).mean()
+    assert grey.std() > 10 and neighbour < distant / 3
+
+
+def test_summary_sizes_each_published_step_with_the_slower_cpu_setting_and_the_measured_load_limit(ingest):
+    def ray_row(cpus, rate, repeat):
+        return {"kind": "voc_like", "crop": 321, "cpus": cpus, "repeat": repeat, "images_per_s": 1.0,
+                "images_per_cpu_s": rate, "images_per_worker_cpu_s": rate * 2, "load_average": 3.0,
+                "seconds": 10.0, "cpu_seconds": {"workers": 1.0, "driver": 1.0, "daemons": 0.5}}
+
+    # 1 CPU: 40 and 60 (mean 50); 2 CPUs: 30 and 50 (mean 40) -> sizing uses 40 images per CPU-second.
+    throughput = [ray_row(1, 40.0, 0), ray_row(1, 60.0, 1), ray_row(2, 30.0, 0), ray_row(2, 50.0, 1),
+                  {"kind": "voc_like", "crop": 321, "cpus": 0, "repeat": 0, "mode": "plain loop",
+                   "images_per_cpu_s": 130.0, "load_average": 3.0}]
+    scaleout = [{"consumers": n, "load": n / 4, "wait_fraction": w, "first_wait_s": 1.0}
+                for n, w in ((1, 0.0), (2, 0.01), (3, 0.04), (4, 0.12))]
+    summary = ingest.summarise(throughput, scaleout)
+
+    assert summary["max_load_under_5pct_wait"] == 0.75
+    assert summary["cases"]["voc_like/321/plain"]["images_per_cpu_s"] == [130.0]
+    assert summary["cases"]["voc_like/321/2"]["daemon_cpu_per_s"] == [0.05, 0.05]
+    voc321 = [row for row in summary["sizing"] if row["stream"] == "voc_like crop 321"]
+    assert len(voc321) == 1  # the other published settings need streams this summary has no rows for
+    # UniMatch VOC 321: 6 images per 0.669 s = 8.97 images/s; / 40 per CPU-second / 0.75 = 0.30 CPUs per GPU.
+    assert voc321[0]["images_per_cpu_s"] == 40.0
+    assert voc321[0]["cpus_per_gpu"] == pytest.approx(6 / 0.669 / 40.0 / 0.75, abs=0.005)
