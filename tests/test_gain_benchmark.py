@@ -11,6 +11,7 @@ import pytest
 
 from raysemi.config import load_config
 from raysemi.data.dataset import open_dataset
+from raysemi.data.weak_labels import mask_boxes
 from tests.conftest import fast_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,3 +188,36 @@ def test_pairs_of_different_code_versions_are_flagged(gain):
     path.write_text(json.dumps({**json.loads(path.read_text()), "commit": "abc1234"}))
     gain.write_outputs()
     assert "**Seeds [0] compare runs of different code versions**" in (gain.RUNS / "README.md").read_text()
+
+
+def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of_the_baseline(
+        gain, synthetic_root, tmp_path, monkeypatch):
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(fast_config(synthetic_root, tmp_path / "unused", "data.label_count=6").to_yaml())
+    monkeypatch.setitem(gain.PROTOCOLS, "p1", gain.Protocol(config=str(protocol), all_labels=(),
+                                                            methods=gain.self_correction_variants()))
+    configs = []
+
+    def fake_train(cfg):
+        configs.append(cfg)
+        stage_dir = Path(cfg.run.dir) / "primary"  # a chained run: the result is its last stage's
+        stage_dir.mkdir(parents=True)
+        (stage_dir / "metrics.jsonl").write_text(json.dumps({"step": 6, "steps_per_s": 2.0}) + "\n")
+        return {"miou": 0.4, "iou": {"a": 0.4}, "run_dir": str(stage_dir)}
+
+    monkeypatch.setattr(gain, "train_run", fake_train)
+    linear = gain.run_once("p1", "self_correction_linear", 0, 8, "supervised")
+    conv = gain.run_once("p1", "self_correction_conv", 0, 8, "supervised")
+
+    assert (configs[0].train.steps, configs[0].self_correction.ancillary_steps) == (8, 8)
+    # conv: corrector 2 + primary 6 = the baseline's 8 iterations
+    assert (configs[1].train.steps, configs[1].self_correction.corrector_steps) == (6, 2)
+    assert linear["it_per_s"] == 2.0 and conv["val_miou"] == 0.4  # read from the last stage's run
+    boxes = Path(configs[0].data.unlabeled_boxes)
+    source = open_dataset(configs[0].data)
+    assert boxes == gain.WORK / "p1" / "unlabeled_boxes.txt" and len(source.split.unlabeled) == 18
+    # the boxes of the first unlabeled image are those of its mask
+    first = source.split.unlabeled[0]
+    mask = source.reader.decode_mask(next(s.mask for s in source.train if s.image == first.image))
+    expected = mask_boxes(mask, source.reader.classes)
+    assert tuple(first.boxes) == tuple(expected) and expected

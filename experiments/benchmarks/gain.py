@@ -31,6 +31,7 @@ Usage (from the repository root)::
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_basic
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
     python experiments/benchmarks/gain.py --protocol p2 --method simformer3_full --baseline simformer3_basic
+    python experiments/benchmarks/gain.py --protocol p1 --method self_correction_linear --seeds 3
     python experiments/benchmarks/gain.py --table                                      # rebuild outputs only
 """
 
@@ -78,6 +79,48 @@ def simformer_variants(all_labels: tuple[str, ...], novel: str, name: str = "sim
             f"{name}_oracle": common + ("simformer.oracle=true",)}
 
 
+# Self-correction (issue 20): F is the protocol's labeled split, W its unlabeled images with boxes derived from
+# their masks (written once per protocol, see derived_boxes_file). At equal iterations: the primary trains the
+# protocol's budget (conv: the corrector stage takes a quarter of it); the ancillary, a model of its own trained
+# on F first, trains the whole budget.
+DERIVED_BOXES = "{derived_boxes}"  # in an override: the protocol's boxes file
+SELF_CORRECTION_MODES = ("none", "linear", "conv")
+CORRECTOR_SHARE = 4
+
+
+def self_correction_variants() -> dict[str, tuple[str, ...]]:
+    common = ("method=self_correction", f"data.unlabeled_boxes={DERIVED_BOXES}")
+    return {f"self_correction_{mode}": (*common, f"self_correction.mode={mode}") for mode in SELF_CORRECTION_MODES}
+
+
+def budget_overrides(variant: str, iterations: int) -> tuple[str, ...]:
+    """How a chained method spends ``iterations``: the overrides after ``train.steps={iterations}``."""
+    if not variant.startswith("self_correction_"):
+        return ()
+    if variant.startswith("self_correction_conv"):
+        corrector = iterations // CORRECTOR_SHARE
+        return (f"self_correction.ancillary_steps={iterations}", f"self_correction.corrector_steps={corrector}",
+                f"train.steps={iterations - corrector}")
+    return (f"self_correction.ancillary_steps={iterations}",)
+
+
+def derived_boxes_file(protocol_name: str) -> Path:
+    """``data.unlabeled_boxes`` for the protocol: each unlabeled image's boxes from its mask (one box per connected
+    component of each class, as ``raysemi data split --boxes``), written once under the work folder."""
+    from raysemi.config import load_config
+    from raysemi.data.dataset import open_dataset
+    from raysemi.data.weak_labels import boxes_from_masks, write_boxes_file
+
+    path = WORK / protocol_name / "unlabeled_boxes.txt"
+    if not path.is_file():
+        source = open_dataset(load_config(REPO / PROTOCOLS[protocol_name].config).data)
+        with_masks = {sample.image: sample for sample in source.train}
+        unlabeled = [with_masks[sample.image] for sample in source.split.unlabeled]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_boxes_file(path, boxes_from_masks(source.reader, unlabeled), source.reader.root)
+    return path
+
+
 P1_ALL_LABELS = ("data.label_count=null", "data.label_fraction=1.0")
 P2_ALL_LABELS = ("data.labeled_split=experiments/protocols/p2_camvid/all_labeled.txt", "data.unlabeled_split=null")
 PROTOCOLS = {
@@ -89,6 +132,7 @@ PROTOCOLS = {
             "cac": ("method=cac", "cac.start_step=50", "cac.rampup_steps=100"),
             # two of the five shapes novel: square and ring
             **simformer_variants(P1_ALL_LABELS, "[2,4]"),
+            **self_correction_variants(),
         },
     ),
     "p2": Protocol(
@@ -100,6 +144,7 @@ PROTOCOLS = {
             # Car alone novel (simformer_*), then Car, Pedestrian and Bicyclist (simformer3_*)
             **simformer_variants(P2_ALL_LABELS, "[8]"),
             **simformer_variants(P2_ALL_LABELS, "[8,9,10]", name="simformer3"),
+            **self_correction_variants(),
         },
         needs="../shared/data/camvid-180x240",
     ),
@@ -148,10 +193,14 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
     protocol = PROTOCOLS[protocol_name]
     run_dir = WORK / protocol_name / name
     overrides = [*variant_overrides(protocol, variant), *extra, f"run.seed={seed}", f"run.dir={run_dir}",
-                 f"train.steps={iterations}"]
+                 f"train.steps={iterations}", *budget_overrides(variant, iterations)]
+    if any(DERIVED_BOXES in override for override in overrides):
+        boxes = str(derived_boxes_file(protocol_name))
+        overrides = [override.replace(DERIVED_BOXES, boxes) for override in overrides]
     cfg = load_config(REPO / protocol.config, overrides)
     started = time.perf_counter()
     summary = (trainer or train_run)(cfg)
+    run_dir = Path(summary.get("run_dir", run_dir))  # a chained method's result: its last stage's run
     result = {
         "protocol": protocol_name, "method": variant, "baseline": baseline, "seed": seed, "iterations": iterations,
         "overrides": list(extra), "val_miou": round(summary["miou"], 4),
