@@ -45,26 +45,44 @@ def truncate_metrics(run_dir: Path, after_step: int) -> None:
 
 
 class Tracker:
-    """Rank-0 logger: appends to ``metrics.jsonl`` and mirrors to W&B when enabled."""
+    """Rank-0 logger: appends to ``metrics.jsonl`` and mirrors to W&B when enabled.
+
+    A step's W&B values (metrics, mask overlays, images) are gathered into one row and sent as one ``log`` call
+    when a later step arrives or the run closes: W&B then writes every step's row whole, whatever the timing of
+    its own background writer."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume_step: int):
         self.path = run_dir / "metrics.jsonl"
         truncate_metrics(run_dir, resume_step)
         self.wandb_run = _init_wandb(cfg, run_dir) if cfg.tracking.wandb.mode != "disabled" else None
+        self._row_step: int | None = None
+        self._row: dict[str, Any] = {}
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with storage_errors(self.path, f"the step-{step} metrics"), self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log(_flatten(metrics), step=step)
+        self._add_to_row(step, _flatten(metrics))
+
+    def _add_to_row(self, step: int, values: dict[str, Any]) -> None:
+        if self.wandb_run is None:
+            return
+        if self._row_step is not None and step != self._row_step:
+            self._send_row()
+        self._row_step = step
+        self._row.update(values)
+
+    def _send_row(self) -> None:
+        if self._row_step is not None:
+            self.wandb_run.log(self._row, step=self._row_step)
+        self._row_step, self._row = None, {}
 
     def log_images(self, step: int, key: str, images: list) -> None:
         """``(H, W, 3)`` uint8 arrays as one W&B image list (W&B only: metrics.jsonl holds numbers)."""
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({key: [wandb.Image(image) for image in images]}, step=step)
+            self._add_to_row(step, {key: [wandb.Image(image) for image in images]})
 
     def log_masks(self, step: int, key: str, images: list, masks: dict[str, list], class_names: list[str]) -> None:
         """W&B images with mask overlays: ``images`` ``(H, W, 3)`` uint8, ``masks`` ``{"ground_truth": [(H, W)
@@ -77,10 +95,11 @@ class Tracker:
         logged = [wandb.Image(image, masks={kind: {"mask_data": maps[i], "class_labels": labels}
                                             for kind, maps in masks.items()})
                   for i, image in enumerate(images)]
-        self.wandb_run.log({key: logged}, step=step)
+        self._add_to_row(step, {key: logged})
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         if self.wandb_run is not None:
+            self._send_row()
             if summary:
                 self.wandb_run.summary.update(_flatten(summary))
             self.wandb_run.finish()
