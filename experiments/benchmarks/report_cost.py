@@ -1,13 +1,15 @@
 """Cost of one ``ray.train.report`` in a 2-worker CPU run of Ray Train V2, with the controller's default poll
 interval (2 s) and with raysemi's (``raysemi.ray.train.REPORT_POLL_INTERVAL_S``).
 
-Each worker calls ``ray.train.report`` ``--reports`` times with a small metrics dict and nothing else, so the
-time per call is the report's own cost (the same call raysemi's loop makes every ``train.log_every`` steps).
+Each worker calls ``ray.train.report`` ``--reports`` times with a small metrics dict, first back to back (the
+worst case: every call after the first waits for the controller's next poll), then with ``--gap`` seconds of
+simulated training between calls (the issue's case: ``log_every=2`` at about 0.5 s a step). Only the time
+inside ``ray.train.report`` is counted, the same call raysemi's loop makes every ``train.log_every`` steps.
 Each setting runs in a fresh Ray (the interval is read by the controller when it starts).
 
 Usage (from the repository root)::
 
-    python experiments/benchmarks/report_cost.py [--reports 20]
+    python experiments/benchmarks/report_cost.py [--reports 20] [--gap 1.0]
 
 Writes ``experiments/benchmarks/results/report_cost.json``.
 """
@@ -29,12 +31,17 @@ RESULTS = REPO / "experiments" / "benchmarks" / "results"
 def worker_loop(config: dict) -> None:
     import ray.train
 
-    started = time.perf_counter()
-    for step in range(config["reports"]):
+    seconds = {"s_per_report": 0.0, "s_per_report_with_gap": 0.0}
+    for step in range(2 * config["reports"]):
+        spaced = step >= config["reports"]
+        if spaced:
+            time.sleep(config["gap"])  # a training interval
+        started = time.perf_counter()
         ray.train.report({"step": step, "loss": 1.0 / (step + 1)})
+        seconds["s_per_report_with_gap" if spaced else "s_per_report"] += time.perf_counter() - started
     if ray.train.get_context().get_world_rank() == 0:
-        per_report = (time.perf_counter() - started) / config["reports"]
-        Path(config["out"]).write_text(json.dumps({"s_per_report": per_report}))
+        result = {k: v / config["reports"] for k, v in seconds.items()}
+        Path(config["out"]).write_text(json.dumps({**result, "gap_s": config["gap"]}))
 
 
 def start_ray(attempts: int = 3) -> float:
@@ -57,14 +64,14 @@ def start_ray(attempts: int = 3) -> float:
     raise AssertionError("unreachable")
 
 
-def one_setting(reports: int, out: Path) -> None:
+def one_setting(reports: int, gap: float, out: Path) -> None:
     """Runs in a fresh process: a 2-worker TorchTrainer whose workers only report."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     start_s = start_ray()
-    TorchTrainer(worker_loop, train_loop_config={"reports": reports, "out": str(out)},
+    TorchTrainer(worker_loop, train_loop_config={"reports": reports, "gap": gap, "out": str(out)},
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
                  run_config=RunConfig(storage_path=str(out.parent / "ray"))).fit()
     ray.shutdown()
@@ -73,11 +80,12 @@ def one_setting(reports: int, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reports", type=int, default=20)
+    parser.add_argument("--reports", type=int, default=20, help="reports back to back, then as many spaced")
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds of simulated training between spaced reports")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        one_setting(args.reports, Path(args.child))
+        one_setting(args.reports, args.gap, Path(args.child))
         return 0
     sys.path.insert(0, str(REPO))
     from raysemi.ray.train import REPORT_POLL_INTERVAL_S
@@ -92,7 +100,8 @@ def main() -> int:
         if interval is not None:
             env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = interval
         out = work / f"{len(rows)}.json"
-        subprocess.run([sys.executable, __file__, "--reports", str(args.reports), "--child", str(out)],
+        subprocess.run([sys.executable, __file__, "--reports", str(args.reports), "--gap", str(args.gap),
+                        "--child", str(out)],
                        env=env, check=True, timeout=900)
         rows.append({"poll_interval": label, **json.loads(out.read_text())})
         print(json.dumps(rows[-1]), flush=True)
