@@ -109,7 +109,7 @@ class TrainConfig(Section):
     keep_best: bool = False  # also keep <run.dir>/checkpoints/best: the checkpoint of the best val mIoU
     log_every: int = Field(100, ge=1)
     amp: bool = True  # mixed precision, used only on CUDA
-    channels_last: Literal["auto", True, False] = "auto"  # NHWC models and images; auto: on CPU, and on CUDA with AMP
+    channels_last: Literal["auto", True, False] = "auto"  # NHWC models and images; auto: on CUDA with AMP only
     torch_threads: int | None = Field(None, ge=1)  # per worker; default: the worker's CPUs
     # the watchdog: a run that waits this long for a batch (or a worker group) ends with the reason; 0: off
     stall_timeout_s: float = Field(600.0, ge=0.0)
