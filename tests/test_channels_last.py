@@ -13,8 +13,9 @@ from tests.test_method_contract import METHODS, _batch, _config, _models
 
 @pytest.mark.parametrize(
     ("setting", "device", "amp", "expected"),
-    [("auto", "cpu", False, True), ("auto", "cuda", True, True), ("auto", "cuda", False, False),
-     ("auto", "mps", False, False), (False, "cpu", False, False), (True, "cuda", False, True)],
+    [("auto", "cpu", False, False), ("auto", "cuda", True, True), ("auto", "cuda", False, False),
+     ("auto", "mps", False, False), (False, "cpu", False, False), (True, "cuda", False, True),
+     (True, "cpu", False, True)],
 )
 def test_auto_chooses_per_device_and_an_explicit_setting_wins(setting, device, amp, expected):
     assert use_channels_last(setting, torch.device(device), amp) is expected

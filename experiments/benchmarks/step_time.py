@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -137,17 +138,20 @@ def main() -> int:
             print(f"round {round_number}: {label} {times[label][-1]:.3f} s/it", flush=True)
         if plain:
             times[plain].append(plain_seconds_per_step(args.steps, args.warmup, args.set))
-    times = {k: v for k, v in times.items() if v}
-    write_results(args, {k: statistics.median(v) for k, v in times.items()}, times, time.time() - started)
+            print(f"round {round_number}: {plain} {times[plain][-1]:.3f} s/it", flush=True)
+        done = {k: v for k, v in times.items() if v}  # written after every round: a stopped run keeps its rounds
+        write_results(args, {k: statistics.median(v) for k, v in done.items()}, done, time.time() - started,
+                      round_number + 1)
     return 0
 
 
-def write_results(args, median: dict[str, float], every: dict[str, list[float]], wall: float) -> None:
+def write_results(args, median: dict[str, float], every: dict[str, list[float]], wall: float, rounds: int) -> None:
     base = median["supervised"] if "supervised" in median else next(iter(median.values()))
     rows = [{"variant": k, "s_per_it": round(v, 4), "vs_supervised": round(v / base, 2),
              "rounds_s_per_it": [round(x, 4) for x in every[k]]} for k, v in median.items()]
-    record = {"tag": args.tag, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-              "overrides": args.set, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    record = {"tag": args.tag, "steps": args.steps, "warmup": args.warmup, "rounds": rounds,
+              "load_average": [round(x, 2) for x in os.getloadavg()], "overrides": args.set,
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "wall_s": round(wall), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -155,7 +159,8 @@ def write_results(args, median: dict[str, float], every: dict[str, list[float]],
     lines = [f"# Step time per method ({args.tag})", "",
              f"Script: [`step_time.py`](../step_time.py); {record['device']}, {record['threads']} torch threads, "
              f"torch {record['torch']}; {args.steps} timed iterations after {args.warmup} of warm-up, "
-             f"median of {args.rounds} round-robin rounds; {record['date']}.", "",
+             f"median of {rounds} round-robin rounds; {record['date']}, load average at the end "
+             f"{', '.join(map(str, record['load_average']))}.", "",
              "| variant | s / iteration | × supervised | each round (s / it) |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['s_per_it']:.3f} | {r['vs_supervised']:.2f} "
               f"| {', '.join(f'{x:.3f}' for x in r['rounds_s_per_it'])} |" for r in rows]

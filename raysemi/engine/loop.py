@@ -454,12 +454,12 @@ def say(text: str) -> None:
 
 def use_channels_last(setting: bool | str, device: torch.device, amp: bool) -> bool:
     """Whether models and images use the channels-last memory format: ``train.channels_last`` if true or false;
-    ``auto`` turns it on where it is faster: on CPU (oneDNN's convolutions; issue 23 measured +22 % training
-    throughput for the CamVid model on 2 cores) and on CUDA with AMP (tensor-core convolutions want NHWC); off
-    on CUDA in float32 and on other devices. ``experiments/benchmarks/step_time.py`` compares both layouts."""
+    ``auto`` turns it on for CUDA with AMP (tensor-core convolutions want NHWC) and off elsewhere. On CPU the
+    CamVid model's training step ran 34-35 % slower channels-last at 1 and 2 threads (torch 2.14.1, paired
+    steps: ``experiments/benchmarks/engine_overhead.py``, ``results/speed.md``)."""
     if setting != "auto":
         return bool(setting)
-    return device.type == "cpu" or (device.type == "cuda" and amp)
+    return device.type == "cuda" and amp
 
 
 def set_torch_threads(cfg: Config, local_workers: int) -> int:
