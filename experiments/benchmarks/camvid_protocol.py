@@ -91,15 +91,20 @@ def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
     models = method.build_models(source.classes.num_classes)
     optimizer, _ = build_optimizer(models, cfg.optim, cfg.train.steps)
     images = sum(len(b["image"]) for b in batch.values())
-    seconds = []
-    for _ in range(warmup + iterations):
-        started = time.perf_counter()
-        loss = method.training_step(models, batch, cfg.train.steps // 2)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seconds.append(time.perf_counter() - started)
+    seconds = [timed_plain_step(method, models, batch, optimizer, cfg.train.steps // 2)
+               for _ in range(warmup + iterations)]
     return images / statistics.median(seconds[warmup:])
+
+
+def timed_plain_step(method, models: dict, batch: dict, optimizer, step: int) -> float:
+    """One training step of ``method`` as a plain PyTorch loop runs it (no engine: its loss, backward and the
+    optimizer step on ``batch``, already on the device); returns its seconds."""
+    started = time.perf_counter()
+    loss = method.training_step(models, batch, step)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - started
 
 
 def run_name(method: str, labels: str, seed: int, iterations: int) -> str:

@@ -71,12 +71,8 @@ def paired_seconds(engine_format: str, plain_format: str, threads: int, steps: i
         while True:
             if handed is not None:
                 engine_s.append(time.perf_counter() - handed)
-            started = time.perf_counter()
-            loss = method.training_step(plain_models, plain_batch, cfg.train.steps // 2)["loss"]
-            plain_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            plain_optimizer.step()
-            plain_s.append(time.perf_counter() - started)
+            plain_s.append(protocol.timed_plain_step(method, plain_models, plain_batch, plain_optimizer,
+                                                     cfg.train.steps // 2))
             handed = time.perf_counter()
             yield raw
 

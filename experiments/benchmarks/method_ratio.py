@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,15 +53,7 @@ def step_runner(name: str, extra: list[str]):
         model.train()
     optimizer, _ = build_optimizer(models, cfg.optim, cfg.train.steps)
 
-    def step() -> float:
-        started = time.perf_counter()
-        loss = method.training_step(models, batch, cfg.train.steps // 2)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - started
-
-    return step
+    return partial(protocol.timed_plain_step, method, models, batch, optimizer, cfg.train.steps // 2)
 
 
 def paired_ratio(name: str, steps: int, warmup: int, extra: list[str]) -> dict:
