@@ -247,10 +247,14 @@ def load_runs() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(RUNS.glob("*/*.json"))]
 
 
-def comparisons(runs: list[dict]) -> list[dict]:
+def run_index(runs: list[dict]) -> dict[tuple, dict]:
+    """Each run by ``(protocol, method, seed, iterations, overrides)``."""
+    return {(r["protocol"], r["method"], r["seed"], r["iterations"], tuple(r["overrides"])): r for r in runs}
+
+
+def comparisons(runs: list[dict], index: dict[tuple, dict]) -> list[dict]:
     """One summary record per (protocol, method, baseline, iterations, overrides), over the seeds where both the
-    method's and the baseline's runs exist, in seed order."""
-    index = {(r["protocol"], r["method"], r["seed"], r["iterations"], tuple(r["overrides"])): r for r in runs}
+    method's and the baseline's runs exist, in seed order (``index``: :func:`run_index` of ``runs``)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["baseline"]:
@@ -302,8 +306,7 @@ def per_class_table(pairs: list[tuple[dict, dict]]) -> list[str]:
     return lines
 
 
-def comparison_section(record: dict, runs: list[dict]) -> list[str]:
-    index = {(r["protocol"], r["method"], r["seed"], r["iterations"], tuple(r["overrides"])): r for r in runs}
+def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
     key = tuple(record.get("overrides", ()))
     pairs = [(index[(record["protocol"], record["method"], s, record["iterations"], key)],
               index[(record["protocol"], record["baseline"], s, record["iterations"], ())]) for s in record["seeds"]]
@@ -353,7 +356,8 @@ def levelled_off(curve: list[list[float]], tolerance: float = LEVELLED_TOLERANCE
 def write_outputs() -> list[dict]:
     """Rebuild ``results/summary.json`` and ``results/gain/README.md`` (plus ``results/gain/notes.md``)."""
     runs = load_runs()
-    records = comparisons(runs)
+    index = run_index(runs)
+    records = comparisons(runs, index)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(records, indent=1) + "\n")
     lines = ["# Gains over baselines on the benchmark protocols", "",
@@ -365,7 +369,7 @@ def write_outputs() -> list[dict]:
         lines += [f"## Protocol {protocol}", ""]
         lines += budget_section(protocol, runs)
         for record in (r for r in records if r["protocol"] == protocol):
-            lines += comparison_section(record, runs)
+            lines += comparison_section(record, index)
     notes = RUNS / "notes.md"
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
