@@ -54,6 +54,11 @@ class StreamSpec:
     boxes: bool = False
     weak_shot: WeakShotView | None = None
 
+    def per_worker_batch(self, world_size: int) -> int:
+        """Each worker's share of ``batch_size`` (config validation makes it divide evenly, so world_size
+        workers together train on exactly the global batch); local mode (``world_size`` 0 or 1) takes it all."""
+        return self.batch_size // max(world_size, 1)
+
 
 def stream_records(source: DatasetSource, spec: StreamSpec, total_steps: int, start_step: int, seed: int,
                    stream: str) -> list[Record]:

@@ -38,7 +38,7 @@ def build_datasets(
     datasets = {}
     for name, spec in streams.items():
         records = stream_records(source, spec, cfg.train.steps, start_step, cfg.run.seed, name)
-        local_batch = max(spec.batch_size // workers, 1)
+        local_batch = spec.per_worker_batch(workers)
         blocks = _num_blocks(records, local_batch)
         decode = stream_decoder(spec, _format_name(cfg), str(source.root), augment)
         datasets[name] = ray.data.from_items(records, override_num_blocks=blocks).map_batches(

@@ -185,7 +185,7 @@ def run_training(loop_config: dict[str, Any], *, rank: int, world_size: int, loc
     specs = build_method(cfg).streams()
     streams = {
         name: iter(shard(name).iter_torch_batches(
-            batch_size=spec.batch_size // world_size, drop_last=True, prefetch_batches=4
+            batch_size=spec.per_worker_batch(world_size), drop_last=True, prefetch_batches=4
         ))
         for name, spec in specs.items()
     }
