@@ -69,12 +69,23 @@ CONTROLS = {"cps": ("cps.weight=0",), "cac": ("cac.weight=0",)}
 # SimFormer's variants (every image, novel classes known from tags): full is compared with basic, and each
 # record adds the oracle run of the same seed (novel masks too), so the share of the gap closed is computable.
 SIMFORMER_BASIC = ("simformer.complementary_weight=0", "simformer.similarity_weight=0", "simformer.distill_weight=0")
+# The released code's losses (issue 20), as experiments/configs/simformer_*.yaml set them: pair features
+# detached for the head's BCE, the complementary loss with the mask-loss weights at every decoder layer,
+# distillation weight 0.5.
+SIMFORMER_RELEASED = ("simformer.detach_pair_features=true", "simformer.complementary_focal_weight=20.0",
+                      "simformer.complementary_dice_weight=1.0", "simformer.complementary_layers=all",
+                      "simformer.distill_weight=0.5")
+# MaskFormer's optimizer on a pretrained backbone (experiments/configs/simformer_camvid.yaml): P2's SGD at 0.2
+# is the CNN baseline's, not a transformer decoder's.
+MASKFORMER_OPTIM = ("optim.name=adamw", "optim.lr=0.0005", "optim.backbone_lr_mult=0.1", "optim.weight_decay=0.0001")
 ORACLES = {"simformer_full": "simformer_oracle", "simformer3_full": "simformer3_oracle"}
 
 
-def simformer_variants(all_labels: tuple[str, ...], novel: str, name: str = "simformer") -> dict[str, tuple[str, ...]]:
-    """``<name>_full``, ``<name>_basic`` and ``<name>_oracle`` with the classes ``novel`` (a YAML list) novel."""
-    common = ("method=simformer", *all_labels, f"simformer.novel={novel}")
+def simformer_variants(all_labels: tuple[str, ...], novel: str, name: str = "simformer",
+                       optim: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """``<name>_full``, ``<name>_basic`` and ``<name>_oracle`` with the classes ``novel`` (a YAML list) novel,
+    the released losses and ``optim``'s overrides."""
+    common = ("method=simformer", *all_labels, *optim, *SIMFORMER_RELEASED, f"simformer.novel={novel}")
     return {f"{name}_full": common, f"{name}_basic": common + SIMFORMER_BASIC,
             f"{name}_oracle": common + ("simformer.oracle=true",)}
 
@@ -142,8 +153,8 @@ PROTOCOLS = {
             "cps": ("method=cps", "cps.rampup_steps=250"),
             "cac": ("method=cac", "cac.start_step=100", "cac.rampup_steps=150", "cac.queue_steps=4"),
             # Car alone novel (simformer_*), then Car, Pedestrian and Bicyclist (simformer3_*)
-            **simformer_variants(P2_ALL_LABELS, "[8]"),
-            **simformer_variants(P2_ALL_LABELS, "[8,9,10]", name="simformer3"),
+            **simformer_variants(P2_ALL_LABELS, "[8]", optim=MASKFORMER_OPTIM),
+            **simformer_variants(P2_ALL_LABELS, "[8,9,10]", name="simformer3", optim=MASKFORMER_OPTIM),
             **self_correction_variants(),
         },
         needs="../shared/data/camvid-180x240",
