@@ -1,12 +1,14 @@
 """Self-correction: the pure losses, the α schedules, the box encoder, the frozen ancillary and the stage plan."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from raysemi.config import load_config
+from raysemi.errors import DataError
 from raysemi.losses import linear_self_correction, soft_cross_entropy
 from raysemi.methods import build_method
 from raysemi.methods.self_correction import alpha_at, stage_configs
@@ -123,6 +125,21 @@ def test_free_classes_must_be_class_ids():
     cfg = load_config(None, ["model.head_channels=16"])
     with pytest.raises(ValueError, match=r"self_correction.free_classes=\[7\]: class ids must be in 0..3"):
         build_ancillary(cfg.model, 4, box_constraint=True, free_classes=(7,))
+
+
+@pytest.mark.parametrize("overrides, refused", [([], True), (["self_correction.free_classes=[0]"], False),
+                                                 (["self_correction.box_constraint=false"], False)])
+def test_a_class_without_boxes_must_be_free_under_the_box_constraint(overrides, refused):
+    # background never has boxes: ruled out inside every box, the ancillary could only fill boxes (on the
+    # synthetic shapes, its val IoU then equals each shape's share of its box: disc 0.77 ≈ π/4)
+    cfg = load_config(None, ["method=self_correction", "data.unlabeled_boxes=b.txt", *overrides])
+    source = SimpleNamespace(classes=SimpleNamespace(names=("background", "disc", "square")))
+    if refused:
+        with pytest.raises(DataError, match=r"rules out class 0 \('background'\) inside every box.*"
+                                            r"set self_correction.free_classes=\[0\]"):
+            build_method(cfg).check_data(source)
+    else:
+        build_method(cfg).check_data(source)
 
 
 def test_primary_stage_freezes_the_ancillary():

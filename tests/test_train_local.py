@@ -194,7 +194,7 @@ def test_self_correction_stages_chain_and_a_repeated_command_reruns_nothing(synt
     assert main(["data", "split", str(synthetic_root), "--count", "6", "--out", str(split), "--boxes"]) == 0
     cfg = fast_config(
         synthetic_root, tmp_path / "run", "method=self_correction", "self_correction.mode=linear",
-        "self_correction.ancillary_steps=2", "train.unlabeled_batch_size=4",
+        "self_correction.ancillary_steps=2", "train.unlabeled_batch_size=4", "self_correction.free_classes=[0]",
         f"data.labeled_split={split / 'labeled.txt'}", f"data.unlabeled_split={split / 'unlabeled.txt'}",
         f"data.unlabeled_boxes={split / 'unlabeled_boxes.txt'}",
     )

@@ -99,8 +99,10 @@ SELF_CORRECTION_MODES = ("none", "linear", "conv")
 CORRECTOR_SHARE = 4
 
 
-def self_correction_variants() -> dict[str, tuple[str, ...]]:
-    common = ("method=self_correction", f"data.unlabeled_boxes={DERIVED_BOXES}")
+def self_correction_variants(*extra: str) -> dict[str, tuple[str, ...]]:
+    """``self_correction_<mode>`` for each mode, with ``extra`` overrides (P1: its background, which has no boxes,
+    allowed anywhere by the ancillary's box constraint)."""
+    common = ("method=self_correction", f"data.unlabeled_boxes={DERIVED_BOXES}", *extra)
     return {f"self_correction_{mode}": (*common, f"self_correction.mode={mode}") for mode in SELF_CORRECTION_MODES}
 
 
@@ -143,7 +145,7 @@ PROTOCOLS = {
             "cac": ("method=cac", "cac.start_step=50", "cac.rampup_steps=100"),
             # two of the five shapes novel: square and ring
             **simformer_variants(P1_ALL_LABELS, "[2,4]"),
-            **self_correction_variants(),
+            **self_correction_variants("self_correction.free_classes=[0]"),
         },
     ),
     "p2": Protocol(

@@ -169,11 +169,15 @@ def boxes_from_masks(reader, samples: list) -> dict[Path, list[Box]]:
     return {s.image: mask_boxes(reader.decode_mask(s.mask), reader.classes) for s in samples}
 
 
+def boxless_classes(classes) -> tuple[int, ...]:
+    """The classes that never get boxes: those named ``background`` (as in box annotations, VOC's XML too)."""
+    return tuple(i for i, name in enumerate(classes.names) if name.lower() == "background")
+
+
 def mask_boxes(mask: np.ndarray, classes) -> list[Box]:
-    """One box per connected component of each class of ``mask``; classes named ``background`` get none (their
+    """One box per connected component of each class of ``mask``; :func:`boxless_classes` get none (their
     raster channel stays empty, and the raster's last channel marks "outside every box")."""
-    skip = tuple(i for i, name in enumerate(classes.names) if name.lower() == "background")
-    return class_boxes(mask, classes.num_classes, skip)
+    return class_boxes(mask, classes.num_classes, boxless_classes(classes))
 
 
 def mask_box_raster(mask: np.ndarray, classes) -> torch.Tensor:

@@ -32,6 +32,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from raysemi.data.dataset import DatasetSource
+from raysemi.data.weak_labels import boxless_classes
+from raysemi.errors import DataError
 from raysemi.losses import linear_self_correction, soft_cross_entropy
 from raysemi.methods.base import Batch, Method, Stage, StreamSpec, derived_config, labeled_criterion
 from raysemi.models import ConvCorrector, LogitsOnly, build_ancillary, build_segmenter, unwrap
@@ -106,6 +109,18 @@ class SelfCorrection(Method):
         if cfg.self_correction.stage in ("all", "primary") and not cfg.data.unlabeled_boxes:
             raise ValueError("method=self_correction needs data.unlabeled_boxes, a boxes file for the weak set "
                              "(write one with `raysemi data split ... --boxes`)")
+
+    def check_data(self, source: DatasetSource) -> None:
+        """With ``box_constraint``, every class without boxes (named ``background``) must be a free class: the
+        constraint would otherwise rule it out inside every box, and the ancillary would only fill boxes.
+        Raises ``DataError``."""
+        o = self.options
+        ruled_out = [c for c in boxless_classes(source.classes) if c not in o.free_classes]
+        if o.box_constraint and ruled_out:
+            names = ", ".join(f"{c} ({source.classes.names[c]!r})" for c in ruled_out)
+            raise DataError(f"self_correction.box_constraint rules out class {names} inside every box, but it never "
+                            f"has boxes: set self_correction.free_classes={sorted({*o.free_classes, *ruled_out})} "
+                            "(allowed anywhere) or self_correction.box_constraint=false")
 
     @classmethod
     def stages(cls, cfg: CommonConfig) -> list[Stage]:
