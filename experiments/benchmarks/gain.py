@@ -339,7 +339,35 @@ def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
     if mixed:
         lines += [f"**Seeds {mixed} compare runs of different code versions** (see each run's `commit`): rerun the "
                   "baseline (delete its JSON) before reading a small difference.", ""]
-    return lines + per_class_table(pairs) + [""]
+    return lines + weak_shot_table(record) + per_class_table(pairs) + [""]
+
+
+def gap_closed(basic: float, method: float, oracle: float | None) -> float | None:
+    """The share of the basic → oracle novel-mIoU gap that ``method`` closes (None without an oracle above)."""
+    return None if oracle is None or oracle <= basic else (method - basic) / (oracle - basic)
+
+
+def weak_shot_table(record: dict) -> list[str]:
+    """A SimFormer record's base and novel mIoU per seed beside the oracle's, and the share of the basic →
+    oracle novel gap closed (each seed's, their mean, and that of the mean mIoUs); nothing for other records."""
+    if "oracle_novel_miou" not in record:
+        return []
+    columns = ("baseline_base_miou", "base_miou", "baseline_novel_miou", "novel_miou", "oracle_novel_miou")
+    lines = ["| seed | basic base mIoU | full base mIoU | basic novel mIoU | full novel mIoU | oracle novel mIoU | "
+             "share of the gap closed |", "|---|---|---|---|---|---|---|"]
+    shares = []
+    for i, seed in enumerate(record["seeds"]):
+        values = [record[c][i] for c in columns]
+        shares.append(gap_closed(*values[2:]))
+        lines.append(f"| {seed} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(shares[-1], 2)} |")
+    known = [s for s in shares if s is not None]
+    with_oracle = [i for i, o in enumerate(record["oracle_novel_miou"]) if o is not None]
+    means = [statistics.mean(record[c][i] for i in with_oracle) for c in columns[2:]] if with_oracle else []
+    base_diff = statistics.mean(m - b for m, b in zip(record["base_miou"], record["baseline_base_miou"]))
+    mean_share = statistics.mean(known) if known else None
+    return lines + ["", f"Share of the basic → oracle novel gap closed: **{_fmt(mean_share, 2)}** "
+                    f"(mean over the seeds with an oracle run), {_fmt(gap_closed(*means) if means else None, 2)} "
+                    f"for the mean mIoUs; base mIoU full − basic {100 * base_diff:+.1f} points.", ""]
 
 
 def budget_section(protocol: str, runs: list[dict]) -> list[str]:
