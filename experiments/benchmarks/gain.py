@@ -54,6 +54,7 @@ RESULTS = REPO / "experiments" / "benchmarks" / "results"
 RUNS = RESULTS / "gain"  # one JSON per run: <protocol>/<variant>-seed<s>-it<N>[-<overrides hash>].json
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"  # the runs' directories (checkpoints)
 LEVELLED_TOLERANCE = 0.01  # a curve has levelled off when its last quarter stays within ±1 point
+LOCAL_DATA_WORKERS = 2  # --runner local: decode processes per stream, beside a loop of one intra-op thread
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,14 @@ def train_run(cfg) -> dict:
     return train(cfg)
 
 
+def train_run_local(cfg) -> dict:
+    """``train_run`` without Ray (``--runner local``: torch DataLoader processes feed the same loop, on CUDA when
+    present); for a machine that runs many benchmark runs side by side."""
+    from raysemi.engine.local import train_local
+
+    return train_local(cfg, data_workers=LOCAL_DATA_WORKERS, torch_threads=1)
+
+
 def run_once(protocol_name: str, variant: str, seed: int, iterations: int, baseline: str | None,
              extra: tuple[str, ...] = (), trainer: Callable[[object], dict] | None = None) -> dict:
     """One run's result, from its JSON when it finished before, else trained (or resumed) now and recorded."""
@@ -224,9 +233,20 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
         "curve": [[r["step"], round(r["val"]["miou"], 4)] for r in read_metrics(run_dir) if "val" in r],
         "date": time.strftime("%Y-%m-%d"),
         "commit": code_version(),
+        "device": device_name(trainer),
     }
     write_json(path, result)  # atomic: a run counts as finished only once its whole JSON is there
     return result
+
+
+def device_name(trainer: Callable[[object], dict] | None) -> str:
+    """Where a run trained: the GPU's name for the local runner on CUDA, else ``cpu`` (the Ray runner uses a
+    GPU only with ``scaling.use_gpu``, which no protocol sets)."""
+    import torch
+
+    if trainer is train_run_local and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return "cpu"
 
 
 def code_version() -> str:
@@ -435,10 +455,17 @@ def main(argv: list[str] | None = None) -> int:
                                          "<method>_control")
     parser.add_argument("--baseline", default="supervised")
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..S-1")
+    parser.add_argument("--seed", type=int, action="append", metavar="S",
+                        help="run only this seed (repeatable; instead of --seeds)")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="do not run the baseline (another invocation does: runs in parallel, one per process)")
     parser.add_argument("--iterations", type=int, help="default: the protocol config's train.steps")
     parser.add_argument("--control", action="store_true", help="also run the method with its unlabeled weight 0")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of the method's runs only (an ablation; repeatable)")
+    parser.add_argument("--runner", choices=["ray", "local"], default="ray",
+                        help="ray: Ray Data and Ray Train (the product's path); local: the same loop and batches "
+                             "without Ray (raysemi.engine.local), on CUDA when present")
     parser.add_argument("--table", action="store_true", help="only rebuild the README and summary.json")
     args = parser.parse_args(argv)
     os.chdir(REPO)  # the protocols' paths are relative to the repository root
@@ -459,11 +486,12 @@ def main(argv: list[str] | None = None) -> int:
 
         args.iterations = load_config(REPO / protocol.config).train.steps
     baseline = None if args.method == args.baseline else args.baseline
-    for seed in range(args.seeds):
-        if baseline:
-            run_once(args.protocol, baseline, seed, args.iterations, None)
+    trainer = train_run_local if args.runner == "local" else None
+    for seed in args.seed or range(args.seeds):
+        if baseline and not args.skip_baseline:
+            run_once(args.protocol, baseline, seed, args.iterations, None, trainer=trainer)
         for variant in variants:
-            run_once(args.protocol, variant, seed, args.iterations, baseline, tuple(args.set))
+            run_once(args.protocol, variant, seed, args.iterations, baseline, tuple(args.set), trainer)
         write_outputs()
     for record in write_outputs():
         if record["protocol"] == args.protocol and record["method"] in variants:
