@@ -32,7 +32,12 @@ Usage (from the repository root)::
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
     python experiments/benchmarks/gain.py --protocol p2 --method simformer3_full --baseline simformer3_basic
     python experiments/benchmarks/gain.py --protocol p1 --method self_correction_linear --seeds 3
+    python experiments/benchmarks/gain.py --protocol p2 --method cps --seed 1 --skip-baseline --runner local
     python experiments/benchmarks/gain.py --table                                      # rebuild outputs only
+
+``--seed S`` (repeatable) runs those seeds only and ``--skip-baseline`` leaves the baseline to another
+invocation: ``gain_plan.py`` runs such one-seed invocations side by side. ``--runner local`` trains without Ray
+(:mod:`raysemi.engine.local`: the same batches and loop, torch DataLoader processes, CUDA when present).
 """
 
 from __future__ import annotations
