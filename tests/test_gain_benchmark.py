@@ -1,10 +1,12 @@
-"""The gain benchmark's arithmetic on hand-made run JSONs, and its resume after an interruption."""
+"""The gain benchmark's arithmetic on hand-made run JSONs, its resume after an interruption, its options, and
+gain_plan.py running invocations side by side within its limits."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,129 @@ def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of
     mask = source.reader.decode_mask(next(s.mask for s in source.train if s.image == first.image))
     expected = mask_boxes(mask, source.reader.classes)
     assert tuple(first.boxes) == tuple(expected) and expected
+
+
+def fake_trainer(trained: list[tuple[str, int]], miou: float = 0.4):
+    """A trainer that records ``(method, seed)``, writes one metrics record and returns a summary of ``miou``."""
+    def train(cfg):
+        trained.append((cfg.method, cfg.run.seed))
+        run_dir = Path(cfg.run.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "steps_per_s": 2.0}) + "\n")
+        return {"miou": miou, "iou": {"a": miou}}
+
+    return train
+
+
+def test_seed_and_skip_baseline_run_the_method_alone_at_the_seeds_given(gain, monkeypatch):
+    trained = []
+    monkeypatch.setattr(gain, "train_run", fake_trainer(trained))
+    assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "1", "--skip-baseline",
+                      "--iterations", "8"]) == 0
+    assert trained == [("cps", 1)]
+    assert sorted(p.name for p in (gain.RUNS / "p1").iterdir()) == ["cps-seed1-it8.json"]
+    run = json.loads((gain.RUNS / "p1" / "cps-seed1-it8.json").read_text())
+    assert (run["seed"], run["baseline"], run["device"]) == (1, "supervised", "cpu")  # paired once one exists
+    assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "3", "--seed", "0", "--iterations", "8"]) == 0
+    assert trained[1:] == [("supervised", 3), ("cps", 3), ("supervised", 0), ("cps", 0)]  # in the order given
+
+
+def test_runner_local_trains_through_train_run_local_and_records_the_device(gain, monkeypatch):
+    trained = []
+    monkeypatch.setattr(gain, "train_run", lambda cfg: pytest.fail("--runner local trained through Ray"))
+    monkeypatch.setattr(gain, "train_run_local", fake_trainer(trained))
+    command = ["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8", "--runner", "local"]
+    assert gain.main(command) == 0
+    assert trained == [("supervised", 0), ("cps", 0)]
+    assert json.loads((gain.RUNS / "p1" / "cps-seed0-it8.json").read_text())["device"] == "cpu"
+
+    # on a CUDA machine the local runner's runs name the GPU; the Ray runner's (no protocol sets use_gpu) do not
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake GPU")
+    assert gain.device_name(gain.train_run_local) == "Fake GPU" and gain.device_name(None) == "cpu"
+
+
+def test_train_run_local_decodes_in_two_processes_beside_one_thread(monkeypatch):
+    import raysemi.engine.local
+
+    gain = load_gain()
+    calls = []
+    monkeypatch.setattr(raysemi.engine.local, "train_local", lambda cfg, **kwargs: calls.append(kwargs) or {})
+    gain.train_run_local("cfg")
+    assert calls == [{"data_workers": 2, "torch_threads": 1}]
+
+
+def load_gain_plan():
+    spec = importlib.util.spec_from_file_location("gain_plan", REPO / "experiments" / "benchmarks" / "gain_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Stands in for gain.py: `SECONDS CODE [extra...]` prints its arguments and start time, sleeps SECONDS, prints its
+# end time and exits with CODE; `--table` leaves a file `table` beside itself.
+FAKE_GAIN = """\
+import sys, time
+from pathlib import Path
+if "--table" in sys.argv:
+    Path(__file__).with_name("table").touch()
+    sys.exit(0)
+print("args", *sys.argv[1:])
+print("start", time.time(), flush=True)
+time.sleep(float(sys.argv[1]))
+print("end", time.time(), flush=True)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def gain_plan(tmp_path, monkeypatch):
+    module = load_gain_plan()
+    script = tmp_path / "fake_gain.py"
+    script.write_text(FAKE_GAIN)
+    monkeypatch.setattr(module, "GAIN", script)
+    monkeypatch.setattr(module, "POLL_S", 0.05)
+    return module
+
+
+def log_times(path: Path) -> dict[str, float]:
+    """The ``start`` and ``end`` times a fake gain.py printed to its log."""
+    return {word: float(value) for word, value in
+            (line.split() for line in path.read_text().splitlines() if line.split()[0] in ("start", "end"))}
+
+
+def test_read_plan_drops_comments_and_blank_lines_and_splits_like_a_shell(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text("# the baselines first\n\n--protocol p1 --method cps --seed 0   # a trailing comment\n"
+                    "   \n--set 'cps.note=a b#c' --seed=1\n")
+    assert load_gain_plan().read_plan(plan) == [["--protocol", "p1", "--method", "cps", "--seed", "0"],
+                                                ["--set", "cps.note=a b#c", "--seed=1"]]
+
+
+def test_run_plan_runs_jobs_at_a_time_and_stops_at_its_limits(gain_plan, tmp_path):
+    """Two at a time; none starts after 1.5 s; whatever runs at 4 s is stopped. Lines 1 and 2 (0.5 s) run
+    together; then 3 (10 s) and 4 (1.8 s); 4 ends after 0.5 + 1.8 > 1.5 s, so 5 never starts; 3 is stopped at 4 s."""
+    plan = [["0.5", "0"], ["0.5", "3"], ["10", "0"], ["1.8", "0"], ["0", "0"]]
+    logs = tmp_path / "logs"
+    started, clock = time.monotonic(), time.time()  # the fake prints time.time()
+    status = gain_plan.run_plan(plan, jobs=2, stop_starting=1.5, time_limit=4.0, logs=logs, extra=["--runner=local"])
+    assert 4.0 <= time.monotonic() - started < 6.0
+    assert status == {0: 0, 1: 3, 2: None, 3: 0, 4: None}
+    assert sorted(p.name for p in logs.iterdir()) == ["01.log", "02.log", "03.log", "04.log"]
+    times = [log_times(logs / f"0{n}.log") for n in (1, 2, 3, 4)]
+    assert times[0]["start"] < times[1]["end"] and times[1]["start"] < times[0]["end"]  # 1 and 2 overlap
+    assert times[2]["start"] >= min(times[0]["end"], times[1]["end"])  # 3 waited for a free slot
+    assert "end" not in times[2]  # stopped while it slept
+    assert times[3]["end"] - clock > 1.5  # 4 freed its slot after starting had stopped
+    assert "args 0.5 0 --runner=local" in (logs / "01.log").read_text()
+
+
+def test_gain_plan_main_fails_when_a_line_fails_and_rebuilds_the_table(gain_plan, tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text("0 0\n0 2  # fails\n")
+    assert gain_plan.main([str(plan), "--jobs", "2", "--logs", str(tmp_path / "logs")]) == 1
+    assert (tmp_path / "table").is_file()
+    plan.write_text("0 0\n")
+    assert gain_plan.main([str(plan), "--logs", str(tmp_path / "logs")]) == 0

@@ -421,11 +421,13 @@ def levelled_off(curve: list[list[float]], tolerance: float = LEVELLED_TOLERANCE
 
 def write_outputs() -> list[dict]:
     """Rebuild ``results/summary.json`` and ``results/gain/README.md`` (plus ``results/gain/notes.md``)."""
+    from raysemi.atomic import write_text
+
     runs = load_runs()
     index = run_index(runs)
     records = comparisons(runs, index)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "summary.json").write_text(json.dumps(records, indent=1) + "\n")
+    write_text(RESULTS / "summary.json", json.dumps(records, indent=1) + "\n")  # atomic: gain_plan.py runs many
     lines = ["# Gains over baselines on the benchmark protocols", "",
              "Written by [`gain.py`](../../gain.py) from the run JSONs beside this file; protocols in",
              "[`experiments/protocols/`](../../../protocols). Differences are method − baseline in mIoU points",
@@ -440,7 +442,7 @@ def write_outputs() -> list[dict]:
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
     RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / "README.md").write_text("\n".join(lines))
+    write_text(RUNS / "README.md", "\n".join(lines))
     return records
 
 

@@ -28,9 +28,10 @@ POLL_S = 1.0
 
 
 def read_plan(path: Path) -> list[list[str]]:
-    """The plan's invocations, one argument list per non-empty, non-comment line."""
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [shlex.split(line) for line in lines if line]
+    """The plan's invocations, one argument list per non-empty, non-comment line (split as a shell would: a
+    quoted ``#`` is part of its argument)."""
+    lines = (shlex.split(line, comments=True) for line in path.read_text().splitlines())
+    return [args for args in lines if args]
 
 
 def run_plan(plan: list[list[str]], jobs: int, stop_starting: float, time_limit: float, logs: Path,
@@ -57,14 +58,21 @@ def run_plan(plan: list[list[str]], jobs: int, stop_starting: float, time_limit:
             break
         while pending and len(running) < jobs and elapsed < stop_starting:
             index, args = pending.pop(0)
-            log = (logs / f"{index + 1:02d}.log").open("w")
-            running[index] = subprocess.Popen([sys.executable, str(GAIN), *args, *extra], stdout=log,
-                                              stderr=subprocess.STDOUT)
+            with (logs / f"{index + 1:02d}.log").open("w") as log:  # the child keeps its own handle
+                running[index] = subprocess.Popen([sys.executable, str(GAIN), *args, *extra], stdout=log,
+                                                  stderr=subprocess.STDOUT)
             say(f"line {index + 1} started at {elapsed:.0f} s: {shlex.join(args)}")
         if not running and (not pending or elapsed >= stop_starting):
             break
         time.sleep(POLL_S)
     return status
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
 
 
 def say(text: str) -> None:
@@ -74,14 +82,15 @@ def say(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", type=Path)
-    parser.add_argument("--jobs", type=int, default=2, help="invocations at a time")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="invocations at a time")
     parser.add_argument("--time-limit", type=float, default=float("inf"), help="seconds; then stop what runs")
     parser.add_argument("--stop-starting", type=float, help="seconds after which no line starts (default: the "
                                                             "time limit)")
     parser.add_argument("--logs", type=Path, default=Path("experiments/benchmarks/_work/gain_plan_logs"))
     parser.add_argument("--extra", action="append", default=[], help="an argument added to every line")
     args = parser.parse_args(argv)
-    status = run_plan(read_plan(args.plan), args.jobs, args.stop_starting or args.time_limit, args.time_limit,
+    stop_starting = args.time_limit if args.stop_starting is None else args.stop_starting
+    status = run_plan(read_plan(args.plan), args.jobs, stop_starting, args.time_limit,
                       args.logs, args.extra)
     subprocess.run([sys.executable, str(GAIN), "--table"], check=False)
     failed = [index + 1 for index, code in status.items() if code not in (0, None)]

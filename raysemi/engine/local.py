@@ -107,7 +107,19 @@ def train_local(cfg: Config, data_workers: int = 2, device: torch.device | None 
 
 
 def _batches(dataset: Dataset, batch_size: int | None, workers: int) -> Iterator[RawBatch]:
-    """``dataset``'s items in order as tensors (``batch_size=None``: each item is already a batch)."""
+    """``dataset``'s items in order as tensors (``batch_size=None``: each item is already a batch).
+
+    The decode processes end as the last item is handed over: the loop never asks past a stream's last batch,
+    and the watchdog's thread keeps a stream's iterator referenced, so they would otherwise idle until this
+    process exits (one more set per run of a ``gain.py --runner local`` invocation)."""
+    # a generator of its own: each iterator draws a seed, which from torch's global one would change the
+    # training's random numbers (an evaluation mid-run, or the lazy first iterator here) from the Ray path's
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        prefetch_factor=PREFETCH_BATCHES if workers else None, persistent_workers=False)
-    return iter(loader)
+                        prefetch_factor=PREFETCH_BATCHES if workers else None, persistent_workers=False,
+                        generator=torch.Generator())
+    iterator = iter(loader)
+    for remaining in range(len(loader), 0, -1):
+        batch = next(iterator)
+        if remaining == 1:
+            del iterator  # shuts the decode processes down
+        yield batch
