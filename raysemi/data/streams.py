@@ -73,6 +73,11 @@ def stream_records(source: DatasetSource, spec: StreamSpec, total_steps: int, st
     return plan_records(samples, spec.batch_size, total_steps, start_step, seed, stream, partners)
 
 
+def decode_format(data_format: str) -> str:
+    """The reader format that decodes a run's files: ``synthetic`` data is written once as ``generic`` files."""
+    return "generic" if data_format == "synthetic" else data_format
+
+
 def stream_decoder(spec: StreamSpec, format_name: str, root: str, augment: TrainAugment) -> StreamDecoder:
     """The ``map_batches`` function of a training stream: crop pairs when ``spec.crops`` is
     set, image/reference pairs when ``spec.weak_shot`` is, else single crops (with box rasters from masks when

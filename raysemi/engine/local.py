@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from raysemi.config import Config
 from raysemi.data.pipeline import DecodeEvalRow, Record, val_records
-from raysemi.data.streams import stream_decoder, stream_records
+from raysemi.data.streams import decode_format, stream_decoder, stream_records
 from raysemi.data.transforms import TrainAugment
 from raysemi.engine.loop import RawBatch, RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
 from raysemi.engine.preflight import prepare_run
@@ -85,7 +85,7 @@ def train_local(cfg: Config, data_workers: int = 2, device: torch.device | None 
     if torch_threads is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"torch_threads": torch_threads})})
     set_torch_threads(cfg, 1)
-    format_name = "generic" if cfg.data.format == "synthetic" else cfg.data.format
+    format_name = decode_format(cfg.data.format)
     augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
     streams = {}
     for name, spec in method.streams().items():
