@@ -2,6 +2,7 @@
 
 import json
 import struct
+import time
 
 from raysemi.ray.train import train
 from tests.conftest import fast_config
@@ -30,12 +31,24 @@ def read_wandb_records(path):
     return records
 
 
+def read_finished_wandb_file(path, timeout_s: float = 60.0):
+    """The records of ``path`` once its ``exit`` record is there: ``finish()`` can return while W&B's service
+    process still flushes the file (seen under load: a 64 KiB file without its history, summary and exit
+    records)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def test_wandb_run_carries_sweep_keys_tags_max_miou_and_masks(synthetic_root, tmp_path, ray_local):
     run_dir = tmp_path / "run"
     train(fast_config(synthetic_root, run_dir, "tracking.wandb.mode=offline", "method=cps", "data.label_count=6",
                       "train.unlabeled_batch_size=4", "train.eval_every=2", "run.seed=3", "eval.batch_size=2"))
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = read_wandb_records(path)
+    records = read_finished_wandb_file(path)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     # 6 of the 24 synthetic train images labeled
