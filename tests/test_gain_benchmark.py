@@ -196,6 +196,17 @@ def test_pairs_of_different_code_versions_are_flagged(gain):
     assert "**Seeds [0] compare runs of different code versions**" in (gain.RUNS / "README.md").read_text()
 
 
+def test_pairs_from_different_devices_are_flagged(gain):
+    write_run(gain, "supervised", 0, 0.30)  # a run JSON without "device" trained on the CPU (before the field)
+    write_run(gain, "cps", 0, 0.36, "supervised")
+    write_run(gain, "supervised", 1, 0.30)
+    write_run(gain, "cps", 1, 0.36, "supervised")
+    path = gain.RUNS / "p1" / "cps-seed1-it600.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "NVIDIA H200"}))
+    gain.write_outputs()
+    assert "**Seeds [1] compare runs on different devices**" in (gain.RUNS / "README.md").read_text()
+
+
 def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of_the_baseline(
         gain, synthetic_root, tmp_path, monkeypatch):
     protocol = tmp_path / "protocol.yaml"

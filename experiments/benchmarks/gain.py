@@ -364,6 +364,10 @@ def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
     if mixed:
         lines += [f"**Seeds {mixed} compare runs of different code versions** (see each run's `commit`): rerun the "
                   "baseline (delete its JSON) before reading a small difference.", ""]
+    devices = [r["seed"] for r, b in pairs if r.get("device", "cpu") != b.get("device", "cpu")]
+    if devices:
+        lines += [f"**Seeds {devices} compare runs on different devices** (see each run's `device`): run both on "
+                  "one device before reading the difference.", ""]
     return lines + weak_shot_table(record) + per_class_table(pairs) + [""]
 
 
