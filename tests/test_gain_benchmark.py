@@ -187,24 +187,19 @@ def test_simformer_records_carry_novel_lists_and_the_oracle_of_each_seed(gain):
     assert gain.ORACLES["simformer3_full"] == "simformer3_oracle"
 
 
-def test_pairs_of_different_code_versions_are_flagged(gain):
-    write_run(gain, "supervised", 0, 0.30)
-    write_run(gain, "cps", 0, 0.36, "supervised")
-    path = gain.RUNS / "p1" / "cps-seed0-it600.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "commit": "abc1234"}))
-    gain.write_outputs()
-    assert "**Seeds [0] compare runs of different code versions**" in (gain.RUNS / "README.md").read_text()
-
-
-def test_pairs_from_different_devices_are_flagged(gain):
-    write_run(gain, "supervised", 0, 0.30)  # a run JSON without "device" trained on the CPU (before the field)
-    write_run(gain, "cps", 0, 0.36, "supervised")
-    write_run(gain, "supervised", 1, 0.30)
-    write_run(gain, "cps", 1, 0.36, "supervised")
+@pytest.mark.parametrize("field, value, flag", [
+    ("commit", "abc1234", "**Seeds [1] compare runs of different code versions**"),
+    # the baseline's JSON has no "device": runs from before the field trained on the CPU
+    ("device", "NVIDIA H200", "**Seeds [1] compare runs on different devices**"),
+])
+def test_pairs_of_different_code_versions_or_devices_are_flagged(gain, field, value, flag):
+    for seed in (0, 1):
+        write_run(gain, "supervised", seed, 0.30)
+        write_run(gain, "cps", seed, 0.36, "supervised")
     path = gain.RUNS / "p1" / "cps-seed1-it600.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "NVIDIA H200"}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
     gain.write_outputs()
-    assert "**Seeds [1] compare runs on different devices**" in (gain.RUNS / "README.md").read_text()
+    assert flag in (gain.RUNS / "README.md").read_text()
 
 
 def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of_the_baseline(

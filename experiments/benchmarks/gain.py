@@ -356,7 +356,7 @@ def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
         lines.append(f"| {r['seed']} | {bm:.4f} | {m:.4f} | {100 * (m - bm):+.1f} | {_fmt(b['it_per_s'], 2)} "
                      f"| {_fmt(r['it_per_s'], 2)} |")
     ratio = statistics.mean(b["it_per_s"] / r["it_per_s"] for r, b in pairs if r["it_per_s"] and b["it_per_s"])
-    mixed = [r["seed"] for r, b in pairs if r.get("commit") != b.get("commit")]
+    mixed = differing_seeds(pairs, "commit")
     lines += ["", f"Difference: **{100 * record['diff_mean']:+.1f} ± {100 * record['diff_std']:.1f} points** "
               f"(mean ± std over {len(pairs)} paired seeds); time per iteration {ratio:.2f}× the baseline's "
               f"(training time {statistics.mean(r['train_time_s'] for r, _ in pairs):.0f} s against "
@@ -364,11 +364,16 @@ def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
     if mixed:
         lines += [f"**Seeds {mixed} compare runs of different code versions** (see each run's `commit`): rerun the "
                   "baseline (delete its JSON) before reading a small difference.", ""]
-    devices = [r["seed"] for r, b in pairs if r.get("device", "cpu") != b.get("device", "cpu")]
+    devices = differing_seeds(pairs, "device", default="cpu")  # runs from before the field trained on the CPU
     if devices:
         lines += [f"**Seeds {devices} compare runs on different devices** (see each run's `device`): run both on "
                   "one device before reading the difference.", ""]
     return lines + weak_shot_table(record) + per_class_table(pairs) + [""]
+
+
+def differing_seeds(pairs: list[tuple[dict, dict]], field: str, default: str | None = None) -> list[int]:
+    """The seeds whose method run and baseline run differ in ``field`` (``default`` where a run lacks it)."""
+    return [r["seed"] for r, b in pairs if r.get(field, default) != b.get(field, default)]
 
 
 def gap_closed(basic: float, method: float, oracle: float | None) -> float | None:

@@ -24,7 +24,7 @@ from raysemi.data.streams import decode_format, stream_decoder, stream_records
 from raysemi.data.transforms import TrainAugment
 from raysemi.engine.loop import RawBatch, RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
 from raysemi.engine.preflight import prepare_run
-from raysemi.engine.rundir import read_summary
+from raysemi.engine.rundir import finished_summary, trained_summary
 from raysemi.engine.stages import train_stages
 from raysemi.methods import method_class
 
@@ -79,9 +79,10 @@ def train_local(cfg: Config, data_workers: int = 2, device: torch.device | None 
         return train_stages(cfg, stages, lambda stage_cfg, _metric: train_local(stage_cfg, data_workers, device,
                                                                                 torch_threads))
     source, method, run_dir, start_step = prepare_run(cfg)
-    if start_step >= cfg.train.steps and read_summary(run_dir):
+    summary = finished_summary(run_dir, start_step, cfg.train.steps)
+    if summary:
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
-        return read_summary(run_dir)
+        return summary
     if torch_threads is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"torch_threads": torch_threads})})
     set_torch_threads(cfg, 1)
@@ -100,10 +101,7 @@ def train_local(cfg: Config, data_workers: int = 2, device: torch.device | None 
     info = RunInfo(run_dir, tuple(source.classes.names), tuple(tuple(c) for c in source.classes.palette),
                    source.classes.ignore_index)
     TrainingRun(cfg, info, env).fit()
-    summary = read_summary(run_dir)
-    if summary is None:
-        raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
-    return summary
+    return trained_summary(run_dir)
 
 
 def _batches(dataset: Dataset, batch_size: int | None, workers: int) -> Iterator[RawBatch]:

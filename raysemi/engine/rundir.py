@@ -93,6 +93,19 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def finished_summary(run_dir: Path, start_step: int, steps: int) -> dict[str, Any] | None:
+    """The summary of a run that already trained its ``steps`` (it would resume at ``start_step``), else None."""
+    return read_summary(run_dir) if start_step >= steps else None
+
+
+def trained_summary(run_dir: Path) -> dict[str, Any]:
+    """The summary the training loop wrote at its end (a RuntimeError where it did not)."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
+    return summary
+
+
 def write_json(path: Path, data: Any) -> None:
     """:func:`raysemi.atomic.write_json` into a run directory: a full disk is a one-line :class:`StorageError`."""
     with storage_errors(path, path.name):

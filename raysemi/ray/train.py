@@ -31,7 +31,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from raysemi.config import Config
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
 from raysemi.engine.preflight import prepare_run
-from raysemi.engine.rundir import read_summary
+from raysemi.engine.rundir import finished_summary, trained_summary
 from raysemi.engine.stages import train_stages
 from raysemi.engine.watchdog import StallError
 from raysemi.errors import ConfigError, find_user_error
@@ -53,9 +53,9 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
                               "it a run.dir every node mounts instead (see docs/cluster.md)")
         return train_stages(cfg, stages, train, tune_metric)
     source, method, run_dir, start_step = prepare_run(cfg)
-    if start_step >= cfg.train.steps and read_summary(run_dir):
+    summary = finished_summary(run_dir, start_step, cfg.train.steps)
+    if summary:
         say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
-        summary = read_summary(run_dir)
         if tune_metric:  # a resumed sweep's trial that had finished: Tune still needs its result
             report_with(tune_metric, {"step": cfg.train.steps, "val_miou": summary["miou"]})
         return summary
@@ -75,10 +75,7 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
         train_in_tune_trial(loop_config, datasets, tune_metric)
     else:
         fit_trainer(cfg, run_dir, loop_config, datasets, tune_metric)
-    summary = read_summary(run_dir)
-    if summary is None:
-        raise RuntimeError(f"training ended without writing {run_dir / 'summary.json'}")
-    return summary
+    return trained_summary(run_dir)
 
 
 def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict,
