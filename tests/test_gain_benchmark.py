@@ -81,6 +81,24 @@ def test_headroom_record_and_budget_curve(gain):
     assert "| 600 | 0 | 0.2600 | 300:0.210 450:0.255 600:0.260 | yes |" in (gain.RUNS / "README.md").read_text()
 
 
+def test_per_class_tables_show_what_all_labels_reach_beside_each_method(gain):
+    write_run(gain, "supervised", 0, 0.30, iou={"road": 0.5, "pole": 0.0})
+    write_run(gain, "cps", 0, 0.40, "supervised", iou={"road": 0.8, "pole": 0.02})
+    write_run(gain, "supervised_all_labels", 0, 0.45, "supervised", iou={"road": 0.9, "pole": 0.0})
+    write_run(gain, "supervised_all_labels", 1, 0.47, iou={"road": 0.8, "pole": 0.04})  # no seed-1 baseline
+    write_run(gain, "supervised_all_labels", 0, 0.40, iterations=300, iou={"road": 0.1, "pole": 0.1})  # other budget
+
+    gain.write_outputs()
+
+    table = (gain.RUNS / "README.md").read_text()
+    cps, headroom = (next(s for s in table.split("### ") if s.startswith(f"p1: {m} against")) for m in
+                     ("cps", "supervised_all_labels"))
+    assert "| road | 0.5000 | 0.8000 | +30.0 | 0.8500 |" in cps  # all labels: mean of 0.9 and 0.8, at 600 it only
+    assert "| pole | 0.0000 | 0.0200 | +2.0 | 0.0200 |" in cps
+    assert "mean of seeds [0, 1]" in cps
+    assert "all labels IoU" not in headroom and "| road | 0.5000 | 0.9000 | +40.0 |" in headroom
+
+
 def test_levelled_off_looks_at_the_last_quarter_only():
     gain = load_gain()
     assert gain.levelled_off([[100, 0.1], [700, 0.52], [800, 0.5]])  # 700 >= 600: a band of 0.02 (±1 point)

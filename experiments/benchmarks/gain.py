@@ -332,16 +332,28 @@ def comparison_record(protocol, method, baseline, iterations, overrides, pairs, 
     return record
 
 
-def per_class_table(pairs: list[tuple[dict, dict]]) -> list[str]:
-    """Mean per-class IoU of the baseline and the method over the paired seeds, and their difference."""
+def per_class_table(pairs: list[tuple[dict, dict]], all_labels: list[dict] = ()) -> list[str]:
+    """Mean per-class IoU of the baseline and the method over the paired seeds, and their difference; with
+    ``all_labels`` (the protocol's supervised_all_labels runs at the same iterations, any seeds) their mean IoU
+    too, the reference that says which classes full supervision itself finds."""
     classes = list(pairs[0][0]["per_class_iou"])
-    lines = ["| class | baseline IoU | method IoU | difference |", "|---|---|---|---|"]
+    extra = (" all labels IoU |", "---|") if all_labels else ("", "")
+    lines = ["| class | baseline IoU | method IoU | difference |" + extra[0], "|---|---|---|---|" + extra[1]]
     for name in classes:
         method = _mean_of([r["per_class_iou"].get(name) for r, _ in pairs])
         base = _mean_of([b["per_class_iou"].get(name) for _, b in pairs])
         diff = f"{100 * (method - base):+.1f}" if method is not None and base is not None else "-"
-        lines.append(f"| {name} | {_fmt(base)} | {_fmt(method)} | {diff} |")
+        reference = f" {_fmt(_mean_of([a['per_class_iou'].get(name) for a in all_labels]))} |" if all_labels else ""
+        lines.append(f"| {name} | {_fmt(base)} | {_fmt(method)} | {diff} |{reference}")
+    if all_labels:
+        lines += ["", f"All labels: supervised_all_labels, mean of seeds {sorted(a['seed'] for a in all_labels)}."]
     return lines
+
+
+def all_labels_runs(index: dict[tuple, dict], protocol: str, iterations: int) -> list[dict]:
+    """The protocol's plain supervised_all_labels runs at ``iterations``, any seed."""
+    return [run for (p, method, _, its, overrides), run in index.items()
+            if (p, method, its, overrides) == (protocol, "supervised_all_labels", iterations, ())]
 
 
 def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
@@ -368,7 +380,9 @@ def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
     if devices:
         lines += [f"**Seeds {devices} compare runs on different devices** (see each run's `device`): run both on "
                   "one device before reading the difference.", ""]
-    return lines + weak_shot_table(record) + per_class_table(pairs) + [""]
+    reference = [] if record["method"] == "supervised_all_labels" else all_labels_runs(
+        index, record["protocol"], record["iterations"])
+    return lines + weak_shot_table(record) + per_class_table(pairs, reference) + [""]
 
 
 def differing_seeds(pairs: list[tuple[dict, dict]], field: str, default: str | None = None) -> list[int]:
