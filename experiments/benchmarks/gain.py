@@ -8,8 +8,9 @@ same iterations; the seed changes initialisation and data order. Each run writes
 then rebuilds, from all run JSONs:
 
 - ``results/gain/README.md``: per comparison, each seed's two mIoUs and their paired difference, the mean ± std
-  of the differences, per-class IoU (baseline, method, difference), training time per iteration and it/s; the
-  baseline's val-mIoU curve and final mIoU by budget (how each protocol's budget was chosen);
+  of the differences, per-class IoU (baseline, method, difference, and supervised_all_labels' where it ran),
+  training time per iteration and it/s; the baseline's val-mIoU curve and final mIoU by budget (how each
+  protocol's budget was chosen);
 - ``results/summary.json``: one record per comparison, ``{"protocol", "method", "baseline", "iterations",
   "seeds", "miou", "baseline_miou", "diff_mean", "diff_std"}`` (lists in seed order; ``diff_*`` of
   ``miou - baseline_miou``), plus ``"overrides"`` for an ablation, and for weak-shot runs ``<group>_miou``,
