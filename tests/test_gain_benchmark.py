@@ -377,3 +377,10 @@ def test_gain_plan_main_fails_when_a_line_fails_and_rebuilds_the_table(gain_plan
     assert (tmp_path / "table").is_file()
     plan.write_text("0 0\n")
     assert gain_plan.main([str(plan), "--logs", str(tmp_path / "logs")]) == 0
+
+
+def test_difference_text_uses_the_unrounded_mious():
+    gain = load_gain()
+    # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
+    assert gain.difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
+    assert gain.difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"

@@ -370,7 +370,7 @@ def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
                      f"| {_fmt(r['it_per_s'], 2)} |")
     ratio = statistics.mean(b["it_per_s"] / r["it_per_s"] for r, b in pairs if r["it_per_s"] and b["it_per_s"])
     mixed = differing_seeds(pairs, "commit")
-    lines += ["", f"Difference: **{100 * record['diff_mean']:+.1f} ± {100 * record['diff_std']:.1f} points** "
+    lines += ["", f"Difference: **{difference_text(record)}** "
               f"(mean ± std over {len(pairs)} paired seeds); time per iteration {ratio:.2f}× the baseline's "
               f"(training time {statistics.mean(r['train_time_s'] for r, _ in pairs):.0f} s against "
               f"{statistics.mean(b['train_time_s'] for _, b in pairs):.0f} s).", ""]
@@ -384,6 +384,14 @@ def comparison_section(record: dict, index: dict[tuple, dict]) -> list[str]:
     reference = [] if record["method"] == "supervised_all_labels" else all_labels_runs(
         index, record["protocol"], record["iterations"])
     return lines + weak_shot_table(record) + per_class_table(pairs, reference) + [""]
+
+
+def difference_text(record: dict) -> str:
+    """"+a ± b points": the mean ± std of the paired differences, from the unrounded mIoUs (the record's rounded
+    ``diff_mean`` can print a tenth apart from the per-seed rows)."""
+    diffs = [100 * (m - b) for m, b in zip(record["miou"], record["baseline_miou"])]
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.1f} ± {spread:.1f} points"
 
 
 def differing_seeds(pairs: list[tuple[dict, dict]], field: str, default: str | None = None) -> list[int]:
@@ -527,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     for record in write_outputs():
         if record["protocol"] == args.protocol and record["method"] in variants:
             print(f"{record['method']} - {record['baseline']} ({record['iterations']} it, seeds {record['seeds']}): "
-                  f"{100 * record['diff_mean']:+.1f} ± {100 * record['diff_std']:.1f} points")
+                  f"{difference_text(record)}")
     return 0
 
 
