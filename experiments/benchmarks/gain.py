@@ -51,7 +51,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,7 +333,7 @@ def comparison_record(protocol, method, baseline, iterations, overrides, pairs, 
     return record
 
 
-def per_class_table(pairs: list[tuple[dict, dict]], all_labels: list[dict] = ()) -> list[str]:
+def per_class_table(pairs: list[tuple[dict, dict]], all_labels: Sequence[dict] = ()) -> list[str]:
     """Mean per-class IoU of the baseline and the method over the paired seeds, and their difference; with
     ``all_labels`` (the protocol's supervised_all_labels runs at the same iterations, any seeds) their mean IoU
     too, the reference that says which classes full supervision itself finds."""
