@@ -267,6 +267,35 @@ def test_weight_is_off_before_the_start_step_then_ramps():
     assert [method.weight(s) for s in (0, 9, 10, 20, 30, 100)] == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0]
 
 
+
+class _BatchSizes(nn.Module):
+    """A stand-in segmenter that records how many images each forward pass sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.sizes = []
+
+    def forward(self, images):
+        self.sizes.append(len(images))
+        logits = self.scale * images[:, :1].repeat(1, 3, 1, 1)
+        return {"logits": logits, "features": logits}
+
+
+def test_the_weight_0_control_passes_the_unlabeled_crops_through_the_network_from_the_start_step():
+    # 2 labeled images and 3 unlabeled pairs: 2 images before the start step, 2 + 3 + 3 = 8 from it on, so the
+    # λ = 0 control's BatchNorm sees the same images as CAC's.
+    method = ContextAwareConsistency(load_config(None, ["method=cac", "cac.weight=0", "cac.start_step=5",
+                                                       "cac.rampup_steps=0"]))
+    segmenter = _BatchSizes()
+    batch = {"labeled": {"image": torch.zeros(2, 3, 4, 4), "mask": torch.zeros(2, 4, 4, dtype=torch.long)},
+             "unlabeled": {"image": torch.zeros(3, 3, 4, 4), "image_2": torch.zeros(3, 3, 4, 4),
+                           "crop_iou": torch.tensor([0.5, 0.5, 0.5])}}
+    for step in (4, 5):
+        method.training_step({"segmenter": segmenter}, batch, step=step)
+    assert segmenter.sizes == [2, 8]
+
+
 def _gather_on_rank(rank, port, results):
     import torch.distributed as dist
 

@@ -151,7 +151,9 @@ class ContextAwareConsistency(Method):
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         weight = self.weight(step)
-        uses_unlabeled = weight > 0 or self.options.image_tags
+        # The unlabeled crops go through the network by the schedule, not by λ's value: the λ = 0 control then
+        # passes the same images (BatchNorm's statistics see them) and differs from CAC only by L_dc.
+        uses_unlabeled = self.ramp(step) > 0 or self.options.image_tags
         images = [labeled["image"]] + ([unlabeled["image"], unlabeled["image_2"]] if uses_unlabeled else [])
         outputs = models["segmenter"](torch.cat(images))
         n, u = len(labeled["image"]), len(unlabeled["image"])
@@ -171,11 +173,16 @@ class ContextAwareConsistency(Method):
         return {"loss": loss, **logged}
 
     def weight(self, step: int) -> float:
-        """λ at ``step``: 0 before ``cac.start_step``, then a linear ramp over ``cac.rampup_steps``."""
+        """λ at ``step``: ``cac.weight`` times :meth:`ramp`."""
+        return self.options.weight * self.ramp(step)
+
+    def ramp(self, step: int) -> float:
+        """The schedule in [0, 1] at ``step``: 0 before ``cac.start_step``, then linear over
+        ``cac.rampup_steps``."""
         if step < self.options.start_step:
             return 0.0
         ramp = self.options.rampup_steps
-        return self.options.weight * (min(1.0, (step - self.options.start_step) / ramp) if ramp else 1.0)
+        return min(1.0, (step - self.options.start_step) / ramp) if ramp else 1.0
 
     def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
         return LogitsOnly(unwrap(models["segmenter"]))
