@@ -267,7 +267,6 @@ def test_weight_is_off_before_the_start_step_then_ramps():
     assert [method.weight(s) for s in (0, 9, 10, 20, 30, 100)] == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0]
 
 
-
 class _BatchSizes(nn.Module):
     """A stand-in segmenter that records how many images each forward pass sees."""
 
