@@ -32,3 +32,13 @@ def test_a_run_dir_under_a_file_fails_before_anything_is_written(synthetic_root,
     with pytest.raises(StorageError, match=r"a-file is a file, not a folder; choose another run.dir"):
         prepare_run(fast_config(synthetic_root, tmp_path / "a-file" / "run"))
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+@pytest.mark.parametrize("method", ["method=cps", "supervised.unlabeled_batchnorm=true"])
+def test_a_method_reading_unlabeled_images_with_none_in_the_split_fails_before_a_run_directory_exists(
+        synthetic_root, tmp_path, method):
+    cfg = fast_config(synthetic_root, tmp_path / "run", method, "data.label_fraction=1.0")
+    with pytest.raises(DataError, match=r"reads the 'unlabeled' stream, but the data's split leaves it no unlabeled "
+                                        r"images; set data.label_fraction below 1"):
+        prepare_run(cfg)
+    assert not (tmp_path / "run").exists()

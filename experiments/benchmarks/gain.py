@@ -73,6 +73,9 @@ class Protocol:
 
 # The unlabeled term's weight of each method, set to 0 by its control.
 CONTROLS = {"cps": ("cps.weight=0",), "cac": ("cac.weight=0",)}
+# The controls still pass unlabeled images through the network with the labeled ones, so BatchNorm's statistics
+# see them; this variant does that alone (one network, no unlabeled loss, no CutMix), to tell the two apart.
+UNLABELED_BATCHNORM = {"supervised_unlabeled_bn": ("supervised.unlabeled_batchnorm=true",)}
 # SimFormer's variants (every image, novel classes known from tags): full is compared with basic, and each
 # record adds the oracle run of the same seed (novel masks too), so the share of the gap closed is computable.
 SIMFORMER_BASIC = ("simformer.complementary_weight=0", "simformer.similarity_weight=0", "simformer.distill_weight=0")
@@ -148,6 +151,7 @@ PROTOCOLS = {
         config="experiments/protocols/p1_synthetic.yaml",
         all_labels=P1_ALL_LABELS,
         methods={
+            **UNLABELED_BATCHNORM,
             "cps": ("method=cps", "cps.rampup_steps=150"),
             "cac": ("method=cac", "cac.start_step=50", "cac.rampup_steps=100"),
             # two of the five shapes novel: square and ring
@@ -159,6 +163,7 @@ PROTOCOLS = {
         config="experiments/protocols/p2_camvid.yaml",
         all_labels=P2_ALL_LABELS,
         methods={
+            **UNLABELED_BATCHNORM,
             "cps": ("method=cps", "cps.rampup_steps=250"),
             "cac": ("method=cac", "cac.start_step=100", "cac.rampup_steps=150", "cac.queue_steps=4"),
             # Car alone novel (simformer_*), then Car, Pedestrian and Bicyclist (simformer3_*)

@@ -15,6 +15,7 @@ from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource, open_dataset, preflight
 from raysemi.engine.rundir import open_run_dir
 from raysemi.engine.storage import run_storage_bytes
+from raysemi.errors import DataError
 from raysemi.methods import Method, build_method
 
 
@@ -30,7 +31,25 @@ def prepare_run(cfg: Config) -> PreparedRun:
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     method = build_method(cfg)
+    check_streams_have_images(source, method, cfg.method)
     method.check_data(source)  # the method's own data needs (e.g. SimFormer's classes and pair table)
     needed = run_storage_bytes(method.build_models(source.classes.num_classes), cfg.train.keep_checkpoints)
     run_dir, start_step = open_run_dir(cfg, source, needed)
     return PreparedRun(source, method, run_dir, start_step)
+
+
+def check_streams_have_images(source: DatasetSource, method: Method, method_name: str) -> None:
+    """Each stream the method reads draws from at least one image.
+
+    Raises:
+        DataError: one line naming the stream and the data keys that would give it images.
+    """
+    for name, spec in method.streams().items():
+        if not source.samples_for(spec.source):
+            keys = UNLABELED_KEYS if spec.source == "unlabeled" else LABELED_KEYS
+            raise DataError(f"method {method_name} reads the '{name}' stream, but the data's split leaves it no "
+                            f"{spec.source.split('_')[0]} images; set {keys}")
+
+
+UNLABELED_KEYS = "data.label_fraction below 1, data.label_count, data.unlabeled_split or data.unlabeled_dir"
+LABELED_KEYS = "data.labeled_split to a file that lists labeled images, or data.label_fraction or data.label_count"
