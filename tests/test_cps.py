@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 from raysemi.config import load_config
 from raysemi.data.cutmix import box_mask, mix
+from raysemi.errors import ConfigError
 from raysemi.losses import cross_pseudo_supervision
 from raysemi.methods import build_method
+from raysemi.methods.cps import pseudo_label_stats
 
 
 def _pixels(*vectors):
@@ -41,6 +43,31 @@ def test_pixels_outside_valid_do_not_count():
     valid[0, 1] = False
     expected = cross_pseudo_supervision(l1[..., :1, :], l2[..., :1, :])
     assert cross_pseudo_supervision(l1, l2, valid=valid).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_confidence_threshold_drops_unsure_pseudo_labels_and_divides_by_every_pixel():
+    # network 1: pixel 0 class 0 at 3/4, pixel 1 class 1 at 4/5; network 2: class 0 at e/(1+e) ≈ 0.731 on both
+    l1 = _pixels([math.log(3.0), 0.0], [0.0, math.log(4.0)]).requires_grad_()
+    l2 = _pixels([0.0, -1.0], [1.0, 0.0]).requires_grad_()
+    # at 0.76 only network 1's pixel 1 (class 1) teaches network 2: -log p2(class 1 | pixel 1) / 2 pixels
+    loss = cross_pseudo_supervision(l1, l2, threshold=0.76)
+    assert loss.item() == pytest.approx(math.log(1 + math.e) / 2, rel=1e-6)
+    loss.backward()
+    assert torch.count_nonzero(l1.grad) == 0  # no pseudo-label of network 2 passes 0.76
+    assert torch.count_nonzero(l2.grad[..., 0]) == 0 and torch.count_nonzero(l2.grad[..., 1]) == 2
+    # a threshold every pixel passes gives the paper's loss
+    assert cross_pseudo_supervision(l1, l2, threshold=0.5).item() == pytest.approx(
+        cross_pseudo_supervision(l1, l2).item(), rel=1e-6)
+
+
+def test_kept_share_is_logged_under_a_threshold_only():
+    l1 = _pixels([math.log(3.0), 0.0], [0.0, math.log(4.0)])  # confidences 0.75, 0.8
+    l2 = _pixels([0.0, -1.0], [1.0, 0.0])  # 0.731, 0.731
+    assert pseudo_label_stats(l1, l2, threshold=0.76)["pseudo_kept"].item() == pytest.approx((0.5 + 0.0) / 2)
+    assert "pseudo_kept" not in pseudo_label_stats(l1, l2)
+    assert _cps("cps.confidence_threshold=0.95").options.confidence_threshold == 0.95
+    with pytest.raises(ConfigError, match="confidence_threshold"):
+        _cps("cps.confidence_threshold=1.5")
 
 
 def test_mixed_pseudo_labels_match_a_direct_computation():

@@ -51,6 +51,9 @@ class CPSConfig(Section):
                              "without CutMix)")
     prop_range: tuple[float, float] = Field((0.25, 0.5), description="area share of each CutMix box")
     n_boxes: int = Field(3, ge=1, description="CutMix boxes per mask")
+    confidence_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="leave out pseudo-labels whose teacher's softmax confidence is below "
+        "this (UniMatch: 0.95), the loss still divided by every pixel; None: every pixel counts, as in the paper")
     init_backbones: Literal["same", "different"] = Field(
         "same", description="'different': kaiming-init both backbones apart")
     eval: Literal["first", "second", "mean"] = Field(
@@ -107,16 +110,18 @@ class CrossPseudoSupervision(Method):
         logits_2 = net2(torch.cat([labeled, mixed]))["logits"]
         mask = batch["labeled"]["mask"]
         loss_sup = self.criterion(logits_1[:n], mask) + self.criterion(logits_2[:n], mask)
-        loss_cps = cross_pseudo_supervision(logits_1[n:], logits_2[n:], teacher_1=teacher_1, teacher_2=teacher_2)
+        threshold = self.options.confidence_threshold
+        loss_cps = cross_pseudo_supervision(logits_1[n:], logits_2[n:], teacher_1=teacher_1, teacher_2=teacher_2,
+                                            threshold=threshold)
         if self.options.on_labeled:
-            loss_cps = loss_cps + cross_pseudo_supervision(logits_1[:n], logits_2[:n])
+            loss_cps = loss_cps + cross_pseudo_supervision(logits_1[:n], logits_2[:n], threshold=threshold)
         weight = self.weight(step)
         return {
             "loss": loss_sup + weight * loss_cps,
             "loss_sup": loss_sup.detach(),
             "loss_cps": loss_cps.detach(),
             "cps_weight": loss_sup.new_tensor(weight),
-            **pseudo_label_stats(logits_1[n:].detach(), logits_2[n:].detach()),
+            **pseudo_label_stats(logits_1[n:].detach(), logits_2[n:].detach(), threshold),
         }
 
     def _cutmix(self, net1: nn.Module, net2: nn.Module, images: torch.Tensor):
@@ -162,12 +167,18 @@ class MeanOfSoftmaxes(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
-def pseudo_label_stats(logits_1: torch.Tensor, logits_2: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Share of pixels where the two networks' argmaxes agree, and their mean top-class confidence."""
+def pseudo_label_stats(logits_1: torch.Tensor, logits_2: torch.Tensor,
+                       threshold: float | None = None) -> dict[str, torch.Tensor]:
+    """Share of pixels where the two networks' argmaxes agree, their mean top-class confidence, and with a
+    ``threshold`` the share of pixels at or above it (``pseudo_kept``, mean of the two networks)."""
     probs_1, probs_2 = logits_1.float().softmax(1), logits_2.float().softmax(1)
     confidence_1, labels_1 = probs_1.max(1)
     confidence_2, labels_2 = probs_2.max(1)
+    kept = {} if threshold is None else {
+        "pseudo_kept": ((confidence_1 >= threshold).float().mean() + (confidence_2 >= threshold).float().mean()) / 2
+    }
     return {
         "pseudo_agreement": (labels_1 == labels_2).float().mean(),
         "pseudo_confidence": (confidence_1.mean() + confidence_2.mean()) / 2,
+        **kept,
     }

@@ -1,0 +1,115 @@
+"""Where trained models err: per-class IoU and each class's most frequent wrong prediction, on the held-out val
+split and on the run's own unlabeled frames (P2's unlabeled frames have masks, which training never reads).
+
+A semi-supervised method learns from its predictions on the unlabeled frames; comparing how a method and its
+λ = 0 control segment those frames and the held-out clip says whether its pseudo-labels taught it errors there
+(both worse) or a look that does not carry to the held-out clip (unlabeled better, val worse).
+
+Usage (from the repository root)::
+
+    python experiments/benchmarks/confusions.py --protocol p2 --runs cps-seed1-it1000 cps_control-seed1-it1000
+
+reads each run's newest checkpoint under ``experiments/benchmarks/_work/gain/<protocol>/`` and writes
+``experiments/benchmarks/results/gain/<protocol>/confusions.json`` (runs already there are kept; ``--work``
+points at another checkout's runs) and ``confusions.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from raysemi.engine.inference import evaluate_checkpoint, load_eval_model  # noqa: E402
+from raysemi.engine.metrics import ConfusionMatrix  # noqa: E402
+
+RESULTS = REPO / "experiments" / "benchmarks" / "results" / "gain"
+WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"
+
+
+def unlabeled_pairs(run_dir: Path) -> Path:
+    """A split file of ``image mask`` lines for the run's unlabeled frames, taken from its ``data.train_split``."""
+    from raysemi.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    images = set((run_dir / "unlabeled.txt").read_text().split())
+    pairs = [line for line in Path(cfg.data.train_split).read_text().splitlines() if line.split()[0] in images]
+    if len(pairs) != len(images):
+        raise SystemExit(f"{cfg.data.train_split}: masks found for {len(pairs)} of {run_dir}'s {len(images)} "
+                         f"unlabeled frames; every unlabeled frame needs a line `image mask` there")
+    path = run_dir / "unlabeled_pairs.txt"
+    path.write_text("\n".join(pairs) + "\n")
+    return path
+
+
+def errors_by_class(confusion: ConfusionMatrix, names: tuple[str, ...]) -> dict[str, dict]:
+    """Per true class: IoU, recall, and the predicted class (other than itself) that takes most of its pixels."""
+    m = confusion.matrix.double()
+    iou = confusion.iou()
+    rows = {}
+    for index, name in enumerate(names):
+        total = float(m[index].sum())
+        off = m[index].clone()
+        off[index] = 0
+        worst = int(off.argmax())
+        rows[name] = {
+            "iou": None if iou[index].isnan() else round(float(iou[index]), 4),
+            "recall": round(float(m[index, index]) / total, 4) if total else None,
+            "top_error": names[worst] if total else None,
+            "top_error_share": round(float(off[worst]) / total, 4) if total else None,
+        }
+    return rows
+
+
+def measure(run_dir: Path) -> dict:
+    result = {}
+    for split, overrides in (("val", []), ("unlabeled", [f"data.val_split={unlabeled_pairs(run_dir)}"])):
+        loaded = load_eval_model(run_dir, overrides)
+        confusion = evaluate_checkpoint(loaded, threads=2)
+        result[split] = {"miou": round(confusion.miou(), 4), "classes": errors_by_class(confusion, loaded.class_names)}
+    return result
+
+
+def markdown(results: dict[str, dict]) -> str:
+    lines = ["# Where the models err (`confusions.py`)", "",
+             "Per class: IoU on the held-out val clip / on the run's own unlabeled frames, and on val the class "
+             "that takes most of its pixels (share of them).", ""]
+    for run, result in sorted(results.items()):
+        lines += [f"## {run}: val mIoU {result['val']['miou']:.4f}, unlabeled frames {result['unlabeled']['miou']:.4f}",
+                  "", "| class | IoU val | IoU unlabeled | val: most taken by |", "|---|---|---|---|"]
+        for name, row in result["val"]["classes"].items():
+            unl = result["unlabeled"]["classes"][name]["iou"]
+            taken = f"{row['top_error']} ({row['top_error_share']:.2f})" if row["top_error"] else "–"
+            lines.append(f"| {name} | {_fmt(row['iou'])} | {_fmt(unl)} | {taken} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", default="p2")
+    parser.add_argument("--runs", nargs="+", required=True, help="run folder names under the work folder")
+    parser.add_argument("--work", type=Path, default=WORK, help="the folder holding <protocol>/<run> folders")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = RESULTS / args.protocol / "confusions.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for run in args.runs:
+        results[run] = measure(args.work / args.protocol / run)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{run}: val {results[run]['val']['miou']:.4f}, unlabeled {results[run]['unlabeled']['miou']:.4f}")
+    out.with_suffix(".md").write_text(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
