@@ -10,8 +10,8 @@ Usage (from the repository root)::
     python experiments/benchmarks/confusions.py --protocol p2 --runs cps-seed1-it1000 cps_control-seed1-it1000
 
 reads each run's newest checkpoint under ``experiments/benchmarks/_work/gain/<protocol>/`` and writes
-``experiments/benchmarks/results/gain/<protocol>/confusions.json`` (runs already there are kept; ``--work``
-points at another checkout's runs) and ``confusions.md``.
+``experiments/benchmarks/results/confusions-<protocol>.json`` (runs already there are kept; ``--work``
+points at another checkout's runs) and the same name with ``.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from raysemi.engine.inference import evaluate_checkpoint, load_eval_model  # noqa: E402
 from raysemi.engine.metrics import ConfusionMatrix  # noqa: E402
 
-RESULTS = REPO / "experiments" / "benchmarks" / "results" / "gain"
+RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"
 
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=WORK, help="the folder holding <protocol>/<run> folders")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    out = RESULTS / args.protocol / "confusions.json"
+    out = RESULTS / f"confusions-{args.protocol}.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     for run in args.runs:
         results[run] = measure(args.work / args.protocol / run)
