@@ -9,7 +9,7 @@ from raysemi.data.cutmix import box_mask, mix
 from raysemi.errors import ConfigError
 from raysemi.losses import cross_pseudo_supervision
 from raysemi.methods import build_method
-from raysemi.methods.cps import pseudo_label_stats
+from raysemi.methods.cps import kept_share
 
 
 def _pixels(*vectors):
@@ -60,14 +60,21 @@ def test_confidence_threshold_drops_unsure_pseudo_labels_and_divides_by_every_pi
         cross_pseudo_supervision(l1, l2).item(), rel=1e-6)
 
 
-def test_kept_share_is_logged_under_a_threshold_only():
+def test_kept_share_counts_the_teachers_confident_pixels():
     l1 = _pixels([math.log(3.0), 0.0], [0.0, math.log(4.0)])  # confidences 0.75, 0.8
     l2 = _pixels([0.0, -1.0], [1.0, 0.0])  # 0.731, 0.731
-    assert pseudo_label_stats(l1, l2, threshold=0.76)["pseudo_kept"].item() == pytest.approx((0.5 + 0.0) / 2)
-    assert "pseudo_kept" not in pseudo_label_stats(l1, l2)
+    assert kept_share(l1, l2, threshold=0.76).item() == pytest.approx((0.5 + 0.0) / 2)
     assert _cps("cps.confidence_threshold=0.95").options.confidence_threshold == 0.95
     with pytest.raises(ConfigError, match="confidence_threshold"):
         _cps("cps.confidence_threshold=1.5")
+
+
+def test_cps_step_logs_the_kept_share_under_a_threshold_only():
+    batch = {"labeled": {"image": torch.randn(2, 3, 24, 32), "mask": torch.randint(0, 3, (2, 24, 32))},
+             "unlabeled": {"image": torch.randn(2, 3, 24, 32)}}
+    every_pixel = _cps("cps.confidence_threshold=0.0")  # every confidence passes 0
+    assert every_pixel.training_step(every_pixel.build_models(3), batch, step=10)["pseudo_kept"].item() == 1.0
+    assert "pseudo_kept" not in _cps().training_step(_cps().build_models(3), batch, step=10)
 
 
 def test_mixed_pseudo_labels_match_a_direct_computation():

@@ -121,7 +121,10 @@ class CrossPseudoSupervision(Method):
             "loss_sup": loss_sup.detach(),
             "loss_cps": loss_cps.detach(),
             "cps_weight": loss_sup.new_tensor(weight),
-            **pseudo_label_stats(logits_1[n:].detach(), logits_2[n:].detach(), threshold),
+            **pseudo_label_stats(logits_1[n:].detach(), logits_2[n:].detach()),
+            **({} if threshold is None else {"pseudo_kept": kept_share(
+                teacher_1 if teacher_1 is not None else logits_1[n:].detach(),
+                teacher_2 if teacher_2 is not None else logits_2[n:].detach(), threshold)}),
         }
 
     def _cutmix(self, net1: nn.Module, net2: nn.Module, images: torch.Tensor):
@@ -167,18 +170,19 @@ class MeanOfSoftmaxes(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
-def pseudo_label_stats(logits_1: torch.Tensor, logits_2: torch.Tensor,
-                       threshold: float | None = None) -> dict[str, torch.Tensor]:
-    """Share of pixels where the two networks' argmaxes agree, their mean top-class confidence, and with a
-    ``threshold`` the share of pixels at or above it (``pseudo_kept``, mean of the two networks)."""
+def pseudo_label_stats(logits_1: torch.Tensor, logits_2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Share of pixels where the two networks' argmaxes agree, and their mean top-class confidence."""
     probs_1, probs_2 = logits_1.float().softmax(1), logits_2.float().softmax(1)
     confidence_1, labels_1 = probs_1.max(1)
     confidence_2, labels_2 = probs_2.max(1)
-    kept = {} if threshold is None else {
-        "pseudo_kept": ((confidence_1 >= threshold).float().mean() + (confidence_2 >= threshold).float().mean()) / 2
-    }
     return {
         "pseudo_agreement": (labels_1 == labels_2).float().mean(),
         "pseudo_confidence": (confidence_1.mean() + confidence_2.mean()) / 2,
-        **kept,
     }
+
+
+def kept_share(teacher_1: torch.Tensor, teacher_2: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Share of pseudo-labels that ``cps.confidence_threshold`` keeps: pixels of the two teachers' ``(N, C, H, W)``
+    predictions whose softmax confidence is at least ``threshold``, mean of the two."""
+    shares = [(teacher.float().softmax(1).amax(1) >= threshold).float().mean() for teacher in (teacher_1, teacher_2)]
+    return (shares[0] + shares[1]) / 2
