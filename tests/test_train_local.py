@@ -1,5 +1,6 @@
 """End-to-end runs through Ray Train in local mode (``scaling.num_workers=0``): the loop runs in-process."""
 
+import contextlib
 import csv
 import json
 import shutil
@@ -11,10 +12,11 @@ from PIL import Image
 
 from raysemi.cli import main
 from raysemi.data.formats import GenericFormat
+from raysemi.data.streams import StreamSpec
 from raysemi.engine.checkpoint import latest_checkpoint, list_checkpoints
 from raysemi.engine.inference import evaluate_checkpoint, load_eval_model, predict_folder
 from raysemi.errors import CheckpointError
-from raysemi.ray.train import train
+from raysemi.ray.train import open_streams, train
 from raysemi.tracking import read_metrics
 from tests.conftest import fast_config, train_until_a_crash_at_step_5
 
@@ -283,3 +285,28 @@ def test_prediction_panels_colour_truth_and_prediction_with_the_palette():
     assert (panel[:, :2] == 7).all()
     assert panel[0, 2].tolist() == [10, 20, 30] and panel[1, 2].tolist() == [0, 0, 0]  # ignore is black
     assert panel[0, 4].tolist() == [200, 100, 0] and panel[1, 5].tolist() == [10, 20, 30]
+
+
+def test_training_streams_are_closed_with_their_stack_when_training_fails():
+    closed = []
+
+    class Shard:
+        def __init__(self, name):
+            self.name = name
+
+        def iter_torch_batches(self, batch_size, **_):
+            def batches():
+                try:
+                    while True:
+                        yield {"image": torch.zeros(batch_size, 3)}
+                finally:
+                    closed.append(self.name)
+            return batches()
+
+    specs = {"labeled": StreamSpec("labeled", batch_size=4), "unlabeled": StreamSpec("unlabeled", batch_size=8)}
+    with pytest.raises(RuntimeError, match="step failed"), contextlib.ExitStack() as stack:
+        streams = open_streams(stack, specs, Shard, world_size=2)
+        assert [len(next(stream)["image"]) for stream in streams.values()] == [2, 4]
+        assert closed == []
+        raise RuntimeError("step failed")
+    assert sorted(closed) == ["labeled", "unlabeled"]

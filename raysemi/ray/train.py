@@ -9,10 +9,11 @@ on a multi-node cluster ``run.dir`` must be on storage every node sees.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysemi.config import Config
+from raysemi.data.streams import StreamSpec
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
 from raysemi.engine.preflight import prepare_run
 from raysemi.engine.rundir import finished_summary, trained_summary
@@ -179,30 +181,40 @@ def run_training(loop_config: dict[str, Any], *, rank: int, world_size: int, loc
     silence_report_lines()
     cfg = Config.model_validate(loop_config["config"])
     set_torch_threads(cfg, local_world_size)
-    specs = build_method(cfg).streams()
-    streams = {
-        name: iter(shard(name).iter_torch_batches(
+    val_shard = shard("val")
+    with contextlib.ExitStack() as stack:
+        env = WorkerEnv(
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            streams=open_streams(stack, build_method(cfg).streams(), shard, world_size),
+            val_batches=lambda: val_shard.iter_torch_batches(batch_size=cfg.eval.batch_size),
+            report=report,
+            plan_start_step=loop_config["plan_start_step"],
+        )
+        run = RunInfo(
+            Path(loop_config["run_dir"]),
+            tuple(loop_config["classes"]),
+            tuple(tuple(c) for c in loop_config["palette"]),
+            loop_config["ignore_index"],
+        )
+        TrainingRun(cfg, run, env).fit()
+
+
+def open_streams(stack: contextlib.ExitStack, specs: dict[str, StreamSpec], shard: Callable[[str], Any],
+                 world_size: int) -> dict[str, Iterator[dict[str, torch.Tensor]]]:
+    """Each training stream's batch iterator over this worker's shard, closed when ``stack`` closes.
+
+    Closing them when training ends or fails, while Ray is still up, shuts their executors down at once; an
+    iterator left to the garbage collector would flush its stats to an actor after ``ray.shutdown`` and log a
+    traceback.
+    """
+    return {
+        name: stack.enter_context(contextlib.closing(iter(shard(name).iter_torch_batches(
             batch_size=spec.per_worker_batch(world_size), drop_last=True, prefetch_batches=4
-        ))
+        ))))
         for name, spec in specs.items()
     }
-    val_shard = shard("val")
-    env = WorkerEnv(
-        rank=rank,
-        world_size=world_size,
-        device=device,
-        streams=streams,
-        val_batches=lambda: val_shard.iter_torch_batches(batch_size=cfg.eval.batch_size),
-        report=report,
-        plan_start_step=loop_config["plan_start_step"],
-    )
-    run = RunInfo(
-        Path(loop_config["run_dir"]),
-        tuple(loop_config["classes"]),
-        tuple(tuple(c) for c in loop_config["palette"]),
-        loop_config["ignore_index"],
-    )
-    TrainingRun(cfg, run, env).fit()
 
 
 # Ray Train V2's controller collects the workers' reports when it polls them, every
