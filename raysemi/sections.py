@@ -147,7 +147,14 @@ class TrainConfig(Section):
     log_every: int = Field(100, ge=1, description="steps between logged metrics and terminal lines")
     amp: bool = Field(True, description="mixed precision, used only on CUDA")
     channels_last: Literal["auto", True, False] = Field("auto", description="NHWC models and images; `auto`: on "
-                                                        "for CUDA with AMP only (on CPU it measured 34 % slower)")
+                                                        "for CUDA with AMP, elsewhere the faster of the two as "
+                                                        "timed at start-up (`probe_steps`)")
+    compile: Literal["auto", True, False] = Field(False, description="`torch.compile` the method's training step; "
+                                                  "`auto`: time it at start-up and keep it only if the compile "
+                                                  "time is repaid within the run's steps (opt-in: minutes of "
+                                                  "compiling per start)")
+    probe_steps: int = Field(3, ge=1, description="timed steps each way when an `auto` speed choice is measured "
+                             "(after one warm-up step each)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; null: the worker's CPUs")
     stall_timeout_s: float = Field(600.0, ge=0.0, description="the watchdog: a run that waits this long for a batch "
                                    "(or a worker group) ends with the reason; 0: off")

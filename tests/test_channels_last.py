@@ -1,11 +1,13 @@
-"""The channels-last memory format: chosen per device, switchable, and every method's outputs unchanged by it."""
+"""The channels-last memory format: known per device or measured, switchable, and every method's outputs
+unchanged by it."""
 
 import pytest
 import torch
 from torch import nn
 
 from raysemi.config import load_config
-from raysemi.engine.loop import prepare_batch, use_channels_last
+from raysemi.engine.loop import prepare_batch
+from raysemi.engine.probe import known_channels_last
 from raysemi.errors import ConfigError
 from raysemi.methods import build_method
 from tests.test_method_contract import METHODS, _batch, _config, _models
@@ -13,12 +15,13 @@ from tests.test_method_contract import METHODS, _batch, _config, _models
 
 @pytest.mark.parametrize(
     ("setting", "device", "amp", "expected"),
-    [("auto", "cpu", False, False), ("auto", "cuda", True, True), ("auto", "cuda", False, False),
-     ("auto", "mps", False, False), (False, "cpu", False, False), (True, "cuda", False, True),
+    [("auto", "cpu", False, None), ("auto", "cuda", True, True), ("auto", "cuda", False, None),
+     ("auto", "mps", False, None), (False, "cpu", False, False), (True, "cuda", False, True),
      (True, "cpu", False, True)],
 )
-def test_auto_chooses_per_device_and_an_explicit_setting_wins(setting, device, amp, expected):
-    assert use_channels_last(setting, torch.device(device), amp) is expected
+def test_auto_is_known_only_for_cuda_with_amp_and_an_explicit_setting_wins(setting, device, amp, expected):
+    """None: ``auto`` measures (raysemi.engine.probe)."""
+    assert known_channels_last(setting, torch.device(device), amp) is expected
 
 
 def test_config_key_accepts_auto_true_false_and_names_a_bad_value():

@@ -95,11 +95,15 @@ class TrainingState:
 
 
 def save_checkpoint(run_dir: Path, step: int, state: TrainingState, eval_model: nn.Module, cfg: Config,
-                    classes: list[str], palette: Any, miou: float | None = None) -> CheckpointFiles:
+                    classes: list[str], palette: Any, miou: float | None = None,
+                    speed: dict[str, Any] | None = None) -> CheckpointFiles:
     """Write the step's checkpoint (:func:`write_checkpoint`): ``eval_model``'s weights as ``model.pt``,
-    ``state`` as ``training_state.pt``, the config, and ``meta.json`` (method, classes, palette). With
-    ``miou`` (``train.keep_best``) it is ``checkpoints/best`` and its meta holds that val mIoU."""
+    ``state`` as ``training_state.pt``, the config, and ``meta.json`` (method, classes, palette and ``speed``:
+    the run's memory-format and compile choices, which a resumed run keeps). With ``miou``
+    (``train.keep_best``) it is ``checkpoints/best`` and its meta holds that val mIoU."""
     meta = {"method": cfg.method, "classes": classes, "palette": palette}
+    if speed is not None:
+        meta["speed"] = speed
     if miou is not None:
         meta["miou"] = miou
     return write_checkpoint(run_dir, step, eval_model.state_dict(), state.state_dict(step), cfg.to_yaml(), meta,

@@ -41,6 +41,7 @@ from raysemi.engine.evaluate import (
 )
 from raysemi.engine.mirror import mirror_for
 from raysemi.engine.optim import build_optimizer
+from raysemi.engine.probe import SpeedProbe, TrainingStep, stored_choices
 from raysemi.engine.rundir import write_json
 from raysemi.engine.watchdog import StallError, watched
 from raysemi.errors import RaysemiError
@@ -99,17 +100,15 @@ class TrainingRun:
         self.cfg, self.run, self.env = cfg, run, env
         self.is_chief = env.rank == 0
         self.use_amp = cfg.train.amp and env.device.type == "cuda"
-        channels_last = use_channels_last(cfg.train.channels_last, env.device, self.use_amp)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         torch.manual_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.method: Method = build_method(cfg)
-        self.models = {name: self._place(m) for name, m in self.method.build_models(len(run.class_names)).items()}
-        self.optimizer, self.scheduler = build_optimizer(self.models, cfg.optim, cfg.train.steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.state = TrainingState(self.models, self.optimizer, self.scheduler, self.scaler, env.device)
         self.mirror = mirror_for(cfg.run.sync_to, run.run_dir)
         if self.mirror is not None:  # a fresh node: the newest checkpoint comes from the mirror
             self.mirror.pull()
+        self.models, self.training_step = self._built_for_speed(self.method.build_models(len(run.class_names)))
+        self.optimizer, self.scheduler = build_optimizer(self.models, cfg.optim, cfg.train.steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.state = TrainingState(self.models, self.optimizer, self.scheduler, self.scaler, env.device)
         self.step = self._restore()
         self.tracker = Tracker(cfg, run.run_dir, self.step) if self.is_chief else None
         self.last_checkpoint: CheckpointFiles | None = latest_checkpoint(run.run_dir)
@@ -121,6 +120,22 @@ class TrainingRun:
         stall = cfg.train.stall_timeout_s  # each wait for data ends after this long (0: never)
         self.streams = {name: watched(stream, f"data stream '{name}'", stall) for name, stream in env.streams.items()}
         self.last_unlabeled: RawBatch | None = None
+
+    def _built_for_speed(self, built: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], TrainingStep]:
+        """Place ``built`` in the memory format :class:`SpeedProbe` chooses; return them and the training step
+        (compiled or not). A resumed run keeps its checkpoint's choices; the probe puts its batch back."""
+        checkpoint = latest_checkpoint(self.run.run_dir)
+        start = int(checkpoint.read_meta()["step"]) if checkpoint else 0
+        probe = SpeedProbe(self.cfg, self.method, self.env.device, self.use_amp,
+                           lambda raw, fmt: prepare_batch(raw, self.env.device, fmt), self.env.streams, start,
+                           self.env.world_size, stored_choices(checkpoint.read_meta() if checkpoint else None))
+        self.memory_format = probe.memory_format(built)
+        models = {name: self._place(m) for name, m in built.items()}
+        training_step = probe.training_step(models)
+        self.env.streams, self.speed = probe.streams, probe.choice
+        if self.is_chief:
+            say(probe.log_line())
+        return models, training_step
 
     def _place(self, model: nn.Module) -> nn.Module:
         model.to(self.env.device, memory_format=self.memory_format)  # the layout applies to 4-D weights only
@@ -186,7 +201,7 @@ class TrainingRun:
 
     def _train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         with torch.autocast(self.env.device.type, enabled=self.use_amp):
-            outputs = self.method.training_step(self.models, batch, self.step)
+            outputs = self.training_step(self.models, batch, self.step)
         loss = outputs["loss"]
         if not torch.isfinite(loss):
             raise RaysemiError(f"the loss became {loss.item()} at step {self.step}; lower optim.lr or check the data")
@@ -338,7 +353,7 @@ class TrainingRun:
         if self.is_chief:
             written = save_checkpoint(self.run.run_dir, self.step, self.state, self.method.eval_model(self.models),
                                       self.cfg, list(self.run.class_names), self.run.palette,
-                                      miou=self.last_val["miou"] if best else None)
+                                      miou=self.last_val["miou"] if best else None, speed=self.speed.record())
             if not best:
                 self.last_checkpoint = written
             if self.mirror is not None:
@@ -366,6 +381,7 @@ class TrainingRun:
             **best_of(read_metrics(self.run.run_dir), final["miou"], self.cfg.train.steps),
             "checkpoint": str(self.last_checkpoint.path) if self.last_checkpoint else None,
             "run_dir": str(self.run.run_dir),
+            "speed": self.speed.record(),
         }
         kept_best = best_checkpoint(self.run.run_dir) if self.cfg.train.keep_best else None
         if kept_best is not None:
@@ -450,16 +466,6 @@ def say(text: str) -> None:
     into its logger, which shows every printed line twice on the driver."""
     sys.stdout.write(f"[raysemi] {text}\n")
     sys.stdout.flush()
-
-
-def use_channels_last(setting: bool | str, device: torch.device, amp: bool) -> bool:
-    """Whether models and images use the channels-last memory format: ``train.channels_last`` if true or false;
-    ``auto`` turns it on for CUDA with AMP (tensor-core convolutions want NHWC) and off elsewhere. On CPU the
-    CamVid model's training step ran 34-35 % slower channels-last at 1 and 2 threads (torch 2.14.1, paired
-    steps: ``experiments/benchmarks/engine_overhead.py``, ``results/speed.md``)."""
-    if setting != "auto":
-        return bool(setting)
-    return device.type == "cuda" and amp
 
 
 def set_torch_threads(cfg: Config, local_workers: int) -> int:
