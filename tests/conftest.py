@@ -37,6 +37,7 @@ def fast_config(data_root: Path, run_dir: Path, *overrides: str) -> Config:
         "train.batch_size=4",
         "train.log_every=2",
         "train.torch_threads=1",
+        "train.channels_last=false",  # tests compare runs bit for bit; a measured choice could differ between them
         "eval.batch_size=4",
         "scaling.num_workers=0",
         f"run.dir={run_dir}",

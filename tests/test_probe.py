@@ -1,0 +1,198 @@
+"""Speed choices by measurement (raysemi.engine.probe): which way the probe decides on hand-made timings, that
+it leaves the run's data and numerics alone, and that a resumed run keeps its choices."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from raysemi.config import load_config
+from raysemi.engine import probe as probe_module
+from raysemi.engine.checkpoint import latest_checkpoint, load_tensors
+from raysemi.engine.local import train_local
+from raysemi.engine.probe import SpeedProbe, check_compilable, compile_repays, stored_choices
+from raysemi.errors import ConfigError
+from tests.conftest import fast_config
+
+CPU = torch.device("cpu")
+
+
+class FakeClock:
+    """A clock that only the fake training steps move."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedMethod:
+    """A method whose step takes ``seconds(batch)`` fake seconds; its loss reaches the model's one weight."""
+
+    def __init__(self, clock: FakeClock, seconds):
+        self.clock, self.seconds, self.steps_seen = clock, seconds, []
+
+    def training_step(self, models, batch, step):
+        self.clock.now += self.seconds(batch)
+        self.steps_seen.append(step)
+        return {"loss": models["m"].weight.sum()}
+
+
+def _probe(method, clock, *overrides, streams=None, stored=None, start=0):
+    cfg = load_config(None, ["train.steps=1000", "train.probe_steps=3", *overrides])
+    streams = streams or {"labeled": iter([{"image": torch.zeros(1, 3, 2, 2)}])}
+    return SpeedProbe(cfg, method, CPU, False, lambda raw, fmt: {"image": raw["image"].contiguous(memory_format=fmt)},
+                      streams, start, 1, stored, clock=clock)
+
+
+def test_compile_repays_when_the_saved_seconds_exceed_the_compile_time():
+    # 0.1 s saved per step: 400 steps save 40 s > 30 s of compiling; 200 steps save 20 s < 30 s
+    assert compile_repays(30.0, 0.5, 0.4, 400) and not compile_repays(30.0, 0.5, 0.4, 200)
+    assert not compile_repays(0.0, 0.5, 0.6, 10**6)  # a slower compiled step never repays
+
+
+@pytest.mark.parametrize(("steps", "start", "expected"), [(400, 0, True), (1000, 800, False), (200, 0, False)])
+def test_compile_auto_keeps_the_compiled_step_only_where_its_compile_time_is_repaid(monkeypatch, steps, start,
+                                                                                    expected):
+    """Compiled calls take 0.4 s (+20 s and +10 s for the first two: compile and recompile), eager 0.5 s: the
+    probe measures 30 s of compiling and 0.1 s saved per step, repaid after 300 remaining steps."""
+    clock, compiled_calls = FakeClock(), []
+    method = TimedMethod(clock, lambda batch: 0.5)
+
+    def fake_compile(step):
+        def compiled(models, batch, number):
+            compiled_calls.append(number)
+            clock.now += {1: 20.0, 2: 10.0}.get(len(compiled_calls), 0.0) + 0.4
+            return {"loss": models["m"].weight.sum()}
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    probe = _probe(method, clock, f"train.steps={steps}", "train.compile=auto", start=start)
+    models = {"m": nn.Linear(1, 1)}
+    before = models["m"].weight.detach().clone()
+    chosen = probe.training_step(models)
+    t = probe.choice.timings
+    assert (t["eager_s"], t["compiled_s"], t["compile_s"]) == pytest.approx((0.5, 0.4, 30.0))
+    assert t["compile_steps_left"] == steps - start
+    assert probe.choice.compile is expected and (chosen != method.training_step) is expected
+    assert probe.choice.how["compile"] == ("measured" if expected else "measured: not repaid")
+    assert compiled_calls[:2] == [start, start + 1]  # the step number changes, as in training (a recompile)
+    assert torch.equal(models["m"].weight, before) and models["m"].weight.grad is None  # no optimizer step
+
+
+@pytest.mark.parametrize(("contiguous_s", "channels_last_s", "expected"), [(0.5, 0.4, True), (0.4, 0.5, False)])
+def test_memory_format_auto_keeps_the_faster_median_and_puts_the_batch_back(contiguous_s, channels_last_s,
+                                                                            expected):
+    clock = FakeClock()
+    nhwc = torch.channels_last
+
+    def seconds(batch):
+        return channels_last_s if batch["labeled"]["image"].is_contiguous(memory_format=nhwc) else contiguous_s
+
+    first, second = {"image": torch.zeros(1, 3, 2, 2)}, {"image": torch.ones(1, 3, 2, 2)}
+    probe = _probe(TimedMethod(clock, seconds), clock, streams={"labeled": iter([first, second])})
+    chosen = probe.memory_format({"m": nn.Conv2d(3, 1, 1)})
+    assert (chosen == torch.channels_last) is expected and probe.choice.channels_last is expected
+    t = probe.choice.timings
+    assert (t["contiguous_s"], t["channels_last_s"]) == pytest.approx((contiguous_s, channels_last_s))
+    assert t["format_probe_s"] == pytest.approx(4 * (contiguous_s + channels_last_s))  # 1 warm-up + 3 each
+    assert [b["image"].sum().item() for b in probe.streams["labeled"]] == [0.0, 12.0]  # first, then second
+    assert "s/step channels-last" in probe.log_line()
+
+
+def test_a_stored_or_known_choice_reads_no_batch_and_times_nothing():
+    clock = FakeClock()
+    method = TimedMethod(clock, lambda batch: pytest.fail("the probe ran"))
+    untouched = iter([{"image": torch.zeros(1, 3, 2, 2)}])
+    probe = _probe(method, clock, "train.compile=auto", streams={"labeled": untouched},
+                   stored={"channels_last": True, "compile": False})
+    assert probe.memory_format({"m": nn.Conv2d(3, 1, 1)}) == torch.channels_last
+    assert probe.training_step({"m": nn.Linear(1, 1)}) == method.training_step
+    assert probe.choice.how == {"channels_last": "stored", "compile": "stored"} and not method.steps_seen
+    assert len(list(untouched)) == 1
+    assert stored_choices({"speed": {"channels_last": True, "compile": False, "timings": {}}}) == {
+        "channels_last": True, "compile": False}
+    assert stored_choices({"step": 4}) is None
+
+
+def test_compile_true_on_a_method_that_cannot_compile_is_a_one_line_error(monkeypatch):
+    monkeypatch.setitem(probe_module.UNCOMPILABLE, "cps", "a reason")
+    with pytest.raises(ConfigError, match=r"^train.compile=true: method cps cannot be compiled \(a reason\); use "):
+        check_compilable("cps", True)
+    check_compilable("cps", "auto")  # auto skips it with the reason logged
+    check_compilable("supervised", True)
+
+
+def _chosen_by_fake_timings(monkeypatch, contiguous_s: float, channels_last_s: float) -> list[int]:
+    """Make the memory-format probe run its steps for real but report hand-made medians; returns a list that
+    counts its runs."""
+    runs = []
+
+    def alternate(self, step_a, step_b):
+        for _ in range(self.cfg.train.probe_steps + 1):
+            step_a(), step_b()
+        runs.append(1)
+        return contiguous_s, channels_last_s
+
+    monkeypatch.setattr(SpeedProbe, "_alternate", alternate)
+    return runs
+
+
+def _weights(run_dir):
+    return load_tensors(latest_checkpoint(run_dir).training_state)["models"]
+
+
+def test_a_probe_that_chose_contiguous_trains_bit_for_bit_as_channels_last_false(synthetic_root, tmp_path,
+                                                                                  monkeypatch):
+    """The probe's steps run for real (dropout draws, BatchNorm, the first batch) on the run's own stream, yet
+    leave no trace: the same weights, to the bit, as a run that never probed."""
+    plain = train_local(fast_config(synthetic_root, tmp_path / "plain", "train.channels_last=false"),
+                        data_workers=0, device=CPU)
+    runs = _chosen_by_fake_timings(monkeypatch, contiguous_s=0.1, channels_last_s=0.2)
+    probed = train_local(fast_config(synthetic_root, tmp_path / "probed", "train.channels_last=auto"),
+                         data_workers=0, device=CPU)
+    assert runs == [1] and probed["speed"]["how"]["channels_last"] == "measured"
+    assert probed["speed"]["channels_last"] is False and plain["speed"]["how"]["channels_last"] == "set"
+    assert probed["miou"] == plain["miou"]
+    for model, weights in _weights(tmp_path / "plain").items():
+        for name, tensor in weights.items():
+            assert torch.equal(_weights(tmp_path / "probed")[model][name], tensor), f"{model}.{name}"
+
+
+def test_a_resumed_run_keeps_its_choice_and_trains_as_an_unbroken_one(synthetic_root, tmp_path, monkeypatch):
+    """Measured channels-last at the start; the resumed half reads it from the step-2 checkpoint (the probe,
+    which would now choose contiguous, does not run) and ends with the weights of an unbroken channels-last run."""
+    four = ("train.steps=4", "train.checkpoint_every=2", "train.channels_last=auto")
+    unbroken = train_local(fast_config(synthetic_root, tmp_path / "unbroken", *four[:2], "train.channels_last=true"),
+                           data_workers=0, device=CPU)
+    runs = _chosen_by_fake_timings(monkeypatch, contiguous_s=0.2, channels_last_s=0.1)
+    crash_after_two_steps(monkeypatch, fast_config(synthetic_root, tmp_path / "resumed", *four))
+    meta = latest_checkpoint(tmp_path / "resumed").read_meta()
+    assert meta["step"] == 2 and meta["speed"]["channels_last"] is True and runs == [1]
+    _chosen_by_fake_timings(monkeypatch, contiguous_s=0.1, channels_last_s=0.2)
+    resumed = train_local(fast_config(synthetic_root, tmp_path / "resumed", *four), data_workers=0, device=CPU)
+    assert resumed["speed"]["channels_last"] is True and resumed["speed"]["how"]["channels_last"] == "stored"
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["speed"] == resumed["speed"]
+    assert unbroken["speed"]["channels_last"] is True
+    for model, weights in _weights(tmp_path / "unbroken").items():
+        for name, tensor in weights.items():
+            assert torch.equal(_weights(tmp_path / "resumed")[model][name], tensor), f"{model}.{name}"
+
+
+def crash_after_two_steps(monkeypatch, cfg) -> None:
+    """Train ``cfg`` until the start of step 3 (after the step-2 checkpoint), then fail as a killed run would."""
+    from raysemi.engine.loop import TrainingRun
+
+    original = TrainingRun._train_step
+
+    def crash_at_step_3(self, batch):
+        if self.step == 2:
+            raise RuntimeError("simulated crash")
+        return original(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingRun, "_train_step", crash_at_step_3)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_local(cfg, data_workers=0, device=CPU)
