@@ -384,3 +384,17 @@ def test_difference_text_uses_the_unrounded_mious():
     # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
     assert gain.difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
     assert gain.difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
+
+
+def test_runs_that_made_different_speed_choices_are_not_paired(gain):
+    """Seed 1's method run chose channels-last, its baseline (a JSON from before the field: contiguous on the
+    CPU) did not: only seed 0 is compared; seed 2's runs both chose channels-last, and pair."""
+    for seed in (0, 1, 2):
+        write_run(gain, "supervised", seed, 0.30)
+        write_run(gain, "cps", seed, 0.36, "supervised")
+    for name in ("cps-seed1-it600", "cps-seed2-it600", "supervised-seed2-it600"):
+        path = gain.RUNS / "p1" / f"{name}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "speed": {"channels_last": True, "compile": False}}))
+    [record] = gain.write_outputs()
+    assert record["seeds"] == [0, 2]

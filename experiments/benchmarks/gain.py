@@ -245,6 +245,7 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
         "date": time.strftime("%Y-%m-%d"),
         "commit": code_version(),
         "device": device_name(trainer),
+        "speed": {key: summary["speed"][key] for key in ("channels_last", "compile")} if "speed" in summary else None,
     }
     write_json(path, result)  # atomic: a run counts as finished only once its whole JSON is there
     return result
@@ -296,9 +297,17 @@ def run_index(runs: list[dict]) -> dict[tuple, dict]:
     return {(r["protocol"], r["method"], r["seed"], r["iterations"], tuple(r["overrides"])): r for r in runs}
 
 
+def speed_choices(run: dict) -> dict:
+    """The memory format and compile choices a run trained with (``train.channels_last``/``compile``, often
+    measured per machine): runs that chose differently time, and round, differently, so they are not paired.
+    A run from before the field counts as contiguous and eager (what every CPU run then was)."""
+    return run.get("speed") or {"channels_last": False, "compile": False}
+
+
 def comparisons(runs: list[dict], index: dict[tuple, dict]) -> list[dict]:
     """One summary record per (protocol, method, baseline, iterations, overrides), over the seeds where both the
-    method's and the baseline's runs exist, in seed order (``index``: :func:`run_index` of ``runs``)."""
+    method's and the baseline's runs exist with the same :func:`speed_choices`, in seed order (``index``:
+    :func:`run_index` of ``runs``)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["baseline"]:
@@ -307,7 +316,8 @@ def comparisons(runs: list[dict], index: dict[tuple, dict]) -> list[dict]:
     records = []
     for (protocol, method, baseline, iterations, overrides), group in sorted(groups.items()):
         pairs = [(r, index.get((protocol, baseline, r["seed"], iterations, ()))) for r in group]
-        pairs = sorted(((r, b) for r, b in pairs if b), key=lambda pair: pair[0]["seed"])
+        pairs = sorted(((r, b) for r, b in pairs if b and speed_choices(r) == speed_choices(b)),
+                       key=lambda pair: pair[0]["seed"])
         if pairs:
             oracle = ORACLES.get(method)
             oracles = [index.get((protocol, oracle, r["seed"], iterations, ())) for r, _ in pairs] if oracle else []
