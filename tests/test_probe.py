@@ -53,11 +53,13 @@ def test_compile_repays_when_the_saved_seconds_exceed_the_compile_time():
     assert not compile_repays(0.0, 0.5, 0.6, 10**6)  # a slower compiled step never repays
 
 
-@pytest.mark.parametrize(("steps", "start", "expected"), [(400, 0, True), (1000, 800, False), (200, 0, False)])
+@pytest.mark.parametrize(("steps", "start", "expected"), [(400, 0, True), (1000, 720, False), (200, 0, None)])
 def test_compile_auto_keeps_the_compiled_step_only_where_its_compile_time_is_repaid(monkeypatch, steps, start,
                                                                                     expected):
     """Compiled calls take 0.4 s (+20 s and +10 s for the first two: compile and recompile), eager 0.5 s: the
-    probe measures 30 s of compiling and 0.1 s saved per step, repaid after 300 remaining steps."""
+    probe measures 30 s of compiling and 0.1 s saved per step, repaid after 300 remaining steps (280: not).
+    With 200 steps left (expected None) even a 60 s compile (MIN_COMPILE_S) that halved the step would save
+    200 × 0.25 = 50 s < 60 s: nothing is compiled."""
     clock, compiled_calls = FakeClock(), []
     method = TimedMethod(clock, lambda batch: 0.5)
 
@@ -73,13 +75,31 @@ def test_compile_auto_keeps_the_compiled_step_only_where_its_compile_time_is_rep
     models = {"m": nn.Linear(1, 1)}
     before = models["m"].weight.detach().clone()
     chosen = probe.training_step(models)
+    assert torch.equal(models["m"].weight, before) and models["m"].weight.grad is None  # no optimizer step
+    if expected is None:
+        assert chosen == method.training_step and not compiled_calls and probe.choice.compile is False
+        assert probe.choice.how["compile"] == "skipped: 200 steps of 0.500 s cannot repay a compile (≥ 60 s)"
+        return
     t = probe.choice.timings
     assert (t["eager_s"], t["compiled_s"], t["compile_s"]) == pytest.approx((0.5, 0.4, 30.0))
     assert t["compile_steps_left"] == steps - start
     assert probe.choice.compile is expected and (chosen != method.training_step) is expected
     assert probe.choice.how["compile"] == ("measured" if expected else "measured: not repaid")
     assert compiled_calls[:2] == [start, start + 1]  # the step number changes, as in training (a recompile)
-    assert torch.equal(models["m"].weight, before) and models["m"].weight.grad is None  # no optimizer step
+
+
+def test_compile_auto_stays_eager_with_the_reason_when_compiling_fails(monkeypatch):
+    def failing_compile(step):
+        def compiled(models, batch, number):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    clock = FakeClock()
+    method = TimedMethod(clock, lambda batch: 0.5)
+    probe = _probe(method, clock, "train.compile=auto")
+    assert probe.training_step({"m": nn.Linear(1, 1)}) == method.training_step
+    assert probe.choice.how["compile"] == "skipped: compiling failed (RuntimeError)" and not probe.choice.compile
 
 
 @pytest.mark.parametrize(("contiguous_s", "channels_last_s", "expected"), [(0.5, 0.4, True), (0.4, 0.5, False)])

@@ -48,6 +48,10 @@ TrainingStep = Callable[[dict[str, nn.Module], dict[str, dict[str, torch.Tensor]
 # Methods whose training step torch.compile cannot compile (torch 2.14.1, CPU): name → why. `auto` keeps
 # them eager with this reason logged; `train.compile=true` on one is a config error.
 UNCOMPILABLE: dict[str, str] = {}
+# `auto` compiles only where a compile this short that halved the step would be repaid: the shortest compile
+# seen on the test fixtures' tiny models (2 shared CPU cores) took 75 s, a real model's takes longer.
+MIN_COMPILE_S = 60.0
+MAX_COMPILE_GAIN = 0.5
 
 
 @dataclass
@@ -172,23 +176,39 @@ class SpeedProbe:
         return contiguous, channels_last, self.clock() - began
 
     def _measured_compile(self, models: dict[str, nn.Module]) -> TrainingStep:
-        """Compile the step, time it against eager on ``models`` (state restored), keep it where it repays."""
-        began = self.clock()
+        """Time eager steps; where even the cheapest compile that halved them could repay, compile the step and
+        time it against eager on ``models`` (their state restored after), keeping it where it repays."""
+        began, steps_left = self.clock(), self.cfg.train.steps - self.start_step
         fmt = torch.channels_last if self.choice.channels_last else torch.contiguous_format
+        eager_step = self._probe_step(models, fmt, self.method.training_step)
+        eager_step()  # warm-up
+        eager_s = statistics.median(self._timed(eager_step) for _ in range(self.cfg.train.probe_steps))
+        if not compile_repays(MIN_COMPILE_S, eager_s, eager_s * (1 - MAX_COMPILE_GAIN), steps_left):
+            self.choice.how["compile"] = (f"skipped: {steps_left} steps of {eager_s:.3f} s cannot repay a compile "
+                                          f"(≥ {MIN_COMPILE_S:.0f} s)")
+            return self.method.training_step
         saved = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in models.items()}
         compiled = torch.compile(self.method.training_step)
-        compiled_step = self._probe_step(models, fmt, compiled)
-        first_two = self._timed(compiled_step) + self._timed(compiled_step)  # compile, recompile (step symbolic)
-        eager_s, compiled_s = self._alternate(self._probe_step(models, fmt, self.method.training_step), compiled_step)
-        for name, model in models.items():
-            model.load_state_dict(saved[name])
-        compile_s = max(first_two - 2 * compiled_s, 0.0)
-        steps_left = self.cfg.train.steps - self.start_step
+        try:
+            compile_s, eager_s, compiled_s = self._time_compiled(eager_step, self._probe_step(models, fmt, compiled))
+        except Exception as error:  # noqa: BLE001 - any failure to compile leaves the run eager, with the reason
+            self.choice.how["compile"] = f"skipped: compiling failed ({type(error).__name__})"
+            return self.method.training_step
+        finally:
+            for name, model in models.items():
+                model.load_state_dict(saved[name])
         self.choice.compile = compile_repays(compile_s, eager_s, compiled_s, steps_left)
         self.choice.how["compile"] = "measured" if self.choice.compile else "measured: not repaid"
         self.choice.timings |= {"eager_s": eager_s, "compiled_s": compiled_s, "compile_s": compile_s,
                                 "compile_steps_left": float(steps_left), "compile_probe_s": self.clock() - began}
         return compiled if self.choice.compile else self.method.training_step
+
+    def _time_compiled(self, eager_step: Callable[[], None],
+                       compiled_step: Callable[[], None]) -> tuple[float, float, float]:
+        """Seconds spent compiling, and per step eager and compiled (alternating)."""
+        first_two = self._timed(compiled_step) + self._timed(compiled_step)  # compile, recompile (step symbolic)
+        eager_s, compiled_s = self._alternate(eager_step, compiled_step)
+        return max(first_two - 2 * compiled_s, 0.0), eager_s, compiled_s
 
     def _alternate(self, step_a: Callable[[], None], step_b: Callable[[], None]) -> tuple[float, float]:
         """One warm-up call of each, then ``train.probe_steps`` timed calls of each, alternating; the medians
@@ -225,12 +245,14 @@ class SpeedProbe:
         def run() -> None:
             rng = _rng_state(self.device)
             batch = {name: self.prepare({k: v.clone() for k, v in b.items()}, fmt) for name, b in raw.items()}
-            with torch.autocast(self.device.type, enabled=self.amp):
-                loss = step(models, batch, next(calls))["loss"]
-            loss.backward()
-            for model in models.values():
-                model.zero_grad(set_to_none=True)
-            _set_rng_state(self.device, rng)
+            try:
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    loss = step(models, batch, next(calls))["loss"]
+                loss.backward()
+            finally:  # also after a failed compile
+                for model in models.values():
+                    model.zero_grad(set_to_none=True)
+                _set_rng_state(self.device, rng)
         return run
 
     def _first_batch(self) -> RawBatch:
