@@ -45,9 +45,14 @@ RawBatch = dict[str, torch.Tensor]
 Prepare = Callable[[RawBatch, torch.memory_format], dict[str, torch.Tensor]]
 TrainingStep = Callable[[dict[str, nn.Module], dict[str, dict[str, torch.Tensor]], int], dict[str, torch.Tensor]]
 
-# Methods whose training step torch.compile cannot compile (torch 2.14.1, CPU): name → why. `auto` keeps
-# them eager with this reason logged; `train.compile=true` on one is a config error.
-UNCOMPILABLE: dict[str, str] = {}
+# Methods whose training step torch.compile cannot compile (torch 2.14.1, CPU, tried on the test fixtures by
+# experiments/benchmarks/compile_methods.py): name → why. `auto` keeps them eager with this reason logged;
+# `train.compile=true` on one is a config error. The others compile with graph breaks where a step reads a
+# tensor's value (`.item()`, data-dependent branches, `nonzero`): those parts stay eager.
+UNCOMPILABLE: dict[str, str] = {
+    "cac": "its chunked contrastive loss writes each chunk's logits into one reused buffer with "
+           "torch.mm(out=<a view>), which the compiler's fake tensors cannot run: inductor fails on aten.set_",
+}
 # `auto` compiles only where a compile this short that halved the step would be repaid: the shortest compile
 # seen on the test fixtures' tiny models (2 shared CPU cores) took 75 s, a real model's takes longer.
 MIN_COMPILE_S = 60.0
