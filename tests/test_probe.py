@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from raysemi.config import load_config
-from raysemi.engine import probe as probe_module
 from raysemi.engine.checkpoint import latest_checkpoint, load_tensors
 from raysemi.engine.local import train_local
 from raysemi.engine.probe import SpeedProbe, check_compilable, compile_repays, stored_choices
@@ -137,12 +136,36 @@ def test_a_stored_or_known_choice_reads_no_batch_and_times_nothing():
     assert stored_choices({"step": 4}) is None
 
 
-def test_compile_true_on_a_method_that_cannot_compile_is_a_one_line_error(monkeypatch):
-    monkeypatch.setitem(probe_module.UNCOMPILABLE, "cps", "a reason")
-    with pytest.raises(ConfigError, match=r"^train.compile=true: method cps cannot be compiled \(a reason\); use "):
-        check_compilable("cps", True)
-    check_compilable("cps", "auto")  # auto skips it with the reason logged
+def test_compile_true_on_a_method_that_cannot_compile_is_a_one_line_error():
+    with pytest.raises(ConfigError, match=r"^train.compile=true: method cac cannot be compiled \(its chunked "
+                                          r"contrastive loss .*\); use train.compile=false or auto$"):
+        check_compilable("cac", True)
+    check_compilable("cac", "auto")  # auto skips it with the reason logged
     check_compilable("supervised", True)
+    clock = FakeClock()
+    probe = _probe(TimedMethod(clock, lambda batch: pytest.fail("the probe ran")), clock, "method=cac",
+                   "train.compile=auto")
+    probe.training_step({"m": nn.Linear(1, 1)})
+    assert probe.choice.how["compile"].startswith("skipped: method cac cannot be compiled (its chunked")
+
+
+@pytest.mark.slow
+def test_the_supervised_step_compiles_and_gives_the_eager_loss():
+    """A real compile of the supervised step on the contract's tiny model: about 4 minutes on 2 busy cores."""
+    from raysemi.methods import build_method
+    from tests.test_method_contract import _batch, _config, _models
+
+    method = build_method(_config("supervised"))
+    models, batch = _models(method), _batch(method)
+    for module in models["segmenter"].modules():
+        if isinstance(module, nn.Dropout | nn.Dropout2d):
+            module.eval()  # the compiled step draws dropout masks differently
+    eager = method.training_step(models, batch, 0)["loss"]
+    probe = SpeedProbe(load_config(None, ["train.compile=true"]), method, CPU, False, lambda raw, fmt: raw, {}, 0,
+                       1, None)
+    compiled = probe.training_step(models)
+    assert compiled != method.training_step and probe.choice.how == {"compile": "set"}
+    torch.testing.assert_close(compiled(models, batch, 0)["loss"], eager, rtol=1e-4, atol=1e-5)
 
 
 def _chosen_by_fake_timings(monkeypatch, contiguous_s: float, channels_last_s: float) -> list[int]:
