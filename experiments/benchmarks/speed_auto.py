@@ -78,7 +78,8 @@ def markdown(record: dict) -> str:
              f"{record['steps']} iterations)", "",
              f"One run on `{record['device']}`, commit `{record['commit']}`, {record['date']}. Before: "
              f"`{' '.join(record['before'])}`; after: `{' '.join(AFTER)}`. Training time from the logged "
-             "intervals (start-up and evaluation left out); wall time includes them and the probes.", "",
+             "intervals (start-up and evaluation left out); wall time includes them and the probes. A chained method's "
+             "choices and probe time are its last stage's.", "",
              "| method | before: train s | after: train s | before / after | before: wall s | after: wall s "
              "| auto's choices | probe s |", "|---|---|---|---|---|---|---|---|"]
     for before, after in zip(record["runs"][::2], record["runs"][1::2], strict=True):
