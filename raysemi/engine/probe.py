@@ -53,8 +53,9 @@ UNCOMPILABLE: dict[str, str] = {
     "cac": "its chunked contrastive loss writes each chunk's logits into one reused buffer with "
            "torch.mm(out=<a view>), which the compiler's fake tensors cannot run: inductor fails on aten.set_",
 }
-# `auto` compiles only where a compile this short that halved the step would be repaid: the shortest compile
-# seen on the test fixtures' tiny models (2 shared CPU cores) took 75 s, a real model's takes longer.
+# `auto` compiles only where a compile this short that halved the step would be repaid: the shortest first
+# compile in experiments/benchmarks/results/compile_methods.md took 175 s (2 busy cores); 60 s leaves room for
+# faster machines. Halving is generous: no method's step compiled to half its eager time in the probes seen.
 MIN_COMPILE_S = 60.0
 MAX_COMPILE_GAIN = 0.5
 
