@@ -19,7 +19,7 @@ from raysemi.data.dataset import DatasetSource
 from raysemi.data.splits import write_split_file
 from raysemi.engine.checkpoint import latest_checkpoint
 from raysemi.engine.mirror import mirror_for
-from raysemi.engine.storage import check_run_storage, storage_errors
+from raysemi.engine.storage import check_run_storage
 from raysemi.errors import ConfigError
 
 # Keys that may change between an interrupted run and its resumption.
@@ -108,5 +108,5 @@ def trained_summary(run_dir: Path) -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """:func:`raysemi.atomic.write_json` into a run directory: a full disk is a one-line :class:`StorageError`."""
-    with storage_errors(path, path.name):
+    with atomic.storage_errors(path, path.name):
         atomic.write_json(path, data)

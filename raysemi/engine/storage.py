@@ -8,11 +8,8 @@ filling up mid-run, storage going read-only) surfaces where the write fails, as 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -21,7 +18,6 @@ from raysemi.errors import StorageError
 
 MIB = 2**20
 HEADROOM_BYTES = 64 * MIB  # metrics, configs, split files, Ray Train's own files
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
 def check_run_storage(run_dir: Path, needed_bytes: int) -> None:
@@ -55,15 +51,3 @@ def run_storage_bytes(models: dict[str, nn.Module], keep_checkpoints: int) -> in
     plus headroom for the run's small files."""
     weights = sum(t.numel() * t.element_size() for m in models.values() for t in m.state_dict().values())
     return (keep_checkpoints + 1) * 4 * weights + HEADROOM_BYTES
-
-
-@contextlib.contextmanager
-def storage_errors(path: Path, what: str) -> Iterator[None]:
-    """Turn a write that fails for lack of space or permission into a one-line :class:`StorageError`."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in STORAGE_ERRNOS:
-            raise
-        raise StorageError(f"{path}: could not write {what} ({exc.strerror}); free space on that disk or point "
-                           "run.dir at other storage, then run the same command again to resume") from None

@@ -13,9 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from raysemi.atomic import write_text
+from raysemi.atomic import storage_errors, write_text
 from raysemi.config import Config
-from raysemi.engine.storage import storage_errors
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
