@@ -18,6 +18,7 @@ multiply their batch size by their GPU count when porting a config.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from raysemi.data.formats import FORMATS
 from raysemi.errors import ConfigError
 from raysemi.methods.registry import method_class, method_names, method_sections
+from raysemi.models.backbones import BACKBONES
+from raysemi.models.heads import HEADS
 from raysemi.sections import (
-    BACKBONES,
-    DATA_FORMATS,
-    HEADS,
     CommonConfig,
     DataConfig,
     EvalConfig,
@@ -50,10 +51,24 @@ from raysemi.sections import (
 )
 
 __all__ = [
-    "BACKBONES", "DATA_FORMATS", "HEADS", "CommonConfig", "Config", "DataConfig", "EvalConfig", "LossConfig",
+    "NAMED_PARTS", "CommonConfig", "Config", "DataConfig", "EvalConfig", "LossConfig",
     "ModelConfig", "OptimConfig", "RunSection", "ScalingSection", "Section", "SyntheticConfig", "TrackingConfig",
     "TrainConfig", "TTAConfig", "WandbConfig", "load_config", "set_dotted", "validate_config",
 ]
+
+# Keys whose values name a part that its own module owns and lists once (format, backbone and head dicts):
+# checked here, above those modules, so a name added to its owner's dict is accepted with no other edit.
+NAMED_PARTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("data", "format"): FORMATS,
+    ("model", "backbone"): BACKBONES,
+    ("model", "head"): HEADS,
+}
+
+
+def _choices_text(names: Iterable[str]) -> str:
+    """``'a', 'b' or 'c'``, as pydantic words a Literal's choices."""
+    quoted = list(map(repr, names))
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
 
 
 class Config(CommonConfig):
@@ -69,9 +84,20 @@ class Config(CommonConfig):
     def _registered(cls, name: str) -> str:
         names = method_names()
         if name not in names:
-            expected = ", ".join(map(repr, names[:-1])) + f" or {names[-1]!r}" if len(names) > 1 else repr(names[0])
+            expected = _choices_text(names)
             raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
         return name
+
+    @model_validator(mode="after")
+    def _known_parts(self) -> Config:
+        """Each of :data:`NAMED_PARTS` names one of its owner's parts (a literal error at its dotted key)."""
+        for (section, key), names in NAMED_PARTS.items():
+            value = getattr(getattr(self, section), key)
+            if value not in names:
+                raise ValidationError.from_exception_data(type(self).__name__, [
+                    {"type": "literal_error", "loc": (section, key), "input": value,
+                     "ctx": {"expected": _choices_text(names)}}])
+        return self
 
     @model_validator(mode="wrap")
     @classmethod

