@@ -18,6 +18,7 @@ multiply their batch size by their GPU count when porting a config.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,11 @@ class Config(CommonConfig):
     """A whole config: the common sections, ``method`` (a registered method's name) and one section per
     registered method with options, in registry order (``cps: {...}``; every one present, with its defaults
     where not given). The method sections are looked up in the registry at validation time, so a method
-    registered later (a plug-in, a test) is accepted by this same class."""
+    registered later (a plug-in, a test) is accepted by this same class; the modules a config names in
+    ``plugins`` are imported before anything else is read, in whatever process validates it.
+
+    A run stores (``config.yaml``) and compares on resume only the common sections and its own method's
+    (:meth:`run_dump`)."""
 
     model_config = ConfigDict(extra="allow")  # only the method sections: see _method_sections
 
@@ -106,6 +111,7 @@ class Config(CommonConfig):
         key that is not a common section, and hand the validated sections on as the model's extras."""
         if not isinstance(data, dict):
             return handler(data)
+        import_plugins(data.get("plugins") or [])
         sections = method_sections()
         unknown = [key for key in data if key not in cls.model_fields and key not in sections]
         if unknown:
@@ -147,8 +153,32 @@ class Config(CommonConfig):
     def accepted_keys(cls) -> list[str]:
         return sorted([*cls.model_fields, *method_sections()])
 
+    def run_dump(self) -> dict[str, Any]:
+        """What a run stores and compares on resume: the common sections and the active method's section only,
+        so that adding an option to another method leaves older runs resumable."""
+        return active_sections(self.model_dump(mode="json"))
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.run_dump(), sort_keys=False)
+
+
+def active_sections(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a dumped config) without the sections of methods other than its ``method``."""
+    return {key: value for key, value in raw.items() if key in CommonConfig.model_fields or key == raw.get("method")}
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import the ``plugins`` modules (each registers its methods when imported; a second import is a no-op).
+
+    Raises:
+        ConfigError: a module cannot be imported; the message names it and where it must be.
+    """
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import {name!r} ({exc}); install it, or put its folder on "
+                              "PYTHONPATH (on a cluster: in the job's working_dir or py_modules)") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -226,6 +226,10 @@ class CommonConfig(Section):
 
     method: str = Field(
         "supervised", description="the training method (docs/methods.md); its own section holds its keys")
+    plugins: list[str] = Field([], description="modules to import before the config is read, in every process "
+                               "that reads it (driver, Ray workers, Tune trials, job entrypoints): each registers "
+                               "its methods (`raysemi.methods.registry.register`); importable there (installed, "
+                               "on PYTHONPATH, or in the job's working_dir)")
     run: RunSection = RunSection()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from raysemi import atomic
-from raysemi.config import Config
+from raysemi.config import Config, active_sections
 from raysemi.data.dataset import DatasetSource
 from raysemi.data.splits import write_split_file
 from raysemi.engine.checkpoint import latest_checkpoint
@@ -63,8 +63,10 @@ def prepare_run_dir(cfg: Config, source: DatasetSource) -> tuple[Path, int]:
 
 
 def _check_same_run(run_dir: Path, cfg: Config) -> None:
-    old = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    new = _flatten(cfg.model_dump(mode="json"))
+    """Refuse a config that differs from the run's in a key that is not resumable; the sections of other
+    methods than the run's are not compared (runs written before they were left out still hold them)."""
+    old = _flatten(active_sections(yaml.safe_load((run_dir / "config.yaml").read_text())))
+    new = _flatten(cfg.run_dump())
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not _resumable(k)]
     if changed:
         key = changed[0]

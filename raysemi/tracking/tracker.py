@@ -119,7 +119,7 @@ def _init_wandb(cfg: Config, run_dir: Path):
         resume="allow",
         mode=w.mode,
         dir=str(run_dir),
-        config=cfg.model_dump(mode="json") | facts,
+        config=cfg.run_dump() | facts,
         tags=[f"{key}={value}" if key != "method" else str(value) for key, value in facts.items()],
     )
     run.define_metric("val/miou", summary="max")  # a sweep's runs compare by their best evaluation
