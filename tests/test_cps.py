@@ -236,3 +236,93 @@ def test_supervised_and_cps_heads_share_the_kaiming_fan_in_init():
         stds.append([model.classifier.weight.std().item() for model in models.values()])
     for std in stds[0] + stds[1]:
         assert std == pytest.approx(math.sqrt(2 / 64), rel=0.05)
+
+
+# --- the departures of issue 36: passes, the labeled CPS term, network 1's init ---------------------------------
+
+
+def _batch(n_labeled=2, n_unlabeled=3):
+    g = torch.Generator().manual_seed(0)
+    return {"labeled": {"image": torch.randn(n_labeled, 3, 24, 32, generator=g),
+                        "mask": torch.randint(0, 3, (n_labeled, 24, 32), generator=g)},
+            "unlabeled": {"image": torch.randn(n_unlabeled, 3, 24, 32, generator=g)}}
+
+
+def _student_batchnorm_calls(method):
+    """(input, output) of net1's first BatchNorm in each gradient-enabled (student) pass of one training step
+    (copies: an in-place ReLU follows)."""
+    models = method.build_models(3)
+    norm = next(m for m in models["net1"].modules() if isinstance(m, torch.nn.BatchNorm2d))
+    calls = []
+    norm.register_forward_hook(lambda module, args, out: calls.append((args[0].detach().clone(), out.detach().clone()))
+                               if torch.is_grad_enabled() else None)
+    method.training_step(models, _batch(), step=0)
+    return norm, calls
+
+
+def _normalised_by_own_batch(norm, features):
+    mean = features.mean(dim=(0, 2, 3), keepdim=True)
+    var = features.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    scale, shift = norm.weight.detach().view(1, -1, 1, 1), norm.bias.detach().view(1, -1, 1, 1)
+    return (features - mean) / torch.sqrt(var + norm.eps) * scale + shift
+
+
+def test_separate_passes_normalise_each_batch_by_its_own_statistics():
+    norm, calls = _student_batchnorm_calls(_cps())
+    # 3 mixed unlabeled images first, then the 2 labeled ones, as the released code
+    assert [len(features) for features, _ in calls] == [3, 2]
+    for features, out in calls:
+        torch.testing.assert_close(out, _normalised_by_own_batch(norm, features), atol=1e-4, rtol=1e-4)
+
+
+def test_one_pass_normalises_labeled_images_by_the_joint_batch():
+    norm, calls = _student_batchnorm_calls(_cps("cps.separate_passes=false"))
+    assert [len(features) for features, _ in calls] == [5]  # 2 labeled + 3 mixed in one pass
+    features, out = calls[0]
+    torch.testing.assert_close(out, _normalised_by_own_batch(norm, features), atol=1e-4, rtol=1e-4)
+    alone = _normalised_by_own_batch(norm, features[:2])
+    assert (out[:2] - alone).abs().max() > 0.05  # the labeled images are not normalised by their own statistics
+
+
+def test_labeled_cps_term_reaches_the_labeled_logits_only_with_hand_values():
+    # one labeled pixel, two classes: network 1 says class 0 (logits 2, 0), network 2 class 1 (logits 0, 1)
+    labeled_1 = _pixels([2.0, 0.0]).requires_grad_()
+    labeled_2 = _pixels([0.0, 1.0]).requires_grad_()
+    mixed_1, mixed_2 = torch.randn(2, 2, 4, 4, requires_grad=True), torch.randn(2, 2, 4, 4, requires_grad=True)
+    teacher_1, teacher_2 = torch.randn(2, 2, 4, 4), torch.randn(2, 2, 4, 4)
+    _, term = _cps().cps_terms(labeled_1, labeled_2, mixed_1, mixed_2, teacher_1, teacher_2)
+    # CE((2, 0), class 1) + CE((0, 1), class 0) = log(1 + e²) + log(1 + e) = 2.1269 + 1.3133
+    assert term.item() == pytest.approx(math.log(1 + math.e**2) + math.log(1 + math.e), rel=1e-6)
+    grads = torch.autograd.grad(term, [labeled_1, labeled_2, mixed_1, mixed_2], allow_unused=True)
+    # d/dlogits = softmax − one-hot(pseudo-label): network 1 (0.8808, 0.1192 − 1); network 2 (0.2689 − 1, 0.7311)
+    sigmoid_2, sigmoid_1 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-1))
+    torch.testing.assert_close(grads[0].flatten(), torch.tensor([sigmoid_2, -sigmoid_2]))
+    torch.testing.assert_close(grads[1].flatten(), torch.tensor([-sigmoid_1, sigmoid_1]))
+    assert grads[2] is None and grads[3] is None  # the mixed logits get nothing from the labeled term
+    _, off = _cps("cps.on_labeled=false").cps_terms(labeled_1, labeled_2, mixed_1, mixed_2, teacher_1, teacher_2)
+    assert off.item() == 0.0 and not off.requires_grad
+
+
+def test_the_step_adds_the_labeled_term_to_the_logged_cps_loss():
+    method = _cps()
+    out = method.training_step(method.build_models(3), _batch(), step=0)
+    assert out["loss_cps_labeled"].item() > 0 and out["loss_cps"].item() > out["loss_cps_labeled"].item()
+    unlabeled_only = _cps("cps.on_labeled=false")
+    assert "loss_cps_labeled" not in unlabeled_only.training_step(unlabeled_only.build_models(3), _batch(), step=0)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_network_1_starts_as_the_supervised_model_of_the_same_seed(seed):
+    # the training loop seeds torch's global generator with run.seed right before build_models (engine/loop.py)
+    model = ["model.backbone=tiny", "model.pretrained=false", "model.head_channels=8", f"run.seed={seed}"]
+    torch.manual_seed(seed)
+    supervised = build_method(load_config(None, ["method=supervised", *model])).build_models(3)["segmenter"]
+    torch.manual_seed(seed)
+    cps = _cps(f"run.seed={seed}").build_models(3)
+    expected, net1 = supervised.state_dict(), cps["net1"].state_dict()
+    assert expected.keys() == net1.keys() and all(torch.equal(expected[k], net1[k]) for k in expected)
+    assert not torch.equal(cps["net2"].classifier.weight, cps["net1"].classifier.weight)
+    torch.manual_seed(seed)
+    seeded = _cps(f"run.seed={seed}", "cps.net1_init=seeded").build_models(3)
+    assert not torch.equal(seeded["net1"].classifier.weight, supervised.classifier.weight)
+    assert torch.equal(seeded["net2"].classifier.weight, cps["net2"].classifier.weight)  # net 2 alike either way
