@@ -395,9 +395,10 @@ def test_p2_cps_as_published_and_its_baselines_share_one_optimizer():
 
     published = {name: config(name) for name in ("cps", "cps_control", "supervised_cps_optim",
                                                   "supervised_unlabeled_bn_cps_optim")}
-    for cfg in published.values():  # SGD, weight decay 5e-4, one rate for backbone and head
-        assert (cfg.optim.name, cfg.optim.weight_decay, cfg.optim.backbone_lr_mult, cfg.optim.lr) == (
-            "sgd", 0.0005, 1.0, 0.02)
+    for cfg in published.values():  # SGD, weight decay 5e-4 (not on biases and norms), one rate for all
+        optim = cfg.optim
+        assert (optim.name, optim.weight_decay, optim.decay_norm_and_bias, optim.backbone_lr_mult, optim.lr) == (
+            "sgd", 0.0005, False, 1.0, 0.02)
     assert published["cps"].cps.rampup_steps == 0 and published["cps_control"].cps.weight == 0
     assert published["supervised_unlabeled_bn_cps_optim"].supervised.unlabeled_batchnorm
     assert config("supervised").optim.backbone_lr_mult == 0.1  # the protocol's own baseline is unchanged

@@ -92,8 +92,8 @@ def test_a_trial_config_sets_every_sampled_key():
 
 def test_the_p2_cps_sweep_loads_on_p2_with_cps_as_published_and_scores_on_the_selection_split():
     path = REPO / "experiments" / "sweeps" / "cps_p2.yaml"
-    overrides = ["method=cps", "optim.weight_decay=0.0005", "optim.backbone_lr_mult=1.0",
-                 "data.val_split=experiments/protocols/p2_camvid/selection.txt"]
+    overrides = ["method=cps", "optim.weight_decay=0.0005", "optim.decay_norm_and_bias=false",
+                 "optim.backbone_lr_mult=1.0", "data.val_split=experiments/protocols/p2_camvid/selection.txt"]
     assert " ".join(overrides) in path.read_text()  # the command its header gives
     protocol = REPO / "experiments" / "protocols" / "p2_camvid.yaml"
     cfg = load_config(protocol, overrides)
