@@ -123,6 +123,8 @@ class OptimConfig(Section):
     backbone_lr_mult: float = Field(1.0, ge=0.0, description="backbone learning rate = `lr` × this")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0.0, description="weight decay")
+    decay_norm_and_bias: bool = Field(True, description="weight decay on biases and normalisation weights too; "
+                                      "false: on conv and linear weights only (TorchSemiSeg's CPS)")
     poly_power: float = Field(0.9, ge=0.0, description="power of the poly schedule")
 
 

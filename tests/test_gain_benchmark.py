@@ -384,3 +384,21 @@ def test_difference_text_uses_the_unrounded_mious():
     # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
     assert gain.difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
     assert gain.difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
+
+
+def test_p2_cps_as_published_and_its_baselines_share_one_optimizer():
+    gain = load_gain()
+    protocol = gain.PROTOCOLS["p2"]
+
+    def config(variant):
+        return load_config(REPO / protocol.config, list(gain.variant_overrides(protocol, variant)))
+
+    published = {name: config(name) for name in ("cps", "cps_control", "supervised_cps_optim",
+                                                  "supervised_unlabeled_bn_cps_optim")}
+    for cfg in published.values():  # SGD, weight decay 5e-4 (not on biases and norms), one rate for all
+        optim = cfg.optim
+        assert (optim.name, optim.weight_decay, optim.decay_norm_and_bias, optim.backbone_lr_mult, optim.lr) == (
+            "sgd", 0.0005, False, 1.0, 0.02)
+    assert published["cps"].cps.rampup_steps == 0 and published["cps_control"].cps.weight == 0
+    assert published["supervised_unlabeled_bn_cps_optim"].supervised.unlabeled_batchnorm
+    assert config("supervised").optim.backbone_lr_mult == 0.1  # the protocol's own baseline is unchanged
