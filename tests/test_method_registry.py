@@ -72,7 +72,7 @@ def test_the_config_accepts_the_method_and_its_section(scaled_ce, tmp_path):
 
 def test_without_the_registration_the_name_and_the_section_are_refused():
     with pytest.raises(ConfigError, match=r"method='scaled_ce' is not accepted; choose one of 'supervised', "
-                                          r"'cps', 'cac', 'self_correction' or 'simformer'"):
+                                          r"'cps', 'cac', 'self_correction', 'simformer' or 'unimatch'"):
         load_config(None, ["method=scaled_ce"])
     with pytest.raises(ConfigError, match=r"unknown key scaled_ce \(accepted: cac, cps, data, eval, loss, method, "):
         load_config(None, ["scaled_ce.scale=2"])
