@@ -1,5 +1,7 @@
 """The SimFormer method: targets, the weak-shot data view, partners, which losses train what, base/novel mIoU."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -8,13 +10,14 @@ from raysemi.config import load_config
 from raysemi.data.formats import GenericFormat
 from raysemi.data.pairs import partner_samples, write_pairs_file
 from raysemi.data.pipeline import plan_records
-from raysemi.data.streams import WeakShotView, stream_decoder
+from raysemi.data.streams import stream_decoder
 from raysemi.data.transforms import TrainAugment
 from raysemi.data.weak_labels import ClassSplit
 from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.engine.pseudo_labels import novel_pseudo_label
 from raysemi.errors import DataError
 from raysemi.methods import StreamSpec, build_method
+from raysemi.methods.simformer import WeakShotView
 from tests.test_method_contract import _batch
 
 NOVEL = [4, 5]  # synthetic classes ring and cross
@@ -104,11 +107,11 @@ def test_basic_model_has_no_head_and_no_pixel_losses():
 def test_weak_shot_view_hides_novel_pixels_keeps_their_tags_and_pairs_each_image(synthetic_root):
     reader = GenericFormat(synthetic_root)
     samples = reader.samples("train")[:4]
-    partners = partner_samples(reader, samples, NOVEL, seed=0)
-    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled", partners=partners)
     view = WeakShotView(ClassSplit(tuple(NOVEL)))
+    source = SimpleNamespace(reader=reader, classes=reader.classes)
+    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled", columns=view.record_columns(source, samples))
     identity = TrainAugment((48, 64), (1.0, 1.0), hflip=False, color_jitter=0.0)  # the crop is the whole image
-    decode = stream_decoder(StreamSpec("labeled", 4, weak_shot=view), "generic", str(synthetic_root), identity)
+    decode = stream_decoder(StreamSpec("labeled", 4, view), "generic", str(synthetic_root), identity)
     out = decode({key: np.array([r[key] for r in records]) for key in records[0]})
     for prefix in ("", "partner_"):
         assert out[f"{prefix}image"].shape == (4, 3, 48, 64) and out[f"{prefix}valid_pixels"].all()

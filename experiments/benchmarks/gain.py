@@ -167,6 +167,7 @@ PROTOCOLS = {
             **UNLABELED_BATCHNORM,
             "cps": ("method=cps",),
             "cac": ("method=cac", "cac.start_step=50", "cac.rampup_steps=100"),
+            "unimatch": ("method=unimatch",),
             # two of the five shapes novel: square and ring
             **simformer_variants(P1_ALL_LABELS, "[2,4]"),
             **self_correction_variants("self_correction.free_classes=[0]"),
@@ -180,6 +181,7 @@ PROTOCOLS = {
             **CPS_BASELINES,
             "cps": ("method=cps", *CPS_PUBLISHED_OPTIM),
             "cac": ("method=cac", "cac.start_step=100", "cac.rampup_steps=150", "cac.queue_steps=4"),
+            "unimatch": ("method=unimatch",),
             # Car alone novel (simformer_*), then Car, Pedestrian and Bicyclist (simformer3_*)
             **simformer_variants(P2_ALL_LABELS, "[8]", optim=MASKFORMER_OPTIM),
             **simformer_variants(P2_ALL_LABELS, "[8,9,10]", name="simformer3", optim=MASKFORMER_OPTIM),

@@ -13,6 +13,7 @@ from raysemi.methods.cps import CrossPseudoSupervision
 from raysemi.methods.self_correction import SelfCorrection
 from raysemi.methods.simformer import SimFormer
 from raysemi.methods.supervised import Supervised
+from raysemi.methods.unimatch import UniMatch
 from raysemi.sections import CommonConfig, Section
 
 _METHODS: dict[str, type[Method]] = {}
@@ -78,3 +79,4 @@ register(CrossPseudoSupervision)
 register(ContextAwareConsistency)
 register(SelfCorrection)
 register(SimFormer)
+register(UniMatch)

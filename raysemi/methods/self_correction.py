@@ -33,6 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from raysemi.data.dataset import DatasetSource
+from raysemi.data.views import PlainCrops
 from raysemi.data.weak_labels import boxless_classes
 from raysemi.errors import DataError
 from raysemi.losses import linear_self_correction, soft_cross_entropy
@@ -162,7 +163,7 @@ class AncillaryStage(SelfCorrection):
 
     def streams(self) -> dict[str, StreamSpec]:
         source = "labeled_half" if self.options.mode == "conv" else "labeled"
-        return {"labeled": StreamSpec(source, self.cfg.train.batch_size, boxes=True)}
+        return {"labeled": StreamSpec(source, self.cfg.train.batch_size, PlainCrops(boxes_from_masks=True))}
 
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
@@ -185,7 +186,7 @@ class CorrectorStage(SelfCorrection):
         }
 
     def streams(self) -> dict[str, StreamSpec]:
-        return {"labeled": StreamSpec("labeled", self.cfg.train.batch_size, boxes=True)}
+        return {"labeled": StreamSpec("labeled", self.cfg.train.batch_size, PlainCrops(boxes_from_masks=True))}
 
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
@@ -212,7 +213,7 @@ class PrimaryStage(SelfCorrection):
     def streams(self) -> dict[str, StreamSpec]:
         conv = self.options.mode == "conv"
         return {
-            "labeled": StreamSpec("labeled", self.cfg.train.batch_size, boxes=conv),
+            "labeled": StreamSpec("labeled", self.cfg.train.batch_size, PlainCrops(boxes_from_masks=conv)),
             "weak": StreamSpec("unlabeled", self.cfg.train.unlabeled_batch_size),
         }
 
