@@ -57,6 +57,12 @@ def dataset_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser()
 
 
+def dataset_classes(cfg: DataConfig) -> ClassInfo:
+    """The classes of the configured dataset (its class list only: no split is read), for a method that needs
+    their names when it builds its models (self-correction's stuff classes, :mod:`raysemi.data.weak_labels`)."""
+    return open_format(cfg.format, dataset_root(cfg)).classes
+
+
 def open_dataset(cfg: DataConfig) -> DatasetSource:
     """Resolve the root, list train/val samples and choose the labeled split (file, count or fraction).
 

@@ -34,6 +34,7 @@ from raysemi.data.weak_labels import (
     mask_boxes,
     rasterize_boxes,
 )
+from raysemi.sections import BoxesConfig
 
 Record = dict[str, Any]
 
@@ -115,7 +116,7 @@ class DecodeTrainBatch:
     format_name: str
     root: str
     augment: TrainAugment
-    boxes_from_masks: bool = False  # labeled streams: add the raster of boxes derived from each mask
+    boxes_from_masks: BoxesConfig | None = None  # labeled streams: the raster of each mask's boxes, by this rule
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reader = _reader(self.format_name, self.root)
@@ -124,8 +125,8 @@ class DecodeTrainBatch:
         for row in _rows(batch):
             image_np, mask_np = load_sample(reader, _sample(row))
             boxes = parse_boxes(str(row["boxes"])) if "boxes" in row else None
-            if self.boxes_from_masks and mask_np is not None:
-                boxes = mask_boxes(mask_np, reader.classes)
+            if self.boxes_from_masks is not None and mask_np is not None:
+                boxes = mask_boxes(mask_np, reader.classes, self.boxes_from_masks)
             image, mask = to_tensors(image_np, mask_np)
             generator = torch.Generator().manual_seed(int(row["seed"]))
             image, mask, geometry = self.augment.augment(image, mask, generator)
@@ -195,8 +196,10 @@ class DecodeWeakShotPairs:
     Output per image: ``image`` ``(B, 3, h, w)`` uint8; ``mask`` ``(B, h, w)`` uint8 with the novel classes'
     pixels set to ignore (255) when ``hide_novel``, so novel, void and padding pixels look alike, as they do to
     a user whose masks annotate base classes only; ``image_tags`` ``(B, C)`` float32, the classes present in
-    the crop's full mask (crop-level tags: an image-level tag for a class the crop cut away would ask the model
-    to find what is not there); ``valid_pixels`` ``(B, h, w)`` uint8, 1 on image pixels (0 on padding). The
+    the whole image's full mask, computed before the crop: image-level tags are the weak label the method is
+    defined on, and tags of the crop would tell the model where a novel class is (a crop that cut a tagged
+    class away still carries its tag, as the image's annotation does); ``valid_pixels`` ``(B, h, w)`` uint8,
+    1 on image pixels (0 on padding). The
     same four with a ``partner_`` prefix for the reference images, each augmented with its own seed.
     """
 
@@ -221,14 +224,15 @@ class DecodeWeakShotPairs:
     def _view(self, reader: DatasetFormat, novel: list[int], image_path: str, mask_path: str,
               seed: int) -> dict[str, np.ndarray]:
         image_np, mask_np = load_sample(reader, Sample(Path(image_path), Path(mask_path)))
+        classes = reader.classes
+        tags = image_tags(mask_np, classes.num_classes, classes.ignore_index)  # the whole image's, not the crop's
         image, mask = to_tensors(image_np, mask_np)
         image, mask, geometry = self.augment.augment(image, mask, torch.Generator().manual_seed(seed))
-        classes = reader.classes
         mask_np = mask.numpy()
         return {
             "image": image.numpy(),
             "mask": hide_novel(mask_np, novel, classes.ignore_index) if self.hide_novel else mask_np,
-            "image_tags": image_tags(mask_np, classes.num_classes, classes.ignore_index),
+            "image_tags": tags,
             "valid_pixels": geometry.valid().numpy().astype(np.uint8),
         }
 
@@ -246,19 +250,19 @@ def _tags(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarra
 @dataclass(frozen=True)
 class DecodeEvalRow:
     """Ray Data ``map`` function: a val record → full-size ``image`` ``(3, H, W)`` uint8, ``mask``, ``valid``,
-    and with ``boxes_from_masks`` a ``boxes`` raster ``(C + 1, H, W)`` of the boxes of its mask (for the
-    box-conditioned ancillary model of self-correction)."""
+    and with ``boxes_from_masks`` (a ``data.boxes`` rule) a ``boxes`` raster ``(C + 1, H, W)`` of the boxes of
+    its mask (for the box-conditioned ancillary model of self-correction)."""
 
     format_name: str
     root: str
-    boxes_from_masks: bool = False
+    boxes_from_masks: BoxesConfig | None = None
 
     def __call__(self, row: Record) -> Record:
         reader = _reader(self.format_name, self.root)
         image, mask = load_sample(reader, _sample(row))
         out = {"image": to_tensors(image, None)[0].numpy(), "mask": mask, "valid": bool(row["valid"])}
-        if self.boxes_from_masks:
-            out["boxes"] = mask_box_raster(mask, reader.classes).to(torch.uint8).numpy()
+        if self.boxes_from_masks is not None:
+            out["boxes"] = mask_box_raster(mask, reader.classes, self.boxes_from_masks).to(torch.uint8).numpy()
         return out
 
 

@@ -18,6 +18,7 @@ from raysemi.data.pairs import partner_samples
 from raysemi.data.pipeline import DecodeCropPairs, DecodeTrainBatch, DecodeWeakShotPairs, Record, plan_records
 from raysemi.data.transforms import TrainAugment
 from raysemi.data.weak_labels import ClassSplit
+from raysemi.sections import BoxesConfig
 
 StreamDecoder = DecodeTrainBatch | DecodeCropPairs | DecodeWeakShotPairs
 
@@ -42,7 +43,7 @@ class StreamSpec:
     samples carry no mask path, so their masks are never read), plus ``image_tags`` when ``data.unlabeled_tags``
     is set, or ``boxes`` (a box raster) when ``data.unlabeled_boxes`` is. With ``crops`` set, each image arrives
     as two overlapping crops instead (CAC; see :class:`raysemi.data.pipeline.DecodeCropPairs` for the keys).
-    ``boxes=True`` on a labeled stream adds the raster of boxes derived from each image's mask.
+    ``boxes`` (a ``data.boxes`` rule) on a labeled stream adds the raster of the boxes drawn on each image's mask.
     ``source="labeled_half"`` draws from the first half of the labeled split only. With ``weak_shot`` set,
     each image arrives with its reference image, novel pixels hidden and tags added (SimFormer; see
     :class:`raysemi.data.pipeline.DecodeWeakShotPairs`; ``batch_size`` counts the images, not the partners).
@@ -51,7 +52,7 @@ class StreamSpec:
     source: Literal["labeled", "labeled_half", "unlabeled"]
     batch_size: int
     crops: OverlappingCrops | None = None
-    boxes: bool = False
+    boxes: BoxesConfig | None = None
     weak_shot: WeakShotView | None = None
 
     def per_worker_batch(self, world_size: int) -> int:

@@ -4,7 +4,9 @@ classes.
 
 Data (:class:`raysemi.data.pipeline.DecodeWeakShotPairs`): every training image with its novel pixels hidden
 (ignore), its classes as tags, and a reference image from the pair table (sharing exactly one novel tag where
-possible, else a base class; ``simformer.pairs_file`` or computed at start).
+possible, else a base class; ``simformer.pairs_file`` or computed at start). The tags are the whole image's
+(from its full mask, before the crop), the image-level label the method is defined on: a crop that cut a
+tagged class away still carries the tag, and tags never say where in the image a class is.
 
 Model: a mask-classification segmenter (:class:`raysemi.models.MaskFormer`) plus, for the pixel–pixel transfer,
 a pair similarity head (:class:`raysemi.models.similarity_head.PairSimilarityHead`). Per step, on the B images
@@ -25,8 +27,10 @@ and their B references:
   pulled toward the head's output on detached embeddings (``distill_weight``). With a single novel class the
   score vectors are scalars whose cosine is always 1: the distillation then has nothing to teach.
 
-The "basic model" of the benchmark is this method with ``complementary_weight=0`` and
-``similarity_weight=distill_weight=0`` (proposal–pixel transfer alone; the head is then not built).
+The "basic model" is, as the supplementary (A5, table 2) defines it, the full model without pixel–pixel
+similarity transfer: ``similarity_weight=distill_weight=0`` (the head is then not built), the complementary loss
+kept. The benchmark keeps the weaker basic it used before, proposal–pixel transfer alone
+(``complementary_weight=0`` too), as the ablation ``simformer_basic_nocomp``.
 ``oracle=true`` trains on the novel masks too: every present class is supervised like a base class, and
 there is nothing left for the complementary and pixel–pixel losses to do. Evaluation reports ``miou_base``
 and ``miou_novel`` beside the overall mIoU, on the full val masks.
