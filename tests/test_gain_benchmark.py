@@ -384,3 +384,33 @@ def test_difference_text_uses_the_unrounded_mious():
     # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
     assert gain.difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
     assert gain.difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested config dump as ``{dotted key: value}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("protocol, variant, pair, keys", [
+    (p, variant, pair, keys) for p in ("p1", "p2") for variant, pair, keys in [
+        ("supervised_boxes", "supervised", {"supervised.weak_boxes", "data.unlabeled_boxes"}),
+        ("simformer_basic", "simformer_full", {"simformer.similarity_weight", "simformer.distill_weight"}),
+        ("simformer_basic_nocomp", "simformer_basic", {"simformer.complementary_weight"}),
+    ]] + [("p2", "simformer3_basic", "simformer3_full", {"simformer.similarity_weight", "simformer.distill_weight"}),
+          ("p2", "simformer3_basic_nocomp", "simformer3_basic", {"simformer.complementary_weight"})])
+def test_baseline_variants_differ_from_their_pairs_in_the_intended_keys_only(gain, protocol, variant, pair, keys):
+    def resolved(name):
+        spec = gain.PROTOCOLS[protocol]
+        overrides = [o.replace(gain.DERIVED_BOXES, "boxes.txt") for o in gain.variant_overrides(spec, name)]
+        return flat(load_config(REPO / spec.config, overrides).model_dump(mode="json"))
+
+    a, b = resolved(variant), resolved(pair)
+    assert {key for key in a if a[key] != b[key]} == keys
+    if variant.endswith("_basic"):  # the supplementary's basic keeps the complementary loss
+        assert a["simformer.complementary_weight"] == b["simformer.complementary_weight"] > 0
