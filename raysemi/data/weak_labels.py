@@ -68,7 +68,7 @@ def object_boxes(mask: np.ndarray, things: tuple[int, ...], min_pixels: int = 1,
         merge_radius: the growth in pixels before fragments are grouped (0: plain 8-connected components).
 
     Returns:
-        Boxes ordered by class, then by the object's first pixel in row-major order.
+        Boxes ordered by class, then row-major by where each grown object starts.
     """
     boxes = []
     structure = np.ones((3, 3), bool)
