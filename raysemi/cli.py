@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write unlabeled_tags.txt: each unlabeled image's classes, from its mask")
     split.add_argument("--boxes", action="store_true",
                        help="also write unlabeled_boxes.txt: each unlabeled image's boxes (VOC: Annotations/*.xml; "
-                            "otherwise one box per connected component of each class of its mask)")
+                            "otherwise one box per object of a thing class of its mask, as data.boxes draws them), "
+                            "and print the share of labelled pixels whose class the boxes alone fix")
+    split.add_argument("--things", help="with --boxes: the thing classes, comma-separated ids (data.boxes.things; "
+                                        "default: the dataset's, docs/data.md)")
+    split.add_argument("--min-box-share", type=float, help="with --boxes: data.boxes.min_share (default 0.0005)")
+    split.add_argument("--box-merge-radius", type=float, help="with --boxes: data.boxes.merge_radius (default 0.01)")
     split.add_argument("--pairs", action="store_true",
                        help="also write pairs.txt: a reference image for each labeled image (SimFormer), preferring "
                             "one that shares exactly one novel class, else a base class")
@@ -247,15 +252,18 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     reader = open_format(args.format, args.root)
     extra = extra_unlabeled(reader, args.unlabeled_dir)
+    rule = box_rule(args)
     if args.import_file:
         labeled = read_split_file(args.import_file, reader.root)
         check_mask_sample(reader, labeled, args.import_file)
         split = Split(labeled, complement(reader.samples(args.split), labeled) + extra)
-        write_split_files(reader, split, args.out, args.tags, args.boxes)
+        write_split_files(reader, split, args.out, args.tags, args.boxes, rule)
     else:
         fraction = parse_fraction(args.fraction) if args.fraction else None
         split = write_split(reader, args.split, fraction, args.count, args.seed, args.out, args.tags, args.boxes,
-                            extra, args.protocol)
+                            extra, args.protocol, rule)
+    if args.boxes:
+        print_box_summary(reader, split.unlabeled, args.out / "unlabeled_boxes.txt", rule)
     if args.pairs:
         write_pairs(reader, split.labeled, args.novel, args.seed, args.out / "pairs.txt")
     unmasked = sum(s.mask is None for s in split.unlabeled)
@@ -266,6 +274,43 @@ def cmd_split(args: argparse.Namespace) -> int:
         if len(split.labeled) not in counts:
             print(f"note: published {args.protocol} counts are {', '.join(map(str, counts))}")
     return 0
+
+
+def box_rule(args: argparse.Namespace):
+    """``data.boxes`` (:class:`raysemi.sections.BoxesConfig`) from ``--things``, ``--min-box-share`` and
+    ``--box-merge-radius``; a bad value is a one-line error naming its flag."""
+    from pydantic import ValidationError
+
+    from raysemi.sections import BoxesConfig
+
+    try:
+        things = None if args.things is None else [int(c) for c in args.things.split(",")]
+    except ValueError:
+        raise DataError(f"--things={args.things!r}: expected comma-separated class ids such as 8,9,10") from None
+    given = {"things": things, "min_share": args.min_box_share, "merge_radius": args.box_merge_radius}
+    flags = {"things": "--things", "min_share": "--min-box-share", "merge_radius": "--box-merge-radius"}
+    try:
+        return BoxesConfig(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0])
+        raise DataError(f"{flags[key]}={given[key]}: {error['msg']}") from None
+
+
+def print_box_summary(reader, samples: list, boxes_file: Path, rule) -> None:
+    """How many boxes the weak images got, and the share of their labelled pixels whose class the box raster
+    alone fixes (:func:`raysemi.data.weak_labels.summarize_boxes`)."""
+    from raysemi.data.weak_labels import read_boxes_file, stuff_classes, summarize_boxes, thing_classes
+
+    boxes = read_boxes_file(boxes_file, reader.root, reader.classes.num_classes)
+    summary = summarize_boxes(reader, samples, boxes, rule)
+    names = reader.classes.names
+    things = ", ".join(names[c] for c in thing_classes(reader.classes, rule)) or "none"
+    stuff = ", ".join(names[c] for c in stuff_classes(reader.classes, rule)) or "none"
+    print(f"boxes of {things} (stuff, no boxes: {stuff}): {summary.boxes / max(summary.images, 1):.1f} per image "
+          f"({summary.fewest}-{summary.most}) -> {boxes_file}")
+    print(f"the box raster alone fixes the class of {100 * summary.fixed_share:.1f} % of the labelled pixels "
+          f"({summary.fixed_pixels} of {summary.labelled_pixels})")
 
 
 def write_pairs(reader, samples: list, novel_text: str | None, seed: int, path: Path) -> None:

@@ -42,6 +42,22 @@ class SyntheticConfig(Section):
     seed: int = Field(0, description="seed of the scenes; each (size, seed) is cached in its own folder")
 
 
+class BoxesConfig(Section):
+    """Boxes derived from masks as an annotator draws them (docs/data.md): one box per object of a thing class,
+    none for stuff; the same rule for ``raysemi data split --boxes``, the labeled and val images' boxes of
+    self-correction, and the box-filled supervised baseline."""
+
+    things: list[int] | None = Field(None, description="the object (thing) classes that get boxes, the rest are "
+                                     "stuff; null: the dataset's list (VOC: its 20 objects, Cityscapes: its 8 "
+                                     "instance classes, CamVid: Car, Pedestrian, Bicyclist; otherwise every class "
+                                     "not named `background`)")
+    min_share: float = Field(0.0005, ge=0.0, lt=1.0, description="an object covering less than this share of "
+                             "the image's pixels gets no box (0.0005: 22 pixels of a 180x240 frame)")
+    merge_radius: float = Field(0.01, ge=0.0, lt=1.0, description="fragments of one class whose masks, each grown "
+                                "by this share of the image's short side (rounded to whole pixels: 2 at 180x240), "
+                                "touch are one object with one box")
+
+
 class DataConfig(Section):
     """The dataset, its split into labeled and unlabeled images, and the training augmentation (readers and
     layouts: docs/data.md)."""
@@ -66,6 +82,7 @@ class DataConfig(Section):
                                        "`image_path class_id ...` (`raysemi data split --tags` writes one)")
     unlabeled_boxes: str | None = Field(None, description="boxes file for the unlabeled (weak) images, lines "
                                         "`image_path label,y0,x0,y1,x1 ...` (`raysemi data split --boxes`)")
+    boxes: BoxesConfig = BoxesConfig()
     protocol: str | None = Field(None, description="a published split protocol of the format (voc: `classic`, "
                                  "`blended`)")
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="labeled share of the train images that have "

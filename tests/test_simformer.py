@@ -19,6 +19,7 @@ from raysemi.errors import DataError
 from raysemi.methods import StreamSpec, build_method
 from raysemi.methods.simformer import WeakShotView
 from tests.test_method_contract import _batch
+from tests.test_weak_labels import write_dataset
 
 NOVEL = [4, 5]  # synthetic classes ring and cross
 
@@ -123,6 +124,26 @@ def test_weak_shot_view_hides_novel_pixels_keeps_their_tags_and_pairs_each_image
             np.testing.assert_array_equal(mask, np.where(np.isin(original, NOVEL), 255, original))
             assert set(np.flatnonzero(tags)) == set(np.unique(original)) - {255}  # novel classes included
     assert sum(np.isin(masks[r["image_path"]], NOVEL).any() for r in records) > 0  # something was hidden
+
+
+def test_a_crop_without_a_class_still_carries_the_images_tag(tmp_path):
+    # 8 x 16 frames: class 1 only in column 0, class 2 only in column 15, class 0 elsewhere; an 8 x 8 crop at
+    # scale 1 holds at most one of the two columns, but its tags are the whole image's: 0, 1 and 2
+    mask = np.zeros((8, 16), np.uint8)
+    mask[:, 0], mask[:, 15] = 1, 2
+    write_dataset(tmp_path, mask, ("road", "car", "person"), count=4)
+    reader = GenericFormat(tmp_path)
+    samples = reader.samples("train")
+    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled",
+                           partners=partner_samples(reader, samples, [2], seed=0))
+    crop = TrainAugment((8, 8), (1.0, 1.0), hflip=False, color_jitter=0.0)
+    view = WeakShotView(ClassSplit((2,)), hide_novel=False)  # the oracle's view: the crop's classes are visible
+    decode = stream_decoder(StreamSpec("labeled", 4, weak_shot=view), "generic", str(tmp_path), crop)
+    out = decode({key: np.array([r[key] for r in records]) for key in records[0]})
+    for prefix in ("", "partner_"):
+        crop_classes = [set(np.unique(m).tolist()) for m in out[f"{prefix}mask"]]
+        assert all(not {1, 2} <= present for present in crop_classes)  # every crop lacks class 1 or 2
+        assert out[f"{prefix}image_tags"].tolist() == [[1.0, 1.0, 1.0]] * 4
 
 
 def test_partners_come_from_the_pairs_file_which_must_cover_the_split(synthetic_root, tmp_path):

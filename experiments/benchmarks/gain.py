@@ -79,7 +79,9 @@ CONTROLS = {"cps": ("cps.weight=0",), "cac": ("cac.weight=0",)}
 UNLABELED_BATCHNORM = {"supervised_unlabeled_bn": ("supervised.unlabeled_batchnorm=true",)}
 # SimFormer's variants (every image, novel classes known from tags): full is compared with basic, and each
 # record adds the oracle run of the same seed (novel masks too), so the share of the gap closed is computable.
-SIMFORMER_BASIC = ("simformer.complementary_weight=0", "simformer.similarity_weight=0", "simformer.distill_weight=0")
+# basic: the supplementary's (A5), full minus pixel-pixel transfer; basic_nocomp: the complementary loss off too.
+SIMFORMER_BASIC = ("simformer.similarity_weight=0", "simformer.distill_weight=0")
+SIMFORMER_NO_COMPLEMENTARY = ("simformer.complementary_weight=0",)
 # The released code's losses (issue 20), as experiments/configs/simformer_*.yaml set them: pair features
 # detached for the head's BCE, the complementary loss with the mask-loss weights at every decoder layer,
 # distillation weight 0.5.
@@ -110,6 +112,7 @@ def simformer_variants(all_labels: tuple[str, ...], novel: str, name: str = "sim
     the released losses and ``optim``'s overrides."""
     common = ("method=simformer", *all_labels, *optim, *SIMFORMER_RELEASED, f"simformer.novel={novel}")
     return {f"{name}_full": common, f"{name}_basic": common + SIMFORMER_BASIC,
+            f"{name}_basic_nocomp": common + SIMFORMER_BASIC + SIMFORMER_NO_COMPLEMENTARY,
             f"{name}_oracle": common + ("simformer.oracle=true",)}
 
 
@@ -124,9 +127,12 @@ CORRECTOR_SHARE = 4
 
 def self_correction_variants(*extra: str) -> dict[str, tuple[str, ...]]:
     """``self_correction_<mode>`` for each mode, with ``extra`` overrides (P1: its background, which has no boxes,
-    allowed anywhere by the ancillary's box constraint)."""
+    allowed anywhere by the ancillary's box constraint), and ``supervised_boxes``: supervised on F and W's
+    box-filled masks, from the same boxes file."""
     common = ("method=self_correction", f"data.unlabeled_boxes={DERIVED_BOXES}", *extra)
-    return {f"self_correction_{mode}": (*common, f"self_correction.mode={mode}") for mode in SELF_CORRECTION_MODES}
+    boxes = {"supervised_boxes": ("supervised.weak_boxes=fill", f"data.unlabeled_boxes={DERIVED_BOXES}")}
+    return boxes | {f"self_correction_{mode}": (*common, f"self_correction.mode={mode}")
+                    for mode in SELF_CORRECTION_MODES}
 
 
 def budget_overrides(variant: str, iterations: int) -> tuple[str, ...]:
@@ -141,13 +147,14 @@ def budget_overrides(variant: str, iterations: int) -> tuple[str, ...]:
 
 
 def derived_boxes_file(protocol_name: str) -> Path:
-    """``data.unlabeled_boxes`` for the protocol: each unlabeled image's boxes from its mask (one box per connected
-    component of each class, as ``raysemi data split --boxes``), written once under the work folder."""
+    """``data.unlabeled_boxes`` for the protocol: each unlabeled image's boxes from its mask (one box per object of
+    a thing class, as ``raysemi data split --boxes`` draws them), written once under the work folder (a new
+    name for the object boxes: a file of the earlier per-component boxes is never reused)."""
     from raysemi.config import load_config
     from raysemi.data.dataset import open_dataset
     from raysemi.data.weak_labels import boxes_from_masks, write_boxes_file
 
-    path = WORK / protocol_name / "unlabeled_boxes.txt"
+    path = WORK / protocol_name / "unlabeled_object_boxes.txt"
     if not path.is_file():
         source = open_dataset(load_config(REPO / PROTOCOLS[protocol_name].config).data)
         with_masks = {sample.image: sample for sample in source.train}

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, list_images, open_format, read_image
+from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, list_images, open_format, read_image, voc_palette
 from raysemi.data.splits import Split, complement, draw_split, find_protocol, read_split_file, split_samples
+from raysemi.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from raysemi.data.synthetic import ensure_synthetic
 from raysemi.data.weak_labels import read_boxes_file, read_tags_file
 from raysemi.errors import DataError
@@ -55,6 +56,15 @@ def dataset_root(cfg: DataConfig) -> Path:
     if not cfg.root:
         raise DataError(f"data.root is required for data.format={cfg.format} (the folder holding the dataset)")
     return Path(cfg.root).expanduser()
+
+
+def dataset_classes(cfg: DataConfig) -> ClassInfo:
+    """The classes of the configured dataset (its class list only: no split is read), for a method that needs
+    their names when it builds its models (self-correction's stuff classes, :mod:`raysemi.data.weak_labels`).
+    The synthetic classes are fixed: nothing is generated to name them."""
+    if cfg.format == "synthetic":
+        return ClassInfo(SYNTHETIC_CLASSES, voc_palette(len(SYNTHETIC_CLASSES)))
+    return open_format(cfg.format, dataset_root(cfg)).classes
 
 
 def open_dataset(cfg: DataConfig) -> DatasetSource:

@@ -32,6 +32,7 @@ from raysemi.data.weak_labels import (
     mask_boxes,
     rasterize_boxes,
 )
+from raysemi.sections import BoxesConfig
 
 Record = dict[str, Any]
 
@@ -113,7 +114,7 @@ class DecodeTrainBatch:
     format_name: str
     root: str
     augment: TrainAugment
-    boxes_from_masks: bool = False  # labeled streams: add the raster of boxes derived from each mask
+    boxes_from_masks: BoxesConfig | None = None  # labeled streams: the raster of each mask's boxes, by this rule
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reader = cached_reader(self.format_name, self.root)
@@ -122,8 +123,8 @@ class DecodeTrainBatch:
         for row in batch_rows(batch):
             image_np, mask_np = load_sample(reader, record_sample(row))
             boxes = parse_boxes(str(row["boxes"])) if "boxes" in row else None
-            if self.boxes_from_masks and mask_np is not None:
-                boxes = mask_boxes(mask_np, reader.classes)
+            if self.boxes_from_masks is not None and mask_np is not None:
+                boxes = mask_boxes(mask_np, reader.classes, self.boxes_from_masks)
             image, mask = to_tensors(image_np, mask_np)
             generator = torch.Generator().manual_seed(int(row["seed"]))
             image, mask, geometry = self.augment.augment(image, mask, generator)
@@ -167,19 +168,19 @@ def tag_columns(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.
 @dataclass(frozen=True)
 class DecodeEvalRow:
     """Ray Data ``map`` function: a val record → full-size ``image`` ``(3, H, W)`` uint8, ``mask``, ``valid``,
-    and with ``boxes_from_masks`` a ``boxes`` raster ``(C + 1, H, W)`` of the boxes of its mask (for the
-    box-conditioned ancillary model of self-correction)."""
+    and with ``boxes_from_masks`` (a ``data.boxes`` rule) a ``boxes`` raster ``(C + 1, H, W)`` of the boxes of
+    its mask (for the box-conditioned ancillary model of self-correction)."""
 
     format_name: str
     root: str
-    boxes_from_masks: bool = False
+    boxes_from_masks: BoxesConfig | None = None
 
     def __call__(self, row: Record) -> Record:
         reader = cached_reader(self.format_name, self.root)
         image, mask = load_sample(reader, record_sample(row))
         out = {"image": to_tensors(image, None)[0].numpy(), "mask": mask, "valid": bool(row["valid"])}
-        if self.boxes_from_masks:
-            out["boxes"] = mask_box_raster(mask, reader.classes).to(torch.uint8).numpy()
+        if self.boxes_from_masks is not None:
+            out["boxes"] = mask_box_raster(mask, reader.classes, self.boxes_from_masks).to(torch.uint8).numpy()
         return out
 
 

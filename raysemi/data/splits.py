@@ -24,6 +24,7 @@ from raysemi.atomic import write_lines
 from raysemi.data.formats import Sample, resolve_inside
 from raysemi.data.weak_labels import dataset_boxes, tags_from_masks, write_boxes_file, write_tags_file
 from raysemi.errors import DataError
+from raysemi.sections import BoxesConfig
 
 
 @dataclass(frozen=True)
@@ -127,19 +128,20 @@ def write_split_file(path: Path, samples: list[Sample], root: Path) -> None:
 
 def write_split(reader, split_name: str, fraction: float | None, count: int | None, seed: int, out: Path,
                 tags: bool = False, boxes: bool = False, extra_unlabeled: list[Sample] = (),
-                protocol: str | None = None) -> Split:
+                protocol: str | None = None, box_rule: BoxesConfig | None = None) -> Split:
     """The split tool: draw the labeled part of ``reader``'s ``split_name`` samples (a fraction or a count of
     those with masks, with ``seed``) and write ``labeled.txt`` and ``unlabeled.txt`` (with
     ``extra_unlabeled`` appended) to ``out``; with ``tags`` / ``boxes`` also each unlabeled image's tags
-    (``unlabeled_tags.txt``) or boxes (``unlabeled_boxes.txt``) from its mask; a ``protocol`` names the pool
-    and train split instead (:func:`draw_split`)."""
+    (``unlabeled_tags.txt``) or boxes (``unlabeled_boxes.txt``, drawn by ``box_rule``: ``data.boxes``) from its
+    mask; a ``protocol`` names the pool and train split instead (:func:`draw_split`)."""
     split = draw_split(reader, split_name, fraction, count, seed, protocol)
     split = Split(split.labeled, split.unlabeled + list(extra_unlabeled))
-    write_split_files(reader, split, out, tags, boxes)
+    write_split_files(reader, split, out, tags, boxes, box_rule)
     return split
 
 
-def write_split_files(reader, split: Split, out: Path, tags: bool = False, boxes: bool = False) -> None:
+def write_split_files(reader, split: Split, out: Path, tags: bool = False, boxes: bool = False,
+                      box_rule: BoxesConfig | None = None) -> None:
     unmasked = [s.image for s in split.unlabeled if s.mask is None]
     if (tags or boxes) and unmasked:
         option = "--tags" if tags else "--boxes"
@@ -150,7 +152,7 @@ def write_split_files(reader, split: Split, out: Path, tags: bool = False, boxes
     if tags:
         write_tags_file(out / "unlabeled_tags.txt", tags_from_masks(reader, split.unlabeled), reader.root)
     if boxes:
-        write_boxes_file(out / "unlabeled_boxes.txt", dataset_boxes(reader, split.unlabeled), reader.root)
+        write_boxes_file(out / "unlabeled_boxes.txt", dataset_boxes(reader, split.unlabeled, box_rule), reader.root)
 
 
 def read_split_file(path: str | Path, root: Path, require_masks: bool = True) -> list[Sample]:

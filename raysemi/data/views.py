@@ -27,6 +27,7 @@ from raysemi.data.dataset import DatasetSource
 from raysemi.data.formats import Sample
 from raysemi.data.pipeline import DecodeTrainBatch, Record
 from raysemi.data.transforms import TrainAugment
+from raysemi.sections import BoxesConfig
 
 Decoder = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 RecordColumns = Callable[[Sample], Record]
@@ -58,9 +59,9 @@ class View(ABC):
 class PlainCrops(View):
     """One augmented crop per image (:class:`~raysemi.data.pipeline.DecodeTrainBatch`): ``image``, ``mask`` on
     labeled streams, ``image_tags``/``boxes`` when the records carry tags/boxes, and with ``boxes_from_masks``
-    the raster of the boxes derived from each image's mask."""
+    (a ``data.boxes`` rule) the raster of the boxes drawn on each image's mask."""
 
-    boxes_from_masks: bool = False
+    boxes_from_masks: BoxesConfig | None = None
 
     def decoder(self, format_name: str, root: str, augment: TrainAugment) -> Decoder:
         return DecodeTrainBatch(format_name, root, augment, boxes_from_masks=self.boxes_from_masks)
@@ -69,7 +70,7 @@ class PlainCrops(View):
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = {"image": torch.randn(n, 3, *size, generator=generator)} | fake_labels(n, size, num_classes, labeled,
                                                                                      generator)
-        if self.boxes_from_masks:
+        if self.boxes_from_masks is not None:
             batch["boxes"] = fake_box_raster(n, size, num_classes, generator)
         return batch
 

@@ -23,6 +23,7 @@ from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.errors import CheckpointError, DataError
 from raysemi.methods import build_method
 from raysemi.progress import progress
+from raysemi.sections import BoxesConfig
 
 
 @dataclass
@@ -77,7 +78,7 @@ def val_batches(reader: DatasetFormat, samples: list[Sample], loaded: LoadedMode
     ``threads`` threads."""
     batch_size, device = loaded.cfg.eval.batch_size, loaded.device
     with ThreadPoolExecutor(threads) as pool:
-        decoded = pool.map(lambda s: _decode_val(reader, s, loaded.needs_boxes), samples)
+        decoded = pool.map(lambda s: _decode_val(reader, s, loaded.needs_boxes, loaded.cfg.data.boxes), samples)
         pending: list[tuple[torch.Tensor, ...]] = []
         for item in progress(decoded, "evaluating", total=len(samples)):
             pending.append(item)
@@ -88,13 +89,15 @@ def val_batches(reader: DatasetFormat, samples: list[Sample], loaded: LoadedMode
             yield _stack(pending, device)
 
 
-def _decode_val(reader: DatasetFormat, sample: Sample, with_boxes: bool) -> tuple[torch.Tensor, ...]:
-    """``(image, mask)`` tensors, plus the raster of the mask's boxes for a box-conditioned model."""
+def _decode_val(reader: DatasetFormat, sample: Sample, with_boxes: bool,
+                rule: BoxesConfig | None = None) -> tuple[torch.Tensor, ...]:
+    """``(image, mask)`` tensors, plus the raster of the mask's boxes (drawn by ``rule``, ``data.boxes``) for a
+    box-conditioned model."""
     image, mask = load_sample(reader, sample)
     tensors = to_tensors(image, mask)
     if not with_boxes:
         return tensors
-    return (*tensors, mask_box_raster(mask, reader.classes))
+    return (*tensors, mask_box_raster(mask, reader.classes, rule))
 
 
 def _stack(items: list[tuple[torch.Tensor, ...]], device: torch.device) -> dict[str, torch.Tensor]:

@@ -4,7 +4,9 @@ classes.
 
 Data (the :class:`WeakShotView` below): every training image with its novel pixels hidden
 (ignore), its classes as tags, and a reference image from the pair table (sharing exactly one novel tag where
-possible, else a base class; ``simformer.pairs_file`` or computed at start).
+possible, else a base class; ``simformer.pairs_file`` or computed at start). The tags are the whole image's
+(from its full mask, before the crop), the image-level label the method is defined on: a crop that cut a
+tagged class away still carries the tag, and tags never say where in the image a class is.
 
 Model: a mask-classification segmenter (:class:`raysemi.models.MaskFormer`) plus, for the pixel–pixel transfer,
 a pair similarity head (:class:`raysemi.models.similarity_head.PairSimilarityHead`). Per step, on the B images
@@ -25,8 +27,10 @@ and their B references:
   pulled toward the head's output on detached embeddings (``distill_weight``). With a single novel class the
   score vectors are scalars whose cosine is always 1: the distillation then has nothing to teach.
 
-The "basic model" of the benchmark is this method with ``complementary_weight=0`` and
-``similarity_weight=distill_weight=0`` (proposal–pixel transfer alone; the head is then not built).
+The "basic model" is, as the supplementary (A5, table 2) defines it, the full model without pixel–pixel
+similarity transfer: ``similarity_weight=distill_weight=0`` (the head is then not built), the complementary loss
+kept. The benchmark keeps the weaker basic it used before, proposal–pixel transfer alone
+(``complementary_weight=0`` too), as the ablation ``simformer_basic_nocomp``.
 ``oracle=true`` trains on the novel masks too: every present class is supervised like a base class, and
 there is nothing left for the complementary and pixel–pixel losses to do. Evaluation reports ``miou_base``
 and ``miou_novel`` beside the overall mIoU, on the full val masks.
@@ -382,8 +386,10 @@ class DecodeWeakShotPairs:
     Output per image: ``image`` ``(B, 3, h, w)`` uint8; ``mask`` ``(B, h, w)`` uint8 with the novel classes'
     pixels set to ignore (255) when ``hide_novel``, so novel, void and padding pixels look alike, as they do to
     a user whose masks annotate base classes only; ``image_tags`` ``(B, C)`` float32, the classes present in
-    the crop's full mask (crop-level tags: an image-level tag for a class the crop cut away would ask the model
-    to find what is not there); ``valid_pixels`` ``(B, h, w)`` uint8, 1 on image pixels (0 on padding). The
+    the whole image's full mask, computed before the crop: image-level tags are the weak label the method is
+    defined on, and tags of the crop would tell the model where a novel class is (a crop that cut a tagged
+    class away still carries its tag, as the image's annotation does); ``valid_pixels`` ``(B, h, w)`` uint8,
+    1 on image pixels (0 on padding). The
     same four with a ``partner_`` prefix for the reference images, each augmented with its own seed.
     """
 
@@ -408,14 +414,15 @@ class DecodeWeakShotPairs:
     def _view(self, reader: DatasetFormat, novel: list[int], image_path: str, mask_path: str,
               seed: int) -> dict[str, np.ndarray]:
         image_np, mask_np = load_sample(reader, Sample(Path(image_path), Path(mask_path)))
+        classes = reader.classes
+        tags = image_tags(mask_np, classes.num_classes, classes.ignore_index)  # the whole image's, not the crop's
         image, mask = to_tensors(image_np, mask_np)
         image, mask, geometry = self.augment.augment(image, mask, torch.Generator().manual_seed(seed))
-        classes = reader.classes
         mask_np = mask.numpy()
         return {
             "image": image.numpy(),
             "mask": hide_novel(mask_np, novel, classes.ignore_index) if self.hide_novel else mask_np,
-            "image_tags": image_tags(mask_np, classes.num_classes, classes.ignore_index),
+            "image_tags": tags,
             "valid_pixels": geometry.valid().numpy().astype(np.uint8),
         }
 

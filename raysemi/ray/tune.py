@@ -266,7 +266,7 @@ def write_splits(base: Config, fractions: list[str], seeds: list[int], out: Path
             remove_staging_leftovers(out, folder.name)
             with staging_dir(folder) as staging:
                 write_split(reader, base.data.train_split, parse_fraction(fraction), None, seed, staging, tags,
-                            boxes, extra, base.data.protocol)
+                            boxes, extra, base.data.protocol, base.data.boxes)
         values = {"data.labeled_split": str(folder / "labeled.txt"),
                   "data.unlabeled_split": str(folder / "unlabeled.txt"), "run.seed": seed}
         if tags:
