@@ -134,11 +134,11 @@ def test_a_crop_without_a_class_still_carries_the_images_tag(tmp_path):
     write_dataset(tmp_path, mask, ("road", "car", "person"), count=4)
     reader = GenericFormat(tmp_path)
     samples = reader.samples("train")
-    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled",
-                           partners=partner_samples(reader, samples, [2], seed=0))
-    crop = TrainAugment((8, 8), (1.0, 1.0), hflip=False, color_jitter=0.0)
     view = WeakShotView(ClassSplit((2,)), hide_novel=False)  # the oracle's view: the crop's classes are visible
-    decode = stream_decoder(StreamSpec("labeled", 4, weak_shot=view), "generic", str(tmp_path), crop)
+    source = SimpleNamespace(reader=reader, classes=reader.classes)
+    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled", columns=view.record_columns(source, samples))
+    crop = TrainAugment((8, 8), (1.0, 1.0), hflip=False, color_jitter=0.0)
+    decode = stream_decoder(StreamSpec("labeled", 4, view), "generic", str(tmp_path), crop)
     out = decode({key: np.array([r[key] for r in records]) for key in records[0]})
     for prefix in ("", "partner_"):
         crop_classes = [set(np.unique(m).tolist()) for m in out[f"{prefix}mask"]]
