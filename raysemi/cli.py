@@ -194,8 +194,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from raysemi.engine.inference import load_eval_model, predict_folder
+    from raysemi.engine.inference import check_prediction_outputs, input_images, load_eval_model, predict_folder
 
+    check_prediction_outputs(input_images(args.images), args.images, args.out)  # before the model loads
     loaded = load_eval_model(args.checkpoint, args.overrides)
     count = predict_folder(loaded, args.images, args.out)
     print(f"wrote {count} label maps and colorized PNGs to {args.out}")
@@ -403,8 +404,11 @@ def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from raysemi.analysis.report import write_report
+    from raysemi.engine.storage import check_output_folder
 
-    summary, files = write_report(args.runs, args.out or args.runs / "report", args.per_class)
+    out = args.out or args.runs / "report"
+    check_output_folder(out, "--out")
+    summary, files = write_report(args.runs, out, args.per_class)
     table = Table(title=f"runs under {args.runs}")
     for column in ("method", "labels", "runs", "final val mIoU", "best val mIoU"):
         table.add_column(column)
@@ -419,7 +423,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_calibration(args: argparse.Namespace) -> int:
     from raysemi.analysis.checkpoint import write_calibration
     from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.storage import check_output_folder
 
+    check_output_folder(args.out, "--out")
     ece, files = write_calibration(load_eval_model(args.checkpoint), args.out, args.bins)
     print(f"expected calibration error {ece:.4f}; wrote {', '.join(str(f) for f in files)}")
     return 0
@@ -428,8 +434,10 @@ def cmd_calibration(args: argparse.Namespace) -> int:
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from raysemi.analysis.checkpoint import write_gradcam
     from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.storage import check_output_file
 
     pixel = int_pair(args.pixel, "--pixel", "Y,X", "40,64")
+    check_output_file(args.out, "--out")
     loaded = load_eval_model(args.checkpoint)
     out, explained = write_gradcam(loaded, args.image, pixel, args.out, args.layer)
     print(f"Grad-CAM of class {loaded.class_names[explained]} at {args.pixel} -> {out}")
@@ -439,7 +447,9 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from raysemi.analysis.checkpoint import write_comparison
     from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.storage import check_output_file
 
+    check_output_file(args.out, "--out")
     out = write_comparison([load_eval_model(c) for c in args.checkpoints], args.images, args.out, args.limit)
     print(f"wrote {out}")
     return 0
