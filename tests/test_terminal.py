@@ -116,11 +116,14 @@ def test_the_token_auth_warning_goes_to_the_run_log(tmp_path):
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())
     logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # as a Ray started at warning level leaves it
     try:
         quiet_token_auth_warning(tmp_path)
         logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
         for added in logger.filters[:]:
             logger.removeFilter(added)
     assert seen == []
