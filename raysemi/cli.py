@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "trainaug unlabeled); with --import, the imported images must be in its "
                                           "labeled pool and the rest of trainaug is unlabeled")
     amount = split.add_mutually_exclusive_group(required=True)
-    amount.add_argument("--fraction", help="e.g. 1/16, 1/8, 0.25")
+    amount.add_argument("--fraction", help="labeled share of the images with masks, e.g. 1/16, 1/8, 0.25")
     amount.add_argument("--count", type=int, help="number of labeled images, e.g. 92 or 1464")
     amount.add_argument("--import", dest="import_file", type=Path,
                         help="a published labeled split file: 'image mask' paths (UniMatch, CPS), bare ids "
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="every method at every label fraction and seed, as Tune trials")
     sweep.add_argument("-c", "--config", help="YAML config shared by the runs (default: the embedded default)")
     sweep.add_argument("--methods", required=True, help="comma-separated, e.g. supervised,cps,cac")
-    sweep.add_argument("--fractions", required=True, help="comma-separated label fractions, e.g. 1/16,1/8,1/4")
+    sweep.add_argument("--fractions", required=True, help="comma-separated label fractions (labeled / train images "
+                                                          "with masks), e.g. 1/16,1/8,1/4")
     sweep.add_argument("--seeds", default="0", help="comma-separated; each seed draws its own split and init")
     sweep.add_argument("--retries", type=int, default=0, help="times a failing run is retried before recorded")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: the config's run.dir)")
