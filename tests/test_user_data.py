@@ -328,3 +328,18 @@ def test_split_unlabeled_dir_errors_name_the_flag(synthetic_root, tmp_path, caps
                      "--out", str(tmp_path / "s")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: --unlabeled-dir={folder}: ") and "data.unlabeled_dir" not in err
+
+
+def test_absolute_paths_through_a_link_to_the_root_are_inside_it(synthetic_root, tmp_path):
+    """data.root is resolved; an absolute split line or unlabeled_dir spelled through a link to it is inside."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    shutil.copytree(root / "val/images", root / "raw")
+    link = tmp_path / "dataset_link"
+    link.symlink_to(root, target_is_directory=True)
+    listed = tmp_path / "labeled.txt"
+    listed.write_text(f"{link}/train/images/train_00000.png {link}/train/labels/train_00000.png\n")
+    (sample,) = read_split_file(listed, root.resolve())
+    assert sample.image == root.resolve() / "train/images/train_00000.png"
+    cfg = fast_config(root, tmp_path / "run", f"data.unlabeled_dir={link}/raw", "data.label_count=2")
+    assert open_dataset(cfg.data).split.unlabeled[-1].image == root.resolve() / "raw/val_00007.png"

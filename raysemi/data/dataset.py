@@ -17,6 +17,7 @@ from raysemi.data.formats import (
     ClassInfo,
     DatasetFormat,
     Sample,
+    absolute_inside,
     list_images,
     normalised,
     open_format,
@@ -121,8 +122,8 @@ def extra_unlabeled(reader: DatasetFormat, folder: str | Path | None, key: str =
     if not folder:
         return []
     path = Path(folder).expanduser()
-    path = normalised(path if path.is_absolute() else reader.root / path)  # links inside the root stay inside
-    if not path.is_relative_to(reader.root):
+    path = absolute_inside(path, reader.root) if path.is_absolute() else normalised(reader.root / path)
+    if path is None or not path.is_relative_to(reader.root):  # links inside the root stay inside
         raise DataError(f"{key}={folder}: the folder must be inside the dataset root {reader.root} "
                         "(move or link it there)")
     if not path.is_dir():

@@ -363,8 +363,8 @@ def resolve_inside(root: Path, relative: str, source: Path, number: int) -> Path
         DataError: the path leaves ``root`` or is not a file.
     """
     written = Path(relative)
-    if written.is_absolute() and normalised(written).is_relative_to(root):
-        path = normalised(written)
+    if written.is_absolute() and absolute_inside(written, root) is not None:
+        path = absolute_inside(written, root)
     else:
         path = normalised(root / relative.lstrip("/"))
         if written.is_absolute() and not path.is_file():  # not a root-relative line with a leading slash
@@ -374,6 +374,16 @@ def resolve_inside(root: Path, relative: str, source: Path, number: int) -> Path
     if not path.is_file():
         raise DataError(f"{source}:{number}: {relative} not found under {root}")
     return path
+
+
+def absolute_inside(path: Path, root: Path) -> Path | None:
+    """An absolute ``path`` as a path under ``root`` (itself resolved): as written, or through the links of its
+    spelling (``/data/link_to_root/x.png`` when ``root`` is where ``link_to_root`` points); None if outside."""
+    written = normalised(path)
+    if written.is_relative_to(root):
+        return written
+    real = Path(os.path.realpath(written))
+    return root / real.relative_to(root) if real.is_relative_to(root) else None
 
 
 def normalised(path: Path) -> Path:
