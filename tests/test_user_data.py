@@ -171,6 +171,23 @@ def test_a_run_init_from_typo_fails_before_ray_starts_or_config_yaml_is_written(
     assert prepared.run_dir == run_dir and (run_dir / "config.yaml").is_file()
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.labeled_split={missing}", "split file not found"),
+    ("data.unlabeled_dir={missing}", "must be inside the dataset root"),
+    ("data.unlabeled_tags={missing}", "not found"),
+    ("model.weights={missing}", "model.weights: .* not found"),
+])
+def test_every_other_path_in_the_config_is_checked_before_the_run_directory_exists(synthetic_root, tmp_path,
+                                                                                   override, message):
+    from raysemi.errors import RaysemiError
+
+    run_dir = tmp_path / "run"
+    cfg = fast_config(synthetic_root, run_dir, "data.label_fraction=0.5", override.format(missing=tmp_path / "nope"))
+    with pytest.raises(RaysemiError, match=message):
+        prepare_run(cfg)
+    assert not run_dir.exists()
+
+
 def _write_checkpoint(cfg, run_dir):
     from raysemi.engine.checkpoint import write_checkpoint
 
