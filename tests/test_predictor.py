@@ -139,6 +139,9 @@ def test_predict_output_names_that_collide_are_an_error_naming_both(checkpoint, 
 def test_predict_rerun_writes_the_same_files_and_no_color_color(checkpoint, tmp_path):
     images, out = tmp_path / "images", tmp_path / "out"
     _image_folder(images, ["x.png", "y.jpg"])
+    into_inputs = ["predict", "--checkpoint", str(checkpoint.path), "--images", str(images), "--out", str(images)]
+    assert main(into_inputs) == 2 and main(into_inputs) == 2  # the rerun: *_color_color.png came from here
+    assert sorted(p.name for p in images.iterdir()) == ["x.png", "y.jpg"]
     args = ["predict", "--checkpoint", str(checkpoint.path), "--images", str(images), "--out", str(out)]
     assert main(args) == 0
     first = {p.name: p.read_bytes() for p in out.iterdir()}
