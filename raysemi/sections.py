@@ -85,8 +85,12 @@ class DataConfig(Section):
     boxes: BoxesConfig = BoxesConfig()
     protocol: str | None = Field(None, description="a published split protocol of the format (voc: `classic`, "
                                  "`blended`)")
+    mask_encoding: Literal["auto", "label_ids", "train_ids"] = Field(
+        "auto", description="how masks store classes, for a format with two encodings (cityscapes: label ids "
+        "0..33 or train ids 0..18); `auto` tells them by file name and refuses a mask whose values fit both")
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="labeled share of the train images that have "
-                                  "masks: the first ceil(N × fraction) of a seeded permutation")
+                                  "masks (labeled / images with masks, also in W&B and `raysemi report`): the first "
+                                  "ceil(N × fraction) of a seeded permutation")
     label_count: int | None = Field(None, ge=1, description="labeled images, instead of `label_fraction`")
     split_seed: int = Field(0, description="seed of the split's permutation")
     crop_size: tuple[int, int] = Field((96, 128), description="(height, width) of training crops")

@@ -1,4 +1,5 @@
-"""The run directory: ``config.yaml``, split files, ``metrics.jsonl``, ``checkpoints/``, ``summary.json``.
+"""The run directory: ``config.yaml``, split files (and ``split.json``, their counts), ``metrics.jsonl``,
+``checkpoints/``, ``summary.json``.
 
 A directory is created only after the config and the data passed their checks, and its files are written
 through temporary names, so a failed start leaves nothing behind. Re-running the same config on an existing
@@ -16,7 +17,7 @@ import yaml
 from raysemi import atomic
 from raysemi.config import Config, active_sections
 from raysemi.data.dataset import DatasetSource
-from raysemi.data.splits import write_split_file
+from raysemi.data.splits import SPLIT_COUNTS_FILE, write_split_file
 from raysemi.engine.checkpoint import latest_checkpoint
 from raysemi.engine.mirror import mirror_for
 from raysemi.engine.storage import check_run_storage
@@ -58,6 +59,7 @@ def prepare_run_dir(cfg: Config, source: DatasetSource) -> tuple[Path, int]:
     with atomic.staging_dir(run_dir) as staging:  # an existing run_dir is empty: the rename replaces it
         write_split_file(staging / "labeled.txt", source.split.labeled, source.root)
         write_split_file(staging / "unlabeled.txt", source.split.unlabeled, source.root)
+        (staging / SPLIT_COUNTS_FILE).write_text(json.dumps(source.counts.as_dict(), indent=1))
         (staging / "config.yaml").write_text(cfg.to_yaml())
     return run_dir, 0
 

@@ -51,3 +51,36 @@ def run_storage_bytes(models: dict[str, nn.Module], keep_checkpoints: int) -> in
     plus headroom for the run's small files."""
     weights = sum(t.numel() * t.element_size() for m in models.values() for t in m.state_dict().values())
     return (keep_checkpoints + 1) * 4 * weights + HEADROOM_BYTES
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """Fail with one :class:`StorageError` line naming ``flag`` unless ``path`` is a folder, or can be created
+    as one, that this process can write files in; nothing is created (a command checks its outputs before its
+    work starts)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{flag} {path}: is a file, not a folder; give a folder")
+    _check_writable_ancestor(path, path, flag, "a folder")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Fail with one :class:`StorageError` line naming ``flag`` unless ``path`` can be written as a file: not
+    an existing folder, and its folder exists or can be created, writable; nothing is created."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise StorageError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'out'}")
+    _check_writable_ancestor(path, path.parent, flag, "a file")
+
+
+def _check_writable_ancestor(given: Path, folder: Path, flag: str, what: str) -> None:
+    """``folder`` (where ``given`` goes) exists or can be created: its nearest existing ancestor is a folder
+    this process can create files in."""
+    existing = nearest_existing(folder.absolute())
+    if not existing.is_dir():
+        raise StorageError(f"{flag} {given}: {existing} is a file, so {what} cannot be written under it")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise StorageError(f"{flag} {given}: cannot create files in {existing} ({exc.strerror}); choose a "
+                           "writable folder") from None

@@ -256,7 +256,7 @@ def write_splits(base: Config, fractions: list[str], seeds: list[int], out: Path
     from raysemi.data.formats import open_format
     from raysemi.data.splits import parse_fraction, write_split
 
-    reader = open_format(base.data.format, dataset_root(base.data))
+    reader = open_format(base.data.format, dataset_root(base.data), base.data.mask_encoding)
     extra = extra_unlabeled(reader, base.data.unlabeled_dir)
     splits = {}
     for fraction, seed in itertools.product(fractions, seeds):
