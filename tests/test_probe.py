@@ -42,8 +42,10 @@ class TimedMethod:
 def _probe(method, clock, *overrides, streams=None, stored=None, start=0):
     cfg = load_config(None, ["train.steps=1000", "train.probe_steps=3", *overrides])
     streams = streams or {"labeled": iter([{"image": torch.zeros(1, 3, 2, 2)}])}
-    return SpeedProbe(cfg, method, CPU, False, lambda raw, fmt: {"image": raw["image"].contiguous(memory_format=fmt)},
-                      streams, start, 1, stored, clock=clock)
+    def prepare(name, raw, fmt):
+        return {"image": raw["image"].contiguous(memory_format=fmt)}
+
+    return SpeedProbe(cfg, method, CPU, False, prepare, streams, start, 1, stored, clock=clock)
 
 
 def test_compile_repays_when_the_saved_seconds_exceed_the_compile_time():
@@ -161,7 +163,7 @@ def test_the_supervised_step_compiles_and_gives_the_eager_loss():
         if isinstance(module, nn.Dropout | nn.Dropout2d):
             module.eval()  # the compiled step draws dropout masks differently
     eager = method.training_step(models, batch, 0)["loss"]
-    probe = SpeedProbe(load_config(None, ["train.compile=true"]), method, CPU, False, lambda raw, fmt: raw, {}, 0,
+    probe = SpeedProbe(load_config(None, ["train.compile=true"]), method, CPU, False, lambda name, raw, fmt: raw, {}, 0,
                        1, None)
     compiled = probe.training_step(models)
     assert compiled != method.training_step and probe.choice.how == {"compile": "set"}

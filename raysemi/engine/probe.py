@@ -42,7 +42,7 @@ from raysemi.errors import ConfigError
 from raysemi.methods import Method
 
 RawBatch = dict[str, torch.Tensor]
-Prepare = Callable[[RawBatch, torch.memory_format], dict[str, torch.Tensor]]
+Prepare = Callable[[str, RawBatch, torch.memory_format], dict[str, torch.Tensor]]  # (stream name, batch, layout)
 TrainingStep = Callable[[dict[str, nn.Module], dict[str, dict[str, torch.Tensor]], int], dict[str, torch.Tensor]]
 
 # Methods whose training step torch.compile cannot compile (torch 2.14.1, CPU, tried on the test fixtures by
@@ -250,7 +250,7 @@ class SpeedProbe:
 
         def run() -> None:
             rng = _rng_state(self.device)
-            batch = {name: self.prepare({k: v.clone() for k, v in b.items()}, fmt) for name, b in raw.items()}
+            batch = {name: self.prepare(name, {k: v.clone() for k, v in b.items()}, fmt) for name, b in raw.items()}
             try:
                 with torch.autocast(self.device.type, enabled=self.amp):
                     loss = step(models, batch, next(calls))["loss"]
