@@ -48,7 +48,8 @@ def try_compile(name: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=["supervised", "cps", "cac", "self_correction", "simformer"])
+    parser.add_argument("--methods", nargs="+", default=["supervised", "cps", "cac", "self_correction", "simformer",
+                                                       "unimatch"])
     for name in parser.parse_args(argv).methods:
         print(json.dumps(try_compile(name)), flush=True)
     return 0

@@ -34,7 +34,7 @@ import gain  # noqa: E402
 
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "speed_auto"
-METHODS = ("supervised", "cps", "cac", "self_correction_linear", "simformer_full")
+METHODS = ("supervised", "cps", "cac", "self_correction_linear", "simformer_full", "unimatch")
 AFTER = ("train.channels_last=auto", "train.compile=auto")
 
 
