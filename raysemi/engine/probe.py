@@ -20,6 +20,9 @@ same either way), so no weight changes. The RNG state is restored after each pro
 copy of the run's first batch, which is put back at the head of its stream: a run whose probe chose
 contiguous, eager trains bit for bit as one with ``channels_last=false, compile=false``.
 
+CAC's step cannot be compiled (:data:`UNCOMPILABLE` says why): ``auto`` keeps it eager with the reason logged,
+``true`` is a config error; a method whose compile fails otherwise stays eager with the failure's name logged.
+
 A resumed run keeps the choices stored in its checkpoint's ``meta.json`` (``speed``) rather than measuring
 again. With several workers every rank probes and the ranks' timings are averaged, so all choose alike;
 ``compile=auto`` measures single-worker runs only (with DDP the compiled step differs from the probe's).
