@@ -109,6 +109,8 @@ class TrainingRun:
         if self.mirror is not None:  # a fresh node: the newest checkpoint comes from the mirror
             self.mirror.pull()
         self.views = {name: spec.view for name, spec in self.method.streams().items()}  # which keys are images
+        stall = cfg.train.stall_timeout_s  # each wait for data ends after this long (0: never)
+        self.streams = {name: watched(stream, f"data stream '{name}'", stall) for name, stream in env.streams.items()}
         self.models, self.training_step = self._built_for_speed(self.method.build_models(len(run.class_names)))
         self.optimizer, self.scheduler = build_optimizer(self.models, cfg.optim, cfg.train.steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -121,8 +123,6 @@ class TrainingRun:
         self.kept_best_miou = kept_best.read_meta()["miou"] if kept_best else float("-inf")
         self.final_report: dict[str, Any] | None = None
         self.first_val_batch: RawBatch | None = None
-        stall = cfg.train.stall_timeout_s  # each wait for data ends after this long (0: never)
-        self.streams = {name: watched(stream, f"data stream '{name}'", stall) for name, stream in env.streams.items()}
         self.last_unlabeled: RawBatch | None = None
 
     def _built_for_speed(self, built: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], TrainingStep]:
@@ -132,12 +132,12 @@ class TrainingRun:
         start = int(checkpoint.read_meta()["step"]) if checkpoint else 0
         probe = SpeedProbe(self.cfg, self.method, self.env.device, self.use_amp,
                            lambda name, raw, fmt: prepare_batch(raw, self.env.device, fmt, self.views[name]),
-                           self.env.streams, start, self.env.world_size,
+                           self.streams, start, self.env.world_size,
                            stored_choices(checkpoint.read_meta() if checkpoint else None))
         self.memory_format = probe.memory_format(built)
         models = {name: self._place(m) for name, m in built.items()}
         training_step = probe.training_step(models)
-        self.env.streams, self.speed = probe.streams, probe.choice
+        self.streams, self.speed = probe.streams, probe.choice
         if self.is_chief:
             say(probe.log_line())
         return models, training_step
