@@ -241,3 +241,39 @@ def crash_after_two_steps(monkeypatch, cfg) -> None:
         patch.setattr(TrainingRun, "_train_step", crash_at_step_3)
         with pytest.raises(RuntimeError, match="simulated crash"):
             train_local(cfg, data_workers=0, device=CPU)
+
+
+def _rank_choice(rank: int, port: int, results) -> None:
+    """One of two gloo ranks: rank 0 times channels-last 0.1 s faster, rank 1 times it 0.3 s slower."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    clock = FakeClock()
+    channels_last_s = [0.4, 0.8][rank]
+
+    def seconds(batch):
+        return channels_last_s if batch["labeled"]["image"].is_contiguous(memory_format=torch.channels_last) else 0.5
+
+    cfg = load_config(None, ["train.probe_steps=3"])
+    probe = SpeedProbe(cfg, TimedMethod(clock, seconds), CPU, False,
+                       lambda name, raw, fmt: {"image": raw["image"].contiguous(memory_format=fmt)},
+                       {"labeled": iter([{"image": torch.zeros(1, 3, 2, 2)}])}, 0, 2, None, clock=clock)
+    probe.memory_format({"m": nn.Conv2d(3, 1, 1)})
+    results[rank] = (probe.choice.channels_last, probe.choice.timings["channels_last_s"])
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes (about 20 s on 2 busy cores)
+def test_workers_average_their_timings_and_choose_alike():
+    """Rank 0 alone would pick channels-last (0.4 < 0.5 s), rank 1 contiguous (0.8 > 0.5 s); averaged
+    (0.6 > 0.5 s) both keep contiguous, so DDP's models share one layout."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_rank_choice, args=(port, results), nprocs=2)
+    assert dict(results) == {0: (False, pytest.approx(0.6)), 1: (False, pytest.approx(0.6))}
