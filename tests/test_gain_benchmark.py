@@ -134,17 +134,43 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_runs(gain, 
     assert record["seeds"] == [0, 1] and record["diff_mean"] == pytest.approx(0.05)
 
 
-def test_protocol_configs_load_and_p2_holds_its_clip_out():
+def test_protocol_configs_load_and_p2_holds_its_report_and_selection_splits_out():
     p1 = load_config(REPO / "experiments" / "protocols" / "p1_synthetic.yaml")
     assert (p1.data.label_count, p1.data.synthetic.height, p1.data.synthetic.width) == (10, 144, 192)
     assert p1.data.crop_size == (96, 128)  # smaller than the scenes: two crops of one scene differ
+    assert (p1.data.synthetic.seed, p1.data.synthetic.selection_seed) == (0, 1)  # selection: another generator seed
     lines = {name: (REPO / "experiments" / "protocols" / "p2_camvid" / f"{name}.txt").read_text().splitlines()
-             for name in ("labeled", "unlabeled", "all_labeled", "val")}
-    clips = {name: {Path(line.split()[0]).name.split("_")[0] for line in text} for name, text in lines.items()}
+             for name in ("labeled", "unlabeled", "all_labeled", "val", "selection")}
+    images = {name: {line.split()[0] for line in text} for name, text in lines.items()}
+    clips = {name: {Path(image).name.split("_")[0] for image in names} for name, names in images.items()}
     assert clips["val"] == {"0006R0"} and len(lines["val"]) == 101
-    assert "0006R0" not in clips["all_labeled"] | clips["labeled"] | clips["unlabeled"]
-    assert (len(lines["labeled"]), len(lines["unlabeled"]), len(lines["all_labeled"])) == (12, 355, 367)
+    assert clips["selection"] == {"0016E5"} and len(lines["selection"]) == 101
+    pool = images["all_labeled"] | images["labeled"] | images["unlabeled"]
+    assert not pool & images["val"] and not pool & images["selection"] and not images["val"] & images["selection"]
+    assert (len(lines["labeled"]), len(lines["unlabeled"]), len(lines["all_labeled"])) == (12, 254, 266)
     assert clips["labeled"] == {"0001TP"}  # the labels come from one clip (make_p2_camvid_splits.py says why)
+    p2 = load_config(REPO / "experiments" / "protocols" / "p2_camvid.yaml")
+    assert p2.data.selection_split == "experiments/protocols/p2_camvid/selection.txt"
+
+
+def test_evaluate_on_selection_scores_the_selection_split(tmp_path):
+    """``data.evaluate_on=selection`` swaps the evaluation set: P1's is the val scenes of generator seed 1, none of
+    them a report scene; a non-synthetic format without ``data.selection_split`` is refused in one line."""
+    from raysemi.errors import DataError
+
+    overrides = [f"data.root={tmp_path}", "data.synthetic.num_train=12", "data.synthetic.num_val=3"]
+    protocol = REPO / "experiments" / "protocols" / "p1_synthetic.yaml"
+    report = open_dataset(load_config(protocol, overrides).data).val
+    selection = open_dataset(load_config(protocol, [*overrides, "data.evaluate_on=selection"]).data).val
+    assert len(report) == len(selection) == 3
+    assert all("seed1" in str(s.image) for s in selection) and all("seed0" in str(s.image) for s in report)
+    assert {s.image.read_bytes() for s in selection}.isdisjoint(s.image.read_bytes() for s in report)
+    with pytest.raises(DataError, match="data.synthetic.selection_seed=0 is the training scenes' seed"):
+        open_dataset(load_config(protocol, [*overrides, "data.evaluate_on=selection",
+                                            "data.synthetic.selection_seed=0"]).data)
+    with pytest.raises(DataError, match="data.evaluate_on=selection needs data.selection_split"):
+        open_dataset(load_config(protocol, [*overrides, "data.evaluate_on=selection", "data.format=generic",
+                                            f"data.root={report[0].image.parents[2]}"]).data)
 
 
 def test_p2_protocol_reads_its_split_files():
@@ -155,9 +181,15 @@ def test_p2_protocol_reads_its_split_files():
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         source = open_dataset(cfg.data)
-    assert (len(source.split.labeled), len(source.split.unlabeled), len(source.val)) == (12, 355, 101)
+    assert (len(source.split.labeled), len(source.split.unlabeled), len(source.val)) == (12, 254, 101)
     assert all(s.mask is None for s in source.split.unlabeled)
     assert {s.image.name[:6] for s in source.val} == {"0006R0"}
+    cfg = load_config(REPO / "experiments" / "protocols" / "p2_camvid.yaml",
+                      [f"data.root={root}", "data.evaluate_on=selection"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        selection = open_dataset(cfg.data).val
+    assert len(selection) == 101 and {s.image.name[:6] for s in selection} == {"0016E5"}
 
 
 @pytest.mark.parametrize("method", ["cps", "cac"])
