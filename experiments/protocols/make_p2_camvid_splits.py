@@ -9,17 +9,18 @@ Why those 101 frames for selection: they are the only labelled frames outside th
 labeled clip (0001TP, whose frames would score a choice on neighbours of the 12 labels); they are CamVid's own
 published val split, a contiguous 6.7 s stretch of 0016E5 (frames 7959-8159, every second frame), so no pool
 frame lies inside it (the nearest, 7920 and 8190, are about 1 s away); and they are another drive than the
-report clip, so a choice tuned on them is not tuned on 0006R0. Until issue 35 they were unlabeled pool frames. ``labeled.txt`` is a seeded draw of ``--labels`` images from clip ``--labeled-clip``
-(0001TP; the project's split tool, :func:`raysemi.data.splits.make_split`), ``unlabeled.txt`` the rest of the
-pool (images only),
+report clip, so a choice tuned on them is not tuned on 0006R0. Until issue 35 they were unlabeled pool frames.
+
+``labeled.txt`` is a seeded draw of ``--labels`` images from clip ``--labeled-clip`` (0001TP; the project's
+split tool, :func:`raysemi.data.splits.make_split`), ``unlabeled.txt`` the rest of the pool (images only),
 ``all_labeled.txt`` the whole pool with masks (the all-labels run), ``val.txt`` the held-out clip,
 ``selection.txt`` CamVid's val split.
 
 Why the labels come from one clip: 12 labels drawn from the whole pool scored 0.345 on the held-out clip
-against 0.365 for all 367 (seed 0, 1,000 iterations): the pool's frames are so alike that 12 random ones
-carry nearly all it holds, leaving no headroom (both measured on the 367-frame pool of before issue 35). 12 labels of the dusk clip 0001TP leave 13.2 ± 3.4 points,
-and unlabeled frames of the other clips then carry what the labels lack (the common case of annotating one
-drive and recording many).
+against 0.365 for all 367 (seed 0, 1,000 iterations; the 367-frame pool of before issue 35): the pool's frames
+are so alike that 12 random ones carry nearly all it holds, leaving no headroom. 12 labels of the dusk clip
+0001TP left 13 points of headroom, and unlabeled frames of the other clips then carry what the labels lack (the
+common case of annotating one drive and recording many).
 
 Usage (from the repository root)::
 
