@@ -34,16 +34,20 @@ def gain(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(module, "RUNS", tmp_path / "results" / "gain")
     monkeypatch.setattr(module, "WORK", tmp_path / "work")
+    monkeypatch.setattr(module, "QUOTING", ())  # the repository's documents are checked, not rewritten
     monkeypatch.chdir(tmp_path)  # main() moves to the repository root; this puts the cwd back afterwards
     return module
 
 
-def write_run(gain, method, seed, miou, baseline=None, iou=None, overrides=(), iterations=600):
+def write_run(gain, method, seed, miou, baseline=None, iou=None, overrides=(), iterations=600, code="v1", **fields):
+    """A hand-made run JSON (``code``: its code_version; None leaves the field out, as runs from before it)."""
     run = {"protocol": "p1", "method": method, "baseline": baseline, "seed": seed, "iterations": iterations,
            "overrides": list(overrides), "val_miou": miou, "per_class_iou": iou or {"a": miou, "b": None},
            "train_time_s": 100.0, "it_per_s": 6.0 if method == "supervised" else 2.0, "wall_time_s": 120.0,
-           "curve": [[300, miou - 0.05], [450, miou - 0.005], [600, miou]]}
-    path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, iterations, tuple(overrides))}.json"
+           "curve": [[300, miou - 0.05], [450, miou - 0.005], [600, miou]], "commit": "abc1234",
+           **({"code_version": code} if code else {}), **fields}
+    split = fields.get("split", "report")
+    path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, iterations, tuple(overrides), split)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run))
 
@@ -112,10 +116,11 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_runs(gain, 
     trained = []
 
     def fake_train(cfg):
-        if cfg.method == "cps" and cfg.run.seed == 1 and "cps-1" not in trained:
+        variant = Path(cfg.run.dir).name.split("-seed")[0]
+        if variant == "cps" and cfg.run.seed == 1 and "cps-1" not in trained:
             trained.append("cps-1")
             raise KeyboardInterrupt  # the stop, in the middle of seed 1's method run
-        trained.append(f"{cfg.method}-{cfg.run.seed}")
+        trained.append(f"{variant}-{cfg.run.seed}")
         run_dir = Path(cfg.run.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "steps_per_s": 4.0,
@@ -127,11 +132,19 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_runs(gain, 
     command = ["--protocol", "p1", "--method", "cps", "--seeds", "2", "--iterations", "8"]
     with pytest.raises(KeyboardInterrupt):
         gain.main(command)
-    assert trained == ["supervised-0", "cps-0", "supervised-1", "cps-1"]
+    # the planned baselines first: supervised and supervised with the unlabeled batch through BatchNorm
+    assert trained == ["supervised-0", "supervised_unlabeled_bn-0", "cps-0", "supervised-1",
+                       "supervised_unlabeled_bn-1", "cps-1"]
     assert gain.main(command) == 0
-    assert trained[4:] == ["cps-1"]  # only the interrupted run trains again
-    (record,) = json.loads((gain.RESULTS / "summary.json").read_text())
+    assert trained[6:] == ["cps-1"]  # only the interrupted run trains again
+    records = json.loads((gain.RESULTS / "summary.json").read_text())
+    by_name = {r["name"]: r for r in records}
+    assert sorted(by_name) == ["p1/it8/cps-vs-supervised", "p1/it8/cps-vs-supervised_unlabeled_bn",
+                               "p1/it8/supervised_unlabeled_bn-vs-supervised"]
+    record = by_name["p1/it8/cps-vs-supervised"]
     assert record["seeds"] == [0, 1] and record["diff_mean"] == pytest.approx(0.05)
+    version = gain.code_version("p1")
+    assert record["method_runs"]["code_version"] == record["baseline_runs"]["code_version"] == [version, version]
 
 
 def test_protocol_configs_load_and_p2_holds_its_report_and_selection_splits_out():
@@ -237,19 +250,39 @@ def test_simformer_records_carry_novel_lists_and_the_oracle_of_each_seed(gain):
     assert gain.ORACLES["simformer3_full"] == "simformer3_oracle"
 
 
-@pytest.mark.parametrize("field, value, flag", [
-    ("commit", "abc1234", "**Seeds [1] compare runs of different code versions**"),
-    # the baseline's JSON has no "device": runs from before the field trained on the CPU
-    ("device", "NVIDIA H200", "**Seeds [1] compare runs on different devices**"),
-])
-def test_pairs_of_different_code_versions_or_devices_are_flagged(gain, field, value, flag):
+def test_pairs_of_different_devices_are_flagged(gain):
     for seed in (0, 1):
-        write_run(gain, "supervised", seed, 0.30)
-        write_run(gain, "cps", seed, 0.36, "supervised")
-    path = gain.RUNS / "p1" / "cps-seed1-it600.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+        write_run(gain, "supervised", seed, 0.30)  # no "device": runs from before the field trained on the CPU
+        write_run(gain, "cps", seed, 0.36, "supervised", **({"device": "NVIDIA H200"} if seed else {}))
     gain.write_outputs()
-    assert flag in (gain.RUNS / "README.md").read_text()
+    assert "**Seeds [1] compare runs on different devices**" in (gain.RUNS / "README.md").read_text()
+
+
+def test_runs_of_different_code_versions_are_paired_only_when_allowed(gain, capsys):
+    """A pair whose code versions differ (or one is unknown: a JSON from before the field) is refused with one
+    line naming both runs, their versions and what to do; --allow-mixed-code pairs it and the tables flag it."""
+    write_run(gain, "supervised", 0, 0.30)
+    write_run(gain, "cps", 0, 0.36, "supervised")
+    write_run(gain, "supervised", 1, 0.32, code="v0")  # a stale baseline
+    write_run(gain, "cps", 1, 0.35, "supervised")
+    write_run(gain, "supervised", 2, 0.30, code=None)  # from before code_version: unknown, stale
+    write_run(gain, "cps", 2, 0.40, "supervised")
+
+    (record,) = gain.write_outputs()
+    assert record["seeds"] == [0] and record["diff_mean"] == pytest.approx(0.06)  # only seed 0 ran one code
+    lines = [line for line in capsys.readouterr().err.splitlines() if "refused" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("[gain] refused to pair p1/cps-seed1-it600 (code v1) with p1/supervised-seed1-it600 "
+                               "(code v0): rerun the stale side (")
+    assert "--method supervised --seed 1 --iterations 600 --skip-baseline --rerun-stale" in lines[0]
+    assert "or pass --allow-mixed-code" in lines[0] and "(code unknown)" in lines[1]
+
+    (mixed,) = gain.write_outputs(allow_mixed=True)
+    assert mixed["seeds"] == [0, 1, 2] and mixed["mixed_code"] is True
+    assert mixed["baseline_runs"]["code_version"] == ["v1", "v0", None]
+    assert "**Seeds [1, 2] compare runs of different code versions**" in (gain.RUNS / "README.md").read_text()
+    assert gain.main(["--table", "--allow-mixed-code"]) == 0 and len(json.loads(
+        (gain.RESULTS / "summary.json").read_text())[0]["seeds"]) == 3
 
 
 def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of_the_baseline(
@@ -288,7 +321,7 @@ def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of
 def fake_trainer(trained: list[tuple[str, int]], miou: float = 0.4):
     """A trainer that records ``(method, seed)``, writes one metrics record and returns a summary of ``miou``."""
     def train(cfg):
-        trained.append((cfg.method, cfg.run.seed))
+        trained.append((Path(cfg.run.dir).name.split("-seed")[0], cfg.run.seed))
         run_dir = Path(cfg.run.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "steps_per_s": 2.0}) + "\n")
@@ -307,7 +340,8 @@ def test_seed_and_skip_baseline_run_the_method_alone_at_the_seeds_given(gain, mo
     run = json.loads((gain.RUNS / "p1" / "cps-seed1-it8.json").read_text())
     assert (run["seed"], run["baseline"], run["device"]) == (1, "supervised", "cpu")  # paired once one exists
     assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "3", "--seed", "0", "--iterations", "8"]) == 0
-    assert trained[1:] == [("supervised", 3), ("cps", 3), ("supervised", 0), ("cps", 0)]  # in the order given
+    assert trained[1:] == [("supervised", 3), ("supervised_unlabeled_bn", 3), ("cps", 3),  # in the order given
+                           ("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]
 
 
 def test_runner_local_trains_through_train_run_local_and_records_the_device(gain, monkeypatch):
@@ -316,7 +350,7 @@ def test_runner_local_trains_through_train_run_local_and_records_the_device(gain
     monkeypatch.setattr(gain, "train_run_local", fake_trainer(trained))
     command = ["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8", "--runner", "local"]
     assert gain.main(command) == 0
-    assert trained == [("supervised", 0), ("cps", 0)]
+    assert trained == [("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]
     assert json.loads((gain.RUNS / "p1" / "cps-seed0-it8.json").read_text())["device"] == "cpu"
 
     # on a CUDA machine the local runner's runs name the GPU; the Ray runner's (no protocol sets use_gpu) do not

@@ -4,8 +4,8 @@ Each stage is a run of its own in ``<run.dir>/<stage name>`` (a finished stage r
 is repeated); a stage that needs pseudo-labels gets them from the previous stage's checkpoint first.
 ``<run.dir>/stages.json`` lists each stage's run directory, its iterations (``steps``) and the summary keys it
 records; the chain's result is the last stage's summary. A chain's compute is the sum over its stages (what
-``experiments/benchmarks/gain.py`` counts for a chained method), not its last stage's. Nothing here names a method, and nothing imports ray: the caller hands in the
-function that trains one run.
+``experiments/benchmarks/gain.py`` counts for a chained method), not its last stage's. Nothing here names a
+method, and nothing imports ray: the caller hands in the function that trains one run.
 """
 
 from __future__ import annotations
