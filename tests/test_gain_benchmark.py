@@ -285,29 +285,43 @@ def test_runs_of_different_code_versions_are_paired_only_when_allowed(gain, caps
         (gain.RESULTS / "summary.json").read_text())[0]["seeds"]) == 3
 
 
-def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of_the_baseline(
+def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_count_every_stage(
         gain, synthetic_root, tmp_path, monkeypatch):
     protocol = tmp_path / "protocol.yaml"
     protocol.write_text(fast_config(synthetic_root, tmp_path / "unused", "data.label_count=6").to_yaml())
     monkeypatch.setitem(gain.PROTOCOLS, "p1", gain.Protocol(config=str(protocol), all_labels=(),
                                                             methods=gain.self_correction_variants()))
     configs = []
+    stage_speed = {"ancillary": 4.0, "corrector": 2.0, "primary": 2.0}  # it/s each stage logs
 
     def fake_train(cfg):
+        """A chained run: each stage's metrics and stages.json (as raysemi.engine.stages writes them); the
+        result is the last stage's."""
         configs.append(cfg)
-        stage_dir = Path(cfg.run.dir) / "primary"  # a chained run: the result is its last stage's
-        stage_dir.mkdir(parents=True)
-        (stage_dir / "metrics.jsonl").write_text(json.dumps({"step": 6, "steps_per_s": 2.0}) + "\n")
-        return {"miou": 0.4, "iou": {"a": 0.4}, "run_dir": str(stage_dir)}
+        budgets = {"ancillary": cfg.self_correction.ancillary_steps, "primary": cfg.train.steps}
+        if cfg.self_correction.mode == "conv":
+            budgets = {"ancillary": budgets["ancillary"], "corrector": cfg.self_correction.corrector_steps,
+                       "primary": cfg.train.steps}
+        for name, steps in budgets.items():
+            (Path(cfg.run.dir) / name).mkdir(parents=True)
+            (Path(cfg.run.dir) / name / "metrics.jsonl").write_text(
+                json.dumps({"step": steps, "steps_per_s": stage_speed[name]}) + "\n")
+        (Path(cfg.run.dir) / "stages.json").write_text(json.dumps(
+            {name: {"run_dir": str(Path(cfg.run.dir) / name), "steps": steps} for name, steps in budgets.items()}))
+        return {"miou": 0.4, "iou": {"a": 0.4}, "run_dir": str(Path(cfg.run.dir) / "primary")}
 
     monkeypatch.setattr(gain, "train_run", fake_train)
     linear = gain.run_once("p1", "self_correction_linear", 0, 8, "supervised")
     conv = gain.run_once("p1", "self_correction_conv", 0, 8, "supervised")
 
+    # not equal iterations: the ancillary trains the budget, then the primary trains it again
     assert (configs[0].train.steps, configs[0].self_correction.ancillary_steps) == (8, 8)
-    # conv: corrector 2 + primary 6 = the baseline's 8 iterations
-    assert (configs[1].train.steps, configs[1].self_correction.corrector_steps) == (6, 2)
-    assert linear["it_per_s"] == 2.0 and conv["val_miou"] == 0.4  # read from the last stage's run
+    assert (configs[1].train.steps, configs[1].self_correction.corrector_steps) == (6, 2)  # conv: 8 + 2 + 6
+    assert linear["total_iterations"] == conv["total_iterations"] == 16
+    assert gain.total_iterations("self_correction_conv", 8) == gain.total_iterations("self_correction_linear", 8) == 16
+    # training time summed over the stages: linear 8/4 + 8/2 = 6 s; conv 8/4 + 2/2 + 6/2 = 6 s; 16 it in 6 s
+    assert linear["train_time_s"] == conv["train_time_s"] == 6.0 and linear["it_per_s"] == pytest.approx(2.667)
+    assert [s["iterations"] for s in conv["stages"]] == [8, 2, 6] and conv["val_miou"] == 0.4
     boxes = Path(configs[0].data.unlabeled_boxes)
     source = open_dataset(configs[0].data)
     assert boxes == gain.WORK / "p1" / "unlabeled_boxes.txt" and len(source.split.unlabeled) == 18
@@ -316,6 +330,51 @@ def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of
     mask = source.reader.decode_mask(next(s.mask for s in source.train if s.image == first.image))
     expected = mask_boxes(mask, source.reader.classes)
     assert tuple(first.boxes) == tuple(expected) and expected
+
+
+def test_self_correction_faces_supervised_at_its_summed_budget_and_its_own_baselines(gain):
+    """At a budget of 600 self-correction trains 1,200 iterations: its records pair it with supervised at 1,200
+    (equal compute) and at 600 (the second row), with ``none``, and with ``supervised_boxes`` at 1,200."""
+    for seed, (plain, long_run, none, linear, boxes) in enumerate([(0.30, 0.33, 0.40, 0.42, 0.41),
+                                                                    (0.28, 0.31, 0.38, 0.41, 0.37)]):
+        write_run(gain, "supervised", seed, plain)
+        write_run(gain, "supervised", seed, long_run, iterations=1200)
+        write_run(gain, "supervised_boxes", seed, boxes, iterations=1200)
+        write_run(gain, "self_correction_none", seed, none, "supervised", total_iterations=1200)
+        write_run(gain, "self_correction_linear", seed, linear, "supervised", total_iterations=1200)
+    records = {r["name"]: r for r in gain.write_outputs()}
+    linear = "p1/it600/self_correction_linear-vs-"
+    assert {name.removeprefix(linear) for name in records if name.startswith(linear)} == {
+        "supervised@it1200", "supervised", "self_correction_none", "supervised_boxes@it1200"}
+    matched = records[linear + "supervised@it1200"]
+    assert matched["diff_mean"] == pytest.approx(0.095)  # (0.42 − 0.33 + 0.41 − 0.31) / 2
+    assert matched["method_runs"]["total_iterations"] == matched["baseline_runs"]["total_iterations"] == [1200] * 2
+    assert records[linear + "supervised"]["baseline_runs"]["total_iterations"] == [600, 600]
+    assert records[linear + "supervised"]["diff_mean"] == pytest.approx(0.125)
+    assert records[linear + "self_correction_none"]["diff_mean"] == pytest.approx(0.025)
+    assert records[linear + "supervised_boxes@it1200"]["diff_mean"] == pytest.approx(0.025)
+    assert "p1/it600/self_correction_none-vs-supervised_boxes@it1200" in records
+    readme = (gain.RUNS / "README.md").read_text()
+    assert "p1: self_correction_linear against supervised, 600 it (baseline 1200 it)" in readme
+    assert "1,200 iterations in all against 1,200" in readme and "1,200 iterations in all against 600" in readme
+
+
+def test_the_plan_names_every_baseline_each_method_must_beat(gain):
+    def planned(method):
+        return [(c.baseline, c.at_total) for c in gain.planned_comparisons(method)]
+
+    assert planned("cac") == [("supervised", False), ("supervised_unlabeled_bn", False), ("cac_control", False)]
+    assert planned("cps_control") == [("supervised", False), ("supervised_unlabeled_bn", False)]
+    assert planned("self_correction_conv") == [("supervised", True), ("supervised", False),
+                                               ("self_correction_none", False), ("supervised_boxes", True)]
+    assert planned("simformer3_full") == [("simformer3_basic", False), ("simformer3_basic_nocomp", False)]
+    # what gain.py --method cac trains beside it (the control only with --control; undefined variants skipped)
+    assert gain.baselines_to_run("p2", ["cac"], 1000, "supervised") == [("supervised", 1000),
+                                                                        ("supervised_unlabeled_bn", 1000)]
+    known = set(gain.known_variants(gain.PROTOCOLS["p2"]))
+    expected = [("supervised", 2000), ("supervised", 1000)] + [(b, n) for b, n in [
+        ("self_correction_none", 1000), ("supervised_boxes", 2000)] if b in known]
+    assert gain.baselines_to_run("p2", ["self_correction_linear"], 1000, None) == expected
 
 
 def fake_trainer(trained: list[tuple[str, int]], miou: float = 0.4):
@@ -450,3 +509,94 @@ def test_difference_text_uses_the_unrounded_mious():
     # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
     assert gain.difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
     assert gain.difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
+
+
+def test_rerun_stale_retrains_a_run_of_another_code_version_and_keeps_the_old_json(gain, monkeypatch):
+    trained = []
+    monkeypatch.setattr(gain, "train_run", fake_trainer(trained, miou=0.5))
+    write_run(gain, "supervised", 0, 0.30, iterations=8, code="old")  # finished at another code version
+    command = ["--protocol", "p1", "--method", "supervised", "--seed", "0", "--iterations", "8"]
+    assert gain.main(command) == 0 and trained == []  # finished: read, not retrained
+    assert gain.main([*command, "--rerun-stale"]) == 0 and trained == [("supervised", 0)]
+    run = json.loads((gain.RUNS / "p1" / "supervised-seed0-it8.json").read_text())
+    assert (run["val_miou"], run["code_version"]) == (0.5, gain.code_version("p1"))
+    assert json.loads((gain.RUNS / "p1" / "stale" / "supervised-seed0-it8-old.json").read_text())["val_miou"] == 0.3
+    assert gain.main([*command, "--rerun-stale"]) == 0 and len(trained) == 1  # now current: not retrained
+
+    # a run directory started at another version is not resumed (two versions in one run)
+    (gain.WORK / "p1" / "cps-seed0-it8").mkdir(parents=True)
+    (gain.WORK / "p1" / "cps-seed0-it8.code_version").write_text("old\n")
+    with pytest.raises(SystemExit, match="holds a run started at code old, not .*pass --rerun-stale to restart it"):
+        gain.main(["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8", "--skip-baseline"])
+
+
+def test_code_version_hashes_the_training_files_as_git_blobs(gain, monkeypatch):
+    """The version covers raysemi/, the protocol config and its split files; a file enters as its git blob id,
+    so the version follows the files' content, not the commit."""
+    import subprocess
+
+    files, from_git = gain.training_files("p2")
+    assert from_git and "raysemi/engine/loop.py" in files
+    assert {"experiments/protocols/p2_camvid.yaml", "experiments/protocols/p2_camvid/selection.txt",
+            "experiments/protocols/p2_camvid/val.txt"} <= set(files)
+    blob = subprocess.run(["git", "-C", str(REPO), "hash-object", "raysemi/errors.py"], capture_output=True,
+                          text=True).stdout.strip()
+    data = (REPO / "raysemi" / "errors.py").read_bytes()
+    assert __import__("hashlib").sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob
+    assert len(gain.code_version("p2")) == 12 and gain.code_version("p1") != gain.code_version("p2")
+    # outside a git checkout: every file under raysemi/ is hashed and the version says so
+    monkeypatch.setattr(gain.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 128, "", "no git"))
+    gain.code_version.cache_clear()
+    try:
+        assert gain.code_version("p1").startswith("nogit-")
+    finally:
+        gain.code_version.cache_clear()
+
+
+def test_repeatability_runs_one_seed_three_times_and_records_the_differences(gain, monkeypatch):
+    """Twice at the protocol's thread count, once at another; summary.json gets a repeatability record."""
+    mious = iter([0.40, 0.40, 0.43])
+    threads = []
+
+    def fake_train(cfg):
+        threads.append(cfg.train.torch_threads)
+        run_dir = Path(cfg.run.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        miou = next(mious)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 8, "steps_per_s": 2.0,
+                                                           "val": {"miou": miou}}) + "\n")
+        return {"miou": miou, "iou": {"a": miou}}
+
+    monkeypatch.setattr(gain, "train_run", fake_train)
+    assert gain.main(["--protocol", "p1", "--method", "cac", "--seed", "1", "--iterations", "8",
+                      "--repeatability"]) == 0
+    assert threads == [2, 2, 1]  # p1_synthetic.yaml: train.torch_threads 2
+    (record,) = [r for r in json.loads((gain.RESULTS / "summary.json").read_text()) if r["kind"] == "repeatability"]
+    assert (record["method"], record["seed"], record["torch_threads"]) == ("cac", 1, [2, 2, 1])
+    assert record["miou"] == [0.40, 0.40, 0.43] and record["same_threads_diff"] == 0.0
+    assert record["other_threads_diff"] == pytest.approx(0.03) and record["same_threads_same_curve"] is True
+    assert record["code_version"] == gain.code_version("p1")
+    names = {r: gain.run_name("cac", 1, 8, (f"train.torch_threads={n}",)) + f"-repeat-{r}.json"
+             for r, n in zip("abc", (2, 2, 1))}
+    assert sorted(p.name for p in (gain.RUNS / "p1" / "repeatability").iterdir()) == sorted(names.values())
+    assert not list((gain.RUNS / "p1").glob("*.json"))  # kept apart: no comparison pairs a repeatability run
+    assert "| cac | 1 | cpu | 2 / 2 / 1 | 0.4000 / 0.4000 / 0.4300 | +0.00 | +3.00 | yes |" in (
+        gain.RUNS / "README.md").read_text()
+
+
+def test_selection_split_runs_are_scored_there_and_never_paired_with_report_runs(gain, monkeypatch):
+    trained = []
+    monkeypatch.setattr(gain, "train_run", lambda cfg: trained.append(cfg.data.evaluate_on) or fake_trainer([])(cfg))
+    assert gain.main(["--protocol", "p1", "--method", "supervised_unlabeled_bn", "--seed", "0", "--iterations", "8",
+                      "--split", "selection"]) == 0
+    assert trained == ["selection", "selection"]
+    assert sorted(p.name for p in (gain.RUNS / "p1").iterdir()) == [
+        "supervised-seed0-it8-selection.json", "supervised_unlabeled_bn-seed0-it8-selection.json"]
+    write_run(gain, "supervised", 0, 0.2, iterations=8)  # a report-split baseline of the same seed
+    write_run(gain, "supervised_unlabeled_bn", 1, 0.2, "supervised", iterations=8)
+    (record,) = gain.write_outputs()
+    assert (record["name"], record["split"], record["seeds"]) == (
+        "p1/selection/it8/supervised_unlabeled_bn-vs-supervised", "selection", [0])
+    readme = (gain.RUNS / "README.md").read_text()
+    assert "## Protocol p1, selection split" in readme and readme.index("## Protocol p1, report split") < \
+        readme.index("## Protocol p1, selection split")

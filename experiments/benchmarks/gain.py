@@ -796,7 +796,7 @@ def write_outputs(allow_mixed: bool = False) -> list[dict]:
              "invocation on the same machine. The report split gives the headline numbers; the selection split,",
              "where hyperparameters are chosen, has sections of its own and is never mixed with it.", ""]
     for split in ("report", "selection"):
-        for protocol in sorted({r["protocol"] for r in runs if r["split"] == split}):
+        for protocol in sorted({r["protocol"] for r in runs + repeats if r["split"] == split}):
             lines += [f"## Protocol {protocol}, {split} split", ""]
             lines += budget_section(protocol, [r for r in runs if r["split"] == split])
             lines += repeatability_section([r for r in repeats if (r["protocol"], r["split"]) == (protocol, split)])
