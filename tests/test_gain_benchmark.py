@@ -621,3 +621,52 @@ def test_a_local_run_at_a_fixed_seed_and_thread_count_is_bit_repeatable(syntheti
     first, second = final_weights("a"), final_weights("b")
     assert first.keys() == second.keys() and len(first) > 10
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+QUOTING_DOCUMENTS = ("README.md", "docs/benchmarks.md", "experiments/benchmarks/results/gain/notes.md")
+
+
+@pytest.mark.parametrize("document", QUOTING_DOCUMENTS)
+def test_every_quoted_gain_figure_equals_summary_json(document):
+    """The gain figures the README, the benchmarks page and the notes quote are markers filled from
+    summary.json; one that differs from its record (or names none) fails here: run `gain.py --table`."""
+    gain = load_gain()
+    records = json.loads((REPO / "experiments" / "benchmarks" / "results" / "summary.json").read_text())
+    by_name = {r["name"]: r for r in records if r.get("kind") == "comparison"}
+    quotes = list(gain.QUOTE.finditer((REPO / document).read_text()))
+    assert len(quotes) >= 20, f"{document}: {len(quotes)} gain quotes; its figures should be markers"
+    for quote in quotes:
+        expected = gain.quoted(quote["key"], by_name)
+        assert quote["text"] == expected, f"{document}: gain:{quote['key']} says {quote['text']!r}, not {expected!r}"
+
+
+def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_cannot(gain):
+    record = {"kind": "comparison", "name": "p2/cac-vs-supervised", "seeds": [0, 1, 2],
+              "miou": [0.2733, 0.3097, 0.2818], "baseline_miou": [0.2202, 0.2587, 0.2085]}
+    weak = {"kind": "comparison", "name": "p2/simformer_full-vs-simformer_basic", "seeds": [0, 1],
+            "miou": [0.4, 0.4], "baseline_miou": [0.4, 0.4], "novel_miou": [0.55, 0.54],
+            "baseline_novel_miou": [0.10, 0.04], "oracle_novel_miou": [0.65, None],
+            "base_miou": [0.352, 0.35], "baseline_base_miou": [0.342, 0.364]}
+    text = ("CAC <!-- gain:p2/cac-vs-supervised -->+5.8 ± 1.2<!-- /gain --> (seeds "
+            "<!-- gain:p2/cac-vs-supervised#seeds -->old<!-- /gain -->; seed 2 "
+            "<!-- gain:p2/cac-vs-supervised#seed2 --><!-- /gain -->), gap "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#gap-seeds --><!-- /gain -->, base "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#base --><!-- /gain -->; "
+            "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->")
+    filled, problems = gain.fill_quotes(text, [record, weak])
+    # differences: +5.31, +5.10, +7.33 points; mean 5.913, sample std 1.226
+    assert "<!-- gain:p2/cac-vs-supervised -->+5.9 ± 1.2<!-- /gain -->" in filled
+    assert "#seeds -->+5.3 / +5.1 / +7.3<!-- /gain -->" in filled and "#seed2 -->+7.3<" in filled
+    # shares of the gap: (0.55 − 0.10) / (0.65 − 0.10) = 0.82; seed 1 has no oracle; base: (+1.0 − 1.4) / 2
+    assert "#gap-seeds -->0.82 / -<" in filled and "#base -->-0.2<" in filled
+    assert "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->" in filled  # no record: left as it was
+    assert problems == ["gain:p2/cps-vs-supervised: no summary.json record named p2/cps-vs-supervised"]
+    with pytest.raises(ValueError, match="record p2/cac-vs-supervised has no seed 5"):
+        gain.quoted("p2/cac-vs-supervised#seed5", {record["name"]: record})
+    with pytest.raises(ValueError, match="#median is not a quote field"):
+        gain.quoted("p2/cac-vs-supervised#median", {record["name"]: record})
+    document = gain.RESULTS / "page.md"
+    document.parent.mkdir(parents=True)
+    document.write_text(text)
+    gain.fill_document(document, [record, weak])
+    assert document.read_text() == filled

@@ -880,10 +880,6 @@ QUOTE = re.compile(r"<!-- gain:(?P<key>[^ ]+) -->(?P<text>.*?)<!-- /gain -->")
 QUOTING = (REPO / "README.md", REPO / "docs" / "benchmarks.md")  # besides results/gain/notes.md
 
 
-def _points(values: list[float]) -> str:
-    return " / ".join(f"{100 * v:+.1f}" for v in values)
-
-
 def _gap_shares(record: dict) -> list[float | None]:
     return [gap_closed(b, m, o) for b, m, o in zip(record["baseline_novel_miou"], record["novel_miou"],
                                                    record["oracle_novel_miou"])]
@@ -893,34 +889,51 @@ def _diffs(record: dict, prefix: str = "") -> list[float]:
     return [m - b for m, b in zip(record[f"{prefix}miou"], record[f"baseline_{prefix}miou"])]
 
 
-QUOTE_FIELDS: dict[str, Callable[[dict], str]] = {
+def _gap_of_means(record: dict) -> float | None:
+    """The share of the gap closed by the mean novel mIoUs, over the seeds with an oracle run."""
+    kept = [i for i, o in enumerate(record["oracle_novel_miou"]) if o is not None]
+    means = [statistics.mean(record[c][i] for i in kept) for c in
+             ("baseline_novel_miou", "novel_miou", "oracle_novel_miou")] if kept else []
+    return gap_closed(*means) if means else None
+
+
+# Each field's figures per seed (a list), or its one figure (a string)
+QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "": lambda r: difference_text(r).removesuffix(" points"),
-    "seeds": lambda r: _points(_diffs(r)),
+    "seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r)],
     "n": lambda r: str(len(r["seeds"])),
     "miou": lambda r: f"{statistics.mean(r['miou']):.3f}",
     "baseline-miou": lambda r: f"{statistics.mean(r['baseline_miou']):.3f}",
     "gap": lambda r: _fmt(_mean_of(_gap_shares(r)), 2),
-    "gap-seeds": lambda r: " / ".join(_fmt(v, 2) for v in _gap_shares(r)),
+    "gap-seeds": lambda r: [_fmt(v, 2) for v in _gap_shares(r)],
+    "gap-means": lambda r: _fmt(_gap_of_means(r), 2),
     "base": lambda r: f"{100 * statistics.mean(_diffs(r, 'base_')):+.1f}",
-    "base-seeds": lambda r: _points(_diffs(r, "base_")),
+    "base-seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r, "base_")],
 }
 
 
 def quoted(key: str, records: dict[str, dict]) -> str:
-    """The text of the quote ``key`` (``NAME``, ``NAME#FIELD`` or ``NAME#seedS`` for one seed's difference);
-    ValueError naming what is missing."""
+    """The text of the quote ``key``: ``NAME``, ``NAME#FIELD``, or for a per-seed field one seed's figure
+    (``NAME#seed1``, ``NAME#gap-seed2``, ``NAME#base-seed0``); ValueError naming what is missing."""
     name, _, field = key.partition("#")
     if name not in records:
         raise ValueError(f"no summary.json record named {name}")
     record = records[name]
-    if field.startswith("seed") and field[4:].isdigit():
-        if int(field[4:]) not in record["seeds"]:
-            raise ValueError(f"record {name} has no seed {field[4:]} (seeds {record['seeds']})")
-        return _points([_diffs(record)[record["seeds"].index(int(field[4:]))]])
+    one_seed = re.fullmatch(r"(?P<field>(?:\w+-)?seed)(?P<seed>\d+)", field)
+    if one_seed:
+        field = one_seed["field"] + "s"
+        if int(one_seed["seed"]) not in record["seeds"]:
+            raise ValueError(f"record {name} has no seed {one_seed['seed']} (seeds {record['seeds']})")
     if field not in QUOTE_FIELDS:
         fields = ", ".join(f for f in QUOTE_FIELDS if f)
-        raise ValueError(f"#{field} is not a quote field; choose one of seedS, {fields}")
-    return QUOTE_FIELDS[field](record)
+        raise ValueError(f"#{field} is not a quote field; choose one of {fields}, or seedS, gap-seedS, base-seedS")
+    try:
+        value = QUOTE_FIELDS[field](record)
+    except KeyError as missing:
+        raise ValueError(f"record {name} has no {missing} (not a weak-shot record)") from None
+    if one_seed:
+        return value[record["seeds"].index(int(one_seed["seed"]))]
+    return " / ".join(value) if isinstance(value, list) else value
 
 
 def fill_quotes(text: str, records: list[dict]) -> tuple[str, list[str]]:
