@@ -438,12 +438,12 @@ def load_gain_plan():
 
 
 # Stands in for gain.py: `SECONDS CODE [extra...]` prints its arguments and start time, sleeps SECONDS, prints its
-# end time and exits with CODE; `--table` leaves a file `table` beside itself.
+# end time and exits with CODE; `--table` leaves a file `table` beside itself, holding its arguments.
 FAKE_GAIN = """\
 import sys, time
 from pathlib import Path
 if "--table" in sys.argv:
-    Path(__file__).with_name("table").touch()
+    Path(__file__).with_name("table").write_text(" ".join(sys.argv[1:]))
     sys.exit(0)
 print("args", *sys.argv[1:])
 print("start", time.time(), flush=True)
@@ -500,8 +500,42 @@ def test_gain_plan_main_fails_when_a_line_fails_and_rebuilds_the_table(gain_plan
     plan.write_text("0 0\n0 2  # fails\n")
     assert gain_plan.main([str(plan), "--jobs", "2", "--logs", str(tmp_path / "logs")]) == 1
     assert (tmp_path / "table").is_file()
+    assert (tmp_path / "table").read_text() == "--table"
     plan.write_text("0 0\n")
-    assert gain_plan.main([str(plan), "--logs", str(tmp_path / "logs")]) == 0
+    assert gain_plan.main([str(plan), "--logs", str(tmp_path / "logs"), "--allow-mixed-code"]) == 0
+    assert (tmp_path / "table").read_text() == "--table --allow-mixed-code"
+
+
+def test_the_rerun_matrix_plan_covers_every_headline_comparison_one_run_per_line():
+    """Every line of plans/rerun_matrix.txt is a valid gain.py invocation that trains one run at this code
+    version (--rerun-stale; a baseline as its own baseline or --skip-baseline), no run twice, and the matrix
+    holds every variant of the planned comparisons on 3 seeds of both protocols."""
+    gain = load_gain()
+    plan = load_gain_plan().read_plan(REPO / "experiments" / "benchmarks" / "plans" / "rerun_matrix.txt")
+    runs = set()
+    for line in plan:
+        args = gain.parse_args(line)
+        assert args.rerun_stale and args.seed and len(args.seed) == 1, line
+        if not args.repeatability:
+            assert args.skip_baseline or args.baseline == args.method, line
+        run = (args.protocol, args.method, args.seed[0], args.iterations or 1000, tuple(args.set), args.split,
+               args.repeatability)
+        assert run not in runs, line
+        runs.add(run)
+    pending = {"supervised_boxes", "simformer_basic_nocomp", "simformer3_basic_nocomp"}  # the weak-label half
+    for protocol in ("p1", "p2"):
+        report = {(m, s, n) for p, m, s, n, extra, split, repeat in runs
+                  if (p, extra, split, repeat) == (protocol, (), "report", False)}
+        assert {m for m, _, _ in report} <= set(gain.known_variants(gain.PROTOCOLS[protocol])) | pending
+        for method in {m for m, _, _ in report}:
+            assert {s for m, s, n in report if m == method} == {0, 1, 2}, (protocol, method)
+            for comparison in gain.planned_comparisons(method):
+                for seed in range(3):
+                    assert (comparison.baseline, seed, gain.baseline_budget(comparison, 1000)) in report, (
+                        protocol, method, comparison)
+        assert {"cac", "cps", "self_correction_linear", "self_correction_conv", "simformer_full"} <= {
+            m for m, _, _ in report}
+        assert (protocol, "supervised", 0, 1000, (), "report", True) in runs  # repeatability
 
 
 def test_difference_text_uses_the_unrounded_mious():
