@@ -1,44 +1,60 @@
-"""Does a method beat its baseline? Paired runs on a benchmark protocol, resumable, with a table and summary.
+"""Does a method beat its baselines? Paired runs on a benchmark protocol, resumable, with a table and summary.
 
-A protocol (``experiments/protocols/``) fixes the data, the labeled split, the model, the optimiser and the
-iteration budget, and is itself a plain raysemi config of the supervised(k) baseline. This command runs a method
-and its baseline on that protocol for seeds ``0..S-1``: the same split, the same labeled batches (the labeled
-stream's order and augmentation are a function of ``run.seed`` alone, whatever else the method reads) and the
-same iterations; the seed changes initialisation and data order. Each run writes one JSON; every invocation
-then rebuilds, from all run JSONs:
+A protocol (``experiments/protocols/``) fixes the data, the labeled split, the report and selection splits,
+the model, the optimiser and the iteration budget, and is itself a plain raysemi config of the supervised(k)
+baseline. This command runs a method and the baselines it must beat (:func:`planned_comparisons`) on that
+protocol for seeds ``0..S-1``: the same split, the same labeled batches (the labeled stream's order and
+augmentation are a function of ``run.seed`` alone, whatever else the method reads); the seed changes
+initialisation and data order. A chained method's compute is the sum over its stages (self-correction: 2 × the
+budget), and it also faces ``supervised`` at that summed budget. Each run writes one JSON with its ``commit``,
+``code_version`` (:func:`code_version`), ``total_iterations``, ``train_time_s`` (summed over stages) and
+``split``; every invocation then rebuilds, from all run JSONs:
 
-- ``results/gain/README.md``: per comparison, each seed's two mIoUs and their paired difference, the mean ± std
-  of the differences, per-class IoU (baseline, method, difference, and supervised_all_labels' where it ran),
-  training time per iteration and it/s; the baseline's val-mIoU curve and final mIoU by budget (how each
-  protocol's budget was chosen);
-- ``results/summary.json``: one record per comparison, ``{"protocol", "method", "baseline", "iterations",
-  "seeds", "miou", "baseline_miou", "diff_mean", "diff_std"}`` (lists in seed order; ``diff_*`` of
-  ``miou - baseline_miou``), plus ``"overrides"`` for an ablation, and for weak-shot runs ``<group>_miou``,
-  ``baseline_<group>_miou`` and (SimFormer) ``oracle_<group>_miou`` lists (``novel``, ``base``). The headroom
-  of a protocol is the record of ``supervised_all_labels`` against ``supervised``.
+- ``results/gain/README.md``: per split and protocol, per comparison, each seed's two mIoUs and their paired
+  difference, the mean ± std of the differences, per-class IoU (baseline, method, difference, and
+  supervised_all_labels' where it ran), both sides' total iterations and training time; the baseline's
+  val-mIoU curve and final mIoU by budget (how each protocol's budget was chosen); the repeatability runs;
+- ``results/summary.json``: one ``"kind": "comparison"`` record per (method, baseline) pair with runs, named
+  (:func:`record_name`, e.g. ``p2/cac-vs-supervised``), ``{"protocol", "split", "method", "baseline",
+  "iterations", "baseline_iterations", "seeds", "miou", "baseline_miou", "diff_mean", "diff_std",
+  "method_runs", "baseline_runs", "mixed_code"}`` (lists in seed order; ``diff_*`` of ``miou - baseline_miou``;
+  ``*_runs``: each side's per-seed ``commit``, ``code_version``, ``total_iterations``, ``train_time_s``),
+  plus ``"overrides"`` for an ablation, and for weak-shot runs ``<group>_miou``, ``baseline_<group>_miou`` and
+  (SimFormer) ``oracle_<group>_miou`` lists (``novel``, ``base``); and ``"kind": "repeatability"`` records
+  (``--repeatability``). The headroom of a protocol is the record of ``supervised_all_labels`` against
+  ``supervised``;
+- the quoted figures: each ``<!-- gain:NAME[#FIELD] -->…<!-- /gain -->`` marker of README.md,
+  docs/benchmarks.md and results/gain/notes.md, filled from its record (:func:`quoted`).
 
-A finished run (its JSON exists) is never rerun; an interrupted one resumes from its run directory's newest
-checkpoint (``train.checkpoint_every`` in the protocol), so re-running the same command after a stop loses
-nothing. ``--control`` also runs the method with its unlabeled term's weight at 0 (``<method>_control``: CPS's
-two networks with their init and batch composition; CAC's crops and projector in the forward pass), so a gain
-can be attributed to the unlabeled data.
+Two runs are paired only when their code versions are equal (a JSON from before the field: unknown, stale);
+a refused pair is one line on stderr with what to do: ``--rerun-stale`` retrains the stale side,
+``--allow-mixed-code`` pairs it anyway and the tables flag it. A finished run of this code version is never
+rerun; an interrupted one resumes from its run directory's newest checkpoint (``train.checkpoint_every`` in the
+protocol), so re-running the same command after a stop loses nothing. ``--control`` also runs the method with
+its unlabeled term's weight at 0 (``<method>_control``: CPS's two networks with their init and batch
+composition; CAC's crops and projector in the forward pass), so a gain can be attributed to the unlabeled data.
+``--split selection`` scores the runs on the protocol's selection split, where every hyperparameter choice is
+made (``--set`` ablations); the headline numbers are on the report split (the default), and the two are never
+paired or tabled together.
 
 Usage (from the repository root)::
 
     python experiments/benchmarks/gain.py --protocol p1 --method supervised_all_labels --seeds 2   # headroom
     python experiments/benchmarks/gain.py --protocol p1 --method cps --control --seeds 3
-    python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.temperature=0.2
+    python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.gamma=0.5 --split selection
     python experiments/benchmarks/gain.py --protocol p1 --method supervised --iterations 300 --seeds 2  # budget
-    python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_basic
+    python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_oracle
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
-    python experiments/benchmarks/gain.py --protocol p2 --method simformer3_full --baseline simformer3_basic
     python experiments/benchmarks/gain.py --protocol p1 --method self_correction_linear --seeds 3
     python experiments/benchmarks/gain.py --protocol p2 --method cps --seed 1 --skip-baseline --runner local
-    python experiments/benchmarks/gain.py --table                                      # rebuild outputs only
+    python experiments/benchmarks/gain.py --protocol p2 --method supervised --seed 0 --repeatability
+    python experiments/benchmarks/gain.py --protocol p2 --method cac --seed 0 --rerun-stale
+    python experiments/benchmarks/gain.py --table [--allow-mixed-code]          # rebuild outputs only
 
-``--seed S`` (repeatable) runs those seeds only and ``--skip-baseline`` leaves the baseline to another
-invocation: ``gain_plan.py`` runs such one-seed invocations side by side. ``--runner local`` trains without Ray
-(:mod:`raysemi.engine.local`: the same batches and loop, torch DataLoader processes, CUDA when present).
+``--seed S`` (repeatable) runs those seeds only and ``--skip-baseline`` leaves the baselines to other
+invocations: ``gain_plan.py`` runs such one-seed invocations side by side (``plans/rerun_matrix.txt``).
+``--runner local`` trains without Ray (:mod:`raysemi.engine.local`: the same batches and loop, torch
+DataLoader processes, CUDA when present).
 """
 
 from __future__ import annotations
