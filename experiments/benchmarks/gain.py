@@ -700,6 +700,11 @@ def comparison_section(paired: Paired, index: dict[tuple, dict],
               f"(training time {statistics.mean(r['train_time_s'] for r, _ in pairs):.0f} s against "
               f"{statistics.mean(b['train_time_s'] for _, b in pairs):.0f} s, summed over stages"
               + (f"; time per iteration {statistics.mean(ratios):.2f}× the baseline's)." if ratios else ")."), ""]
+    last_stage_only = [r["seed"] for r, _ in pairs
+                       if "stages" not in r and total_iterations(r["method"], r["iterations"]) != r["iterations"]]
+    if last_stage_only:
+        lines += [f"The method's training time of seeds {last_stage_only} is its last stage's only (runs from "
+                  "before stages were summed).", ""]
     spread = (repeatability or {}).get((record["protocol"], record["split"]))
     if spread:
         lines += [f"Run-to-run difference at a fixed seed (repeatability, {spread['method']} seed {spread['seed']}): "
