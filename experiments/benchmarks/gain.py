@@ -166,12 +166,13 @@ def budget_overrides(variant: str, iterations: int) -> tuple[str, ...]:
 
 def derived_boxes_file(protocol_name: str) -> Path:
     """``data.unlabeled_boxes`` for the protocol: each unlabeled image's boxes from its mask (one box per connected
-    component of each class, as ``raysemi data split --boxes``), written once under the work folder."""
+    component of each class, as ``raysemi data split --boxes``), written once per code version under the work
+    folder (the boxes follow the code that derives them and the protocol's split)."""
     from raysemi.config import load_config
     from raysemi.data.dataset import open_dataset
     from raysemi.data.weak_labels import boxes_from_masks, write_boxes_file
 
-    path = WORK / protocol_name / "unlabeled_boxes.txt"
+    path = WORK / protocol_name / f"unlabeled_boxes-{code_version(protocol_name)}.txt"
     if not path.is_file():
         source = open_dataset(load_config(REPO / PROTOCOLS[protocol_name].config).data)
         with_masks = {sample.image: sample for sample in source.train}
