@@ -40,6 +40,8 @@ class SyntheticConfig(Section):
     height: int = Field(96, ge=32, description="scene height in pixels")
     width: int = Field(128, ge=32, description="scene width in pixels")
     seed: int = Field(0, description="seed of the scenes; each (size, seed) is cached in its own folder")
+    selection_seed: int | None = Field(None, description="the selection split (`data.evaluate_on=selection`): "
+                                       "the val scenes generated with this seed; null: `seed` + 1")
 
 
 class BoxesConfig(Section):
@@ -72,6 +74,15 @@ class DataConfig(Section):
                              "(`*.txt` of `image mask` lines)")
     val_split: str = Field("val", description="the same: e.g. a held-out clip listed in a file "
                            "(experiments/protocols/p2_camvid)")
+    selection_split: str | None = Field(None, description="the selection split, where hyperparameters are chosen "
+                                        "(a split the format names, or a split file), disjoint from `val_split` "
+                                        "(the report split) and from the training pool; `synthetic`: null means "
+                                        "the val scenes of `synthetic.selection_seed`")
+    evaluate_on: Literal["val", "selection"] = Field("val", description="the split every evaluation scores "
+                                                     "(during training, `raysemi eval`, the metric `raysemi tune` "
+                                                     "ranks): `val`, the report split, or `selection` "
+                                                     "(`selection_split`), on which hyperparameter choices are "
+                                                     "made")
     labeled_split: str | None = Field(None, description="split file of `image mask` lines; overrides "
                                       "`label_fraction` and `label_count`")
     unlabeled_split: str | None = Field(None, description="split file of the unlabeled images; null: the train "

@@ -34,16 +34,20 @@ def gain(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(module, "RUNS", tmp_path / "results" / "gain")
     monkeypatch.setattr(module, "WORK", tmp_path / "work")
+    monkeypatch.setattr(module, "QUOTING", ())  # the repository's documents are checked, not rewritten
     monkeypatch.chdir(tmp_path)  # main() moves to the repository root; this puts the cwd back afterwards
     return module
 
 
-def write_run(gain, method, seed, miou, baseline=None, iou=None, overrides=(), iterations=600):
+def write_run(gain, method, seed, miou, baseline=None, iou=None, overrides=(), iterations=600, code="v1", **fields):
+    """A hand-made run JSON (``code``: its code_version; None leaves the field out, as runs from before it)."""
     run = {"protocol": "p1", "method": method, "baseline": baseline, "seed": seed, "iterations": iterations,
            "overrides": list(overrides), "val_miou": miou, "per_class_iou": iou or {"a": miou, "b": None},
            "train_time_s": 100.0, "it_per_s": 6.0 if method == "supervised" else 2.0, "wall_time_s": 120.0,
-           "curve": [[300, miou - 0.05], [450, miou - 0.005], [600, miou]]}
-    path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, iterations, tuple(overrides))}.json"
+           "curve": [[300, miou - 0.05], [450, miou - 0.005], [600, miou]], "commit": "abc1234",
+           **({"code_version": code} if code else {}), **fields}
+    split = fields.get("split", "report")
+    path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, iterations, tuple(overrides), split)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run))
 
@@ -112,10 +116,11 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_runs(gain, 
     trained = []
 
     def fake_train(cfg):
-        if cfg.method == "cps" and cfg.run.seed == 1 and "cps-1" not in trained:
+        variant = Path(cfg.run.dir).name.split("-seed")[0]
+        if variant == "cps" and cfg.run.seed == 1 and "cps-1" not in trained:
             trained.append("cps-1")
             raise KeyboardInterrupt  # the stop, in the middle of seed 1's method run
-        trained.append(f"{cfg.method}-{cfg.run.seed}")
+        trained.append(f"{variant}-{cfg.run.seed}")
         run_dir = Path(cfg.run.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "steps_per_s": 4.0,
@@ -127,24 +132,58 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_runs(gain, 
     command = ["--protocol", "p1", "--method", "cps", "--seeds", "2", "--iterations", "8"]
     with pytest.raises(KeyboardInterrupt):
         gain.main(command)
-    assert trained == ["supervised-0", "cps-0", "supervised-1", "cps-1"]
+    # the planned baselines first: supervised and supervised with the unlabeled batch through BatchNorm
+    assert trained == ["supervised-0", "supervised_unlabeled_bn-0", "cps-0", "supervised-1",
+                       "supervised_unlabeled_bn-1", "cps-1"]
     assert gain.main(command) == 0
-    assert trained[4:] == ["cps-1"]  # only the interrupted run trains again
-    (record,) = json.loads((gain.RESULTS / "summary.json").read_text())
+    assert trained[6:] == ["cps-1"]  # only the interrupted run trains again
+    records = json.loads((gain.RESULTS / "summary.json").read_text())
+    by_name = {r["name"]: r for r in records}
+    assert sorted(by_name) == ["p1/it8/cps-vs-supervised", "p1/it8/cps-vs-supervised_unlabeled_bn",
+                               "p1/it8/supervised_unlabeled_bn-vs-supervised"]
+    record = by_name["p1/it8/cps-vs-supervised"]
     assert record["seeds"] == [0, 1] and record["diff_mean"] == pytest.approx(0.05)
+    version = gain.code_version("p1")
+    assert record["method_runs"]["code_version"] == record["baseline_runs"]["code_version"] == [version, version]
 
 
-def test_protocol_configs_load_and_p2_holds_its_clip_out():
+def test_protocol_configs_load_and_p2_holds_its_report_and_selection_splits_out():
     p1 = load_config(REPO / "experiments" / "protocols" / "p1_synthetic.yaml")
     assert (p1.data.label_count, p1.data.synthetic.height, p1.data.synthetic.width) == (10, 144, 192)
     assert p1.data.crop_size == (96, 128)  # smaller than the scenes: two crops of one scene differ
+    assert (p1.data.synthetic.seed, p1.data.synthetic.selection_seed) == (0, 1)  # selection: another generator seed
     lines = {name: (REPO / "experiments" / "protocols" / "p2_camvid" / f"{name}.txt").read_text().splitlines()
-             for name in ("labeled", "unlabeled", "all_labeled", "val")}
-    clips = {name: {Path(line.split()[0]).name.split("_")[0] for line in text} for name, text in lines.items()}
+             for name in ("labeled", "unlabeled", "all_labeled", "val", "selection")}
+    images = {name: {line.split()[0] for line in text} for name, text in lines.items()}
+    clips = {name: {Path(image).name.split("_")[0] for image in names} for name, names in images.items()}
     assert clips["val"] == {"0006R0"} and len(lines["val"]) == 101
-    assert "0006R0" not in clips["all_labeled"] | clips["labeled"] | clips["unlabeled"]
-    assert (len(lines["labeled"]), len(lines["unlabeled"]), len(lines["all_labeled"])) == (12, 355, 367)
+    assert clips["selection"] == {"0016E5"} and len(lines["selection"]) == 101
+    pool = images["all_labeled"] | images["labeled"] | images["unlabeled"]
+    assert not pool & images["val"] and not pool & images["selection"] and not images["val"] & images["selection"]
+    assert (len(lines["labeled"]), len(lines["unlabeled"]), len(lines["all_labeled"])) == (12, 254, 266)
     assert clips["labeled"] == {"0001TP"}  # the labels come from one clip (make_p2_camvid_splits.py says why)
+    p2 = load_config(REPO / "experiments" / "protocols" / "p2_camvid.yaml")
+    assert p2.data.selection_split == "experiments/protocols/p2_camvid/selection.txt"
+
+
+def test_evaluate_on_selection_scores_the_selection_split(tmp_path):
+    """``data.evaluate_on=selection`` swaps the evaluation set: P1's is the val scenes of generator seed 1, none of
+    them a report scene; a non-synthetic format without ``data.selection_split`` is refused in one line."""
+    from raysemi.errors import DataError
+
+    overrides = [f"data.root={tmp_path}", "data.synthetic.num_train=12", "data.synthetic.num_val=3"]
+    protocol = REPO / "experiments" / "protocols" / "p1_synthetic.yaml"
+    report = open_dataset(load_config(protocol, overrides).data).val
+    selection = open_dataset(load_config(protocol, [*overrides, "data.evaluate_on=selection"]).data).val
+    assert len(report) == len(selection) == 3
+    assert all("seed1" in str(s.image) for s in selection) and all("seed0" in str(s.image) for s in report)
+    assert {s.image.read_bytes() for s in selection}.isdisjoint(s.image.read_bytes() for s in report)
+    with pytest.raises(DataError, match="data.synthetic.selection_seed=0 is the training scenes' seed"):
+        open_dataset(load_config(protocol, [*overrides, "data.evaluate_on=selection",
+                                            "data.synthetic.selection_seed=0"]).data)
+    with pytest.raises(DataError, match="data.evaluate_on=selection needs data.selection_split"):
+        open_dataset(load_config(protocol, [*overrides, "data.evaluate_on=selection", "data.format=generic",
+                                            f"data.root={report[0].image.parents[2]}"]).data)
 
 
 def test_p2_protocol_reads_its_split_files():
@@ -155,9 +194,15 @@ def test_p2_protocol_reads_its_split_files():
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         source = open_dataset(cfg.data)
-    assert (len(source.split.labeled), len(source.split.unlabeled), len(source.val)) == (12, 355, 101)
+    assert (len(source.split.labeled), len(source.split.unlabeled), len(source.val)) == (12, 254, 101)
     assert all(s.mask is None for s in source.split.unlabeled)
     assert {s.image.name[:6] for s in source.val} == {"0006R0"}
+    cfg = load_config(REPO / "experiments" / "protocols" / "p2_camvid.yaml",
+                      [f"data.root={root}", "data.evaluate_on=selection"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        selection = open_dataset(cfg.data).val
+    assert len(selection) == 101 and {s.image.name[:6] for s in selection} == {"0016E5"}
 
 
 @pytest.mark.parametrize("method", ["cps", "cac"])
@@ -205,47 +250,82 @@ def test_simformer_records_carry_novel_lists_and_the_oracle_of_each_seed(gain):
     assert gain.ORACLES["simformer3_full"] == "simformer3_oracle"
 
 
-@pytest.mark.parametrize("field, value, flag", [
-    ("commit", "abc1234", "**Seeds [1] compare runs of different code versions**"),
-    # the baseline's JSON has no "device": runs from before the field trained on the CPU
-    ("device", "NVIDIA H200", "**Seeds [1] compare runs on different devices**"),
-])
-def test_pairs_of_different_code_versions_or_devices_are_flagged(gain, field, value, flag):
+def test_pairs_of_different_devices_are_flagged(gain):
     for seed in (0, 1):
-        write_run(gain, "supervised", seed, 0.30)
-        write_run(gain, "cps", seed, 0.36, "supervised")
-    path = gain.RUNS / "p1" / "cps-seed1-it600.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+        write_run(gain, "supervised", seed, 0.30)  # no "device": runs from before the field trained on the CPU
+        write_run(gain, "cps", seed, 0.36, "supervised", **({"device": "NVIDIA H200"} if seed else {}))
     gain.write_outputs()
-    assert flag in (gain.RUNS / "README.md").read_text()
+    assert "**Seeds [1] compare runs on different devices**" in (gain.RUNS / "README.md").read_text()
 
 
-def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of_the_baseline(
+def test_runs_of_different_code_versions_are_paired_only_when_allowed(gain, capsys):
+    """A pair whose code versions differ (or one is unknown: a JSON from before the field) is refused with one
+    line naming both runs, their versions and what to do; --allow-mixed-code pairs it and the tables flag it."""
+    write_run(gain, "supervised", 0, 0.30)
+    write_run(gain, "cps", 0, 0.36, "supervised")
+    write_run(gain, "supervised", 1, 0.32, code="v0")  # a stale baseline
+    write_run(gain, "cps", 1, 0.35, "supervised")
+    write_run(gain, "supervised", 2, 0.30, code=None)  # from before code_version: unknown, stale
+    write_run(gain, "cps", 2, 0.40, "supervised")
+
+    (record,) = gain.write_outputs()
+    assert record["seeds"] == [0] and record["diff_mean"] == pytest.approx(0.06)  # only seed 0 ran one code
+    lines = [line for line in capsys.readouterr().err.splitlines() if "refused" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("[gain] refused to pair p1/cps-seed1-it600 (code v1) with p1/supervised-seed1-it600 "
+                               "(code v0): rerun the stale side (")
+    assert "--method supervised --seed 1 --iterations 600 --skip-baseline --rerun-stale" in lines[0]
+    assert "or pass --allow-mixed-code" in lines[0] and "(code unknown)" in lines[1]
+
+    (mixed,) = gain.write_outputs(allow_mixed=True)
+    assert mixed["seeds"] == [0, 1, 2] and mixed["mixed_code"] is True
+    assert mixed["baseline_runs"]["code_version"] == ["v1", "v0", None]
+    assert "**Seeds [1, 2] compare runs of different code versions**" in (gain.RUNS / "README.md").read_text()
+    assert gain.main(["--table", "--allow-mixed-code"]) == 0 and len(json.loads(
+        (gain.RESULTS / "summary.json").read_text())[0]["seeds"]) == 3
+
+
+def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_count_every_stage(
         gain, synthetic_root, tmp_path, monkeypatch):
     protocol = tmp_path / "protocol.yaml"
     protocol.write_text(fast_config(synthetic_root, tmp_path / "unused", "data.label_count=6").to_yaml())
     monkeypatch.setitem(gain.PROTOCOLS, "p1", gain.Protocol(config=str(protocol), all_labels=(),
                                                             methods=gain.self_correction_variants()))
     configs = []
+    stage_speed = {"ancillary": 4.0, "corrector": 2.0, "primary": 2.0}  # it/s each stage logs
 
     def fake_train(cfg):
+        """A chained run: each stage's metrics and stages.json (as raysemi.engine.stages writes them); the
+        result is the last stage's."""
         configs.append(cfg)
-        stage_dir = Path(cfg.run.dir) / "primary"  # a chained run: the result is its last stage's
-        stage_dir.mkdir(parents=True)
-        (stage_dir / "metrics.jsonl").write_text(json.dumps({"step": 6, "steps_per_s": 2.0}) + "\n")
-        return {"miou": 0.4, "iou": {"a": 0.4}, "run_dir": str(stage_dir)}
+        budgets = {"ancillary": cfg.self_correction.ancillary_steps, "primary": cfg.train.steps}
+        if cfg.self_correction.mode == "conv":
+            budgets = {"ancillary": budgets["ancillary"], "corrector": cfg.self_correction.corrector_steps,
+                       "primary": cfg.train.steps}
+        for name, steps in budgets.items():
+            (Path(cfg.run.dir) / name).mkdir(parents=True)
+            (Path(cfg.run.dir) / name / "metrics.jsonl").write_text(
+                json.dumps({"step": steps, "steps_per_s": stage_speed[name]}) + "\n")
+        (Path(cfg.run.dir) / "stages.json").write_text(json.dumps(
+            {name: {"run_dir": str(Path(cfg.run.dir) / name), "steps": steps} for name, steps in budgets.items()}))
+        return {"miou": 0.4, "iou": {"a": 0.4}, "run_dir": str(Path(cfg.run.dir) / "primary")}
 
     monkeypatch.setattr(gain, "train_run", fake_train)
     linear = gain.run_once("p1", "self_correction_linear", 0, 8, "supervised")
     conv = gain.run_once("p1", "self_correction_conv", 0, 8, "supervised")
 
+    # not equal iterations: the ancillary trains the budget, then the primary trains it again
     assert (configs[0].train.steps, configs[0].self_correction.ancillary_steps) == (8, 8)
-    # conv: corrector 2 + primary 6 = the baseline's 8 iterations
-    assert (configs[1].train.steps, configs[1].self_correction.corrector_steps) == (6, 2)
-    assert linear["it_per_s"] == 2.0 and conv["val_miou"] == 0.4  # read from the last stage's run
+    assert (configs[1].train.steps, configs[1].self_correction.corrector_steps) == (6, 2)  # conv: 8 + 2 + 6
+    assert linear["total_iterations"] == conv["total_iterations"] == 16
+    assert gain.total_iterations("self_correction_conv", 8) == gain.total_iterations("self_correction_linear", 8) == 16
+    # training time summed over the stages: linear 8/4 + 8/2 = 6 s; conv 8/4 + 2/2 + 6/2 = 6 s; 16 it in 6 s
+    assert linear["train_time_s"] == conv["train_time_s"] == 6.0 and linear["it_per_s"] == pytest.approx(2.667)
+    assert [s["iterations"] for s in conv["stages"]] == [8, 2, 6] and conv["val_miou"] == 0.4
     boxes = Path(configs[0].data.unlabeled_boxes)
     source = open_dataset(configs[0].data)
-    assert boxes == gain.WORK / "p1" / "unlabeled_object_boxes.txt" and len(source.split.unlabeled) == 18
+    assert boxes == gain.WORK / "p1" / f"unlabeled_object_boxes-{gain.code_version('p1')}.txt"
+    assert len(source.split.unlabeled) == 18
     # the boxes of the first unlabeled image are those of its mask
     first = source.split.unlabeled[0]
     mask = source.reader.decode_mask(next(s.mask for s in source.train if s.image == first.image))
@@ -253,10 +333,55 @@ def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of
     assert tuple(first.boxes) == tuple(expected) and expected
 
 
+def test_self_correction_faces_supervised_at_its_summed_budget_and_its_own_baselines(gain):
+    """At a budget of 600 self-correction trains 1,200 iterations: its records pair it with supervised at 1,200
+    (equal compute) and at 600 (the second row), with ``none``, and with ``supervised_boxes`` at 1,200."""
+    for seed, (plain, long_run, none, linear, boxes) in enumerate([(0.30, 0.33, 0.40, 0.42, 0.41),
+                                                                    (0.28, 0.31, 0.38, 0.41, 0.37)]):
+        write_run(gain, "supervised", seed, plain)
+        write_run(gain, "supervised", seed, long_run, iterations=1200)
+        write_run(gain, "supervised_boxes", seed, boxes, iterations=1200)
+        write_run(gain, "self_correction_none", seed, none, "supervised", total_iterations=1200)
+        write_run(gain, "self_correction_linear", seed, linear, "supervised", total_iterations=1200)
+    records = {r["name"]: r for r in gain.write_outputs()}
+    linear = "p1/it600/self_correction_linear-vs-"
+    assert {name.removeprefix(linear) for name in records if name.startswith(linear)} == {
+        "supervised@it1200", "supervised", "self_correction_none", "supervised_boxes@it1200"}
+    matched = records[linear + "supervised@it1200"]
+    assert matched["diff_mean"] == pytest.approx(0.095)  # (0.42 − 0.33 + 0.41 − 0.31) / 2
+    assert matched["method_runs"]["total_iterations"] == matched["baseline_runs"]["total_iterations"] == [1200] * 2
+    assert records[linear + "supervised"]["baseline_runs"]["total_iterations"] == [600, 600]
+    assert records[linear + "supervised"]["diff_mean"] == pytest.approx(0.125)
+    assert records[linear + "self_correction_none"]["diff_mean"] == pytest.approx(0.025)
+    assert records[linear + "supervised_boxes@it1200"]["diff_mean"] == pytest.approx(0.025)
+    assert "p1/it600/self_correction_none-vs-supervised_boxes@it1200" in records
+    readme = (gain.RUNS / "README.md").read_text()
+    assert "p1: self_correction_linear against supervised, 600 it (baseline 1200 it)" in readme
+    assert "1,200 iterations in all against 1,200" in readme and "1,200 iterations in all against 600" in readme
+
+
+def test_the_plan_names_every_baseline_each_method_must_beat(gain):
+    def planned(method):
+        return [(c.baseline, c.at_total) for c in gain.planned_comparisons(method)]
+
+    assert planned("cac") == [("supervised", False), ("supervised_unlabeled_bn", False), ("cac_control", False)]
+    assert planned("cps_control") == [("supervised", False), ("supervised_unlabeled_bn", False)]
+    assert planned("self_correction_conv") == [("supervised", True), ("supervised", False),
+                                               ("self_correction_none", False), ("supervised_boxes", True)]
+    assert planned("simformer3_full") == [("simformer3_basic", False), ("simformer3_basic_nocomp", False)]
+    # what gain.py --method cac trains beside it (the control only with --control; undefined variants skipped)
+    assert gain.baselines_to_run("p2", ["cac"], 1000, "supervised") == [("supervised", 1000),
+                                                                        ("supervised_unlabeled_bn", 1000)]
+    known = set(gain.known_variants(gain.PROTOCOLS["p2"]))
+    expected = [("supervised", 2000), ("supervised", 1000)] + [(b, n) for b, n in [
+        ("self_correction_none", 1000), ("supervised_boxes", 2000)] if b in known]
+    assert gain.baselines_to_run("p2", ["self_correction_linear"], 1000, None) == expected
+
+
 def fake_trainer(trained: list[tuple[str, int]], miou: float = 0.4):
     """A trainer that records ``(method, seed)``, writes one metrics record and returns a summary of ``miou``."""
     def train(cfg):
-        trained.append((cfg.method, cfg.run.seed))
+        trained.append((Path(cfg.run.dir).name.split("-seed")[0], cfg.run.seed))
         run_dir = Path(cfg.run.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "steps_per_s": 2.0}) + "\n")
@@ -275,7 +400,8 @@ def test_seed_and_skip_baseline_run_the_method_alone_at_the_seeds_given(gain, mo
     run = json.loads((gain.RUNS / "p1" / "cps-seed1-it8.json").read_text())
     assert (run["seed"], run["baseline"], run["device"]) == (1, "supervised", "cpu")  # paired once one exists
     assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "3", "--seed", "0", "--iterations", "8"]) == 0
-    assert trained[1:] == [("supervised", 3), ("cps", 3), ("supervised", 0), ("cps", 0)]  # in the order given
+    assert trained[1:] == [("supervised", 3), ("supervised_unlabeled_bn", 3), ("cps", 3),  # in the order given
+                           ("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]
 
 
 def test_runner_local_trains_through_train_run_local_and_records_the_device(gain, monkeypatch):
@@ -284,7 +410,7 @@ def test_runner_local_trains_through_train_run_local_and_records_the_device(gain
     monkeypatch.setattr(gain, "train_run_local", fake_trainer(trained))
     command = ["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8", "--runner", "local"]
     assert gain.main(command) == 0
-    assert trained == [("supervised", 0), ("cps", 0)]
+    assert trained == [("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]
     assert json.loads((gain.RUNS / "p1" / "cps-seed0-it8.json").read_text())["device"] == "cpu"
 
     # on a CUDA machine the local runner's runs name the GPU; the Ray runner's (no protocol sets use_gpu) do not
@@ -313,12 +439,12 @@ def load_gain_plan():
 
 
 # Stands in for gain.py: `SECONDS CODE [extra...]` prints its arguments and start time, sleeps SECONDS, prints its
-# end time and exits with CODE; `--table` leaves a file `table` beside itself.
+# end time and exits with CODE; `--table` leaves a file `table` beside itself, holding its arguments.
 FAKE_GAIN = """\
 import sys, time
 from pathlib import Path
 if "--table" in sys.argv:
-    Path(__file__).with_name("table").touch()
+    Path(__file__).with_name("table").write_text(" ".join(sys.argv[1:]))
     sys.exit(0)
 print("args", *sys.argv[1:])
 print("start", time.time(), flush=True)
@@ -375,8 +501,42 @@ def test_gain_plan_main_fails_when_a_line_fails_and_rebuilds_the_table(gain_plan
     plan.write_text("0 0\n0 2  # fails\n")
     assert gain_plan.main([str(plan), "--jobs", "2", "--logs", str(tmp_path / "logs")]) == 1
     assert (tmp_path / "table").is_file()
+    assert (tmp_path / "table").read_text() == "--table"
     plan.write_text("0 0\n")
-    assert gain_plan.main([str(plan), "--logs", str(tmp_path / "logs")]) == 0
+    assert gain_plan.main([str(plan), "--logs", str(tmp_path / "logs"), "--allow-mixed-code"]) == 0
+    assert (tmp_path / "table").read_text() == "--table --allow-mixed-code"
+
+
+def test_the_rerun_matrix_plan_covers_every_headline_comparison_one_run_per_line():
+    """Every line of plans/rerun_matrix.txt is a valid gain.py invocation that trains one run at this code
+    version (--rerun-stale; a baseline as its own baseline or --skip-baseline), no run twice, and the matrix
+    holds every variant of the planned comparisons on 3 seeds of both protocols."""
+    gain = load_gain()
+    plan = load_gain_plan().read_plan(REPO / "experiments" / "benchmarks" / "plans" / "rerun_matrix.txt")
+    runs = set()
+    for line in plan:
+        args = gain.parse_args(line)
+        assert args.rerun_stale and args.seed and len(args.seed) == 1, line
+        if not args.repeatability:
+            assert args.skip_baseline or args.baseline == args.method, line
+        run = (args.protocol, args.method, args.seed[0], args.iterations or 1000, tuple(args.set), args.split,
+               args.repeatability)
+        assert run not in runs, line
+        runs.add(run)
+    pending = {"supervised_boxes", "simformer_basic_nocomp", "simformer3_basic_nocomp"}  # the weak-label half
+    for protocol in ("p1", "p2"):
+        report = {(m, s, n) for p, m, s, n, extra, split, repeat in runs
+                  if (p, extra, split, repeat) == (protocol, (), "report", False)}
+        assert {m for m, _, _ in report} <= set(gain.known_variants(gain.PROTOCOLS[protocol])) | pending
+        for method in {m for m, _, _ in report}:
+            assert {s for m, s, n in report if m == method} == {0, 1, 2}, (protocol, method)
+            for comparison in gain.planned_comparisons(method):
+                for seed in range(3):
+                    assert (comparison.baseline, seed, gain.baseline_budget(comparison, 1000)) in report, (
+                        protocol, method, comparison)
+        assert {"cac", "cps", "self_correction_linear", "self_correction_conv", "simformer_full"} <= {
+            m for m, _, _ in report}
+        assert (protocol, "supervised", 0, 1000, (), "report", True) in runs  # repeatability
 
 
 def test_difference_text_uses_the_unrounded_mious():
@@ -446,3 +606,164 @@ def test_baseline_variants_differ_from_their_pairs_in_the_intended_keys_only(gai
     assert {key for key in a if a[key] != b[key]} == keys
     if variant.endswith("_basic"):  # the supplementary's basic keeps the complementary loss
         assert a["simformer.complementary_weight"] == b["simformer.complementary_weight"] > 0
+
+
+def test_rerun_stale_retrains_a_run_of_another_code_version_and_keeps_the_old_json(gain, monkeypatch):
+    trained = []
+    monkeypatch.setattr(gain, "train_run", fake_trainer(trained, miou=0.5))
+    write_run(gain, "supervised", 0, 0.30, iterations=8, code="old")  # finished at another code version
+    command = ["--protocol", "p1", "--method", "supervised", "--seed", "0", "--iterations", "8"]
+    assert gain.main(command) == 0 and trained == []  # finished: read, not retrained
+    assert gain.main([*command, "--rerun-stale"]) == 0 and trained == [("supervised", 0)]
+    run = json.loads((gain.RUNS / "p1" / "supervised-seed0-it8.json").read_text())
+    assert (run["val_miou"], run["code_version"]) == (0.5, gain.code_version("p1"))
+    assert json.loads((gain.RUNS / "p1" / "stale" / "supervised-seed0-it8-old.json").read_text())["val_miou"] == 0.3
+    assert gain.main([*command, "--rerun-stale"]) == 0 and len(trained) == 1  # now current: not retrained
+
+    # a run directory started at another version is not resumed (two versions in one run)
+    (gain.WORK / "p1" / "cps-seed0-it8").mkdir(parents=True)
+    (gain.WORK / "p1" / "cps-seed0-it8.code_version").write_text("old\n")
+    with pytest.raises(SystemExit, match="holds a run started at code old, not .*pass --rerun-stale to restart it"):
+        gain.main(["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8", "--skip-baseline"])
+
+
+def test_code_version_hashes_the_training_files_as_git_blobs(gain, monkeypatch):
+    """The version covers raysemi/, the protocol config and its split files; a file enters as its git blob id,
+    so the version follows the files' content, not the commit."""
+    import subprocess
+
+    files, from_git = gain.training_files("p2")
+    assert from_git and "raysemi/engine/loop.py" in files
+    assert {"experiments/protocols/p2_camvid.yaml", "experiments/protocols/p2_camvid/selection.txt",
+            "experiments/protocols/p2_camvid/val.txt"} <= set(files)
+    blob = subprocess.run(["git", "-C", str(REPO), "hash-object", "raysemi/errors.py"], capture_output=True,
+                          text=True).stdout.strip()
+    data = (REPO / "raysemi" / "errors.py").read_bytes()
+    assert __import__("hashlib").sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob
+    assert len(gain.code_version("p2")) == 12 and gain.code_version("p1") != gain.code_version("p2")
+    # outside a git checkout: every file under raysemi/ is hashed and the version says so
+    monkeypatch.setattr(gain.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 128, "", "no git"))
+    gain.code_version.cache_clear()
+    try:
+        assert gain.code_version("p1").startswith("nogit-")
+    finally:
+        gain.code_version.cache_clear()
+
+
+def test_repeatability_runs_one_seed_three_times_and_records_the_differences(gain, monkeypatch):
+    """Twice at the protocol's thread count, once at another; summary.json gets a repeatability record."""
+    mious = iter([0.40, 0.40, 0.43])
+    threads = []
+
+    def fake_train(cfg):
+        threads.append(cfg.train.torch_threads)
+        run_dir = Path(cfg.run.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        miou = next(mious)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 8, "steps_per_s": 2.0,
+                                                           "val": {"miou": miou}}) + "\n")
+        return {"miou": miou, "iou": {"a": miou}}
+
+    monkeypatch.setattr(gain, "train_run", fake_train)
+    assert gain.main(["--protocol", "p1", "--method", "cac", "--seed", "1", "--iterations", "8",
+                      "--repeatability"]) == 0
+    assert threads == [2, 2, 1]  # p1_synthetic.yaml: train.torch_threads 2
+    (record,) = [r for r in json.loads((gain.RESULTS / "summary.json").read_text()) if r["kind"] == "repeatability"]
+    assert (record["method"], record["seed"], record["torch_threads"]) == ("cac", 1, [2, 2, 1])
+    assert record["miou"] == [0.40, 0.40, 0.43] and record["same_threads_diff"] == 0.0
+    assert record["other_threads_diff"] == pytest.approx(0.03) and record["same_threads_same_curve"] is True
+    assert record["code_version"] == gain.code_version("p1")
+    names = {r: gain.run_name("cac", 1, 8, (f"train.torch_threads={n}",)) + f"-repeat-{r}.json"
+             for r, n in zip("abc", (2, 2, 1))}
+    assert sorted(p.name for p in (gain.RUNS / "p1" / "repeatability").iterdir()) == sorted(names.values())
+    assert not list((gain.RUNS / "p1").glob("*.json"))  # kept apart: no comparison pairs a repeatability run
+    assert "| cac | 1 | cpu | 2 / 2 / 1 | 0.4000 / 0.4000 / 0.4300 | +0.00 | +3.00 | yes |" in (
+        gain.RUNS / "README.md").read_text()
+
+
+def test_selection_split_runs_are_scored_there_and_never_paired_with_report_runs(gain, monkeypatch):
+    trained = []
+    monkeypatch.setattr(gain, "train_run", lambda cfg: trained.append(cfg.data.evaluate_on) or fake_trainer([])(cfg))
+    assert gain.main(["--protocol", "p1", "--method", "supervised_unlabeled_bn", "--seed", "0", "--iterations", "8",
+                      "--split", "selection"]) == 0
+    assert trained == ["selection", "selection"]
+    assert sorted(p.name for p in (gain.RUNS / "p1").iterdir()) == [
+        "supervised-seed0-it8-selection.json", "supervised_unlabeled_bn-seed0-it8-selection.json"]
+    write_run(gain, "supervised", 0, 0.2, iterations=8)  # a report-split baseline of the same seed
+    write_run(gain, "supervised_unlabeled_bn", 1, 0.2, "supervised", iterations=8)
+    (record,) = gain.write_outputs()
+    assert (record["name"], record["split"], record["seeds"]) == (
+        "p1/selection/it8/supervised_unlabeled_bn-vs-supervised", "selection", [0])
+    readme = (gain.RUNS / "README.md").read_text()
+    assert "## Protocol p1, selection split" in readme and readme.index("## Protocol p1, report split") < \
+        readme.index("## Protocol p1, selection split")
+
+
+@pytest.mark.parametrize("method", ["supervised", "cps", "cac"])
+def test_a_local_run_at_a_fixed_seed_and_thread_count_is_bit_repeatable(synthetic_root, tmp_path, method):
+    """Two local-runner runs of one config (same seed, one thread, CPU) end with identical weights: batches are
+    planned and decoded per record with their own seeds, and the loop's random numbers (initialisation, CutMix
+    boxes, CAC's negative sampling) come from seeded generators (results/gain/notes.md, Repeatability)."""
+    import torch
+
+    from raysemi.engine.checkpoint import latest_checkpoint
+    from raysemi.engine.local import train_local
+
+    def final_weights(name):
+        cfg = fast_config(synthetic_root, tmp_path / name, "data.label_count=6", f"method={method}",
+                          "train.unlabeled_batch_size=4", "run.seed=5")
+        train_local(cfg, data_workers=0, device=torch.device("cpu"), torch_threads=1)
+        return torch.load(latest_checkpoint(tmp_path / name).model, weights_only=True)
+
+    first, second = final_weights("a"), final_weights("b")
+    assert first.keys() == second.keys() and len(first) > 10
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+QUOTING_DOCUMENTS = ("README.md", "docs/benchmarks.md", "experiments/benchmarks/results/gain/notes.md")
+
+
+@pytest.mark.parametrize("document", QUOTING_DOCUMENTS)
+def test_every_quoted_gain_figure_equals_summary_json(document):
+    """The gain figures the README, the benchmarks page and the notes quote are markers filled from
+    summary.json; one that differs from its record (or names none) fails here: run `gain.py --table`."""
+    gain = load_gain()
+    records = json.loads((REPO / "experiments" / "benchmarks" / "results" / "summary.json").read_text())
+    by_name = {r["name"]: r for r in records if r.get("kind") == "comparison"}
+    quotes = list(gain.QUOTE.finditer((REPO / document).read_text()))
+    assert len(quotes) >= 20, f"{document}: {len(quotes)} gain quotes; its figures should be markers"
+    for quote in quotes:
+        expected = gain.quoted(quote["key"], by_name)
+        assert quote["text"] == expected, f"{document}: gain:{quote['key']} says {quote['text']!r}, not {expected!r}"
+
+
+def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_cannot(gain):
+    record = {"kind": "comparison", "name": "p2/cac-vs-supervised", "seeds": [0, 1, 2],
+              "miou": [0.2733, 0.3097, 0.2818], "baseline_miou": [0.2202, 0.2587, 0.2085]}
+    weak = {"kind": "comparison", "name": "p2/simformer_full-vs-simformer_basic", "seeds": [0, 1],
+            "miou": [0.4, 0.4], "baseline_miou": [0.4, 0.4], "novel_miou": [0.55, 0.54],
+            "baseline_novel_miou": [0.10, 0.04], "oracle_novel_miou": [0.65, None],
+            "base_miou": [0.352, 0.35], "baseline_base_miou": [0.342, 0.364]}
+    text = ("CAC <!-- gain:p2/cac-vs-supervised -->+5.8 ± 1.2<!-- /gain --> (seeds "
+            "<!-- gain:p2/cac-vs-supervised#seeds -->old<!-- /gain -->; seed 2 "
+            "<!-- gain:p2/cac-vs-supervised#seed2 --><!-- /gain -->), gap "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#gap-seeds --><!-- /gain -->, base "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#base --><!-- /gain -->; "
+            "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->")
+    filled, problems = gain.fill_quotes(text, [record, weak])
+    # differences: +5.31, +5.10, +7.33 points; mean 5.913, sample std 1.226
+    assert "<!-- gain:p2/cac-vs-supervised -->+5.9 ± 1.2<!-- /gain -->" in filled
+    assert "#seeds -->+5.3 / +5.1 / +7.3<!-- /gain -->" in filled and "#seed2 -->+7.3<" in filled
+    # shares of the gap: (0.55 − 0.10) / (0.65 − 0.10) = 0.82; seed 1 has no oracle; base: (+1.0 − 1.4) / 2
+    assert "#gap-seeds -->0.82 / -<" in filled and "#base -->-0.2<" in filled
+    assert "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->" in filled  # no record: left as it was
+    assert problems == ["gain:p2/cps-vs-supervised: no summary.json record named p2/cps-vs-supervised"]
+    with pytest.raises(ValueError, match="record p2/cac-vs-supervised has no seed 5"):
+        gain.quoted("p2/cac-vs-supervised#seed5", {record["name"]: record})
+    with pytest.raises(ValueError, match="#median is not a quote field"):
+        gain.quoted("p2/cac-vs-supervised#median", {record["name"]: record})
+    document = gain.RESULTS / "page.md"
+    document.parent.mkdir(parents=True)
+    document.write_text(text)
+    gain.fill_document(document, [record, weak])
+    assert document.read_text() == filled

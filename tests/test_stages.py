@@ -31,7 +31,8 @@ def test_simformer_with_retrain_steps_declares_a_retrain_on_its_pseudo_labels():
 
 def test_the_driver_runs_the_stages_in_order_and_lists_them(tmp_path):
     cfg = load_config(None, ["method=self_correction", f"run.dir={tmp_path}", "self_correction.mode=conv",
-                             "data.unlabeled_boxes=b.txt"])
+                             "data.unlabeled_boxes=b.txt", "train.steps=30", "self_correction.ancillary_steps=40",
+                             "self_correction.corrector_steps=10"])
     stages = method_class("self_correction").stages(cfg)
     calls = []
 
@@ -43,8 +44,9 @@ def test_the_driver_runs_the_stages_in_order_and_lists_them(tmp_path):
     assert calls == [("ancillary", None, None), ("corrector", f"{tmp_path}/ancillary", None),
                      ("primary", f"{tmp_path}/corrector", "val_miou")]  # only the last stage reports to Tune
     assert summary == {"run_dir": f"{tmp_path}/primary", "miou": 0.75, "steps": 9}
+    # each stage's iterations, so a chain's compute can be summed: 40 + 10 + 30
     assert json.loads((tmp_path / "stages.json").read_text()) == {
-        "ancillary": {"run_dir": f"{tmp_path}/ancillary", "miou": 0.25},
-        "corrector": {"run_dir": f"{tmp_path}/corrector", "miou": 0.5},
-        "primary": {"run_dir": f"{tmp_path}/primary", "miou": 0.75},
+        "ancillary": {"run_dir": f"{tmp_path}/ancillary", "steps": 40, "miou": 0.25},
+        "corrector": {"run_dir": f"{tmp_path}/corrector", "steps": 10, "miou": 0.5},
+        "primary": {"run_dir": f"{tmp_path}/primary", "steps": 30, "miou": 0.75},
     }

@@ -93,7 +93,7 @@ def test_a_trial_config_sets_every_sampled_key():
 def test_the_p2_cps_sweep_loads_on_p2_with_cps_as_published_and_scores_on_the_selection_split():
     path = REPO / "experiments" / "sweeps" / "cps_p2.yaml"
     overrides = ["method=cps", "optim.weight_decay=0.0005", "optim.decay_norm_and_bias=false",
-                 "optim.backbone_lr_mult=1.0", "data.val_split=experiments/protocols/p2_camvid/selection.txt"]
+                 "optim.backbone_lr_mult=1.0", "data.evaluate_on=selection"]
     assert " ".join(overrides) in path.read_text()  # the command its header gives
     protocol = REPO / "experiments" / "protocols" / "p2_camvid.yaml"
     cfg = load_config(protocol, overrides)
@@ -102,6 +102,6 @@ def test_the_p2_cps_sweep_loads_on_p2_with_cps_as_published_and_scores_on_the_se
                                "optim.lr"}
     assert (spec.metric, spec.scheduler, spec.steps) == ("val_miou", "asha", cfg.train.steps)
     assert spec.grace_steps % cfg.train.eval_every == 0  # ASHA's rungs fall on evaluations
-    assert cfg.data.val_split != load_config(protocol).data.val_split  # never the report split
+    assert cfg.data.evaluate_on == "selection" and cfg.data.selection_split.endswith("p2_camvid/selection.txt")
     trial = apply_values(cfg, {"cps.prop_range": [0.1, 0.25], "cps.confidence_threshold": 0.0, "optim.lr": 0.02})
     assert trial.cps.prop_range == (0.1, 0.25) and trial.optim.backbone_lr_mult == 1.0

@@ -6,12 +6,18 @@ seed (``--seed S``), with ``--skip-baseline`` where another line runs that basel
 the same run. Lines start in plan order, ``--jobs`` at a time; none starts after ``--stop-starting`` seconds,
 and whatever still runs at ``--time-limit`` is stopped (its run directory keeps its checkpoints, and the same
 plan run again resumes it). Every line's output goes to ``<--logs>/<line number>.log``; the outputs (the
-README and ``summary.json``) are rebuilt at the end.
+README, ``summary.json`` and the quoted figures) are rebuilt at the end (``--allow-mixed-code`` passed on to that
+rebuild pairs runs of different code versions, flagged).
+
+A plan can be run in the background and resumed: ``plans/rerun_matrix.txt`` (issue 35's rerun of every headline
+comparison at one code version) says how.
 
 Usage (from the repository root)::
 
     python experiments/benchmarks/gain_plan.py experiments/benchmarks/plans/p2_device.txt --jobs 8 \\
         --time-limit 540 --extra=--runner=local
+    nohup python experiments/benchmarks/gain_plan.py experiments/benchmarks/plans/rerun_matrix.txt --jobs 2 \\
+        --extra=--runner=local > experiments/benchmarks/_work/rerun_matrix.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -88,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                                                             "time limit)")
     parser.add_argument("--logs", type=Path, default=Path("experiments/benchmarks/_work/gain_plan_logs"))
     parser.add_argument("--extra", action="append", default=[], help="an argument added to every line")
+    parser.add_argument("--allow-mixed-code", action="store_true",
+                        help="rebuild the outputs at the end pairing runs of different code versions (flagged)")
     args = parser.parse_args(argv)
     stop_starting = args.time_limit if args.stop_starting is None else args.stop_starting
     status = run_plan(read_plan(args.plan), args.jobs, stop_starting, args.time_limit,
                       args.logs, args.extra)
-    subprocess.run([sys.executable, str(GAIN), "--table"], check=False)
+    subprocess.run([sys.executable, str(GAIN), "--table", *(["--allow-mixed-code"] if args.allow_mixed_code else [])],
+                   check=False)
     failed = [index + 1 for index, code in status.items() if code not in (0, None)]
     unfinished = [index + 1 for index, code in status.items() if code is None]
     say(f"finished {sum(code == 0 for code in status.values())} of {len(status)} lines; failed: {failed or 'none'}; "

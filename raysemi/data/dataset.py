@@ -97,7 +97,7 @@ def open_dataset(cfg: DataConfig) -> DatasetSource:
     reader = open_format(cfg.format, dataset_root(cfg), cfg.mask_encoding)
     train_split = find_protocol(reader.name, cfg.protocol).train_split if cfg.protocol else cfg.train_split
     train = split_samples(reader, train_split)
-    val = split_samples(reader, cfg.val_split)
+    val = evaluation_samples(reader, cfg)
     extra = extra_unlabeled(reader, cfg.unlabeled_dir)
     if cfg.labeled_split:
         labeled = read_split_file(cfg.labeled_split, reader.root)
@@ -123,6 +123,28 @@ def open_dataset(cfg: DataConfig) -> DatasetSource:
     if not split.labeled:
         raise DataError(f"the labeled split is empty ({cfg.labeled_split or 'data.label_fraction'})")
     return DatasetSource(reader, train, val, split, counts)
+
+
+def evaluation_samples(reader: DatasetFormat, cfg: DataConfig) -> list[Sample]:
+    """The samples evaluation scores: ``data.val_split`` (the report split), or with ``data.evaluate_on=selection``
+    the selection split (``data.selection_split``; synthetic data without one: the val scenes generated with
+    ``synthetic.selection_seed``, another generator seed than the training and report scenes')."""
+    if cfg.evaluate_on == "val":
+        return split_samples(reader, cfg.val_split)
+    if cfg.selection_split:
+        return split_samples(reader, cfg.selection_split)
+    if cfg.format != "synthetic":
+        raise DataError(f"data.evaluate_on=selection needs data.selection_split (a split file or split name) for "
+                        f"data.format={cfg.format}")
+    s = cfg.synthetic
+    seed = s.seed + 1 if s.selection_seed is None else s.selection_seed
+    if seed == s.seed:
+        raise DataError(f"data.synthetic.selection_seed={seed} is the training scenes' seed: the selection split "
+                        "must come from another generator seed")
+    cache = Path(cfg.root).expanduser() if cfg.root else None
+    # one train scene: the val scenes do not depend on how many train scenes precede them
+    root = ensure_synthetic(1, s.num_val, s.height, s.width, seed, cache)
+    return open_format("generic", root).samples("val")
 
 
 def extra_unlabeled(reader: DatasetFormat, folder: str | Path | None, key: str = "data.unlabeled_dir") -> list[Sample]:

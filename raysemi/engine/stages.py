@@ -2,9 +2,10 @@
 
 Each stage is a run of its own in ``<run.dir>/<stage name>`` (a finished stage returns at once when the command
 is repeated); a stage that needs pseudo-labels gets them from the previous stage's checkpoint first.
-``<run.dir>/stages.json`` lists each stage's run directory and the summary keys it records; the chain's result
-is the last stage's summary. Nothing here names a method, and nothing imports ray: the caller hands in the
-function that trains one run.
+``<run.dir>/stages.json`` lists each stage's run directory, its iterations (``steps``) and the summary keys it
+records; the chain's result is the last stage's summary. A chain's compute is the sum over its stages (what
+``experiments/benchmarks/gain.py`` counts for a chained method), not its last stage's. Nothing here names a
+method, and nothing imports ray: the caller hands in the function that trains one run.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def train_stages(cfg: Config, stages: list[Stage], train_one: TrainOne, tune_met
         say(f"stage {stage.name}: {stage_cfg.run.dir}")
         summaries[stage.name] = train_one(stage_cfg, tune_metric if number == len(stages) else None)
     write_json(Path(cfg.run.dir) / "stages.json", {
-        stage.name: {"run_dir": summaries[stage.name]["run_dir"],
+        stage.name: {"run_dir": summaries[stage.name]["run_dir"], "steps": stage.config.train.steps,
                      **{key: summaries[stage.name][key] for key in stage.record}}
         for stage in stages
     })
