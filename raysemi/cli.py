@@ -36,9 +36,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``raysemi`` command and its subcommands, each group built by its own function."""
     parser = argparse.ArgumentParser(prog="raysemi", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    add_model_commands(commands)
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    add_data_commands(data)
+    add_split_command(data)
+    add_search_commands(commands)
+    add_analysis_commands(commands)
+    return parser
 
+
+def add_model_commands(commands) -> None:
+    """``train``, ``eval``, ``predict``, ``export``."""
     train = commands.add_parser("train", help="train and evaluate a method (default: synthetic data, supervised)")
     train.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 method=supervised")
@@ -64,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "TorchScript traces the model at that size")
     export.set_defaults(handler=cmd_export)
 
-    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+
+def add_data_commands(data) -> None:
+    """``data synth`` and ``data check``."""
     synth = data.add_parser("synth", help="write the synthetic dataset")
     synth.add_argument("--out", type=Path, help="folder (default: the cache used by training)")
     synth.add_argument("--num-train", type=int, default=400)
@@ -74,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=cmd_synth)
 
+    check = data.add_parser("check", help="report every problem in a dataset in one pass")
+    check.add_argument("root", type=Path)
+    check.add_argument("--format", default="generic")
+    check.add_argument("--splits", nargs="+", default=["train", "val"])
+    check.add_argument("--val-split", default="val", help="the split whose images all need masks (default: val)")
+    check.add_argument("--unlabeled-dir", help="folder of extra unlabeled images inside ROOT (data.unlabeled_dir)")
+    check.add_argument("--mask-encoding", default="auto", choices=("auto", "label_ids", "train_ids"),
+                       help="how masks store classes (cityscapes: label ids or train ids; as data.mask_encoding)")
+    check.set_defaults(handler=cmd_check)
+
+
+def add_split_command(data) -> None:
+    """``data split``: draw or import a split, with the weak labels of its unlabeled images."""
     split = data.add_parser("split", help="write labeled.txt / unlabeled.txt for a label fraction or count")
     split.add_argument("root", type=Path)
     split.add_argument("--format", default="generic", help="generic, voc, cityscapes, cocostuff10k, ade20k")
@@ -114,16 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "simformer.class_seed=SEED)")
     split.set_defaults(handler=cmd_split)
 
-    check = data.add_parser("check", help="report every problem in a dataset in one pass")
-    check.add_argument("root", type=Path)
-    check.add_argument("--format", default="generic")
-    check.add_argument("--splits", nargs="+", default=["train", "val"])
-    check.add_argument("--val-split", default="val", help="the split whose images all need masks (default: val)")
-    check.add_argument("--unlabeled-dir", help="folder of extra unlabeled images inside ROOT (data.unlabeled_dir)")
-    check.add_argument("--mask-encoding", default="auto", choices=("auto", "label_ids", "train_ids"),
-                       help="how masks store classes (cityscapes: label ids or train ids; as data.mask_encoding)")
-    check.set_defaults(handler=cmd_check)
 
+def add_search_commands(commands) -> None:
+    """``submit``, ``tune``, ``sweep``."""
     submit = commands.add_parser("submit", help="run `train`, `tune` or `sweep` as a Ray job on a cluster")
     submit.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     submit.add_argument("--storage", required=True,
@@ -157,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", help="dotted overrides of the config, e.g. train.steps=300")
     sweep.set_defaults(handler=cmd_sweep)
 
+
+def add_analysis_commands(commands) -> None:
+    """``report`` and ``analyze calibration|gradcam|compare``."""
     report = commands.add_parser("report", help="table and plots of every finished run under a folder")
     report.add_argument("runs", type=Path, help="a run directory or a folder of runs (a sweep)")
     report.add_argument("--out", type=Path, help="where the CSV, Markdown and PNG files go (default: RUNS/report)")
@@ -183,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--limit", type=int, default=8, help="images in the grid (the first N by name)")
     compare.add_argument("--out", type=Path, default=Path("analysis/compare.png"))
     compare.set_defaults(handler=cmd_compare)
-    return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:

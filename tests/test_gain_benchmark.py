@@ -404,30 +404,30 @@ def test_seed_and_skip_baseline_run_the_method_alone_at_the_seeds_given(gain, mo
                            ("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]
 
 
-def test_runner_local_trains_through_train_run_local_and_records_the_device(gain, monkeypatch):
+def test_runner_local_trains_through_train_run_plain_and_records_the_device(gain, monkeypatch):
     trained = []
-    monkeypatch.setattr(gain, "train_run", lambda cfg: pytest.fail("--runner local trained through Ray"))
-    monkeypatch.setattr(gain, "train_run_local", fake_trainer(trained))
-    command = ["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8", "--runner", "local"]
+    monkeypatch.setattr(gain, "train_run", lambda cfg: pytest.fail("--runner plain trained through Ray"))
+    monkeypatch.setattr(gain, "train_run_plain", fake_trainer(trained))
+    command = ["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8", "--runner", "plain"]
     assert gain.main(command) == 0
     assert trained == [("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]
     assert json.loads((gain.RUNS / "p1" / "cps-seed0-it8.json").read_text())["device"] == "cpu"
 
-    # on a CUDA machine the local runner's runs name the GPU; the Ray runner's (no protocol sets use_gpu) do not
+    # on a CUDA machine the plain runner's runs name the GPU; the Ray runner's (no protocol sets use_gpu) do not
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake GPU")
-    assert gain.device_name(gain.train_run_local) == "Fake GPU" and gain.device_name(None) == "cpu"
+    assert gain.device_name(gain.train_run_plain) == "Fake GPU" and gain.device_name(None) == "cpu"
 
 
-def test_train_run_local_decodes_in_two_processes_beside_one_thread(monkeypatch):
-    import raysemi.engine.local
+def test_train_run_plain_decodes_in_two_processes_beside_one_thread(monkeypatch):
+    import raysemi.engine.plain
 
     gain = load_gain()
     calls = []
-    monkeypatch.setattr(raysemi.engine.local, "train_local", lambda cfg, **kwargs: calls.append(kwargs) or {})
-    gain.train_run_local("cfg")
+    monkeypatch.setattr(raysemi.engine.plain, "train_plain", lambda cfg, **kwargs: calls.append(kwargs) or {})
+    gain.train_run_plain("cfg")
     assert calls == [{"data_workers": 2, "torch_threads": 1}]
 
 
@@ -484,7 +484,7 @@ def test_run_plan_runs_jobs_at_a_time_and_stops_at_its_limits(gain_plan, tmp_pat
     plan = [["0.5", "0"], ["0.5", "3"], ["10", "0"], ["1.8", "0"], ["0", "0"]]
     logs = tmp_path / "logs"
     started, clock = time.monotonic(), time.time()  # the fake prints time.time()
-    status = gain_plan.run_plan(plan, jobs=2, stop_starting=1.5, time_limit=4.0, logs=logs, extra=["--runner=local"])
+    status = gain_plan.run_plan(plan, jobs=2, stop_starting=1.5, time_limit=4.0, logs=logs, extra=["--runner=plain"])
     assert 4.0 <= time.monotonic() - started < 6.0
     assert status == {0: 0, 1: 3, 2: None, 3: 0, 4: None}
     assert sorted(p.name for p in logs.iterdir()) == ["01.log", "02.log", "03.log", "04.log"]
@@ -493,7 +493,7 @@ def test_run_plan_runs_jobs_at_a_time_and_stops_at_its_limits(gain_plan, tmp_pat
     assert times[2]["start"] >= min(times[0]["end"], times[1]["end"])  # 3 waited for a free slot
     assert "end" not in times[2]  # stopped while it slept
     assert times[3]["end"] - clock > 1.5  # 4 freed its slot after starting had stopped
-    assert "args 0.5 0 --runner=local" in (logs / "01.log").read_text()
+    assert "args 0.5 0 --runner=plain" in (logs / "01.log").read_text()
 
 
 def test_gain_plan_main_fails_when_a_line_fails_and_rebuilds_the_table(gain_plan, tmp_path):
@@ -707,12 +707,12 @@ def test_a_local_run_at_a_fixed_seed_and_thread_count_is_bit_repeatable(syntheti
     import torch
 
     from raysemi.engine.checkpoint import latest_checkpoint
-    from raysemi.engine.local import train_local
+    from raysemi.engine.plain import train_plain
 
     def final_weights(name):
         cfg = fast_config(synthetic_root, tmp_path / name, "data.label_count=6", f"method={method}",
                           "train.unlabeled_batch_size=4", "run.seed=5")
-        train_local(cfg, data_workers=0, device=torch.device("cpu"), torch_threads=1)
+        train_plain(cfg, data_workers=0, device=torch.device("cpu"), torch_threads=1)
         return torch.load(latest_checkpoint(tmp_path / name).model, weights_only=True)
 
     first, second = final_weights("a"), final_weights("b")

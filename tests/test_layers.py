@@ -95,3 +95,28 @@ def test_raysemi_follows_its_layers():
     assert len(graph) > 50  # the walk found the package
     assert layering_violations(graph) == []
     assert third_party_violations() == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(root: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:name (N lines)`` for each function or method under ``root`` longer than ``limit`` lines."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(root.parent)}:{node.name} ({lines} lines)")
+    return found
+
+
+def test_a_long_function_is_found(tmp_path):
+    (tmp_path / "raysemi").mkdir()
+    (tmp_path / "raysemi" / "m.py").write_text("def short():\n    pass\n\n\ndef long():\n" + "    x = 1\n" * 5)
+    assert long_functions(tmp_path / "raysemi", limit=5) == ["raysemi/m.py:long (6 lines)"]
+
+
+def test_no_function_is_longer_than_60_lines():
+    assert long_functions() == []

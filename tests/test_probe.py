@@ -9,7 +9,7 @@ from torch import nn
 
 from raysemi.config import load_config
 from raysemi.engine.checkpoint import latest_checkpoint, load_tensors
-from raysemi.engine.local import train_local
+from raysemi.engine.plain import train_plain
 from raysemi.engine.probe import SpeedProbe, check_compilable, compile_repays, stored_choices
 from raysemi.errors import ConfigError
 from tests.conftest import fast_config
@@ -193,10 +193,10 @@ def test_a_probe_that_chose_contiguous_trains_bit_for_bit_as_channels_last_false
                                                                                   monkeypatch):
     """The probe's steps run for real (dropout draws, BatchNorm, the first batch) on the run's own stream, yet
     leave no trace: the same weights, to the bit, as a run that never probed."""
-    plain = train_local(fast_config(synthetic_root, tmp_path / "plain", "train.channels_last=false"),
+    plain = train_plain(fast_config(synthetic_root, tmp_path / "plain", "train.channels_last=false"),
                         data_workers=0, device=CPU)
     runs = _chosen_by_fake_timings(monkeypatch, contiguous_s=0.1, channels_last_s=0.2)
-    probed = train_local(fast_config(synthetic_root, tmp_path / "probed", "train.channels_last=auto"),
+    probed = train_plain(fast_config(synthetic_root, tmp_path / "probed", "train.channels_last=auto"),
                          data_workers=0, device=CPU)
     assert runs == [1] and probed["speed"]["how"]["channels_last"] == "measured"
     assert probed["speed"]["channels_last"] is False and plain["speed"]["how"]["channels_last"] == "set"
@@ -210,14 +210,14 @@ def test_a_resumed_run_keeps_its_choice_and_trains_as_an_unbroken_one(synthetic_
     """Measured channels-last at the start; the resumed half reads it from the step-2 checkpoint (the probe,
     which would now choose contiguous, does not run) and ends with the weights of an unbroken channels-last run."""
     four = ("train.steps=4", "train.checkpoint_every=2", "train.channels_last=auto")
-    unbroken = train_local(fast_config(synthetic_root, tmp_path / "unbroken", *four[:2], "train.channels_last=true"),
+    unbroken = train_plain(fast_config(synthetic_root, tmp_path / "unbroken", *four[:2], "train.channels_last=true"),
                            data_workers=0, device=CPU)
     runs = _chosen_by_fake_timings(monkeypatch, contiguous_s=0.2, channels_last_s=0.1)
     crash_after_two_steps(monkeypatch, fast_config(synthetic_root, tmp_path / "resumed", *four))
     meta = latest_checkpoint(tmp_path / "resumed").read_meta()
     assert meta["step"] == 2 and meta["speed"]["channels_last"] is True and runs == [1]
     _chosen_by_fake_timings(monkeypatch, contiguous_s=0.1, channels_last_s=0.2)
-    resumed = train_local(fast_config(synthetic_root, tmp_path / "resumed", *four), data_workers=0, device=CPU)
+    resumed = train_plain(fast_config(synthetic_root, tmp_path / "resumed", *four), data_workers=0, device=CPU)
     assert resumed["speed"]["channels_last"] is True and resumed["speed"]["how"]["channels_last"] == "stored"
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["speed"] == resumed["speed"]
     assert unbroken["speed"]["channels_last"] is True
@@ -240,7 +240,7 @@ def crash_after_two_steps(monkeypatch, cfg) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(TrainingRun, "_train_step", crash_at_step_3)
         with pytest.raises(RuntimeError, match="simulated crash"):
-            train_local(cfg, data_workers=0, device=CPU)
+            train_plain(cfg, data_workers=0, device=CPU)
 
 
 def _rank_choice(rank: int, port: int, results) -> None:

@@ -13,7 +13,7 @@ from raysemi.data.formats import GenericFormat
 from raysemi.data.pipeline import plan_records
 from raysemi.data.streams import stream_decoder
 from raysemi.data.transforms import TrainAugment
-from raysemi.engine.local import train_local
+from raysemi.engine.plain import train_plain
 from raysemi.losses.unimatch import TeacherLabels, confident_pseudo_label_loss, unimatch_losses, unimatch_total
 from raysemi.methods import build_method
 from raysemi.methods.unimatch import StrongViews, cutmix_box
@@ -180,7 +180,7 @@ def test_default_search_space_tunes_threshold_weights_and_dropout():
 def test_unimatch_trains_in_local_mode(synthetic_root, tmp_path):
     cfg = fast_config(synthetic_root, tmp_path / "run", "method=unimatch", "data.label_fraction=0.25",
                       "train.unlabeled_batch_size=4", "unimatch.threshold=0.3")
-    summary = train_local(cfg, data_workers=0, torch_threads=1)
+    summary = train_plain(cfg, data_workers=0, torch_threads=1)
     records = read_metrics(tmp_path / "run")
     assert summary["steps"] == 4 and [r["step"] for r in records] == [2, 4]
     assert all(r["loss_strong1"] >= 0 and 0 <= r["confident_share"] <= 1 for r in records)

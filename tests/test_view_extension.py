@@ -13,7 +13,7 @@ from torch import nn
 from raysemi.data.pipeline import DecodeTrainBatch
 from raysemi.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment
 from raysemi.data.views import View, fake_labels
-from raysemi.engine.local import train_local
+from raysemi.engine.plain import train_plain
 from raysemi.losses import pixel_cross_entropy
 from raysemi.methods.base import Batch, Method, StreamSpec
 from raysemi.methods.registry import method_names, register, unregister
@@ -102,7 +102,7 @@ def test_a_method_with_its_own_view_trains_in_local_mode_and_gets_its_images_nor
         mirror_method, synthetic_root, tmp_path):
     cfg = fast_config(synthetic_root, tmp_path / "run", "method=mirror_consistency", "data.label_fraction=0.25",
                       "train.steps=3", "train.unlabeled_batch_size=4")
-    summary = train_local(cfg, data_workers=0, torch_threads=1)
+    summary = train_plain(cfg, data_workers=0, torch_threads=1)
     assert summary["steps"] == 3 and len(SEEN) == 3
     mirrored_rows = 0
     for unlabeled in SEEN:

@@ -48,14 +48,14 @@ Usage (from the repository root)::
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_oracle
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
     python experiments/benchmarks/gain.py --protocol p1 --method self_correction_linear --seeds 3
-    python experiments/benchmarks/gain.py --protocol p2 --method cps --seed 1 --skip-baseline --runner local
+    python experiments/benchmarks/gain.py --protocol p2 --method cps --seed 1 --skip-baseline --runner plain
     python experiments/benchmarks/gain.py --protocol p2 --method supervised --seed 0 --repeatability
     python experiments/benchmarks/gain.py --protocol p2 --method cac --seed 0 --rerun-stale
     python experiments/benchmarks/gain.py --table [--allow-mixed-code]          # rebuild outputs only
 
 ``--seed S`` (repeatable) runs those seeds only and ``--skip-baseline`` leaves the baselines to other
 invocations: ``gain_plan.py`` runs such one-seed invocations side by side (``plans/rerun_matrix.txt``).
-``--runner local`` trains without Ray (:mod:`raysemi.engine.local`: the same batches and loop, torch
+``--runner plain`` trains without Ray (:mod:`raysemi.engine.plain`: the same batches and loop, torch
 DataLoader processes, CUDA when present).
 """
 
@@ -80,7 +80,7 @@ RESULTS = REPO / "experiments" / "benchmarks" / "results"
 RUNS = RESULTS / "gain"  # one JSON per run: <protocol>/<variant>-seed<s>-it<N>[-<overrides hash>].json
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"  # the runs' directories (checkpoints)
 LEVELLED_TOLERANCE = 0.01  # a curve has levelled off when its last quarter stays within ±1 point
-LOCAL_DATA_WORKERS = 2  # --runner local: decode processes per stream, beside a loop of one intra-op thread
+PLAIN_DATA_WORKERS = 2  # --runner plain: decode processes per stream, beside a loop of one intra-op thread
 
 
 @dataclass(frozen=True)
@@ -311,13 +311,13 @@ def train_run(cfg) -> dict:
     return train(cfg)
 
 
-def train_run_local(cfg, torch_threads: int | None = 1) -> dict:
-    """``train_run`` without Ray (``--runner local``: torch DataLoader processes feed the same loop, on CUDA when
+def train_run_plain(cfg, torch_threads: int | None = 1) -> dict:
+    """``train_run`` without Ray (``--runner plain``: torch DataLoader processes feed the same loop, on CUDA when
     present); for a machine that runs many benchmark runs side by side. ``torch_threads=None``: the config's
     ``train.torch_threads`` (the repeatability runs set it)."""
-    from raysemi.engine.local import train_local
+    from raysemi.engine.plain import train_plain
 
-    return train_local(cfg, data_workers=LOCAL_DATA_WORKERS, torch_threads=torch_threads)
+    return train_plain(cfg, data_workers=PLAIN_DATA_WORKERS, torch_threads=torch_threads)
 
 
 @dataclass(frozen=True)
@@ -453,12 +453,12 @@ def run_cost(run_dir: Path, last_dir: Path, variant: str, iterations: int) -> di
 
 
 def device_name(trainer: Callable[[object], dict] | None) -> str:
-    """Where a run trained: the GPU's name for the local runner on CUDA, else ``cpu`` (the Ray runner uses a
+    """Where a run trained: the GPU's name for the plain runner on CUDA, else ``cpu`` (the Ray runner uses a
     GPU only with ``scaling.use_gpu``, which no protocol sets)."""
     import torch
 
-    local = trainer is train_run_local or getattr(trainer, "func", None) is train_run_local
-    return torch.cuda.get_device_name() if local and torch.cuda.is_available() else "cpu"
+    plain = trainer is train_run_plain or getattr(trainer, "func", None) is train_run_plain
+    return torch.cuda.get_device_name() if plain and torch.cuda.is_available() else "cpu"
 
 
 def commit_id() -> str:
@@ -1048,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeatability:
         return run_repeatability(args)
     baseline = None if args.method == args.baseline else args.baseline
-    trainer = train_run_local if args.runner == "local" else None
+    trainer = train_run_plain if args.runner == "plain" else None
     baselines = [] if args.skip_baseline else baselines_to_run(args.protocol, variants, args.iterations, baseline)
     for seed in args.seed or range(args.seeds):
         for name, budget in baselines:
@@ -1087,8 +1087,8 @@ def run_repeatability(args: argparse.Namespace) -> int:
     threads = args.threads or load_config(REPO / PROTOCOLS[args.protocol].config).train.torch_threads or 1
     other = args.other_threads or (1 if threads > 1 else 2)
 
-    # the local runner takes its thread count from the config here (the runs' train.torch_threads override)
-    trainer = functools.partial(train_run_local, torch_threads=None) if args.runner == "local" else None
+    # the plain runner takes its thread count from the config here (the runs' train.torch_threads override)
+    trainer = functools.partial(train_run_plain, torch_threads=None) if args.runner == "plain" else None
     for seed in args.seed or range(args.seeds):
         repeat_runs(args.protocol, args.method, seed, args.iterations, (threads, other), trainer, args.split)
     for record in write_outputs(args.allow_mixed_code):
@@ -1119,9 +1119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", choices=["report", "selection"], default="report",
                         help="the split the runs are scored on: report (headline numbers) or selection (where "
                              "every hyperparameter choice is made); never mixed in one table")
-    parser.add_argument("--runner", choices=["ray", "local"], default="ray",
-                        help="ray: Ray Data and Ray Train (the product's path); local: the same loop and batches "
-                             "without Ray (raysemi.engine.local), on CUDA when present")
+    parser.add_argument("--runner", choices=["ray", "plain"], default="ray",
+                        help="ray: Ray Data and Ray Train (the product's path); plain: the same loop and batches "
+                             "without Ray (raysemi.engine.plain), on CUDA when present")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="retrain a finished or started run of another code version (its JSON moves to "
                              "<protocol>/stale/)")

@@ -15,9 +15,9 @@ comparison at one code version) says how.
 Usage (from the repository root)::
 
     python experiments/benchmarks/gain_plan.py experiments/benchmarks/plans/p2_device.txt --jobs 8 \\
-        --time-limit 540 --extra=--runner=local
+        --time-limit 540 --extra=--runner=plain
     nohup python experiments/benchmarks/gain_plan.py experiments/benchmarks/plans/rerun_matrix.txt --jobs 2 \\
-        --extra=--runner=local > experiments/benchmarks/_work/rerun_matrix.log 2>&1 &
+        --extra=--runner=plain > experiments/benchmarks/_work/rerun_matrix.log 2>&1 &
 """
 
 from __future__ import annotations

@@ -98,16 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", default="p2", choices=sorted(gain.PROTOCOLS))
     parser.add_argument("--steps", type=int, default=1000, help="iterations per run (P2's benchmark: 1000)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="benchmark variants (gain.py's names)")
-    parser.add_argument("--runner", choices=("ray", "local"), default="ray",
-                        help="ray: Ray Train, as the gain benchmark; local: gain.py's train_run_local")
+    parser.add_argument("--runner", choices=("ray", "plain"), default="ray",
+                        help="ray: Ray Train, as the gain benchmark; local: gain.py's train_run_plain")
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M"), help="names the result files")
     args = parser.parse_args(argv)
     import torch
 
     from raysemi.atomic import write_json, write_text
 
-    trainer = gain.train_run_local if args.runner == "local" else gain.train_run
-    before = before_settings(args.runner == "local" and torch.cuda.is_available())
+    trainer = gain.train_run_plain if args.runner == "plain" else gain.train_run
+    before = before_settings(args.runner == "plain" and torch.cuda.is_available())
     runs = []
     for variant in args.methods:
         for label, settings in (("before", before), ("after", AFTER)):

@@ -47,11 +47,6 @@ def stream_records(source: DatasetSource, spec: StreamSpec, total_steps: int, st
     return plan_records(samples, spec.batch_size, total_steps, start_step, seed, stream, columns)
 
 
-def decode_format(data_format: str) -> str:
-    """The reader format that decodes a run's files: ``synthetic`` data is written once as ``generic`` files."""
-    return "generic" if data_format == "synthetic" else data_format
-
-
 def stream_decoder(spec: StreamSpec, format_name: str, root: str, augment: TrainAugment) -> Decoder:
     """The ``map_batches`` function of a training stream: its view's decoder."""
     return spec.view.decoder(format_name, root, augment)

@@ -1,5 +1,5 @@
-"""The training driver: the checks and run directory of :mod:`raysemi.engine.preflight`, then Ray Data streams
-and a Ray Train V2 ``TorchTrainer``.
+"""The Ray backend of the one driver (:mod:`raysemi.engine.driver`, which does the checks, the run directory,
+stages and resume): Ray Data streams and a Ray Train V2 ``TorchTrainer``.
 
 ``scaling.num_workers=0`` runs the loop in this process (Ray Train's local mode; tests use it);
 ``num_workers>=1`` starts that many DDP workers (gloo on CPU, nccl on GPU). Checkpoints live in the run
@@ -31,56 +31,60 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysemi.config import Config
 from raysemi.data.streams import StreamSpec
-from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, say, set_torch_threads
-from raysemi.engine.preflight import prepare_run
-from raysemi.engine.rundir import finished_summary, trained_summary
-from raysemi.engine.stages import train_stages
+from raysemi.engine import driver
+from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv, set_torch_threads
+from raysemi.engine.preflight import PreparedRun
 from raysemi.engine.watchdog import StallError
 from raysemi.errors import ConfigError, find_user_error
-from raysemi.methods import build_method, method_class
+from raysemi.methods import build_method
 from raysemi.ray.console import quiet_token_auth_warning, route_ray_output
 from raysemi.ray.data import build_datasets
 
 
 def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
-    """Train and evaluate; return the summary (also in ``<run.dir>/summary.json``).
+    """Train and evaluate with Ray (the CLI's, Tune trials' and jobs' way): :func:`raysemi.engine.driver.train`
+    with :class:`RayTrain`; return the summary (also in ``<run.dir>/summary.json``).
 
     ``tune_metric`` (inside a Tune trial): the workers' reports that carry this metric also go to Tune, for
     its schedulers and searchers (Optuna reads the metric from every result it gets); a multi-stage method
     reports its last stage only, whose steps count from 0 again.
     """
-    stages = method_class(cfg.method).stages(cfg)
-    if len(stages) > 1:
+    return driver.train(cfg, RayTrain(), tune_metric)
+
+
+class RayTrain:
+    """The Ray backend of :func:`raysemi.engine.driver.train`: Ray Data streams into a Ray Train
+    ``TorchTrainer`` (``scaling.num_workers`` DDP workers, or the loop in this process for 0)."""
+
+    def check_chain(self, cfg: Config) -> None:
         if cfg.run.sync_to:
             raise ConfigError(f"run.sync_to: method {cfg.method} chains stages that read each other's files; give "
                               "it a run.dir every node mounts instead (see docs/cluster.md)")
-        return train_stages(cfg, stages, train, tune_metric)
-    source, method, run_dir, start_step = prepare_run(cfg)
-    summary = finished_summary(run_dir, start_step, cfg.train.steps)
-    if summary:
-        say(f"{run_dir} already finished {cfg.train.steps} steps; nothing to do")
+
+    def finished(self, cfg: Config, summary: dict[str, Any], tune_metric: str | None) -> None:
         if tune_metric:  # a resumed sweep's trial that had finished: Tune still needs its result
             report_with(tune_metric, {"step": cfg.train.steps, "val_miou": summary["miou"]})
-        return summary
-    quiet_token_auth_warning(run_dir)
-    init_ray(cfg)
-    route_ray_output(run_dir)  # Ray's start-up and info lines to <run_dir>/ray.log, step lines bare
-    streams = method.streams()
-    check_cpu_budget(cfg, len(streams))
-    loop_config = {
-        "config": cfg.model_dump(mode="json"),
-        "run_dir": str(run_dir),
-        "classes": list(source.classes.names),
-        "palette": [list(c) for c in source.classes.palette],
-        "ignore_index": source.classes.ignore_index,
-        "plan_start_step": start_step,
-    }
-    datasets = build_datasets(cfg, source, streams, start_step, method.eval_needs_boxes)
-    if tune_metric and cfg.scaling.num_workers == 0:
-        train_in_tune_trial(loop_config, datasets, tune_metric)
-    else:
-        fit_trainer(cfg, run_dir, loop_config, datasets, tune_metric)
-    return trained_summary(run_dir)
+
+    def fit(self, cfg: Config, run: PreparedRun, tune_metric: str | None) -> None:
+        source, method, run_dir = run.source, run.method, run.run_dir
+        quiet_token_auth_warning(run_dir)
+        init_ray(cfg)
+        route_ray_output(run_dir)  # Ray's start-up and info lines to <run_dir>/ray.log, step lines bare
+        streams = method.streams()
+        check_cpu_budget(cfg, len(streams))
+        loop_config = {
+            "config": cfg.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "classes": list(source.classes.names),
+            "palette": [list(c) for c in source.classes.palette],
+            "ignore_index": source.classes.ignore_index,
+            "plan_start_step": run.start_step,
+        }
+        datasets = build_datasets(cfg, source, streams, run.start_step, method.eval_needs_boxes)
+        if tune_metric and cfg.scaling.num_workers == 0:
+            train_in_tune_trial(loop_config, datasets, tune_metric)
+        else:
+            fit_trainer(cfg, run_dir, loop_config, datasets, tune_metric)
 
 
 def fit_trainer(cfg: Config, run_dir: Path, loop_config: dict[str, Any], datasets: dict,

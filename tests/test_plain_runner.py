@@ -1,4 +1,4 @@
-"""The Ray-free runner (:mod:`raysemi.engine.local`): the same batches as Ray Data, the same loop, the same losses."""
+"""The plain-torch backend (:mod:`raysemi.engine.plain`): the same batches as Ray Data, the same loop and losses."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from raysemi.data.dataset import open_dataset
 from raysemi.data.pipeline import DecodeEvalRow, val_records
 from raysemi.data.streams import stream_decoder, stream_records
 from raysemi.data.transforms import TrainAugment
-from raysemi.engine.local import DecodedBatches, DecodedRows, _batches, train_local
 from raysemi.engine.loop import TrainingRun
+from raysemi.engine.plain import DecodedBatches, DecodedRows, _batches, train_plain
 from raysemi.methods import build_method
 from raysemi.tracking import read_metrics
 from tests.conftest import fast_config
@@ -85,18 +85,18 @@ def test_iterating_a_stream_draws_nothing_from_torchs_global_random_numbers():
 
 @pytest.fixture(scope="module")
 def local_runs(synthetic_root, tmp_path_factory):
-    """Two 6-step supervised runs of one config by ``train_local``: decoding in the loop's process (0) and in one
+    """Two 6-step supervised runs of one config by ``train_plain``: decoding in the loop's process (0) and in one
     DataLoader process (1); ``{workers: (run_dir, summary)}``."""
     root = tmp_path_factory.mktemp("local_runs")
     runs = {}
     for workers in (0, 1):
         cfg = fast_config(synthetic_root, root / f"workers{workers}", *SIX_STEPS)
-        runs[workers] = (root / f"workers{workers}", train_local(cfg, data_workers=workers, device=CPU,
+        runs[workers] = (root / f"workers{workers}", train_plain(cfg, data_workers=workers, device=CPU,
                                                                  torch_threads=1))
     return runs
 
 
-def test_train_local_writes_a_summary_and_a_finished_run_is_not_retrained(synthetic_root, local_runs,
+def test_train_plain_writes_a_summary_and_a_finished_run_is_not_retrained(synthetic_root, local_runs,
                                                                           monkeypatch, capsys):
     for run_dir, summary in local_runs.values():
         assert json.loads((run_dir / "summary.json").read_text()) == summary
@@ -109,7 +109,7 @@ def test_train_local_writes_a_summary_and_a_finished_run_is_not_retrained(synthe
     run_dir, summary = local_runs[0]
     monkeypatch.setattr(TrainingRun, "fit", lambda self: pytest.fail("a finished run trained again"))
     capsys.readouterr()
-    again = train_local(fast_config(synthetic_root, run_dir, *SIX_STEPS), data_workers=0, device=CPU)
+    again = train_plain(fast_config(synthetic_root, run_dir, *SIX_STEPS), data_workers=0, device=CPU)
     assert again == summary and "already finished 6 steps" in capsys.readouterr().out
 
 
