@@ -3,7 +3,8 @@
 :func:`prepare_run` opens the dataset, checks its files (:func:`raysemi.data.dataset.preflight`), the
 method's own data needs and that each stream's global batch splits over the workers, checks that the run
 directory's storage is writable and large enough, fetches the run from its mirror (``run.sync_to``) and
-creates or reopens the run directory. Each problem ends the run here as a one-line error, before a run directory exists; :mod:`raysemi.ray.train` then only starts Ray.
+creates or reopens the run directory. Each problem ends the run here as a one-line error, before a run
+directory exists; :mod:`raysemi.ray.train` then only starts Ray.
 """
 
 from __future__ import annotations
