@@ -6,13 +6,13 @@ each fed its half of the same decoded global batches; the reference is the same 
 whole batch. Not a Ray TorchTrainer: Ray Data hands rows to workers in an order of its own (see
 docs/cluster.md), which is the data's question, not the arithmetic's, and would cost a minute of start-up.
 
-BatchNorm is frozen (eval mode: its running statistics, not the batch's), since batch statistics depend on how
-the batch is split by definition, and dropout is off (each rank draws its masks from the same seed, so a
-worker's masks are not the matching rows of one process's). The data has no ignore pixels (the labeled
-cross-entropy is each worker's mean over its valid pixels, like torchvision's and mmseg's; with ignore pixels
-unevenly spread the two differ by that weighting). CPS runs without CutMix: its boxes and its roll pairing are drawn per worker (see
-docs/cluster.md). CAC keeps its context crops, filters and negatives; ``cac.num_negatives`` exceeds the
-batch's cells, so every worker sends all of its cells and the gathered set is the whole batch's.
+BatchNorm is frozen (eval mode: its running statistics, not the batch's), since batch statistics depend on how the
+batch is split by definition, and dropout is off (each rank draws its masks from the same seed, so a worker's masks
+are not the matching rows of one process's). The data has no ignore pixels (the labeled cross-entropy is each
+worker's mean over its valid pixels, like torchvision's and mmseg's; with ignore pixels unevenly spread the two
+differ by that weighting). CPS runs without CutMix: its boxes and its roll pairing are drawn per worker (see
+docs/cluster.md). CAC keeps its context crops, filters and negatives; ``cac.num_negatives`` exceeds the batch's
+cells, so every worker sends all of its cells and the gathered set is the whole batch's.
 """
 
 from __future__ import annotations
