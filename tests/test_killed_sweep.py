@@ -74,8 +74,14 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_uninterrupted_results(synthetic
     kept_step, kept_written = int(kept.read_meta()["step"]), kept.model.stat().st_mtime_ns
     finished_files = {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()}
 
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    log = tmp_path / "resumed.log"
+    with log.open("w") as output:
+        try:
+            resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, stdout=output,
+                                     stderr=subprocess.STDOUT, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"--resume ran past 300 s; its output ends:\n{log.read_text()[-3000:]}") from None
+    assert resumed.returncode == 0, log.read_text()[-3000:]
     assert {p: p.stat().st_mtime_ns for p in finished_files} == finished_files  # not one file written again
     assert 0 < kept_step < 40 and kept.model.stat().st_mtime_ns == kept_written  # resumed from it, not redone
     steps = [json.loads(line)["step"] for line in (running / "metrics.jsonl").read_text().splitlines()]
