@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def kill_second_node_after(second: subprocess.Popen, address: str, run_dir: Path
 def main(data_root: Path, out: Path) -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"
-    temp_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths live under it
+    temp_dir = tempfile.mkdtemp(prefix="rs-lost-", dir="/tmp")  # short: Ray's socket paths live under it
     nodes = [start_node("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
                         f"--ray-client-server-port={free_port()}")]
     result: dict = {}
@@ -129,6 +130,7 @@ def main(data_root: Path, out: Path) -> None:
         ray.shutdown()
         for node in reversed(nodes):
             kill_node(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -62,11 +62,15 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_uninterrupted_results(synthetic
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(kind, sweep_dir, synthetic_root, tmp_path)
     env = {**os.environ, "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
-    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_log = tmp_path / "first.log"
+    with first_log.open("w") as output:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         finished = _wait_for(lambda: list(sweep_dir.glob("trials/*/summary.json")), seconds=300)[0].parent
         running = _wait_for(lambda: [t for t in sweep_dir.glob("trials/*") if t != finished and checkpointed(t)],
                             seconds=300)[0]
+    except AssertionError as waited:
+        raise AssertionError(f"{waited}; the sweep's output ends:\n{first_log.read_text()[-3000:]}") from None
     finally:
         kill_with_its_ray(first)
     assert not (running / "summary.json").exists()
