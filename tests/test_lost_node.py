@@ -26,17 +26,22 @@ def test_a_run_that_loses_the_node_of_a_worker_finishes_from_its_checkpoint(synt
     env = {**os.environ, "HOME": str(home), "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
     driver = subprocess.run([sys.executable, "-m", "tests.lost_node", str(synthetic_root), str(tmp_path)], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=600)
-    result = json.loads((tmp_path / "result.json").read_text())
     assert driver.returncode == 0, driver.stderr[-3000:]
+    check_lost_node_run(tmp_path, driver.stdout + driver.stderr)
+
+
+def check_lost_node_run(out: Path, stdout: str) -> None:
+    """What ``tests/lost_node.py`` left in ``out`` (and printed) shows a run that lost a node and finished."""
+    result = json.loads((out / "result.json").read_text())
     assert result["nodes"] == 2
-    run_dir, reference_dir = tmp_path / "run", tmp_path / "reference"
+    run_dir, reference_dir = out / "run", out / "reference"
 
     before = {r["step"]: r for r in result["records_at_kill"]}
     assert 24 <= max(before) < 40  # the node died between the checkpoints at 20 and 40
     after = {r["step"]: r for r in read_metrics(run_dir)}
     assert list(after) == list(range(4, 41, 4))  # one continuous log
     assert all(after[step] == before[step] for step in range(4, 21, 4))  # steps to the checkpoint not redone
-    assert f"resuming {run_dir} from step 20" in driver.stdout
+    assert f"resuming {run_dir} from step 20" in stdout
     assert result["summary"]["steps"] == 40 and [c.read_meta()["step"] for c in list_checkpoints(run_dir)] == [20, 40]
 
     # The uninterrupted run on the same layout: the same losses and weights, to WEIGHT_TOLERANCE (relative);
