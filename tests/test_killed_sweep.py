@@ -61,7 +61,8 @@ def checkpointed(trial: Path) -> bool:
 def test_a_sweep_killed_mid_trial_resumes_to_the_uninterrupted_results(synthetic_root, tmp_path, kind):
     sweep_dir = tmp_path / "sweep"
     command = sweep_command(kind, sweep_dir, synthetic_root, tmp_path)
-    env = {**os.environ, "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+    # RAY_ADDRESS=local: the sweep starts a Ray of its own, never joins another running on this machine
+    env = {**os.environ, "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_ADDRESS": "local"}
     first_log = tmp_path / "first.log"
     with first_log.open("w") as output:
         first = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
