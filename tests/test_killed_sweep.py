@@ -57,6 +57,7 @@ def checkpointed(trial: Path) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.drill
 @pytest.mark.parametrize("kind", ["sweep", "tune"])
 def test_a_sweep_killed_mid_trial_resumes_to_the_uninterrupted_results(synthetic_root, tmp_path, kind):
     sweep_dir = tmp_path / "sweep"

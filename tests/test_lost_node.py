@@ -20,6 +20,7 @@ WEIGHT_TOLERANCE = 1e-4  # see the test's comment: the data order across workers
 
 
 @pytest.mark.slow
+@pytest.mark.drill
 def test_a_run_that_loses_the_node_of_a_worker_finishes_from_its_checkpoint(synthetic_root, tmp_path):
     home = tmp_path / "home"  # no token file of this machine's user: the cluster runs without authentication
     home.mkdir()
