@@ -8,12 +8,14 @@ staging folder is removed. Hidden names keep staging out of listings (``checkpoi
 mirrored run files; a writer killed before its rename leaves its staging name, which
 :func:`remove_staging_leftovers` clears.
 
-Standard library only, so every package (``data/``, ``tracking/``, ``engine/``) can use it.
+Standard library and :mod:`raysemi.errors` only, so every package (``data/``, ``tracking/``, ``engine/``) can use it;
+:func:`storage_errors` turns a write that fails for lack of space or permission into one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -22,7 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from raysemi.errors import StorageError
+
 TEMPORARY = ".tmp-"
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
 def _temporary_name(path: Path) -> Path:
@@ -97,3 +102,15 @@ def remove_staging_leftovers(parent: Path, name_glob: str = "*") -> int:
     for leftover in found:
         shutil.rmtree(leftover, ignore_errors=True)
     return len(found)
+
+
+@contextlib.contextmanager
+def storage_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn a write that fails for lack of space or permission into a one-line :class:`StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"{path}: could not write {what} ({exc.strerror}); free space on that disk or point "
+                           "run.dir at other storage, then run the same command again to resume") from None

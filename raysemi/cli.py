@@ -80,20 +80,32 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--split", default="train", help="the dataset split to divide")
     split.add_argument("--protocol", help="a published protocol instead of --split (voc: classic = labeled from the "
                                           "1,464 fine images, blended = from trainaug; both leave the rest of "
-                                          "trainaug unlabeled)")
+                                          "trainaug unlabeled); with --import, the imported images must be in its "
+                                          "labeled pool and the rest of trainaug is unlabeled")
     amount = split.add_mutually_exclusive_group(required=True)
-    amount.add_argument("--fraction", help="e.g. 1/16, 1/8, 0.25")
+    amount.add_argument("--fraction", help="labeled share of the images with masks, e.g. 1/16, 1/8, 0.25")
     amount.add_argument("--count", type=int, help="number of labeled images, e.g. 92 or 1464")
-    amount.add_argument("--import", dest="import_file", type=Path, help="a published labeled split file")
+    amount.add_argument("--import", dest="import_file", type=Path,
+                        help="a published labeled split file: 'image mask' paths (UniMatch, CPS), bare ids "
+                             "(TorchSemiSeg VOC) or flattened Cityscapes pairs (TorchSemiSeg)")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--unlabeled-dir", help="folder of extra unlabeled images (no masks) inside ROOT, appended "
                                                 "to unlabeled.txt (as data.unlabeled_dir)")
     split.add_argument("--out", type=Path, required=True, help="folder for labeled.txt and unlabeled.txt")
+    split.add_argument("--val-split", help="the split no labeled or unlabeled image may be in (default: val, "
+                                           "where the dataset has one)")
+    split.add_argument("--mask-encoding", default="auto", choices=("auto", "label_ids", "train_ids"),
+                       help="how masks store classes (cityscapes: label ids or train ids; as data.mask_encoding)")
     split.add_argument("--tags", action="store_true",
                        help="also write unlabeled_tags.txt: each unlabeled image's classes, from its mask")
     split.add_argument("--boxes", action="store_true",
                        help="also write unlabeled_boxes.txt: each unlabeled image's boxes (VOC: Annotations/*.xml; "
-                            "otherwise one box per connected component of each class of its mask)")
+                            "otherwise one box per object of a thing class of its mask, as data.boxes draws them), "
+                            "and print the share of labelled pixels whose class the boxes alone fix")
+    split.add_argument("--things", help="with --boxes: the thing classes, comma-separated ids (data.boxes.things; "
+                                        "default: the dataset's, docs/data.md)")
+    split.add_argument("--min-box-share", type=float, help="with --boxes: data.boxes.min_share (default 0.0005)")
+    split.add_argument("--box-merge-radius", type=float, help="with --boxes: data.boxes.merge_radius (default 0.01)")
     split.add_argument("--pairs", action="store_true",
                        help="also write pairs.txt: a reference image for each labeled image (SimFormer), preferring "
                             "one that shares exactly one novel class, else a base class")
@@ -108,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--splits", nargs="+", default=["train", "val"])
     check.add_argument("--val-split", default="val", help="the split whose images all need masks (default: val)")
     check.add_argument("--unlabeled-dir", help="folder of extra unlabeled images inside ROOT (data.unlabeled_dir)")
+    check.add_argument("--mask-encoding", default="auto", choices=("auto", "label_ids", "train_ids"),
+                       help="how masks store classes (cityscapes: label ids or train ids; as data.mask_encoding)")
     check.set_defaults(handler=cmd_check)
 
     submit = commands.add_parser("submit", help="run `train`, `tune` or `sweep` as a Ray job on a cluster")
@@ -134,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="every method at every label fraction and seed, as Tune trials")
     sweep.add_argument("-c", "--config", help="YAML config shared by the runs (default: the embedded default)")
     sweep.add_argument("--methods", required=True, help="comma-separated, e.g. supervised,cps,cac")
-    sweep.add_argument("--fractions", required=True, help="comma-separated label fractions, e.g. 1/16,1/8,1/4")
+    sweep.add_argument("--fractions", required=True, help="comma-separated label fractions (labeled / train images "
+                                                          "with masks), e.g. 1/16,1/8,1/4")
     sweep.add_argument("--seeds", default="0", help="comma-separated; each seed draws its own split and init")
     sweep.add_argument("--retries", type=int, default=0, help="times a failing run is retried before recorded")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: the config's run.dir)")
@@ -194,8 +209,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from raysemi.engine.inference import load_eval_model, predict_folder
+    from raysemi.engine.inference import check_prediction_outputs, input_images, load_eval_model, predict_folder
 
+    check_prediction_outputs(input_images(args.images), args.images, args.out)  # before the model loads
     loaded = load_eval_model(args.checkpoint, args.overrides)
     count = predict_folder(loaded, args.images, args.out)
     print(f"wrote {count} label maps and colorized PNGs to {args.out}")
@@ -233,39 +249,126 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from raysemi.data.dataset import check_mask_sample, extra_unlabeled
+    """Draw or import the split, check it (duplicates, val images), then write it and print its counts."""
+    from raysemi.data.dataset import extra_unlabeled
     from raysemi.data.formats import open_format
-    from raysemi.data.splits import (
-        Split,
-        complement,
-        find_protocol,
-        parse_fraction,
-        read_split_file,
-        write_split,
-        write_split_files,
-    )
+    from raysemi.data.splits import check_split, count_split, find_protocol, write_split_files
 
-    reader = open_format(args.format, args.root)
-    extra = extra_unlabeled(reader, args.unlabeled_dir)
+    reader = open_format(args.format, args.root, args.mask_encoding)
+    rule = box_rule(args)
+    extra = extra_unlabeled(reader, args.unlabeled_dir, "--unlabeled-dir")
     if args.import_file:
-        labeled = read_split_file(args.import_file, reader.root)
-        check_mask_sample(reader, labeled, args.import_file)
-        split = Split(labeled, complement(reader.samples(args.split), labeled) + extra)
-        write_split_files(reader, split, args.out, args.tags, args.boxes)
+        split, notes = imported_split(reader, args, extra)
+        source = str(args.import_file)
     else:
-        fraction = parse_fraction(args.fraction) if args.fraction else None
-        split = write_split(reader, args.split, fraction, args.count, args.seed, args.out, args.tags, args.boxes,
-                            extra, args.protocol)
+        split, notes = drawn_split(reader, args, extra), []
+        source = f"the split drawn from {args.protocol or args.split}"
+    check_split(split, val_samples(reader, args.val_split), source)
+    write_split_files(reader, split, args.out, args.tags, args.boxes, rule)
+    if args.boxes:
+        print_box_summary(reader, split.unlabeled, args.out / "unlabeled_boxes.txt", rule)
     if args.pairs:
         write_pairs(reader, split.labeled, args.novel, args.seed, args.out / "pairs.txt")
-    unmasked = sum(s.mask is None for s in split.unlabeled)
-    print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled ({unmasked} without masks) "
-          f"-> {args.out}")
+    counts = count_split(split, extra)
+    print(f"{counts.labeled} labeled, {len(split.unlabeled)} unlabeled ({counts.unmasked + counts.unlabeled_dir} "
+          f"without masks) -> {args.out}")
+    print(f"label fraction {counts.labeled}/{counts.masked} = {counts.label_fraction:.4g} (labeled / images with "
+          "masks)")
     if args.protocol and not args.import_file:
-        counts = find_protocol(reader.name, args.protocol).counts
-        if len(split.labeled) not in counts:
-            print(f"note: published {args.protocol} counts are {', '.join(map(str, counts))}")
+        published = find_protocol(reader.name, args.protocol).counts
+        if counts.labeled not in published:
+            notes.append(f"published {args.protocol} counts are {', '.join(map(str, published))}")
+    for note in notes:
+        print(f"note: {note}")
     return 0
+
+
+def box_rule(args: argparse.Namespace):
+    """``data.boxes`` (:class:`raysemi.sections.BoxesConfig`) from ``--things``, ``--min-box-share`` and
+    ``--box-merge-radius``; a bad value is a one-line error naming its flag."""
+    from pydantic import ValidationError
+
+    from raysemi.sections import BoxesConfig
+
+    try:
+        things = None if args.things is None else [int(c) for c in args.things.split(",")]
+    except ValueError:
+        raise DataError(f"--things={args.things!r}: expected comma-separated class ids such as 8,9,10") from None
+    given = {"things": things, "min_share": args.min_box_share, "merge_radius": args.box_merge_radius}
+    flags = {"things": "--things", "min_share": "--min-box-share", "merge_radius": "--box-merge-radius"}
+    try:
+        return BoxesConfig(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0])
+        raise DataError(f"{flags[key]}={given[key]}: {error['msg']}") from None
+
+
+def print_box_summary(reader, samples: list, boxes_file: Path, rule) -> None:
+    """How many boxes the weak images got, and the share of their labelled pixels whose class the box raster
+    alone fixes (:func:`raysemi.data.weak_labels.summarize_boxes`)."""
+    from raysemi.data.weak_labels import read_boxes_file, stuff_classes, summarize_boxes, thing_classes
+
+    boxes = read_boxes_file(boxes_file, reader.root, reader.classes.num_classes)
+    summary = summarize_boxes(reader, samples, boxes, rule)
+    names = reader.classes.names
+    things = ", ".join(names[c] for c in thing_classes(reader.classes, rule)) or "none"
+    stuff = ", ".join(names[c] for c in stuff_classes(reader.classes, rule)) or "none"
+    print(f"boxes of {things} (stuff, no boxes: {stuff}): {summary.boxes / max(summary.images, 1):.1f} per image "
+          f"({summary.fewest}-{summary.most}) -> {boxes_file}")
+    print(f"the box raster alone fixes the class of {100 * summary.fixed_share:.1f} % of the labelled pixels "
+          f"({summary.fixed_pixels} of {summary.labelled_pixels})")
+
+
+def drawn_split(reader, args: argparse.Namespace, extra: list):
+    """``--fraction`` or ``--count`` of ``--split`` (or of ``--protocol``'s pool), with the ``extra`` images
+    appended to the unlabeled ones."""
+    from raysemi.data.splits import Split, draw_split, parse_fraction
+
+    fraction = parse_fraction(args.fraction) if args.fraction else None
+    split = draw_split(reader, args.split, fraction, args.count, args.seed, args.protocol)
+    return Split(split.labeled, split.unlabeled + extra)
+
+
+def imported_split(reader, args: argparse.Namespace, extra: list) -> tuple:
+    """``--import``: the published labeled images (paths, ids or TorchSemiSeg's flattened Cityscapes pairs,
+    looked up in ``--split`` or ``--protocol``'s labeled pool); the unlabeled ones are the rest of ``--split``
+    (or of the protocol's train split) plus ``extra``. Returns the split and notes to print.
+
+    Raises:
+        DataError: with ``--protocol``, a labeled image outside the protocol's labeled pool.
+    """
+    from raysemi.data.dataset import check_mask_sample
+    from raysemi.data.splits import Split, complement, find_protocol, read_published_split, split_samples
+
+    protocol = find_protocol(reader.name, args.protocol) if args.protocol else None
+    pool_name = protocol.labeled_pool if protocol else args.split
+    pool = split_samples(reader, pool_name)
+    labeled = read_published_split(args.import_file, reader, pool, f"split {pool_name}")
+    check_mask_sample(reader, labeled, args.import_file)
+    train = split_samples(reader, protocol.train_split) if protocol else pool
+    outside = [s.image for s in labeled if s.image not in {t.image for t in pool}]
+    if protocol and outside:
+        raise DataError(f"{args.import_file}: {len(outside)} labeled image(s) are not in protocol {args.protocol}'s "
+                        f"labeled pool (split {pool_name}), e.g. {outside[0]}")
+    notes = []
+    if outside:
+        notes.append(f"{len(outside)} imported labeled image(s) are not in split {pool_name}, so unlabeled.txt is "
+                     f"the rest of {pool_name} only; for UniMatch's and CPS's VOC pools use --split trainaug")
+    return Split(labeled, complement(train, labeled) + extra), notes
+
+
+def val_samples(reader, name: str | None) -> list:
+    """The val images a split is checked against: ``--val-split``, else the format's ``val`` split where the
+    dataset has one (none otherwise)."""
+    from raysemi.data.splits import split_samples
+
+    if name:
+        return split_samples(reader, name)
+    try:
+        return reader.samples("val")
+    except DataError:
+        return []
 
 
 def write_pairs(reader, samples: list, novel_text: str | None, seed: int, path: Path) -> None:
@@ -288,7 +391,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from raysemi.data.dataset import extra_unlabeled, find_problems
     from raysemi.data.formats import open_format
 
-    reader = open_format(args.format, args.root)
+    reader = open_format(args.format, args.root, args.mask_encoding)
     problems, total, masked, unlabeled = [], 0, 0, 0
     for split in args.splits:
         try:
@@ -305,7 +408,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             unlabeled += len(unmasked)
         problems += find_problems(reader, samples, threads=os.cpu_count() or 2)
     try:
-        extra = extra_unlabeled(reader, args.unlabeled_dir)
+        extra = extra_unlabeled(reader, args.unlabeled_dir, "--unlabeled-dir")
     except RaysemiError as exc:
         problems.append(str(exc))
         extra = []
@@ -403,8 +506,11 @@ def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from raysemi.analysis.report import write_report
+    from raysemi.engine.storage import check_output_folder
 
-    summary, files = write_report(args.runs, args.out or args.runs / "report", args.per_class)
+    out = args.out or args.runs / "report"
+    check_output_folder(out, "--out")
+    summary, files = write_report(args.runs, out, args.per_class)
     table = Table(title=f"runs under {args.runs}")
     for column in ("method", "labels", "runs", "final val mIoU", "best val mIoU"):
         table.add_column(column)
@@ -419,7 +525,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_calibration(args: argparse.Namespace) -> int:
     from raysemi.analysis.checkpoint import write_calibration
     from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.storage import check_output_folder
 
+    check_output_folder(args.out, "--out")
     ece, files = write_calibration(load_eval_model(args.checkpoint), args.out, args.bins)
     print(f"expected calibration error {ece:.4f}; wrote {', '.join(str(f) for f in files)}")
     return 0
@@ -428,8 +536,10 @@ def cmd_calibration(args: argparse.Namespace) -> int:
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from raysemi.analysis.checkpoint import write_gradcam
     from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.storage import check_output_file
 
     pixel = int_pair(args.pixel, "--pixel", "Y,X", "40,64")
+    check_output_file(args.out, "--out")
     loaded = load_eval_model(args.checkpoint)
     out, explained = write_gradcam(loaded, args.image, pixel, args.out, args.layer)
     print(f"Grad-CAM of class {loaded.class_names[explained]} at {args.pixel} -> {out}")
@@ -439,7 +549,9 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from raysemi.analysis.checkpoint import write_comparison
     from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.storage import check_output_file
 
+    check_output_file(args.out, "--out")
     out = write_comparison([load_eval_model(c) for c in args.checkpoints], args.images, args.out, args.limit)
     print(f"wrote {out}")
     return 0

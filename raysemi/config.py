@@ -18,6 +18,8 @@ multiply their batch size by their GPU count when porting a config.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from raysemi.data.formats import FORMATS
 from raysemi.data.streams import batch_split_problem
 from raysemi.errors import ConfigError
 from raysemi.methods.registry import method_class, method_names, method_sections
+from raysemi.models.backbones import BACKBONES
+from raysemi.models.heads import HEADS
 from raysemi.sections import (
-    BACKBONES,
-    DATA_FORMATS,
-    HEADS,
     CommonConfig,
     DataConfig,
     EvalConfig,
@@ -51,17 +53,35 @@ from raysemi.sections import (
 )
 
 __all__ = [
-    "BACKBONES", "DATA_FORMATS", "HEADS", "CommonConfig", "Config", "DataConfig", "EvalConfig", "LossConfig",
+    "NAMED_PARTS", "CommonConfig", "Config", "DataConfig", "EvalConfig", "LossConfig",
     "ModelConfig", "OptimConfig", "RunSection", "ScalingSection", "Section", "SyntheticConfig", "TrackingConfig",
     "TrainConfig", "TTAConfig", "WandbConfig", "load_config", "set_dotted", "validate_config",
 ]
+
+# Keys whose values name a part that its own module owns and lists once (format, backbone and head dicts):
+# checked here, above those modules, so a name added to its owner's dict is accepted with no other edit.
+NAMED_PARTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("data", "format"): FORMATS,
+    ("model", "backbone"): BACKBONES,
+    ("model", "head"): HEADS,
+}
+
+
+def _choices_text(names: Iterable[str]) -> str:
+    """``'a', 'b' or 'c'``, as pydantic words a Literal's choices."""
+    quoted = list(map(repr, names))
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
 
 
 class Config(CommonConfig):
     """A whole config: the common sections, ``method`` (a registered method's name) and one section per
     registered method with options, in registry order (``cps: {...}``; every one present, with its defaults
     where not given). The method sections are looked up in the registry at validation time, so a method
-    registered later (a plug-in, a test) is accepted by this same class."""
+    registered later (a plug-in, a test) is accepted by this same class; the modules a config names in
+    ``plugins`` are imported before anything else is read, in whatever process validates it.
+
+    A run stores (``config.yaml``) and compares on resume only the common sections and its own method's
+    (:meth:`run_dump`)."""
 
     model_config = ConfigDict(extra="allow")  # only the method sections: see _method_sections
 
@@ -70,9 +90,20 @@ class Config(CommonConfig):
     def _registered(cls, name: str) -> str:
         names = method_names()
         if name not in names:
-            expected = ", ".join(map(repr, names[:-1])) + f" or {names[-1]!r}" if len(names) > 1 else repr(names[0])
+            expected = _choices_text(names)
             raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
         return name
+
+    @model_validator(mode="after")
+    def _known_parts(self) -> Config:
+        """Each of :data:`NAMED_PARTS` names one of its owner's parts (a literal error at its dotted key)."""
+        for (section, key), names in NAMED_PARTS.items():
+            value = getattr(getattr(self, section), key)
+            if value not in names:
+                raise ValidationError.from_exception_data(type(self).__name__, [
+                    {"type": "literal_error", "loc": (section, key), "input": value,
+                     "ctx": {"expected": _choices_text(names)}}])
+        return self
 
     @model_validator(mode="wrap")
     @classmethod
@@ -81,6 +112,7 @@ class Config(CommonConfig):
         key that is not a common section, and hand the validated sections on as the model's extras."""
         if not isinstance(data, dict):
             return handler(data)
+        import_plugins(data.get("plugins") or [])
         sections = method_sections()
         unknown = [key for key in data if key not in cls.model_fields and key not in sections]
         if unknown:
@@ -121,8 +153,32 @@ class Config(CommonConfig):
     def accepted_keys(cls) -> list[str]:
         return sorted([*cls.model_fields, *method_sections()])
 
+    def run_dump(self) -> dict[str, Any]:
+        """What a run stores and compares on resume: the common sections and the active method's section only,
+        so that adding an option to another method leaves older runs resumable."""
+        return active_sections(self.model_dump(mode="json"))
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.run_dump(), sort_keys=False)
+
+
+def active_sections(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a dumped config) without the sections of methods other than its ``method``."""
+    return {key: value for key, value in raw.items() if key in CommonConfig.model_fields or key == raw.get("method")}
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import the ``plugins`` modules (each registers its methods when imported; a second import is a no-op).
+
+    Raises:
+        ConfigError: a module cannot be imported; the message names it and where it must be.
+    """
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import {name!r} ({exc}); install it, or put its folder on "
+                              "PYTHONPATH (on a cluster: in the job's working_dir or py_modules)") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

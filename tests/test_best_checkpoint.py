@@ -39,5 +39,5 @@ def test_keep_best_keeps_the_best_evaluation_beside_the_newest_checkpoint(synthe
         evaluations[best_step], abs=1e-9)
     assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
     runs = (tmp_path / "report" / "runs.csv").read_text().splitlines()
-    assert runs[0].startswith("method,fraction,labeled,total,seed,miou,best_miou,best_step")
+    assert runs[0].startswith("method,fraction,labeled,total,unmasked,unlabeled_dir,seed,miou,best_miou,best_step")
     assert f",{best_step}," in runs[1]

@@ -50,7 +50,7 @@ def _step(name: str, channels_last: bool) -> tuple[dict[str, float], dict[str, t
     for model in models.values():
         for module in model.modules():
             if isinstance(module, nn.Dropout | nn.Dropout2d):
-                module.eval()
+                module.p = 0.0  # not .eval(): a method may switch modes and back (UniMatch's eval-mode mix pass)
     torch.manual_seed(1)
     out = method.training_step(models, batch, step=0)
     out["loss"].backward()

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 
 from raysemi.config import Config, load_config
@@ -59,3 +61,15 @@ def test_global_batch_must_divide_among_workers():
 def test_yaml_round_trip():
     cfg = load_config(None, ["train.steps=3"])
     assert Config.model_validate(__import__("yaml").safe_load(cfg.to_yaml())) == cfg
+
+
+@pytest.mark.parametrize(("owner", "key"), [("raysemi.models.backbones.BACKBONES", "model.backbone"),
+                                            ("raysemi.models.heads.HEADS", "model.head"),
+                                            ("raysemi.data.formats.FORMATS", "data.format")])
+def test_a_name_added_to_its_owners_dict_is_accepted_with_no_other_edit(owner, key, monkeypatch):
+    module, _, name = owner.rpartition(".")
+    with pytest.raises(ConfigError, match=rf"{key}='mine' is not accepted; choose one of .*"):
+        load_config(None, [f"{key}=mine"])
+    monkeypatch.setitem(getattr(importlib.import_module(module), name), "mine", object)
+    section, field = key.split(".")
+    assert getattr(getattr(load_config(None, [f"{key}=mine"]), section), field) == "mine"

@@ -245,7 +245,7 @@ def test_self_correction_runs_get_boxes_of_the_unlabeled_masks_and_the_budget_of
     assert linear["it_per_s"] == 2.0 and conv["val_miou"] == 0.4  # read from the last stage's run
     boxes = Path(configs[0].data.unlabeled_boxes)
     source = open_dataset(configs[0].data)
-    assert boxes == gain.WORK / "p1" / "unlabeled_boxes.txt" and len(source.split.unlabeled) == 18
+    assert boxes == gain.WORK / "p1" / "unlabeled_object_boxes.txt" and len(source.split.unlabeled) == 18
     # the boxes of the first unlabeled image are those of its mask
     first = source.split.unlabeled[0]
     mask = source.reader.decode_mask(next(s.mask for s in source.train if s.image == first.image))
@@ -384,3 +384,51 @@ def test_difference_text_uses_the_unrounded_mious():
     # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
     assert gain.difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
     assert gain.difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
+
+
+def test_p2_cps_as_published_and_its_baselines_share_one_optimizer():
+    gain = load_gain()
+    protocol = gain.PROTOCOLS["p2"]
+
+    def config(variant):
+        return load_config(REPO / protocol.config, list(gain.variant_overrides(protocol, variant)))
+
+    published = {name: config(name) for name in ("cps", "cps_control", "supervised_cps_optim",
+                                                  "supervised_unlabeled_bn_cps_optim")}
+    for cfg in published.values():  # SGD, weight decay 5e-4 (not on biases and norms), one rate for all
+        optim = cfg.optim
+        assert (optim.name, optim.weight_decay, optim.decay_norm_and_bias, optim.backbone_lr_mult, optim.lr) == (
+            "sgd", 0.0005, False, 1.0, 0.02)
+    assert published["cps"].cps.rampup_steps == 0 and published["cps_control"].cps.weight == 0
+    assert published["supervised_unlabeled_bn_cps_optim"].supervised.unlabeled_batchnorm
+    assert config("supervised").optim.backbone_lr_mult == 0.1  # the protocol's own baseline is unchanged
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested config dump as ``{dotted key: value}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("protocol, variant, pair, keys", [
+    (p, variant, pair, keys) for p in ("p1", "p2") for variant, pair, keys in [
+        ("supervised_boxes", "supervised", {"supervised.weak_boxes", "data.unlabeled_boxes"}),
+        ("simformer_basic", "simformer_full", {"simformer.similarity_weight", "simformer.distill_weight"}),
+        ("simformer_basic_nocomp", "simformer_basic", {"simformer.complementary_weight"}),
+    ]] + [("p2", "simformer3_basic", "simformer3_full", {"simformer.similarity_weight", "simformer.distill_weight"}),
+          ("p2", "simformer3_basic_nocomp", "simformer3_basic", {"simformer.complementary_weight"})])
+def test_baseline_variants_differ_from_their_pairs_in_the_intended_keys_only(gain, protocol, variant, pair, keys):
+    def resolved(name):
+        spec = gain.PROTOCOLS[protocol]
+        overrides = [o.replace(gain.DERIVED_BOXES, "boxes.txt") for o in gain.variant_overrides(spec, name)]
+        return flat(load_config(REPO / spec.config, overrides).model_dump(mode="json"))
+
+    a, b = resolved(variant), resolved(pair)
+    assert {key for key in a if a[key] != b[key]} == keys
+    if variant.endswith("_basic"):  # the supplementary's basic keeps the complementary loss
+        assert a["simformer.complementary_weight"] == b["simformer.complementary_weight"] > 0

@@ -1,13 +1,13 @@
 """The contract every registered method must meet, derived from the registry: each method runs once with its
 defaults (plus what it needs for the contract's tiny inputs, in NEEDS), and the variants below add option
 combinations. A new method joins by being registered; it needs an entry here only if its defaults cannot run
-on 4 classes of 40×56 random images."""
+on 4 classes of 40×56 random images. Each stream's batch is its view's fake batch (a new view brings its own)."""
 
 import pytest
 import torch
 
 from raysemi.config import load_config
-from raysemi.data.transforms import normalize
+from raysemi.data.views import fake_box_raster
 from raysemi.engine.checkpoint import write_checkpoint
 from raysemi.engine.inference import load_eval_model
 from raysemi.methods import build_method, method_class, method_names
@@ -48,54 +48,16 @@ def _config(name):
 
 
 def _batch(method, seed=0, size=(40, 56)):
+    """A batch of every stream of ``method``, as its view fakes one (4 classes), plus a box raster on the
+    ``weak`` stream (records with boxes: ``data.unlabeled_boxes``, whatever the view)."""
     g = torch.Generator().manual_seed(seed)
     batch = {}
     for name, spec in method.streams().items():
-        n = spec.batch_size
-        stream = {"image": torch.randn(n, 3, *size, generator=g)}
-        if spec.source in ("labeled", "labeled_half"):
-            stream["mask"] = torch.randint(0, 4, (n, *size), generator=g)
-            stream["mask"][:, :3] = 255
-        else:
-            stream["image_tags"] = torch.randint(0, 2, (n, 4), generator=g).float()
-        if spec.crops is not None:
-            stream |= _crop_pairs(spec.crops, n, g)
-        if spec.boxes or name == "weak":  # box rasters: 4 classes + "outside every box"
-            stream["boxes"] = torch.randint(0, 2, (n, 5, *size), generator=g, dtype=torch.uint8)
-        if spec.weak_shot is not None:
-            hidden = spec.weak_shot.classes.novel if spec.weak_shot.hide_novel else ()
-            stream = _weak_shot_pairs(hidden, n, size, g)
-        batch[name] = stream
+        labeled = spec.source in ("labeled", "labeled_half")
+        batch[name] = spec.view.fake_batch(spec.batch_size, size, 4, labeled, g)
+        if name == "weak":
+            batch[name]["boxes"] = fake_box_raster(spec.batch_size, size, 4, g)
     return batch
-
-
-def _weak_shot_pairs(hidden, n, size, generator):
-    """Images and reference images with masks of classes 0..3, the ``hidden`` classes' pixels set to ignore."""
-    stream = {}
-    for prefix in ("", "partner_"):
-        full = torch.randint(0, 4, (n, *size), generator=generator)
-        valid = torch.ones(n, *size, dtype=torch.uint8)
-        valid[:, :, -5:] = 0  # padding on the right
-        full[valid == 0] = 255
-        stream[f"{prefix}image"] = torch.randn(n, 3, *size, generator=generator)
-        stream[f"{prefix}mask"] = full.masked_fill(torch.isin(full, torch.tensor(hidden)), 255)
-        stream[f"{prefix}image_tags"] = torch.ones(n, 4)
-        stream[f"{prefix}valid_pixels"] = valid
-    return stream
-
-
-def _crop_pairs(crops, n, generator):
-    """The crop-pair view of ``n`` random images, as the pipeline delivers it (after normalisation)."""
-    pairs = [crops(torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8, generator=generator), generator)
-             for _ in range(n)]
-    return {
-        "image": normalize(torch.stack([p.images[0] for p in pairs])),
-        "image_2": normalize(torch.stack([p.images[1] for p in pairs])),
-        "valid_pixels": torch.stack([p.valid for p in pairs]),
-        "crop_boxes": torch.stack([p.boxes for p in pairs]),
-        "flips": torch.stack([p.flips for p in pairs]),
-        "crop_iou": torch.tensor([p.iou for p in pairs]),
-    }
 
 
 def _models(method, seed=0):

@@ -1,50 +1,21 @@
 """A method added the way a contributor adds one: one class and one ``register`` line. The config accepts it and
 its section, it trains in local mode, and ``raysemi tune`` has its default search space; the registry is
-restored after each test."""
+restored after each test. A method outside the package, named in ``plugins:``, exists in every process that
+reads the config: in Ray Train workers and Tune trials too."""
+
+import re
+import sys
 
 import pytest
-import torch
-from pydantic import Field
-from torch import nn
+import yaml
 
-from raysemi.config import load_config
+from raysemi.config import Config, load_config
 from raysemi.errors import ConfigError
-from raysemi.losses import pixel_cross_entropy
-from raysemi.methods.base import Batch, Method, StreamSpec
 from raysemi.methods.registry import method_names, register, unregister
-from raysemi.models import LogitsOnly, build_segmenter, unwrap
-from raysemi.sections import Section
 from raysemi.sweeps import default_space
 from raysemi.tracking import read_metrics
 from tests.conftest import fast_config
-
-
-class ScaledCEConfig(Section):
-    """The ``scaled_ce`` section."""
-
-    scale: float = Field(1.0, gt=0.0, description="the loss is this times the pixel CE")
-
-
-class ScaledCE(Method):
-    """Pixel CE on the labeled stream, times ``scaled_ce.scale``."""
-
-    name = "scaled_ce"
-    config_model = ScaledCEConfig
-    search_space = {"scaled_ce.scale": {"uniform": [0.5, 2.0]}}
-
-    def build_models(self, num_classes: int) -> dict[str, nn.Module]:
-        return {"segmenter": build_segmenter(self.cfg.model, num_classes)}
-
-    def streams(self) -> dict[str, StreamSpec]:
-        return {"labeled": StreamSpec("labeled", self.cfg.train.batch_size)}
-
-    def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        labeled = batch["labeled"]
-        loss_ce = pixel_cross_entropy(models["segmenter"](labeled["image"])["logits"], labeled["mask"])
-        return {"loss": self.cfg.scaled_ce.scale * loss_ce, "loss_ce": loss_ce.detach()}
-
-    def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
-        return LogitsOnly(unwrap(models["segmenter"]))
+from tests.scaled_ce import ScaledCE, ScaledCEConfig
 
 
 @pytest.fixture
@@ -71,10 +42,12 @@ def test_the_config_accepts_the_method_and_its_section(scaled_ce, tmp_path):
 
 
 def test_without_the_registration_the_name_and_the_section_are_refused():
-    with pytest.raises(ConfigError, match=r"method='scaled_ce' is not accepted; choose one of 'supervised', "
-                                          r"'cps', 'cac', 'self_correction' or 'simformer'"):
+    names = method_names()
+    expected = ", ".join(map(repr, names[:-1])) + f" or {names[-1]!r}"
+    with pytest.raises(ConfigError, match=re.escape(f"method='scaled_ce' is not accepted; choose one of {expected}")):
         load_config(None, ["method=scaled_ce"])
-    with pytest.raises(ConfigError, match=r"unknown key scaled_ce \(accepted: cac, cps, data, eval, loss, method, "):
+    accepted = ", ".join(Config.accepted_keys())
+    with pytest.raises(ConfigError, match=re.escape(f"unknown key scaled_ce (accepted: {accepted})")):
         load_config(None, ["scaled_ce.scale=2"])
 
 
@@ -115,3 +88,48 @@ def test_the_method_trains_in_local_mode(scaled_ce, synthetic_root, tmp_path, ra
     assert summary["method"] == "scaled_ce" and [r["step"] for r in records] == [2, 4]
     for r in records:
         assert r["loss"] == pytest.approx(2 * r["loss_ce"], rel=1e-5)
+
+
+@pytest.fixture
+def plugin_ce():
+    """Leaves the registry and ``sys.modules`` as they were (the plug-in registers itself when imported)."""
+    before = method_names()
+    yield "tests.plugin_method"
+    if "plugin_ce" in method_names():
+        unregister("plugin_ce")
+    sys.modules.pop("tests.plugin_method", None)
+    assert method_names() == before
+
+
+def test_a_config_imports_its_plugins_before_it_is_read(plugin_ce):
+    assert "plugin_ce" not in method_names()
+    cfg = load_config(None, [f"plugins=[{plugin_ce}]", "method=plugin_ce", "plugin_ce.scale=2"])
+    assert (cfg.method, cfg.plugin_ce.scale) == ("plugin_ce", 2.0)
+    assert Config.model_validate(cfg.model_dump()).plugin_ce.scale == 2.0  # as a worker rebuilds it
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line():
+    with pytest.raises(ConfigError, match=r"^plugins: cannot import 'no_such_plugin' \(No module named "
+                                          r"'no_such_plugin'\); install it, or put its folder on PYTHONPATH"):
+        load_config(None, ["plugins=[no_such_plugin]", "method=supervised"])
+
+
+@pytest.mark.slow
+def test_a_plugin_method_trains_with_two_workers_inside_a_tune_trial(plugin_ce, synthetic_root, tmp_path,
+                                                                     ray_local):
+    from raysemi.ray.tune import search
+    from raysemi.sweeps import SweepSpec
+
+    base = fast_config(synthetic_root, tmp_path / "unused", f"plugins=[{plugin_ce}]", "method=plugin_ce",
+                       "scaling.num_workers=2", "scaling.cpus_per_worker=0.25")  # fits 2 CPUs with its data
+    spec = SweepSpec.model_validate({"retries": 0, "samples": 1, "steps": 4, "scheduler": "fifo",
+                                     "space": {"plugin_ce.scale": {"uniform": [0.5, 2.0]}}})
+    (outcome,) = search(base, spec, tmp_path / "sweep")  # the trial and both workers rebuild the config
+    assert outcome.status == "finished", outcome
+    scale = outcome.params["plugin_ce.scale"]
+    run_dir = tmp_path / "sweep" / "trials" / outcome.name
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["scaling"]["num_workers"] == 2
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert r["loss"] == pytest.approx(scale * r["loss_ce"], rel=1e-5)

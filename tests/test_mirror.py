@@ -26,7 +26,7 @@ def test_a_mirrored_run_resumes_on_a_fresh_machine(synthetic_root, tmp_path, ray
     checkpoint_files = ["config.yaml", "meta.json", "model.pt", "training_state.pt"]
     assert remote_files(bucket) == [
         *(f"checkpoints/step_0000000{n}/{f}" for n in (2, 4) for f in checkpoint_files),
-        "config.yaml", "labeled.txt", "metrics.jsonl", "unlabeled.txt",
+        "config.yaml", "labeled.txt", "metrics.jsonl", "split.json", "unlabeled.txt",
     ]
     shutil.rmtree(tmp_path / "machine-a")  # the machine is gone
 

@@ -9,6 +9,7 @@ from raysemi.data.pipeline import box_raster, plan_records, val_records
 from raysemi.data.streams import StreamSpec, stream_decoder
 from raysemi.data.transforms import TrainAugment
 from raysemi.data.weak_labels import Box, tags_from_masks
+from raysemi.methods.cac import CropPairs
 
 SAMPLES = [Sample(Path(f"/d/{i}.png"), Path(f"/d/{i}_m.png")) for i in range(5)]
 
@@ -48,7 +49,7 @@ def test_crop_pair_stream_decodes_both_crops_boxes_and_tags(synthetic_root):
     samples = [Sample(image, None, ids) for image, ids in tags.items()]
     records = plan_records(samples, batch_size=3, total_steps=1, start_step=0, seed=0, stream="unlabeled")
     crops = OverlappingCrops((32, 48), scale_range=(1.0, 1.0))
-    spec = StreamSpec("unlabeled", 3, crops=crops)
+    spec = StreamSpec("unlabeled", 3, CropPairs(crops))
     decode = stream_decoder(spec, "generic", str(synthetic_root), TrainAugment((32, 48)))
     out = decode({key: np.array([r[key] for r in records]) for key in records[0]})
     assert out["image"].shape == out["image_2"].shape == (3, 3, 32, 48) and out["image"].dtype == np.uint8

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from raysemi.data.dataset import open_dataset
 from raysemi.engine.rundir import prepare_run_dir
@@ -32,3 +33,24 @@ def test_a_foreign_non_empty_folder_is_refused(synthetic_root, tmp_path):
     cfg = fast_config(synthetic_root, tmp_path / "run")
     with pytest.raises(ConfigError, match="exists and is not a raysemi run"):
         prepare_run_dir(cfg, open_dataset(cfg.data))
+
+
+def test_a_run_stores_only_its_own_methods_section(synthetic_root, tmp_path):
+    cfg = fast_config(synthetic_root, tmp_path / "run", "method=cps")
+    run_dir, _ = prepare_run_dir(cfg, open_dataset(cfg.data))
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert "cps" in stored and not {"cac", "self_correction", "simformer"} & set(stored)
+
+
+def test_an_option_added_to_another_method_leaves_an_older_run_resumable(synthetic_root, tmp_path):
+    cfg = fast_config(synthetic_root, tmp_path / "run", "method=cps")
+    source = open_dataset(cfg.data)
+    run_dir, _ = prepare_run_dir(cfg, source)
+    # As an older raysemi wrote it: every method's section, and CAC's without an option added since.
+    old = yaml.safe_load((run_dir / "config.yaml").read_text()) | {"cac": {"an_older_option": 1}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
+    assert prepare_run_dir(cfg, source) == (run_dir, 0)
+    old["cps"]["weight"] = 99.0  # the run's own method's options are still compared
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match=r"different config \(cps.weight: 99.0 there, "):
+        prepare_run_dir(cfg, source)

@@ -1,5 +1,6 @@
 """Self-correction: the pure losses, the α schedules, the box encoder, the frozen ancillary and the stage plan."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from raysemi.config import load_config
+from raysemi.data.formats import ClassInfo
+from raysemi.data.weak_labels import CAMVID_CLASSES
 from raysemi.errors import DataError
 from raysemi.losses import linear_self_correction, soft_cross_entropy
 from raysemi.methods import build_method
@@ -127,19 +130,33 @@ def test_free_classes_must_be_class_ids():
         build_ancillary(cfg.model, 4, box_constraint=True, free_classes=(7,))
 
 
-@pytest.mark.parametrize("overrides, refused", [([], True), (["self_correction.free_classes=[0]"], False),
-                                                 (["self_correction.box_constraint=false"], False)])
+@pytest.mark.parametrize("overrides, refused", [(["self_correction.free_classes=[]"], True), ([], False),
+                                                 (["self_correction.free_classes=[0]"], False),
+                                                 (["self_correction.box_constraint=false",
+                                                   "self_correction.free_classes=[]"], False)])
 def test_a_class_without_boxes_must_be_free_under_the_box_constraint(overrides, refused):
     # background never has boxes: ruled out inside every box, the ancillary could only fill boxes (on the
-    # synthetic shapes, its val IoU then equals each shape's share of its box: disc 0.77 ≈ π/4)
+    # synthetic shapes, its val IoU then equals each shape's share of its box: disc 0.77 ≈ π/4). By default
+    # (free_classes unset) the stuff classes are the free ones.
     cfg = load_config(None, ["method=self_correction", "data.unlabeled_boxes=b.txt", *overrides])
-    source = SimpleNamespace(classes=SimpleNamespace(names=("background", "disc", "square")))
+    source = SimpleNamespace(classes=ClassInfo(("background", "disc", "square"), ((0, 0, 0),) * 3))
     if refused:
         with pytest.raises(DataError, match=r"rules out class 0 \('background'\) inside every box.*"
                                             r"set self_correction.free_classes=\[0\]"):
             build_method(cfg).check_data(source)
     else:
         build_method(cfg).check_data(source)
+
+
+def test_the_free_classes_default_to_the_stuff_classes_of_the_dataset(tmp_path):
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": list(CAMVID_CLASSES)}))
+    camvid = ["method=self_correction", "data.unlabeled_boxes=b.txt", "data.format=generic",
+              f"data.root={tmp_path}", "model.head_channels=16"]
+    models = build_method(load_config(None, camvid)).build_models(num_classes=11)
+    # CamVid's things are Car, Pedestrian, Bicyclist (8, 9, 10): the other eight may lie anywhere
+    assert models["ancillary"].free_classes == (0, 1, 2, 3, 4, 5, 6, 7)
+    models = build_method(load_config(None, [*camvid, "data.boxes.things=[2,6,8,9,10]"])).build_models(11)
+    assert models["ancillary"].free_classes == (0, 1, 3, 4, 5, 7)  # Pole and SignSymbol boxed too
 
 
 def test_primary_stage_freezes_the_ancillary():

@@ -1,5 +1,7 @@
 """The SimFormer method: targets, the weak-shot data view, partners, which losses train what, base/novel mIoU."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -8,14 +10,16 @@ from raysemi.config import load_config
 from raysemi.data.formats import GenericFormat
 from raysemi.data.pairs import partner_samples, write_pairs_file
 from raysemi.data.pipeline import plan_records
-from raysemi.data.streams import WeakShotView, stream_decoder
+from raysemi.data.streams import stream_decoder
 from raysemi.data.transforms import TrainAugment
 from raysemi.data.weak_labels import ClassSplit
 from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.engine.pseudo_labels import novel_pseudo_label
 from raysemi.errors import DataError
 from raysemi.methods import StreamSpec, build_method
+from raysemi.methods.simformer import WeakShotView
 from tests.test_method_contract import _batch
+from tests.test_weak_labels import write_dataset
 
 NOVEL = [4, 5]  # synthetic classes ring and cross
 
@@ -104,11 +108,11 @@ def test_basic_model_has_no_head_and_no_pixel_losses():
 def test_weak_shot_view_hides_novel_pixels_keeps_their_tags_and_pairs_each_image(synthetic_root):
     reader = GenericFormat(synthetic_root)
     samples = reader.samples("train")[:4]
-    partners = partner_samples(reader, samples, NOVEL, seed=0)
-    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled", partners=partners)
     view = WeakShotView(ClassSplit(tuple(NOVEL)))
+    source = SimpleNamespace(reader=reader, classes=reader.classes)
+    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled", columns=view.record_columns(source, samples))
     identity = TrainAugment((48, 64), (1.0, 1.0), hflip=False, color_jitter=0.0)  # the crop is the whole image
-    decode = stream_decoder(StreamSpec("labeled", 4, weak_shot=view), "generic", str(synthetic_root), identity)
+    decode = stream_decoder(StreamSpec("labeled", 4, view), "generic", str(synthetic_root), identity)
     out = decode({key: np.array([r[key] for r in records]) for key in records[0]})
     for prefix in ("", "partner_"):
         assert out[f"{prefix}image"].shape == (4, 3, 48, 64) and out[f"{prefix}valid_pixels"].all()
@@ -120,6 +124,26 @@ def test_weak_shot_view_hides_novel_pixels_keeps_their_tags_and_pairs_each_image
             np.testing.assert_array_equal(mask, np.where(np.isin(original, NOVEL), 255, original))
             assert set(np.flatnonzero(tags)) == set(np.unique(original)) - {255}  # novel classes included
     assert sum(np.isin(masks[r["image_path"]], NOVEL).any() for r in records) > 0  # something was hidden
+
+
+def test_a_crop_without_a_class_still_carries_the_images_tag(tmp_path):
+    # 8 x 16 frames: class 1 only in column 0, class 2 only in column 15, class 0 elsewhere; an 8 x 8 crop at
+    # scale 1 holds at most one of the two columns, but its tags are the whole image's: 0, 1 and 2
+    mask = np.zeros((8, 16), np.uint8)
+    mask[:, 0], mask[:, 15] = 1, 2
+    write_dataset(tmp_path, mask, ("road", "car", "person"), count=4)
+    reader = GenericFormat(tmp_path)
+    samples = reader.samples("train")
+    view = WeakShotView(ClassSplit((2,)), hide_novel=False)  # the oracle's view: the crop's classes are visible
+    source = SimpleNamespace(reader=reader, classes=reader.classes)
+    records = plan_records(samples, 4, 1, 0, seed=0, stream="labeled", columns=view.record_columns(source, samples))
+    crop = TrainAugment((8, 8), (1.0, 1.0), hflip=False, color_jitter=0.0)
+    decode = stream_decoder(StreamSpec("labeled", 4, view), "generic", str(tmp_path), crop)
+    out = decode({key: np.array([r[key] for r in records]) for key in records[0]})
+    for prefix in ("", "partner_"):
+        crop_classes = [set(np.unique(m).tolist()) for m in out[f"{prefix}mask"]]
+        assert all(not {1, 2} <= present for present in crop_classes)  # every crop lacks class 1 or 2
+        assert out[f"{prefix}image_tags"].tolist() == [[1.0, 1.0, 1.0]] * 4
 
 
 def test_partners_come_from_the_pairs_file_which_must_cover_the_split(synthetic_root, tmp_path):

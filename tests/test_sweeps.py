@@ -1,11 +1,15 @@
 """Sweep files: distributions, checks against the tuned config, default spaces per method."""
 
+from pathlib import Path
+
 import pytest
 
 from raysemi.config import load_config
 from raysemi.errors import ConfigError
 from raysemi.methods import method_names
 from raysemi.sweeps import apply_values, check_space, default_space, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 GOOD = """
 metric: val_miou
@@ -84,3 +88,20 @@ def test_the_default_space_runs_one_search_per_label_fraction_where_the_fraction
 def test_a_trial_config_sets_every_sampled_key():
     cfg = apply_values(load_config(None, ["method=cps"]), {"optim.lr": 0.01, "cps.prop_range": [0.1, 0.3]})
     assert cfg.optim.lr == 0.01 and cfg.cps.prop_range == (0.1, 0.3)
+
+
+def test_the_p2_cps_sweep_loads_on_p2_with_cps_as_published_and_scores_on_the_selection_split():
+    path = REPO / "experiments" / "sweeps" / "cps_p2.yaml"
+    overrides = ["method=cps", "optim.weight_decay=0.0005", "optim.decay_norm_and_bias=false",
+                 "optim.backbone_lr_mult=1.0", "data.val_split=experiments/protocols/p2_camvid/selection.txt"]
+    assert " ".join(overrides) in path.read_text()  # the command its header gives
+    protocol = REPO / "experiments" / "protocols" / "p2_camvid.yaml"
+    cfg = load_config(protocol, overrides)
+    spec = load_sweep(path, cfg)
+    assert set(spec.space) == {"cps.weight", "cps.confidence_threshold", "cps.prop_range", "cps.rampup_steps",
+                               "optim.lr"}
+    assert (spec.metric, spec.scheduler, spec.steps) == ("val_miou", "asha", cfg.train.steps)
+    assert spec.grace_steps % cfg.train.eval_every == 0  # ASHA's rungs fall on evaluations
+    assert cfg.data.val_split != load_config(protocol).data.val_split  # never the report split
+    trial = apply_values(cfg, {"cps.prop_range": [0.1, 0.25], "cps.confidence_threshold": 0.0, "optim.lr": 0.02})
+    assert trial.cps.prop_range == (0.1, 0.25) and trial.optim.backbone_lr_mult == 1.0

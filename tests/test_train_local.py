@@ -221,6 +221,20 @@ def test_self_correction_stages_chain_and_a_repeated_command_reruns_nothing(synt
     assert [c.path.name for c in list_checkpoints(tmp_path / "run" / "primary")] == before
 
 
+def test_supervised_on_box_filled_weak_masks_trains_on_the_boxes_file(synthetic_root, tmp_path, ray_local):
+    split = tmp_path / "split"
+    assert main(["data", "split", str(synthetic_root), "--count", "6", "--out", str(split), "--boxes"]) == 0
+    cfg = fast_config(
+        synthetic_root, tmp_path / "run", "supervised.weak_boxes=fill", "train.unlabeled_batch_size=4",
+        f"data.labeled_split={split / 'labeled.txt'}", f"data.unlabeled_split={split / 'unlabeled.txt'}",
+        f"data.unlabeled_boxes={split / 'unlabeled_boxes.txt'}",
+    )
+    train(cfg)
+    records = [r for r in read_metrics(tmp_path / "run") if "loss_weak" in r]
+    # the synthetic background is the one stuff class: every weak pixel on the image has a target
+    assert [r["step"] for r in records] == [2, 4] and all(r["loss_weak"] > 0 for r in records)
+
+
 def test_simformer_trains_on_image_reference_pairs_and_reports_base_and_novel_miou(
     synthetic_root, tmp_path, ray_local, capsys
 ):

@@ -41,7 +41,9 @@ def test_split_draws_labeled_images_from_masked_ones_only(partly_labeled, tmp_pa
     assert main(["data", "split", str(partly_labeled), "--fraction", "1/2", "--unlabeled-dir", "extra",
                  "--out", str(out)]) == 0
     # half of the 12 masked images; the other 6 masked, the 12 unmasked and the 3 extra are unlabeled
-    assert capsys.readouterr().out.strip() == f"6 labeled, 21 unlabeled (15 without masks) -> {out}"
+    assert capsys.readouterr().out.strip().splitlines() == [
+        f"6 labeled, 21 unlabeled (15 without masks) -> {out}",
+        "label fraction 6/12 = 0.5 (labeled / images with masks)"]
     labeled = read_split_file(out / "labeled.txt", partly_labeled)
     assert len(labeled) == 6 and all(int(s.image.stem[-5:]) >= 12 for s in labeled)
     unlabeled = (out / "unlabeled.txt").read_text().splitlines()

@@ -28,6 +28,7 @@ Usage (from the repository root)::
     python experiments/benchmarks/gain.py --protocol p1 --method supervised_all_labels --seeds 2   # headroom
     python experiments/benchmarks/gain.py --protocol p1 --method cps --control --seeds 3
     python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.temperature=0.2
+    python experiments/benchmarks/gain.py --protocol p2 --method cps --baseline supervised_cps_optim --control
     python experiments/benchmarks/gain.py --protocol p1 --method supervised --iterations 300 --seeds 2  # budget
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_basic
     python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
@@ -78,7 +79,9 @@ CONTROLS = {"cps": ("cps.weight=0",), "cac": ("cac.weight=0",)}
 UNLABELED_BATCHNORM = {"supervised_unlabeled_bn": ("supervised.unlabeled_batchnorm=true",)}
 # SimFormer's variants (every image, novel classes known from tags): full is compared with basic, and each
 # record adds the oracle run of the same seed (novel masks too), so the share of the gap closed is computable.
-SIMFORMER_BASIC = ("simformer.complementary_weight=0", "simformer.similarity_weight=0", "simformer.distill_weight=0")
+# basic: the supplementary's (A5), full minus pixel-pixel transfer; basic_nocomp: the complementary loss off too.
+SIMFORMER_BASIC = ("simformer.similarity_weight=0", "simformer.distill_weight=0")
+SIMFORMER_NO_COMPLEMENTARY = ("simformer.complementary_weight=0",)
 # The released code's losses (issue 20), as experiments/configs/simformer_*.yaml set them: pair features
 # detached for the head's BCE, the complementary loss with the mask-loss weights at every decoder layer,
 # distillation weight 0.5.
@@ -89,6 +92,18 @@ SIMFORMER_RELEASED = ("simformer.detach_pair_features=true", "simformer.compleme
 # is the CNN baseline's, not a transformer decoder's.
 MASKFORMER_OPTIM = ("optim.name=adamw", "optim.lr=0.0005", "optim.backbone_lr_mult=0.1", "optim.weight_decay=0.0001")
 ORACLES = {"simformer_full": "simformer_oracle", "simformer3_full": "simformer3_oracle"}
+# CPS as published (issue 36): SGD, weight decay 5e-4 (not on biases and norms), one learning rate for backbone
+# and heads (the paper's 4.2, TorchSemiSeg's train.py) and λ from the first step (cps.rampup_steps=0, the
+# default). On P2 the one rate is the protocol's backbone rate, 0.02 (the head's 0.2 is ten times the rate its
+# pretrained backbone trains at); the baseline of that comparison is supervised_cps_optim, the same optimizer, so
+# the pair compares methods alone:
+#   gain.py --protocol p2 --method cps --baseline supervised_cps_optim --control
+# P1 keeps its AdamW from scratch (one rate already; 5e-4 is an SGD L2 weight): only the ramp-up goes.
+CPS_PUBLISHED_OPTIM = ("optim.weight_decay=0.0005", "optim.decay_norm_and_bias=false", "optim.backbone_lr_mult=1.0",
+                       "optim.lr=0.02")
+CPS_BASELINES = {"supervised_cps_optim": CPS_PUBLISHED_OPTIM,
+                 "supervised_unlabeled_bn_cps_optim": (*UNLABELED_BATCHNORM["supervised_unlabeled_bn"],
+                                                       *CPS_PUBLISHED_OPTIM)}
 
 
 def simformer_variants(all_labels: tuple[str, ...], novel: str, name: str = "simformer",
@@ -97,6 +112,7 @@ def simformer_variants(all_labels: tuple[str, ...], novel: str, name: str = "sim
     the released losses and ``optim``'s overrides."""
     common = ("method=simformer", *all_labels, *optim, *SIMFORMER_RELEASED, f"simformer.novel={novel}")
     return {f"{name}_full": common, f"{name}_basic": common + SIMFORMER_BASIC,
+            f"{name}_basic_nocomp": common + SIMFORMER_BASIC + SIMFORMER_NO_COMPLEMENTARY,
             f"{name}_oracle": common + ("simformer.oracle=true",)}
 
 
@@ -111,9 +127,12 @@ CORRECTOR_SHARE = 4
 
 def self_correction_variants(*extra: str) -> dict[str, tuple[str, ...]]:
     """``self_correction_<mode>`` for each mode, with ``extra`` overrides (P1: its background, which has no boxes,
-    allowed anywhere by the ancillary's box constraint)."""
+    allowed anywhere by the ancillary's box constraint), and ``supervised_boxes``: supervised on F and W's
+    box-filled masks, from the same boxes file."""
     common = ("method=self_correction", f"data.unlabeled_boxes={DERIVED_BOXES}", *extra)
-    return {f"self_correction_{mode}": (*common, f"self_correction.mode={mode}") for mode in SELF_CORRECTION_MODES}
+    boxes = {"supervised_boxes": ("supervised.weak_boxes=fill", f"data.unlabeled_boxes={DERIVED_BOXES}")}
+    return boxes | {f"self_correction_{mode}": (*common, f"self_correction.mode={mode}")
+                    for mode in SELF_CORRECTION_MODES}
 
 
 def budget_overrides(variant: str, iterations: int) -> tuple[str, ...]:
@@ -128,13 +147,14 @@ def budget_overrides(variant: str, iterations: int) -> tuple[str, ...]:
 
 
 def derived_boxes_file(protocol_name: str) -> Path:
-    """``data.unlabeled_boxes`` for the protocol: each unlabeled image's boxes from its mask (one box per connected
-    component of each class, as ``raysemi data split --boxes``), written once under the work folder."""
+    """``data.unlabeled_boxes`` for the protocol: each unlabeled image's boxes from its mask (one box per object of
+    a thing class, as ``raysemi data split --boxes`` draws them), written once under the work folder (a new
+    name for the object boxes: a file of the earlier per-component boxes is never reused)."""
     from raysemi.config import load_config
     from raysemi.data.dataset import open_dataset
     from raysemi.data.weak_labels import boxes_from_masks, write_boxes_file
 
-    path = WORK / protocol_name / "unlabeled_boxes.txt"
+    path = WORK / protocol_name / "unlabeled_object_boxes.txt"
     if not path.is_file():
         source = open_dataset(load_config(REPO / PROTOCOLS[protocol_name].config).data)
         with_masks = {sample.image: sample for sample in source.train}
@@ -152,8 +172,9 @@ PROTOCOLS = {
         all_labels=P1_ALL_LABELS,
         methods={
             **UNLABELED_BATCHNORM,
-            "cps": ("method=cps", "cps.rampup_steps=150"),
+            "cps": ("method=cps",),
             "cac": ("method=cac", "cac.start_step=50", "cac.rampup_steps=100"),
+            "unimatch": ("method=unimatch",),
             # two of the five shapes novel: square and ring
             **simformer_variants(P1_ALL_LABELS, "[2,4]"),
             **self_correction_variants("self_correction.free_classes=[0]"),
@@ -164,8 +185,10 @@ PROTOCOLS = {
         all_labels=P2_ALL_LABELS,
         methods={
             **UNLABELED_BATCHNORM,
-            "cps": ("method=cps", "cps.rampup_steps=250"),
+            **CPS_BASELINES,
+            "cps": ("method=cps", *CPS_PUBLISHED_OPTIM),
             "cac": ("method=cac", "cac.start_step=100", "cac.rampup_steps=150", "cac.queue_steps=4"),
+            "unimatch": ("method=unimatch",),
             # Car alone novel (simformer_*), then Car, Pedestrian and Bicyclist (simformer3_*)
             **simformer_variants(P2_ALL_LABELS, "[8]", optim=MASKFORMER_OPTIM),
             **simformer_variants(P2_ALL_LABELS, "[8,9,10]", name="simformer3", optim=MASKFORMER_OPTIM),

@@ -283,7 +283,7 @@ def training_stream(kind: Kind, root: Path, crop: int, local_batch: int, steps: 
     import raysemi.ray.data as ray_data
     from raysemi.config import load_config
     from raysemi.data.dataset import open_dataset
-    from raysemi.methods.base import build_method
+    from raysemi.methods.registry import build_method
 
     cfg = load_config(None, [f"data.format={kind.format}", f"data.root={root}", f"data.crop_size=[{crop},{crop}]",
                              f"train.batch_size={local_batch * consumers}",

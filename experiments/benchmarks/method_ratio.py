@@ -46,7 +46,8 @@ def step_runner(name: str, extra: list[str]):
     cfg = method_config(name, 1000, protocol.WORK / f"method_ratio-{name}", extra)
     method = build_method(cfg)
     raw, source = in_memory_batches(cfg, method)
-    batch = {stream: prepare_batch(b, torch.device("cpu")) for stream, b in raw.items()}
+    views = {stream: spec.view for stream, spec in method.streams().items()}
+    batch = {stream: prepare_batch(b, torch.device("cpu"), view=views[stream]) for stream, b in raw.items()}
     torch.manual_seed(cfg.run.seed)
     models = method.build_models(source.classes.num_classes)
     for model in models.values():

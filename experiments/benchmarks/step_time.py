@@ -48,6 +48,7 @@ METHODS = {
     "cac": ("cac", ["cac.start_step=0", "cac.rampup_steps=0"]),
     "self_correction": ("self_correction", ["self_correction.stage=primary", "self_correction.mode=linear"]),
     "simformer": ("simformer", []),
+    "unimatch": ("unimatch", []),
 }
 
 

@@ -2,8 +2,11 @@
 
 A run is a directory with ``summary.json`` and ``config.yaml`` (what ``raysemi train`` writes). Of a chained
 run (``stages.json`` in the parent: self-correction's stages, SimFormer's retrain), only the last stage counts.
-The label fraction is read from the run's own split files (``labeled.txt``, ``unlabeled.txt``), so it is
-right whichever way the split was chosen (fraction, count or file).
+The label fraction is labeled / train images with masks, as in ``data.label_fraction`` and ``--fraction``, read
+from the run's own ``split.json`` (the counts of its split), so it is right whichever way the split was chosen
+(fraction, count or file) and however many unmasked or ``unlabeled_dir`` images trained beside it; those are
+columns of their own (``unmasked``, ``unlabeled_dir``). A run from before ``split.json`` counts the lines of
+its ``labeled.txt`` and ``unlabeled.txt`` (every unlabeled image as masked, the only reading they allow).
 
 Outputs in ``out``: ``runs.csv`` (one row per run), ``summary.csv`` (mean, std and count of mIoU per method
 and fraction), ``summary.md`` (the method × fraction table), ``miou_vs_fraction.png`` and ``curves.png``
@@ -19,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from raysemi.data.splits import read_split_counts
 from raysemi.errors import DataError
 from raysemi.methods.registry import method_class, method_names
 from raysemi.tracking import best_of, read_metrics
@@ -36,10 +40,13 @@ class RunResult:
     metrics: list[dict] = field(default_factory=list)
     best_miou: float | None = None  # the best val mIoU of the run's evaluations, and its step
     best_step: int | None = None
+    unmasked: int = 0  # unlabeled train images without masks, outside the fraction
+    unlabeled_dir: int = 0  # images of data.unlabeled_dir, outside the fraction
 
     @property
     def fraction(self) -> str:
-        """``1/k`` when labeled/total is within 2 % of it (the split tool rounds up), else ``labeled/total``."""
+        """``1/k`` when labeled/total (``total``: the images with masks) is within 2 % of it (the split tool
+        rounds up), else ``labeled/total``."""
         if self.labeled == self.total:
             return "all"
         k = round(self.total / self.labeled)
@@ -73,12 +80,16 @@ def _counts(run_dir: Path) -> bool:
 def _read_run(run_dir: Path) -> RunResult:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
-    labeled, unlabeled = (_lines(run_dir / name) for name in ("labeled.txt", "unlabeled.txt"))
+    counts = read_split_counts(run_dir)
+    if counts is None:  # a run from before split.json
+        labeled, unlabeled = (_lines(run_dir / name) for name in ("labeled.txt", "unlabeled.txt"))
+        counts = {"labeled": labeled, "masked": labeled + unlabeled, "unmasked": 0, "unlabeled_dir": 0}
     metrics = read_metrics(run_dir)
     best = {key: summary[key] for key in ("best_miou", "best_step") if key in summary}
     best = best or best_of(metrics, summary["miou"], summary.get("steps", 0))  # runs from before best_miou
-    return RunResult(run_dir, _method_label(cfg, run_dir), labeled, labeled + unlabeled, cfg["run"]["seed"],
-                     summary["miou"], summary["iou"], metrics, best["best_miou"], best["best_step"])
+    return RunResult(run_dir, _method_label(cfg, run_dir), counts["labeled"], counts["masked"], cfg["run"]["seed"],
+                     summary["miou"], summary["iou"], metrics, best["best_miou"], best["best_step"],
+                     counts["unmasked"], counts["unlabeled_dir"])
 
 
 def _lines(path: Path) -> int:
@@ -106,12 +117,13 @@ def _label(cfg: dict) -> str:
 
 
 def runs_frame(runs: list[RunResult], per_class: bool = False) -> pd.DataFrame:
-    """One row per run: ``method, fraction, labeled, total, seed, miou, best_miou, best_step``
-    (+ ``iou_<class>``), ``run_dir``."""
+    """One row per run: ``method, fraction, labeled, total`` (images with masks)``, unmasked, unlabeled_dir,
+    seed, miou, best_miou, best_step`` (+ ``iou_<class>``), ``run_dir``."""
     rows = []
     for run in runs:
         row = {"method": run.method, "fraction": run.fraction, "labeled": run.labeled, "total": run.total,
-               "seed": run.seed, "miou": run.miou, "best_miou": run.best_miou, "best_step": run.best_step}
+               "unmasked": run.unmasked, "unlabeled_dir": run.unlabeled_dir, "seed": run.seed, "miou": run.miou,
+               "best_miou": run.best_miou, "best_step": run.best_step}
         if per_class:
             row |= {f"iou_{name}": value for name, value in run.iou.items()}
         rows.append(row | {"run_dir": str(run.run_dir)})

@@ -13,8 +13,29 @@ from pathlib import Path
 
 import numpy as np
 
-from raysemi.data.formats import ClassInfo, DatasetFormat, Sample, list_images, open_format, read_image
-from raysemi.data.splits import Split, complement, draw_split, find_protocol, read_split_file, split_samples
+from raysemi.data.formats import (
+    ClassInfo,
+    DatasetFormat,
+    Sample,
+    absolute_inside,
+    list_images,
+    normalised,
+    open_format,
+    read_image,
+    voc_palette,
+)
+from raysemi.data.splits import (
+    Split,
+    SplitCounts,
+    check_split,
+    complement,
+    count_split,
+    draw_split,
+    find_protocol,
+    read_split_file,
+    split_samples,
+)
+from raysemi.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from raysemi.data.synthetic import ensure_synthetic
 from raysemi.data.weak_labels import read_boxes_file, read_tags_file
 from raysemi.errors import DataError
@@ -28,6 +49,7 @@ class DatasetSource:
     train: list[Sample]
     val: list[Sample]
     split: Split
+    counts: SplitCounts  # labeled / masked is the label fraction; unmasked and unlabeled_dir images beside it
 
     @property
     def classes(self) -> ClassInfo:
@@ -57,28 +79,40 @@ def dataset_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser()
 
 
+def dataset_classes(cfg: DataConfig) -> ClassInfo:
+    """The classes of the configured dataset (its class list only: no split is read), for a method that needs
+    their names when it builds its models (self-correction's stuff classes, :mod:`raysemi.data.weak_labels`).
+    The synthetic classes are fixed: nothing is generated to name them."""
+    if cfg.format == "synthetic":
+        return ClassInfo(SYNTHETIC_CLASSES, voc_palette(len(SYNTHETIC_CLASSES)))
+    return open_format(cfg.format, dataset_root(cfg)).classes
+
+
 def open_dataset(cfg: DataConfig) -> DatasetSource:
     """Resolve the root, list train/val samples and choose the labeled split (file, count or fraction).
 
     Labeled images are drawn from the train images that have masks; train images without one, and the images
     of ``data.unlabeled_dir``, are unlabeled (unless ``data.unlabeled_split`` lists the unlabeled images).
     """
-    reader = open_format(cfg.format, dataset_root(cfg))
+    reader = open_format(cfg.format, dataset_root(cfg), cfg.mask_encoding)
     train_split = find_protocol(reader.name, cfg.protocol).train_split if cfg.protocol else cfg.train_split
     train = split_samples(reader, train_split)
     val = split_samples(reader, cfg.val_split)
+    extra = extra_unlabeled(reader, cfg.unlabeled_dir)
     if cfg.labeled_split:
         labeled = read_split_file(cfg.labeled_split, reader.root)
         check_mask_sample(reader, labeled, cfg.labeled_split)
         unlabeled = (
             read_split_file(cfg.unlabeled_split, reader.root, require_masks=False)
             if cfg.unlabeled_split
-            else complement(train, labeled) + extra_unlabeled(reader, cfg.unlabeled_dir)
+            else complement(train, labeled) + extra
         )
-        split = Split(labeled, unlabeled)
+        split, source = Split(labeled, unlabeled), f"data.labeled_split={cfg.labeled_split}"
     else:
         split = draw_split(reader, train_split, cfg.label_fraction, cfg.label_count, cfg.split_seed, cfg.protocol)
-        split = Split(split.labeled, split.unlabeled + extra_unlabeled(reader, cfg.unlabeled_dir))
+        split, source = Split(split.labeled, split.unlabeled + extra), f"the split of data.train_split={train_split}"
+    check_split(split, val, source)
+    counts = count_split(split, extra, {s.image for s in train if s.mask is not None})
     # Unlabeled samples never carry a mask path: nothing downstream can read their masks.
     tags = _unlabeled_weak_labels(cfg.unlabeled_tags, read_tags_file, reader, split.unlabeled)
     boxes = _unlabeled_weak_labels(cfg.unlabeled_boxes, read_boxes_file, reader, split.unlabeled)
@@ -88,23 +122,27 @@ def open_dataset(cfg: DataConfig) -> DatasetSource:
     )
     if not split.labeled:
         raise DataError(f"the labeled split is empty ({cfg.labeled_split or 'data.label_fraction'})")
-    return DatasetSource(reader, train, val, split)
+    return DatasetSource(reader, train, val, split, counts)
 
 
-def extra_unlabeled(reader: DatasetFormat, folder: str | Path | None) -> list[Sample]:
+def extra_unlabeled(reader: DatasetFormat, folder: str | Path | None, key: str = "data.unlabeled_dir") -> list[Sample]:
     """The images of ``folder`` (inside the dataset root: absolute, or relative to it) as mask-less samples;
-    inside, so that split files can name them relative to the root as they name every other image."""
+    inside, so that split files can name them relative to the root as they name every other image. The folder
+    and its files may be links (the path as written decides, see :func:`~raysemi.data.formats.resolve_inside`).
+    Errors name ``key``: the config key, or the flag (``--unlabeled-dir``) of a command."""
     if not folder:
         return []
     path = Path(folder).expanduser()
-    path = (path if path.is_absolute() else reader.root / path).resolve()
-    if not path.is_relative_to(reader.root):
-        raise DataError(f"data.unlabeled_dir={folder}: the folder must be inside the dataset root {reader.root} "
+    path = absolute_inside(path, reader.root) if path.is_absolute() else normalised(reader.root / path)
+    if path is None or not path.is_relative_to(reader.root):  # links inside the root stay inside
+        raise DataError(f"{key}={folder}: the folder must be inside the dataset root {reader.root} "
                         "(move or link it there)")
+    if not path.is_dir():
+        raise DataError(f"{key}={folder}: {path} is not a folder")
     images = list_images(path)
     if not images:
-        raise DataError(f"{folder}: data.unlabeled_dir holds no images (accepted: .png, .jpg, .jpeg, .bmp, .tif)")
-    return [Sample(image.resolve(), None) for image in images]
+        raise DataError(f"{key}={folder}: the folder holds no images (accepted: .png, .jpg, .jpeg, .bmp, .tif)")
+    return [Sample(image, None) for image in images]
 
 
 def _unlabeled_weak_labels(path: str | None, read, reader: DatasetFormat, unlabeled: list[Sample]) -> dict:

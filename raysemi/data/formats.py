@@ -17,7 +17,9 @@ Layouts (paths relative to the dataset root):
 - ``cityscapes``: ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
   ``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (label ids 0..33, mapped to the 19 train ids) or, when
   only that exists, ``..._gtFine_labelTrainIds.png`` (train ids as stored). A mask's encoding follows from its
-  name; a name with neither ending is refused, as is a label-id file holding values above 33.
+  name; a name with neither ending is refused, as is a label-id file holding values above 33, or one whose
+  values all lie in 0..18 (train ids as well as label ids: a train-id mask without ignore pixels would be
+  remapped wrong), unless ``data.mask_encoding`` / ``--mask-encoding`` says which.
 - ``cocostuff10k``: ``images/<id>.jpg``, ``annotations/<id>.mat`` (key ``S``, 0 = unlabeled, 1..182) or
   ``annotations/<id>.png``, ids in ``imageLists/<split>.txt``; the 171 used COCO-Stuff ids map to 0..170.
 - ``ade20k``: ``ADEChallengeData2016/images/{training,validation}/*.jpg`` and ``annotations/.../*.png``
@@ -27,6 +29,7 @@ Layouts (paths relative to the dataset root):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -62,15 +65,34 @@ class ClassInfo:
         return len(self.names)
 
 
+MASK_ENCODINGS = ("auto", "label_ids", "train_ids")
+
+
 class DatasetFormat:
-    """Base reader. Subclasses set ``name`` and implement :meth:`samples`; most keep the default decoding."""
+    """Base reader. Subclasses set ``name`` and implement :meth:`samples`; most keep the default decoding.
+
+    ``mask_encoding`` (``data.mask_encoding``, ``--mask-encoding``) says how a format with two mask encodings
+    (``encodings``: Cityscapes) stores its masks; ``auto`` tells them by file name and values, and refuses a
+    mask that could be either."""
 
     name = "base"
+    encodings: tuple[str, ...] = ()  # the non-auto mask encodings this format accepts
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, mask_encoding: str = "auto"):
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset root not found (data.format={self.name})")
+        if mask_encoding != "auto" and mask_encoding not in self.encodings:
+            accepted = ", ".join(("auto", *self.encodings))
+            raise DataError(f"mask encoding {mask_encoding!r} is not accepted for data.format={self.name} "
+                            f"(accepted: {accepted})")
+        self.mask_encoding = mask_encoding
+
+    @property
+    def spec(self) -> str:
+        """``name`` or ``name:encoding``: what :func:`open_format` takes to open this reader again (in a Ray
+        Data task)."""
+        return self.name if self.mask_encoding == "auto" else f"{self.name}:{self.mask_encoding}"
 
     @cached_property
     def classes(self) -> ClassInfo:
@@ -125,8 +147,8 @@ VOC_CLASSES = (
 class VOCFormat(DatasetFormat):
     name = "voc"
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
+    def __init__(self, root: str | Path, mask_encoding: str = "auto"):
+        super().__init__(root, mask_encoding)
         nested = self.root / "VOCdevkit" / "VOC2012"
         if nested.is_dir():
             self.root = nested
@@ -167,6 +189,7 @@ def lookup_table(mapping: dict[int, int]) -> np.ndarray:
 
 class CityscapesFormat(DatasetFormat):
     name = "cityscapes"
+    encodings = ("label_ids", "train_ids")
     _lookup = lookup_table(CITYSCAPES_ID_TO_TRAIN_ID)
 
     @cached_property
@@ -187,17 +210,33 @@ class CityscapesFormat(DatasetFormat):
         return train_ids if train_ids.is_file() and not label_ids.is_file() else label_ids
 
     def decode_mask(self, path: Path) -> np.ndarray:
-        """Train ids from a ``*_labelIds.png`` (through the id table) or a ``*_labelTrainIds.png`` (as stored)."""
-        if path.name.endswith("_labelTrainIds.png"):
-            return read_png_indices(path)
-        if not path.name.endswith("_labelIds.png"):
-            raise DataError(f"{path}: cannot tell the mask's encoding from its name; Cityscapes masks must end in "
-                            "_labelIds.png (label ids 0..33) or _labelTrainIds.png (train ids 0..18, 255 = ignore)")
+        """Train ids from a ``*_labelIds.png`` (through the id table) or a ``*_labelTrainIds.png`` (as stored);
+        with ``mask_encoding`` ``label_ids`` or ``train_ids``, every mask is read that way whatever its name."""
+        encoding = self.mask_encoding if self.mask_encoding != "auto" else self._encoding_from_name(path)
         raw = read_png_indices(path)
+        if encoding == "train_ids":
+            return raw
         if raw.max(initial=0) > 33:
             raise DataError(f"{path}: values up to {raw.max()} are not Cityscapes label ids 0..33; "
-                            "a mask of train ids must be named *_labelTrainIds.png")
+                            f"a mask of train ids must be named *_labelTrainIds.png (or {ENCODING_HINT})")
+        if self.mask_encoding == "auto" and raw.max(initial=0) <= MAX_TRAIN_ID:
+            raise DataError(f"{path}: values {raw.min()}..{raw.max()} are Cityscapes train ids as well as label "
+                            f"ids, so the encoding cannot be told from the file; say which with {ENCODING_HINT}")
         return self._lookup[raw]
+
+    @staticmethod
+    def _encoding_from_name(path: Path) -> str:
+        if path.name.endswith("_labelTrainIds.png"):
+            return "train_ids"
+        if path.name.endswith("_labelIds.png"):
+            return "label_ids"
+        raise DataError(f"{path}: cannot tell the mask's encoding from its name; Cityscapes masks must end in "
+                        "_labelIds.png (label ids 0..33) or _labelTrainIds.png (train ids 0..18, 255 = ignore), "
+                        f"or say which with {ENCODING_HINT}")
+
+
+MAX_TRAIN_ID = len(CITYSCAPES_CLASSES) - 1  # 18
+ENCODING_HINT = "--mask-encoding label_ids|train_ids (data.mask_encoding)"
 
 
 # COCO-Stuff ids (1-based, 182) that no annotation uses; the remaining 171 map to 0..170 in order.
@@ -239,8 +278,8 @@ class ADE20kFormat(DatasetFormat):
     name = "ade20k"
     _split_dirs = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
+    def __init__(self, root: str | Path, mask_encoding: str = "auto"):
+        super().__init__(root, mask_encoding)
         nested = self.root / "ADEChallengeData2016"
         if nested.is_dir():
             self.root = nested
@@ -264,17 +303,19 @@ class ADE20kFormat(DatasetFormat):
         return np.where(raw == 0, IGNORE_INDEX, raw - 1).astype(np.uint8)
 
 
+# The one list of data.format values; the bundled synthetic dataset is written in the generic layout.
 FORMATS: dict[str, type[DatasetFormat]] = {
-    cls.name: cls for cls in (GenericFormat, VOCFormat, CityscapesFormat, CocoStuff10kFormat, ADE20kFormat)
+    "synthetic": GenericFormat,
+    **{cls.name: cls for cls in (GenericFormat, VOCFormat, CityscapesFormat, CocoStuff10kFormat, ADE20kFormat)},
 }
 
 
-def open_format(name: str, root: str | Path) -> DatasetFormat:
-    """The reader for ``name`` (``synthetic`` data uses the generic layout)."""
-    key = "generic" if name == "synthetic" else name
-    if key not in FORMATS:
-        raise DataError(f"data.format={name!r} is not accepted; choose one of synthetic, {', '.join(FORMATS)}")
-    return FORMATS[key](root)
+def open_format(name: str, root: str | Path, mask_encoding: str = "auto") -> DatasetFormat:
+    """The reader for ``name``; ``name`` may carry its mask encoding as ``name:encoding`` (a reader's ``spec``)."""
+    name, _, encoded = name.partition(":")
+    if name not in FORMATS:
+        raise DataError(f"data.format={name!r} is not accepted; choose one of {', '.join(FORMATS)}")
+    return FORMATS[name](root, encoded or mask_encoding)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -310,17 +351,44 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def resolve_inside(root: Path, relative: str, source: Path, number: int) -> Path:
-    """``root / relative`` resolved, for line ``number`` of the list file ``source``.
+    """``root / relative`` for line ``number`` of the list file ``source``, with ``..`` applied to the text.
+
+    Links inside the root are not followed: a dataset assembled from linked folders or files (a shared
+    read-only copy, a merged train+test tree) is inside its root wherever the links point. What decides is the
+    path as written: one that climbs out with ``..``, or an absolute path outside the root, is refused. An
+    absolute path inside the root is accepted as it is, and a leading ``/`` on a root-relative path (as in
+    DeepLab's ``train_aug.txt``: ``/JPEGImages/...``) is read relative to the root.
 
     Raises:
         DataError: the path leaves ``root`` or is not a file.
     """
-    resolved = (root / relative.lstrip("/")).resolve()
-    if not resolved.is_relative_to(root):
+    written = Path(relative)
+    if written.is_absolute() and absolute_inside(written, root) is not None:
+        path = absolute_inside(written, root)
+    else:
+        path = normalised(root / relative.lstrip("/"))
+        if written.is_absolute() and not path.is_file():  # not a root-relative line with a leading slash
+            path = normalised(written)
+    if not path.is_relative_to(root):
         raise DataError(f"{source}:{number}: {relative} resolves outside the dataset root {root}")
-    if not resolved.is_file():
+    if not path.is_file():
         raise DataError(f"{source}:{number}: {relative} not found under {root}")
-    return resolved
+    return path
+
+
+def absolute_inside(path: Path, root: Path) -> Path | None:
+    """An absolute ``path`` as a path under ``root`` (itself resolved): as written, or through the links of its
+    spelling (``/data/link_to_root/x.png`` when ``root`` is where ``link_to_root`` points); None if outside."""
+    written = normalised(path)
+    if written.is_relative_to(root):
+        return written
+    real = Path(os.path.realpath(written))
+    return root / real.relative_to(root) if real.is_relative_to(root) else None
+
+
+def normalised(path: Path) -> Path:
+    """``path`` made absolute with ``.`` and ``..`` applied to its text; links are left as they are."""
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def _existing(path: Path) -> Path | None:

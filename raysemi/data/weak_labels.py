@@ -1,11 +1,14 @@
-"""Weak labels derived from full masks: image-level tags, per-class boxes, base/novel class partitions.
+"""Weak labels derived from full masks: image-level tags, object boxes, base/novel class partitions.
 
 Deriving them from masks lets any fully labeled dataset serve every method; real weak annotations (VOC's
-box XML, for instance) are converted to the same forms.
+box XML, for instance) are converted to the same forms. Boxes are drawn as an annotator would
+(:func:`mask_boxes`, docs/data.md): one per object of a thing class, fragments of one object merged, specks
+dropped, none for stuff (road, sky, VOC's background).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +17,9 @@ import torch
 from scipy import ndimage
 
 from raysemi.atomic import write_lines
-from raysemi.data.formats import IGNORE_INDEX, resolve_inside
+from raysemi.data.formats import CITYSCAPES_CLASSES, IGNORE_INDEX, resolve_inside
 from raysemi.errors import DataError
+from raysemi.sections import BoxesConfig
 
 
 @dataclass(frozen=True)
@@ -48,20 +52,35 @@ def image_tags(mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_IN
     return tags
 
 
-def class_boxes(
-    mask: np.ndarray, num_classes: int, skip_classes: tuple[int, ...] = (0,), min_pixels: int = 1
-) -> list[Box]:
-    """One box per 8-connected component of each class (``skip_classes``, e.g. background, excluded)."""
+def object_boxes(mask: np.ndarray, things: tuple[int, ...], min_pixels: int = 1, merge_radius: int = 0) -> list[Box]:
+    """One box per object of each class in ``things``: what an annotator draws on the mask's image.
+
+    An object is a group of 8-connected components of one class that touch once each is grown by
+    ``merge_radius`` pixels (a 3×3 dilation repeated ``merge_radius`` times): fragments of one car split by a
+    pole in front of it, with a gap of at most ``2·merge_radius`` pixels, get one box. The box encloses the
+    object's own pixels (not the grown ones). Objects with fewer than ``min_pixels`` pixels get no box (an
+    annotator does not box a speck). Classes not in ``things`` (stuff: road, sky, background) get none.
+
+    Args:
+        mask: ``(H, W)`` class ids (ignore and classes outside ``things`` are never boxed).
+        things: the classes that get boxes.
+        min_pixels: the smallest object boxed.
+        merge_radius: the growth in pixels before fragments are grouped (0: plain 8-connected components).
+
+    Returns:
+        Boxes ordered by class, then row-major by where each grown object starts.
+    """
     boxes = []
     structure = np.ones((3, 3), bool)
-    for label in range(num_classes):
-        if label in skip_classes:
+    for label in things:
+        pixels = mask == label
+        if not pixels.any():
             continue
-        components, count = ndimage.label(mask == label, structure=structure)
-        if count == 0:
-            continue
-        sizes = ndimage.sum_labels(np.ones_like(mask), components, index=np.arange(1, count + 1))
-        for index, region in enumerate(ndimage.find_objects(components)):
+        grown = ndimage.binary_dilation(pixels, structure, iterations=merge_radius) if merge_radius else pixels
+        objects, count = ndimage.label(grown, structure=structure)
+        objects = np.where(pixels, objects, 0)  # each object's own pixels
+        sizes = ndimage.sum_labels(pixels, objects, index=np.arange(1, count + 1))
+        for index, region in enumerate(ndimage.find_objects(objects, max_label=count)):
             if region is not None and sizes[index] >= min_pixels:
                 boxes.append(Box(label, region[0].start, region[1].start, region[0].stop, region[1].stop))
     return boxes
@@ -164,34 +183,145 @@ def read_tags_file(path: str | Path, root: Path, num_classes: int) -> dict[Path,
     return read_image_lines(path, root, "tags", parse)
 
 
-def boxes_from_masks(reader, samples: list) -> dict[Path, list[Box]]:
+def boxes_from_masks(reader, samples: list, rule: BoxesConfig | None = None) -> dict[Path, list[Box]]:
     """``{image path: boxes of its mask}`` (see :func:`mask_boxes`) for samples with masks."""
-    return {s.image: mask_boxes(reader.decode_mask(s.mask), reader.classes) for s in samples}
+    return {s.image: mask_boxes(reader.decode_mask(s.mask), reader.classes, rule) for s in samples}
 
 
-def boxless_classes(classes) -> tuple[int, ...]:
-    """The classes that never get boxes: those named ``background`` (as in box annotations, VOC's XML too)."""
-    return tuple(i for i, name in enumerate(classes.names) if name.lower() == "background")
+# The object ("thing") classes of datasets whose class list says nothing about it, by their class names. CamVid
+# follows Cityscapes (the same street scenes): its humans and vehicles are things; Pole and SignSymbol are stuff,
+# as Cityscapes' pole, traffic light and traffic sign are (no instance annotations).
+CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                  "Pedestrian", "Bicyclist")
+DATASET_THINGS = {
+    CITYSCAPES_CLASSES: ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
+    CAMVID_CLASSES: ("Car", "Pedestrian", "Bicyclist"),
+}
+COCO_THING_IDS = 91  # COCO-Stuff ids 1..91 are COCO's (80 used) object classes, 92..182 stuff
 
 
-def mask_boxes(mask: np.ndarray, classes) -> list[Box]:
-    """One box per connected component of each class of ``mask``; :func:`boxless_classes` get none (their
-    raster channel stays empty, and the raster's last channel marks "outside every box")."""
-    return class_boxes(mask, classes.num_classes, boxless_classes(classes))
+def default_things(names: tuple[str, ...]) -> tuple[int, ...]:
+    """The dataset's thing classes: :data:`DATASET_THINGS` for Cityscapes and CamVid, COCO's objects for
+    COCO-Stuff (``cocostuff_<id>``, id <= 91), else every class not named ``background`` (VOC's 20 objects,
+    the synthetic shapes)."""
+    names = tuple(names)
+    if names in DATASET_THINGS:
+        return tuple(names.index(name) for name in DATASET_THINGS[names])
+    if names and all(name.startswith("cocostuff_") for name in names):
+        return tuple(i for i, name in enumerate(names) if int(name.removeprefix("cocostuff_")) <= COCO_THING_IDS)
+    return tuple(i for i, name in enumerate(names) if name.lower() != "background")
 
 
-def mask_box_raster(mask: np.ndarray, classes) -> torch.Tensor:
+def thing_classes(classes, rule: BoxesConfig | None = None) -> tuple[int, ...]:
+    """The classes that get boxes: ``data.boxes.things`` when set, else :func:`default_things` of ``classes``.
+
+    Raises:
+        DataError: naming ``data.boxes.things`` when it lists an id outside the dataset's classes.
+    """
+    if rule is None or rule.things is None:
+        return default_things(classes.names)
+    bad = [c for c in rule.things if not 0 <= c < classes.num_classes]
+    if bad:
+        raise DataError(f"data.boxes.things={rule.things}: {bad} are not class ids 0..{classes.num_classes - 1}")
+    return tuple(sorted(set(rule.things)))
+
+
+def stuff_classes(classes, rule: BoxesConfig | None = None) -> tuple[int, ...]:
+    """The classes that never get boxes (every class not in :func:`thing_classes`)."""
+    things = thing_classes(classes, rule)
+    return tuple(c for c in range(classes.num_classes) if c not in things)
+
+
+def mask_boxes(mask: np.ndarray, classes, rule: BoxesConfig | None = None) -> list[Box]:
+    """The boxes an annotator draws on ``mask``'s image (:func:`object_boxes`) under ``rule`` (``data.boxes``;
+    None: its defaults): thing classes only, fragments merged, small objects dropped, the size and radius
+    scaled to the mask's size."""
+    rule = rule or BoxesConfig()
+    height, width = mask.shape
+    min_pixels = max(1, math.ceil(rule.min_share * height * width))
+    radius = round(rule.merge_radius * min(height, width))
+    return object_boxes(mask, thing_classes(classes, rule), min_pixels, radius)
+
+
+def mask_box_raster(mask: np.ndarray, classes, rule: BoxesConfig | None = None) -> torch.Tensor:
     """The ``(C + 1, H, W)`` raster of :func:`mask_boxes` over the whole image (for box-conditioned evaluation)."""
-    return rasterize_boxes(mask_boxes(mask, classes), classes.num_classes, *mask.shape)
+    return rasterize_boxes(mask_boxes(mask, classes, rule), classes.num_classes, *mask.shape)
 
 
-def dataset_boxes(reader, samples: list) -> dict[Path, list[Box]]:
-    """Real box annotations where the dataset has them (VOC's ``Annotations/<id>.xml``), else boxes from masks."""
+def fill_box_raster(raster: torch.Tensor, stuff: tuple[int, ...], ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Box-filled masks: what the boxes alone say about each pixel, as a supervised target.
+
+    A pixel inside the boxes of exactly one class takes that class (the box's background included: the
+    annotator's box is the whole label). Inside boxes of two or more classes it is ignored: the raster does not
+    say which object is in front. Outside every box it takes the stuff class when the dataset has exactly one
+    (VOC's background), else it is ignored (which of road, sky, ... is not in the boxes). Padding (no channel
+    set) is ignored.
+
+    Args:
+        raster: ``(N, C + 1, H, W)`` box rasters (:func:`rasterize_boxes`, channel C = outside every box).
+        stuff: the classes without boxes (:func:`stuff_classes`).
+
+    Returns:
+        ``(N, H, W)`` int64 class ids, ``ignore_index`` where the boxes do not decide.
+    """
+    covered = raster[:, :-1] > 0
+    count = covered.sum(1)
+    filled = torch.where(count == 1, covered.int().argmax(1), torch.full_like(count, ignore_index)).long()
+    if len(stuff) == 1:
+        filled[raster[:, -1] > 0] = stuff[0]
+    return filled
+
+
+@dataclass(frozen=True)
+class BoxSummary:
+    """What a set of boxes tells about their images' labelled pixels (``data split --boxes`` prints it)."""
+
+    images: int
+    boxes: int
+    fewest: int  # boxes on one image
+    most: int
+    labelled_pixels: int
+    fixed_pixels: int  # labelled pixels whose class the box raster alone leaves no choice for
+
+    @property
+    def fixed_share(self) -> float:
+        return self.fixed_pixels / max(self.labelled_pixels, 1)
+
+
+def box_fixed_pixels(mask: np.ndarray, boxes: list[Box], num_classes: int, stuff: tuple[int, ...],
+                     ignore_index: int = IGNORE_INDEX) -> tuple[int, int]:
+    """``(fixed, labelled)`` pixel counts of one image: a labelled pixel is fixed when the classes its boxes
+    allow (the classes of the boxes covering it, plus every stuff class, which may lie anywhere; the
+    ancillary model's box constraint) are exactly its own class."""
+    allowed = rasterize_boxes(boxes, num_classes, *mask.shape)[:num_classes].bool()
+    allowed[list(stuff)] = True
+    labelled = (mask != ignore_index) & (mask < num_classes)
+    own = torch.from_numpy(np.where(labelled, mask, 0).astype(np.int64))
+    fixed = (allowed.sum(0) == 1) & allowed.gather(0, own[None])[0] & torch.from_numpy(labelled)
+    return int(fixed.sum()), int(labelled.sum())
+
+
+def summarize_boxes(reader, samples: list, boxes: dict[Path, list[Box]], rule: BoxesConfig | None = None) -> BoxSummary:
+    """:class:`BoxSummary` of ``boxes`` (``{image: boxes}``) over ``samples``' masks."""
+    stuff = stuff_classes(reader.classes, rule)
+    counts, fixed, labelled = [], 0, 0
+    for sample in samples:
+        image_boxes = boxes[sample.image]
+        counts.append(len(image_boxes))
+        mask = reader.decode_mask(sample.mask)
+        f, n = box_fixed_pixels(mask, image_boxes, reader.classes.num_classes, stuff, reader.classes.ignore_index)
+        fixed, labelled = fixed + f, labelled + n
+    return BoxSummary(len(counts), sum(counts), min(counts, default=0), max(counts, default=0), labelled, fixed)
+
+
+def dataset_boxes(reader, samples: list, rule: BoxesConfig | None = None) -> dict[Path, list[Box]]:
+    """Real box annotations where the dataset has them (VOC's ``Annotations/<id>.xml``: one box per object
+    already), else boxes from masks under ``rule`` (:func:`mask_boxes`)."""
     annotations = reader.root / "Annotations"
     if reader.name == "voc" and annotations.is_dir():
         names = reader.classes.names
         return {s.image: voc_annotation_boxes(annotations / f"{s.image.stem}.xml", names) for s in samples}
-    return boxes_from_masks(reader, samples)
+    return boxes_from_masks(reader, samples, rule)
 
 
 def voc_annotation_boxes(xml_path: Path, class_names: tuple[str, ...]) -> list[Box]:

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from raysemi.atomic import remove_staging_leftovers, staging_dir
+from raysemi.atomic import remove_staging_leftovers, staging_dir, storage_errors
 from raysemi.config import Config
-from raysemi.engine.storage import storage_errors
 from raysemi.errors import CheckpointError, RaysemiError
 from raysemi.models import unwrap
 

@@ -94,7 +94,8 @@ def train_local(cfg: Config, data_workers: int = 2, device: torch.device | None 
         decode = stream_decoder(spec, format_name, str(source.root), augment)
         streams[name] = _batches(DecodedBatches(records, spec.per_worker_batch(1), decode), None, data_workers)
     val = DecodedRows(val_records(source.val, 1),
-                      DecodeEvalRow(format_name, str(source.root), boxes_from_masks=method.eval_needs_boxes))
+                      DecodeEvalRow(format_name, str(source.root),
+                                    boxes_from_masks=cfg.data.boxes if method.eval_needs_boxes else None))
     env = WorkerEnv(rank=0, world_size=1, device=device or default_device(), streams=streams,
                     val_batches=lambda: _batches(val, cfg.eval.batch_size, data_workers),
                     report=lambda metrics: None, plan_start_step=start_step)

@@ -22,6 +22,7 @@ from torch import nn
 
 from raysemi.config import Config
 from raysemi.data.transforms import normalize
+from raysemi.data.views import PlainCrops, View
 from raysemi.engine.checkpoint import (
     CheckpointFiles,
     TrainingState,
@@ -50,6 +51,7 @@ from raysemi.tracking import Tracker, best_of, read_metrics
 
 RawBatch = dict[str, torch.Tensor]
 PREDICTION_IMAGES = 4  # val images logged to W&B as input | truth | prediction at the end of a run
+PLAIN_CROPS = PlainCrops()  # the view of val batches
 
 
 @dataclass
@@ -72,23 +74,24 @@ class RunInfo:
 
 
 def prepare_batch(
-    raw: RawBatch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+    raw: RawBatch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+    view: View = PLAIN_CROPS,
 ) -> dict[str, torch.Tensor]:
-    """Move a stream batch to ``device``: uint8 ``image`` (and CAC's second crop ``image_2``, SimFormer's
-    ``partner_image``) → normalised float in ``memory_format``, ``mask`` (and ``partner_mask``) → int64.
+    """Move a stream batch to ``device``: the uint8 images of its ``view`` (``view.image_keys``; a val batch's
+    and a plain stream's are ``image``) → normalised float in ``memory_format``, its label maps
+    (``view.label_keys``) → int64.
 
     Rows with ``valid == False`` (padding that evens out the val shards) get an all-ignore mask.
     """
     batch = {k: v.to(device, non_blocking=True) for k, v in raw.items()}
-    for key in ("image", "image_2", "partner_image"):
+    for key in view.image_keys:
         if key in batch:  # the layout is set on the uint8 tensor (cheap); normalising keeps it
             batch[key] = normalize(batch[key].contiguous(memory_format=memory_format))
-    if "partner_mask" in batch:
-        batch["partner_mask"] = batch["partner_mask"].long()
-    if "mask" in batch:
-        batch["mask"] = batch["mask"].long()
-        if "valid" in batch:
-            batch["mask"][~batch.pop("valid").bool()] = 255
+    for key in view.label_keys:
+        if key in batch:
+            batch[key] = batch[key].long()
+    if "mask" in batch and "valid" in batch:
+        batch["mask"][~batch.pop("valid").bool()] = 255
     return batch
 
 
@@ -120,6 +123,7 @@ class TrainingRun:
         self.first_val_batch: RawBatch | None = None
         stall = cfg.train.stall_timeout_s  # each wait for data ends after this long (0: never)
         self.streams = {name: watched(stream, f"data stream '{name}'", stall) for name, stream in env.streams.items()}
+        self.views = {name: spec.view for name, spec in self.method.streams().items()}  # which keys are images
         self.last_unlabeled: RawBatch | None = None
 
     def _place(self, model: nn.Module) -> nn.Module:
@@ -170,7 +174,7 @@ class TrainingRun:
             with timer.waiting():
                 raw = {name: next(stream) for name, stream in self.streams.items()}
             self.last_unlabeled = raw.get("unlabeled")  # a few of its images' pseudo-labels go to W&B
-            logged = self._train_step({name: self._prepare(b) for name, b in raw.items()})
+            logged = self._train_step({name: self._prepare(b, self.views[name]) for name, b in raw.items()})
             self.step += 1
             timer.tick(sum(len(b["image"]) for b in raw.values()) * self.env.world_size)
             for key, value in logged.items():
@@ -181,8 +185,8 @@ class TrainingRun:
             self.env.report(self.final_report)
         return summary
 
-    def _prepare(self, raw: RawBatch) -> dict[str, torch.Tensor]:
-        return prepare_batch(raw, self.env.device, self.memory_format)
+    def _prepare(self, raw: RawBatch, view: View = PLAIN_CROPS) -> dict[str, torch.Tensor]:
+        return prepare_batch(raw, self.env.device, self.memory_format, view)
 
     def _train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         with torch.autocast(self.env.device.type, enabled=self.use_amp):

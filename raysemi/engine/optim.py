@@ -9,17 +9,28 @@ from raysemi.config import OptimConfig
 
 
 def param_groups(models: dict[str, nn.Module], cfg: OptimConfig) -> list[dict]:
-    """Two groups over all trainable parameters of all models: pretrained backbones at
-    ``lr * backbone_lr_mult`` (any parameter under a ``backbone.`` module), everything else at ``lr``."""
-    backbone, rest = [], []
+    """Groups over all trainable parameters of all models: pretrained backbones at ``lr * backbone_lr_mult``
+    (any parameter under a ``backbone.`` module, group ``backbone``), everything else at ``lr`` (``head``).
+
+    With ``optim.decay_norm_and_bias=false`` the parameters of one dimension or none (biases, normalisation
+    weights and biases) go to groups ``head_no_decay`` / ``backbone_no_decay`` with weight decay 0, as
+    TorchSemiSeg's ``group_weight`` does for CPS; conv and linear weights keep ``weight_decay``.
+    """
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for model in models.values():
         for name, param in model.named_parameters():
             if param.requires_grad:
-                (backbone if ".backbone." in f".{name}" else rest).append(param)
-    groups = [{"params": rest, "lr": cfg.lr, "name": "head"}]
-    if backbone:
-        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult, "name": "backbone"})
-    return groups
+                part = "backbone" if ".backbone." in f".{name}" else "head"
+                decays = cfg.decay_norm_and_bias or param.ndim > 1
+                groups.setdefault((part, decays), []).append(param)
+    order = [("head", True), ("head", False), ("backbone", True), ("backbone", False)]
+    return [_group(groups.get(key, []), *key, cfg) for key in order if key in groups or key == ("head", True)]
+
+
+def _group(params: list[nn.Parameter], part: str, decays: bool, cfg: OptimConfig) -> dict:
+    lr = cfg.lr * (cfg.backbone_lr_mult if part == "backbone" else 1.0)
+    group = {"params": params, "lr": lr, "name": part if decays else f"{part}_no_decay"}
+    return group if decays else {**group, "weight_decay": 0.0}
 
 
 def build_optimizer(

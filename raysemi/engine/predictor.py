@@ -1,7 +1,8 @@
 """The Python API: ``raysemi.load(checkpoint)`` → a :class:`Predictor` of class maps; ``export`` of its model.
 
-A predictor takes a batch of images of any sizes, as numpy ``(H, W, 3)`` uint8 arrays or torch tensors
-(``(3, H, W)`` uint8, or float in 0..1), a list of them or one stacked array/tensor, and returns one
+A predictor takes a batch of images of any sizes, as numpy ``(H, W, 3)`` uint8 arrays, torch tensors
+(``(3, H, W)`` uint8, or float in 0..1) or PIL images (any mode, converted to RGB), one image, a list of them
+or one stacked array/tensor, and returns one
 ``(H, W)`` class map per image. Test-time augmentation (horizontal flip, scales) is the ``eval.tta`` of the
 checkpoint's config unless given per call.
 
@@ -17,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 from torch import nn
 
 from raysemi.config import EvalConfig, TTAConfig
 from raysemi.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raysemi.engine.evaluate import predict_logits
 from raysemi.engine.inference import LoadedModel, load_eval_model
+from raysemi.engine.storage import check_output_file
 from raysemi.errors import CheckpointError, DataError
 
 EXPORT_FORMATS = ("torchscript", "exported_program")
@@ -74,10 +77,12 @@ def as_image_list(images) -> list[torch.Tensor]:
     """
     if isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4:
         images = list(images)
-    elif isinstance(images, np.ndarray | torch.Tensor):
+    elif isinstance(images, np.ndarray | torch.Tensor | PILImage.Image):
         images = [images]
     converted = []
     for index, image in enumerate(images):
+        if isinstance(image, PILImage.Image):
+            image = np.array(image.convert("RGB"))
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise DataError(f"image {index}: a numpy image must be (H, W, 3) uint8, got {image.shape} "
@@ -85,7 +90,8 @@ def as_image_list(images) -> list[torch.Tensor]:
             image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
             shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
-            raise DataError(f"image {index}: expected (H, W, 3) uint8 numpy or (3, H, W) torch, got {shape}")
+            raise DataError(f"image {index}: expected (H, W, 3) uint8 numpy, (3, H, W) torch or a PIL image, "
+                            f"got {shape}")
         converted.append(image.float() / 255.0 if image.dtype == torch.uint8 else image.float())
     if not converted:
         raise DataError("no images given")
@@ -119,9 +125,11 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, example_size: tupl
 
     Raises:
         CheckpointError: an unknown ``fmt`` (naming the accepted ones) or a box-conditioned model.
+        StorageError: ``out`` cannot be written (a folder, under a file, no permission), before the model loads.
     """
     if fmt not in EXPORT_FORMATS:
         raise CheckpointError(f"--format {fmt!r} is not accepted; choose one of {', '.join(EXPORT_FORMATS)}")
+    check_output_file(Path(out), "--out")
     loaded = load_eval_model(checkpoint)
     if loaded.needs_boxes:
         raise CheckpointError(f"{loaded.checkpoint.path}: a box-conditioned model cannot be exported alone")

@@ -15,9 +15,10 @@ from typing import NamedTuple
 from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource, open_dataset, preflight
 from raysemi.data.streams import batch_split_problem
+from raysemi.engine.checkpoint import resolve_checkpoint
 from raysemi.engine.rundir import open_run_dir
 from raysemi.engine.storage import run_storage_bytes
-from raysemi.errors import ConfigError, DataError
+from raysemi.errors import CheckpointError, ConfigError, DataError
 from raysemi.methods import Method, build_method
 
 
@@ -29,7 +30,12 @@ class PreparedRun(NamedTuple):
 
 
 def prepare_run(cfg: Config) -> PreparedRun:
-    """Check the data, the method's data needs and the storage, then create or reopen the run directory."""
+    """Check the config's paths, the data, the method's data needs and the storage, then create or reopen the
+    run directory."""
+    check_init_from(cfg)
+    if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
+        raise ConfigError(f"model.weights: {cfg.model.weights} not found (give a local state-dict file; nothing is "
+                          "downloaded)")
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     method = build_method(cfg)
@@ -55,6 +61,27 @@ def check_batch_split(method: Method, method_name: str, num_workers: int) -> Non
                                       max(num_workers, 1))
         if problem:
             raise ConfigError(problem)
+
+
+def check_init_from(cfg: Config) -> None:
+    """``run.init_from`` names a checkpoint (or a run directory holding one) with its training state, before
+    Ray starts or ``config.yaml`` is written: a typo there would otherwise end the run after Ray's start-up, in
+    a run directory that then refuses the corrected path as a different config. (The config's other paths are
+    checked here too: ``model.weights`` beside it, whatever the backbone, the data's by :func:`open_dataset` and
+    :func:`preflight`, ``simformer.pairs_file`` by the method's ``check_data``.)
+
+    Raises:
+        CheckpointError: naming the key, the path and what would be accepted.
+    """
+    if not cfg.run.init_from:
+        return
+    try:
+        checkpoint = resolve_checkpoint(cfg.run.init_from)
+    except CheckpointError as exc:
+        raise CheckpointError(f"run.init_from: {exc}") from None
+    if not checkpoint.training_state.is_file():
+        raise CheckpointError(f"run.init_from={cfg.run.init_from}: {checkpoint.training_state} not found (the "
+                              "models' weights are read from it)")
 
 
 def check_streams_have_images(source: DatasetSource, method: Method, method_name: str) -> None:

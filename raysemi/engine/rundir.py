@@ -1,4 +1,5 @@
-"""The run directory: ``config.yaml``, split files, ``metrics.jsonl``, ``checkpoints/``, ``summary.json``.
+"""The run directory: ``config.yaml``, split files (and ``split.json``, their counts), ``metrics.jsonl``,
+``checkpoints/``, ``summary.json``.
 
 A directory is created only after the config and the data passed their checks, and its files are written
 through temporary names, so a failed start leaves nothing behind. Re-running the same config on an existing
@@ -14,12 +15,12 @@ from typing import Any
 import yaml
 
 from raysemi import atomic
-from raysemi.config import Config
+from raysemi.config import Config, active_sections
 from raysemi.data.dataset import DatasetSource
-from raysemi.data.splits import write_split_file
+from raysemi.data.splits import SPLIT_COUNTS_FILE, write_split_file
 from raysemi.engine.checkpoint import latest_checkpoint
 from raysemi.engine.mirror import mirror_for
-from raysemi.engine.storage import check_run_storage, storage_errors
+from raysemi.engine.storage import check_run_storage
 from raysemi.errors import ConfigError
 
 # Keys that may change between an interrupted run and its resumption.
@@ -58,13 +59,16 @@ def prepare_run_dir(cfg: Config, source: DatasetSource) -> tuple[Path, int]:
     with atomic.staging_dir(run_dir) as staging:  # an existing run_dir is empty: the rename replaces it
         write_split_file(staging / "labeled.txt", source.split.labeled, source.root)
         write_split_file(staging / "unlabeled.txt", source.split.unlabeled, source.root)
+        (staging / SPLIT_COUNTS_FILE).write_text(json.dumps(source.counts.as_dict(), indent=1))
         (staging / "config.yaml").write_text(cfg.to_yaml())
     return run_dir, 0
 
 
 def _check_same_run(run_dir: Path, cfg: Config) -> None:
-    old = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    new = _flatten(cfg.model_dump(mode="json"))
+    """Refuse a config that differs from the run's in a key that is not resumable; the sections of other
+    methods than the run's are not compared (runs written before they were left out still hold them)."""
+    old = _flatten(active_sections(yaml.safe_load((run_dir / "config.yaml").read_text())))
+    new = _flatten(cfg.run_dump())
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not _resumable(k)]
     if changed:
         key = changed[0]
@@ -108,5 +112,5 @@ def trained_summary(run_dir: Path) -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """:func:`raysemi.atomic.write_json` into a run directory: a full disk is a one-line :class:`StorageError`."""
-    with storage_errors(path, path.name):
+    with atomic.storage_errors(path, path.name):
         atomic.write_json(path, data)

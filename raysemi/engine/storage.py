@@ -8,11 +8,8 @@ filling up mid-run, storage going read-only) surfaces where the write fails, as 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -21,7 +18,6 @@ from raysemi.errors import StorageError
 
 MIB = 2**20
 HEADROOM_BYTES = 64 * MIB  # metrics, configs, split files, Ray Train's own files
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
 def check_run_storage(run_dir: Path, needed_bytes: int) -> None:
@@ -57,13 +53,34 @@ def run_storage_bytes(models: dict[str, nn.Module], keep_checkpoints: int) -> in
     return (keep_checkpoints + 1) * 4 * weights + HEADROOM_BYTES
 
 
-@contextlib.contextmanager
-def storage_errors(path: Path, what: str) -> Iterator[None]:
-    """Turn a write that fails for lack of space or permission into a one-line :class:`StorageError`."""
+def check_output_folder(path: Path, flag: str) -> None:
+    """Fail with one :class:`StorageError` line naming ``flag`` unless ``path`` is a folder, or can be created
+    as one, that this process can write files in; nothing is created (a command checks its outputs before its
+    work starts)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{flag} {path}: is a file, not a folder; give a folder")
+    _check_writable_ancestor(path, path, flag, "a folder")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Fail with one :class:`StorageError` line naming ``flag`` unless ``path`` can be written as a file: not
+    an existing folder, and its folder exists or can be created, writable; nothing is created."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise StorageError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'out'}")
+    _check_writable_ancestor(path, path.parent, flag, "a file")
+
+
+def _check_writable_ancestor(given: Path, folder: Path, flag: str, what: str) -> None:
+    """``folder`` (where ``given`` goes) exists or can be created: its nearest existing ancestor is a folder
+    this process can create files in."""
+    existing = nearest_existing(folder.absolute())
+    if not existing.is_dir():
+        raise StorageError(f"{flag} {given}: {existing} is a file, so {what} cannot be written under it")
     try:
-        yield
+        with tempfile.TemporaryFile(dir=existing):
+            pass
     except OSError as exc:
-        if exc.errno not in STORAGE_ERRNOS:
-            raise
-        raise StorageError(f"{path}: could not write {what} ({exc.strerror}); free space on that disk or point "
-                           "run.dir at other storage, then run the same command again to resume") from None
+        raise StorageError(f"{flag} {given}: cannot create files in {existing} ({exc.strerror}); choose a "
+                           "writable folder") from None

@@ -1,4 +1,4 @@
-"""The method contract (see DESIGN.md) and the pieces every method shares.
+"""The method contract (docs/architecture.md) and the pieces every method shares.
 
 The list of methods is :mod:`raysemi.methods.registry`; this module names none of them.
 
@@ -50,7 +50,7 @@ class Stage:
 
 
 class Method(ABC):
-    """The method contract (DESIGN.md). A method subclasses this, sets its class members, implements the four
+    """The method contract (docs/architecture.md). A method subclasses this, sets its class members, implements the four
     abstract methods, and is registered in :mod:`raysemi.methods.registry`.
 
     Class members, declared once per method (read without building the method):

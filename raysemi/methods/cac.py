@@ -1,7 +1,8 @@
 """CAC: directional context-aware consistency (Lai et al., "Semi-supervised Semantic Segmentation with
 Directional Context-aware Consistency", CVPR 2021), with its image-level-tag variant.
 
-Each unlabeled image arrives as two partially overlapping crops (:mod:`raysemi.data.overlapping_crops`). The
+Each unlabeled image arrives as two partially overlapping crops (the :class:`CropPairs` view below, cut by
+:mod:`raysemi.data.overlapping_crops`). The
 segmenter's decoder features are resampled to stride 8 and projected to unit-length embeddings φ; on the
 overlap, each pixel's embedding in one crop should match its embedding in the other crop, seen in a different
 context, against negatives of other pseudo-classes. Per step::
@@ -36,15 +37,21 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from raysemi.data.dataset import load_sample
 from raysemi.data.overlapping_crops import OverlappingCrops
+from raysemi.data.pipeline import batch_rows, cached_reader, record_sample, tag_columns
+from raysemi.data.transforms import TrainAugment, normalize, to_tensors
+from raysemi.data.views import View, fake_labels
 from raysemi.losses import (
     anchor_mask,
     directional_alignment_loss,
@@ -153,7 +160,7 @@ class ContextAwareConsistency(Method):
         )
         return {
             "labeled": StreamSpec("labeled", self.cfg.train.batch_size),
-            "unlabeled": StreamSpec("unlabeled", self.cfg.train.unlabeled_batch_size, crops=crops),
+            "unlabeled": StreamSpec("unlabeled", self.cfg.train.unlabeled_batch_size, CropPairs(crops)),
         }
 
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
@@ -351,3 +358,62 @@ def _gather_padded(feats: torch.Tensor, labels: torch.Tensor, size: int, world: 
     feats, labels = torch.cat(all_feats), torch.cat(all_labels)
     real = labels >= 0
     return feats[real], labels[real]
+
+
+@dataclass(frozen=True)
+class CropPairs(View):
+    """CAC's view of an unlabeled image: two overlapping crops (:class:`DecodeCropPairs` lists the keys); both
+    crops are images the device normalises."""
+
+    crops: OverlappingCrops
+    image_keys = ("image", "image_2")
+
+    def decoder(self, format_name: str, root: str, augment: TrainAugment) -> DecodeCropPairs:
+        return DecodeCropPairs(format_name, root, self.crops)
+
+    def fake_batch(self, n: int, size: tuple[int, int], num_classes: int, labeled: bool,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Crop pairs of ``n`` random 48×64 images (the crops of ``self.crops``' size, not ``size``), normalised,
+        with random tags."""
+        batch = fake_labels(n, size, num_classes, labeled, generator)
+        pairs = [self.crops(torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8, generator=generator), generator)
+                 for _ in range(n)]
+        return batch | {
+            "image": normalize(torch.stack([p.images[0] for p in pairs])),
+            "image_2": normalize(torch.stack([p.images[1] for p in pairs])),
+            "valid_pixels": torch.stack([p.valid for p in pairs]),
+            "crop_boxes": torch.stack([p.boxes for p in pairs]),
+            "flips": torch.stack([p.flips for p in pairs]),
+            "crop_iou": torch.tensor([p.iou for p in pairs]),
+        }
+
+
+@dataclass(frozen=True)
+class DecodeCropPairs:
+    """Ray Data ``map_batches`` function: unlabeled records → two overlapping crops per image (CAC).
+
+    Output: ``image`` and ``image_2`` ``(B, 3, h, w)`` uint8 (crop 1, crop 2, each maybe flipped), ``valid``
+    ``(B, 2, h, w)`` uint8 (1 on image pixels), ``crop_boxes`` ``(B, 2, 4)`` int64 overlap boxes in unflipped
+    crop coordinates, ``flips`` ``(B, 2)`` bool, ``crop_iou`` ``(B,)`` float32 (each pair's IoU), and
+    ``image_tags`` ``(B, C)`` when the records carry tags. See :mod:`raysemi.data.overlapping_crops`.
+    """
+
+    format_name: str
+    root: str
+    crops: OverlappingCrops
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reader = cached_reader(self.format_name, self.root)
+        pairs = []
+        for row in batch_rows(batch):
+            image, _ = to_tensors(*load_sample(reader, record_sample(row)))
+            pairs.append(self.crops(image, torch.Generator().manual_seed(int(row["seed"]))))
+        out = {
+            "image": np.stack([p.images[0].numpy() for p in pairs]),
+            "image_2": np.stack([p.images[1].numpy() for p in pairs]),
+            "valid_pixels": np.stack([p.valid.numpy() for p in pairs]),
+            "crop_boxes": np.stack([p.boxes.numpy() for p in pairs]),
+            "flips": np.stack([p.flips.numpy() for p in pairs]),
+            "crop_iou": np.array([p.iou for p in pairs], dtype=np.float32),
+        }
+        return out | tag_columns(batch, reader.classes.num_classes)

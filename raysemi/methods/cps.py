@@ -1,23 +1,31 @@
 """CPS: cross pseudo supervision (Chen et al., "Semi-Supervised Semantic Segmentation with Cross Pseudo
 Supervision", CVPR 2021), with CutMix.
 
-Two segmenters of the same architecture. Their backbones start from the same (pretrained) weights; their heads
-are kaiming-initialised (fan-in, as every method's head: :func:`raysemi.models.kaiming_init`) from two
-different seeds (``cps.init_backbones=different`` re-initialises the
-backbones apart too). Per step:
+Two segmenters of the same architecture. Their backbones start from the same (pretrained) weights; network 1
+is the supervised baseline's model at the same ``run.seed`` (its head drawn from torch's global generator,
+which the training loop seeds, so CPS and supervised start network 1 alike and a comparison compares methods,
+not inits); network 2's head is kaiming-initialised (fan-in, as every head: :func:`raysemi.models.kaiming_init`)
+from generator ``2·seed + 1`` (``cps.net1_init=seeded``: network 1's from ``2·seed``, as before issue 36;
+``cps.init_backbones=different`` re-initialises both backbones apart too). Per step:
 
-    L = L_s + λ · L_cps
-    L_s   = CE(p1(x_l), y) + CE(p2(x_l), y)                       (``loss.ohem`` for OHEM)
-    L_cps = CE(p1(x), argmax p2(x)) + CE(p2(x), argmax p1(x))      on unlabeled x (+ labeled if cps.on_labeled)
+    L = L_s + λ · L_cps,   L_cps = L_cps^u + L_cps^l (the paper's eq. 5)
+    L_s     = CE(p1(x_l), y) + CE(p2(x_l), y)                       (``loss.ohem`` for OHEM)
+    L_cps^u = CE(p1(x), argmax p2(x)) + CE(p2(x), argmax p1(x))     on unlabeled (mixed) x
+    L_cps^l = the same on the labeled images x_l                    (``cps.on_labeled``, default on)
 
-With CutMix (``cps.cutmix``, default) x is ``u0·(1−M) + u1·M`` for a box mask M; the pseudo-labels are the
+With CutMix (``cps.cutmix``, default) x is ``u0·(1−M) + u1·M`` for a box mask M drawn as TorchSemiSeg's
+``BoxMaskGenerator`` with its CPS+CutMix settings (:mod:`raysemi.data.cutmix`); the pseudo-labels are the
 argmax of each network's no-grad predictions on u0 and u1, mixed with the same M (one teacher pass per network
 on u0, rolled for u1; dropout and drop-connect off, BatchNorm on batch statistics). u1 is the unlabeled batch
 rolled by one, so u0 and u1 are always different images of the same batch and no second stream is decoded.
 
+The students run the mixed images and the labeled images as separate passes (``cps.separate_passes``, as the
+released code), so each pass's BatchNorm normalises by its own batch's statistics; off, they share one pass.
+
 λ (``cps.weight``) defaults to 1.0 with CutMix and 1.5 without, the paper's VOC values (its Cityscapes configs
-use 5 and 6); ``cps.rampup_steps`` ramps it up linearly from 0, since full weight from the first step hurts a
-network that cannot predict yet.
+use 5 and 6), constant from the first step as published (``cps.rampup_steps`` ramps it up linearly from 0).
+The published optimizer (SGD, weight decay 5e-4, one learning rate for backbone and heads, no ramp-up) is a
+matter of ``optim.*`` keys: the ``cps_*`` configs and the benchmark's CPS variants set it (docs/methods.md).
 
 Normalisation under DDP: each worker's loss is the mean over its own pixels and DDP averages gradients over
 workers, so the loss is the mean over the global batch (``train.batch_size`` is global). The reference
@@ -30,7 +38,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from raysemi.data.cutmix import box_mask, mix
@@ -41,23 +49,47 @@ from raysemi.sections import CommonConfig, Section
 
 
 class CPSConfig(Section):
-    """Cross pseudo supervision (``method: cps``): the ``cps`` section of a config."""
+    """Cross pseudo supervision (``method: cps``): the ``cps`` section of a config. Defaults follow the paper and
+    TorchSemiSeg's released CPS code and configs; each departure tried here is a switch."""
 
     cutmix: bool = Field(True, description="CutMix the unlabeled images (box masks) and their pseudo-labels")
     weight: float | None = Field(None, ge=0.0, description="λ; None: 1.0 with CutMix, 1.5 without (VOC-style "
                                  "defaults)")
-    rampup_steps: int = Field(0, ge=0, description="λ grows linearly from 0 over these steps")
-    on_labeled: bool = Field(False, description="also apply the CPS loss to labeled images (the paper's form "
-                             "without CutMix)")
-    prop_range: tuple[float, float] = Field((0.25, 0.5), description="area share of each CutMix box")
-    n_boxes: int = Field(3, ge=1, description="CutMix boxes per mask")
+    rampup_steps: int = Field(0, ge=0, description="λ grows linearly from 0 over these steps; 0: full λ from the "
+                              "first step, as published")
+    on_labeled: bool = Field(True, description="also apply the CPS loss to the labeled images: L_cps = L_cps^l + "
+                             "L_cps^u, the paper's eq. 5 (false: the unlabeled term only, as TorchSemiSeg's CutMix "
+                             "code)")
+    separate_passes: bool = Field(True, description="run the labeled and the mixed unlabeled images through each "
+                                  "student as separate passes, so BatchNorm normalises each by its own statistics "
+                                  "(the released code); false: one pass over both")
+    prop_range: tuple[float, float] = Field((0.25, 0.5), description="CutMix: the drawn area share p ~ U(low, "
+                                            "high) of a mask's boxes")
+    n_boxes: int = Field(3, ge=1, description="CutMix boxes per mask (overlaps toggle)")
+    split_box_area: bool = Field(True, description="each box covers p / n_boxes of the image (TorchSemiSeg's "
+                                 "BoxMaskGenerator: about 25 % pasted at the defaults); false: each box covers p "
+                                 "(about 42 %)")
+    random_aspect_ratio: bool = Field(True, description="CutMix boxes of random aspect ratio (height share p^u, "
+                                      "u ~ U(0, 1)); false: square shares")
+    invert_mask: bool = Field(True, description="the boxes are pasted from the second image (the reference's "
+                              "invert=True); false: the boxes are the first image's, the rest pasted")
     confidence_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="leave out pseudo-labels whose teacher's softmax confidence is below "
         "this (UniMatch: 0.95), the loss still divided by every pixel; None: every pixel counts, as in the paper")
     init_backbones: Literal["same", "different"] = Field(
         "same", description="'different': kaiming-init both backbones apart")
+    net1_init: Literal["supervised", "seeded"] = Field(
+        "supervised", description="'supervised': network 1 is the supervised baseline's model at the same run.seed "
+        "(its head from torch's global generator); 'seeded': its head from generator 2·seed (before issue 36)")
     eval: Literal["first", "second", "mean"] = Field(
         "first", description="the eval model: the first network, the second, or the mean of their softmaxes")
+
+    @field_validator("prop_range")
+    @classmethod
+    def _share_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"prop_range must be (low, high) with 0 < low <= high <= 1, got {list(value)}")
+        return value
 
     @property
     def resolved_weight(self) -> float:
@@ -80,16 +112,18 @@ class CrossPseudoSupervision(Method):
         self.criterion = labeled_criterion(cfg.loss)
 
     def build_models(self, num_classes: int) -> dict[str, nn.Module]:
-        models = {}
-        for index, name in enumerate(("net1", "net2")):
-            model = build_segmenter(self.cfg.model, num_classes)
+        """``net1`` as :class:`~raysemi.methods.supervised.Supervised` builds its segmenter (torch's global
+        generator: the loop seeds it with ``run.seed``) unless ``cps.net1_init=seeded``; ``net2``'s head from
+        generator ``2·seed + 1``; one starting backbone unless ``cps.init_backbones=different``."""
+        models = {name: build_segmenter(self.cfg.model, num_classes) for name in ("net1", "net2")}
+        for index, model in enumerate(models.values()):
             generator = torch.Generator().manual_seed(self.cfg.run.seed * 2 + index)
-            kaiming_init([model.head, model.classifier], generator)
+            if index == 1 or self.options.net1_init == "seeded":
+                kaiming_init([model.head, model.classifier], generator)
             if self.options.init_backbones == "different":
                 kaiming_init([model.backbone], generator)
-            elif models:  # the same starting backbone, pretrained or not
-                model.backbone.load_state_dict(models["net1"].backbone.state_dict())
-            models[name] = model
+        if self.options.init_backbones == "same":  # the same starting backbone, pretrained or not
+            models["net2"].backbone.load_state_dict(models["net1"].backbone.state_dict())
         return models
 
     def streams(self) -> dict[str, StreamSpec]:
@@ -105,27 +139,49 @@ class CrossPseudoSupervision(Method):
             mixed, teacher_1, teacher_2 = self._cutmix(net1, net2, unlabeled)
         else:
             mixed, teacher_1, teacher_2 = unlabeled, None, None
-        n = len(labeled)
-        logits_1 = net1(torch.cat([labeled, mixed]))["logits"]  # one pass: BN sees both, as in the references
-        logits_2 = net2(torch.cat([labeled, mixed]))["logits"]
+        labeled_1, mixed_1 = self.student_logits(net1, labeled, mixed)
+        labeled_2, mixed_2 = self.student_logits(net2, labeled, mixed)
         mask = batch["labeled"]["mask"]
-        loss_sup = self.criterion(logits_1[:n], mask) + self.criterion(logits_2[:n], mask)
-        threshold = self.options.confidence_threshold
-        loss_cps = cross_pseudo_supervision(logits_1[n:], logits_2[n:], teacher_1=teacher_1, teacher_2=teacher_2,
-                                            threshold=threshold)
-        if self.options.on_labeled:
-            loss_cps = loss_cps + cross_pseudo_supervision(logits_1[:n], logits_2[:n], threshold=threshold)
+        loss_sup = self.criterion(labeled_1, mask) + self.criterion(labeled_2, mask)
+        loss_unlabeled, loss_labeled = self.cps_terms(labeled_1, labeled_2, mixed_1, mixed_2, teacher_1, teacher_2)
+        loss_cps = loss_unlabeled + loss_labeled
         weight = self.weight(step)
+        threshold = self.options.confidence_threshold
         return {
             "loss": loss_sup + weight * loss_cps,
             "loss_sup": loss_sup.detach(),
             "loss_cps": loss_cps.detach(),
+            **({"loss_cps_labeled": loss_labeled.detach()} if self.options.on_labeled else {}),
             "cps_weight": loss_sup.new_tensor(weight),
-            **pseudo_label_stats(logits_1[n:].detach(), logits_2[n:].detach()),
+            **pseudo_label_stats(mixed_1.detach(), mixed_2.detach()),
             **({} if threshold is None else {"pseudo_kept": kept_share(
-                teacher_1 if teacher_1 is not None else logits_1[n:].detach(),
-                teacher_2 if teacher_2 is not None else logits_2[n:].detach(), threshold)}),
+                teacher_1 if teacher_1 is not None else mixed_1.detach(),
+                teacher_2 if teacher_2 is not None else mixed_2.detach(), threshold)}),
         }
+
+    def student_logits(self, net: nn.Module, labeled: torch.Tensor,
+                       mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``net``'s logits ``(N, C, H, W)`` on the labeled images and ``(M, C, H, W)`` on the mixed ones: two
+        passes with ``cps.separate_passes`` (mixed first, labeled last, as the released code), else one."""
+        if self.options.separate_passes:
+            mixed_logits = net(mixed)["logits"]
+            return net(labeled)["logits"], mixed_logits
+        logits = net(torch.cat([labeled, mixed]))["logits"]
+        return logits[:len(labeled)], logits[len(labeled):]
+
+    def cps_terms(self, labeled_1: torch.Tensor, labeled_2: torch.Tensor, mixed_1: torch.Tensor,
+                  mixed_2: torch.Tensor, teacher_1: torch.Tensor | None,
+                  teacher_2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_cps^u, L_cps^l)`` from the two students' ``(N, C, H, W)`` logits on the labeled images and
+        ``(M, C, H, W)`` on the mixed ones, with the CutMix teachers (None: each student's own logits). The
+        labeled term is the networks' argmaxes on the labeled images supervising each other (a zero tensor
+        without ``cps.on_labeled``); neither term passes gradient through a pseudo-label."""
+        threshold = self.options.confidence_threshold
+        unlabeled = cross_pseudo_supervision(mixed_1, mixed_2, teacher_1=teacher_1, teacher_2=teacher_2,
+                                             threshold=threshold)
+        if not self.options.on_labeled:
+            return unlabeled, unlabeled.new_zeros(())
+        return unlabeled, cross_pseudo_supervision(labeled_1, labeled_2, threshold=threshold)
 
     def _cutmix(self, net1: nn.Module, net2: nn.Module, images: torch.Tensor):
         """Mixed images ``(N, 3, H, W)`` and each network's mixed no-grad predictions ``(N, C, H, W)``.
@@ -135,14 +191,19 @@ class CrossPseudoSupervision(Method):
         rolled batch gives, since batch statistics do not change when the batch is permuted.
         """
         second = images.roll(1, dims=0)
-        masks = box_mask(len(images), *images.shape[-2:], self.options.prop_range, self.options.n_boxes)
-        masks = masks.to(images.device)
+        masks = self.masks(len(images), *images.shape[-2:]).to(images.device)
         teachers = []
         for net in (net1, net2):
             with torch.no_grad(), without_dropout(net):
                 logits = net(images)["logits"]
             teachers.append(mix(logits, logits.roll(1, dims=0), masks))
         return mix(images, second, masks), teachers[0], teachers[1]
+
+    def masks(self, n: int, height: int, width: int) -> torch.Tensor:
+        """``(n, 1, height, width)`` CutMix masks with the ``cps.*`` box settings (torch's global generator)."""
+        options = self.options
+        return box_mask(n, height, width, options.prop_range, options.n_boxes, split_area=options.split_box_area,
+                        random_aspect_ratio=options.random_aspect_ratio, invert=options.invert_mask)
 
     def weight(self, step: int) -> float:
         """λ at ``step``: linear ramp-up over ``cps.rampup_steps``, then constant."""

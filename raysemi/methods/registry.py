@@ -13,6 +13,7 @@ from raysemi.methods.cps import CrossPseudoSupervision
 from raysemi.methods.self_correction import SelfCorrection
 from raysemi.methods.simformer import SimFormer
 from raysemi.methods.supervised import Supervised
+from raysemi.methods.unimatch import UniMatch
 from raysemi.sections import CommonConfig, Section
 
 _METHODS: dict[str, type[Method]] = {}
@@ -21,10 +22,10 @@ _METHODS: dict[str, type[Method]] = {}
 def register(method: type[Method]) -> type[Method]:
     """Add ``method`` under ``method.name`` (in this order in configs and listings) and return it.
 
-    Register a method at the bottom of this module: Ray Train workers are processes of their own that import
-    this module, so a ``register`` call made elsewhere holds only in the process that made it (enough for
-    local mode, ``scaling.num_workers=0``, as the registry's test uses it; a worker would refuse the config
-    with "not a registered method").
+    Built-in methods register at the bottom of this module. A method outside the package registers in its own
+    module, which a config names in ``plugins: [module]``: every process that reads the config (the driver,
+    Ray Train workers, Tune trials, a job's entrypoint) imports those modules before it validates it, so the
+    method exists wherever the config does.
 
     Raises:
         ValueError: ``method`` is not a ``Method`` subclass, or its name is taken or would clash with a config
@@ -78,3 +79,4 @@ register(CrossPseudoSupervision)
 register(ContextAwareConsistency)
 register(SelfCorrection)
 register(SimFormer)
+register(UniMatch)

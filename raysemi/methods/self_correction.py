@@ -1,15 +1,25 @@
 """Self-correcting networks (Ibrahim, Vahdat, Ranjbar, Macready, "Semi-Supervised Semantic Image Segmentation
 with Self-correcting Networks", CVPR 2020): a fully labeled set F and a weak set W with boxes only.
 
+Boxes are drawn as an annotator would (``data.boxes``, :func:`raysemi.data.weak_labels.mask_boxes`): one per
+object of a thing class (car, person, VOC's 20 objects), none for stuff (road, sky, VOC's background). The
+method is defined on the box raster, the ancillary's input: C channels of boxes and one channel "outside every
+box" (the slides' C + 1 channels). Pixels of a weak image outside every box are therefore not left out: as
+in the paper's VOC setting, where they are background, the ancillary labels them (among the stuff classes
+only, with ``box_constraint``: the stuff classes are the ``free_classes``, allowed anywhere) and the primary
+learns q there like anywhere else on W. A thing too small to be boxed looks like stuff to both models, as it
+does to the annotator who skipped it.
+
 The method runs in stages, each its own checkpointed run (:meth:`SelfCorrection.stages` declares them, the
 training driver chains them; the next stage starts from the previous one's checkpoint through
 ``run.init_from``):
 
 1. ``ancillary``: p_anc(y | x, b), a segmenter with a box encoder (:mod:`raysemi.models.box_encoder`),
    trained with CE on F (on the first half of F in ``conv`` mode, so the corrector later sees its mistakes on
-   images it did not fit). F's boxes are derived from its masks; its val mIoU is measured with val boxes
-   derived the same way. With ``box_constraint`` its output covers only the classes whose boxes cover each
-   pixel (:func:`raysemi.models.box_encoder.box_constrained_log_probs`).
+   images it did not fit). F's boxes are derived from its masks by the same rule as W's; its val mIoU is
+   measured with val boxes derived the same way. With ``box_constraint`` its output covers only the classes
+   whose boxes cover each pixel and the free (stuff) classes
+   (:func:`raysemi.models.box_encoder.box_constrained_log_probs`).
 2. ``corrector`` (``conv`` mode only): the primary p(y | x) and the convolutional corrector on F, with
    ``CE(y, p) + CE(y, q_conv)``; q_conv sees the primary's logits detached (the corrector learns to correct,
    the primary learns from its own CE) and the frozen ancillary's.
@@ -32,8 +42,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from raysemi.data.dataset import DatasetSource
-from raysemi.data.weak_labels import boxless_classes
+from raysemi.data.dataset import DatasetSource, dataset_classes
+from raysemi.data.views import PlainCrops
+from raysemi.data.weak_labels import stuff_classes
 from raysemi.errors import DataError
 from raysemi.losses import linear_self_correction, soft_cross_entropy
 from raysemi.methods.base import Batch, Method, Stage, StreamSpec, derived_config, labeled_criterion
@@ -58,8 +69,9 @@ class SelfCorrectionConfig(Section):
     corrector_hidden: int = Field(128, ge=1, description="hidden channels of the convolutional corrector")
     box_constraint: bool = Field(True, description="ancillary output restricted to the classes whose boxes "
                                  "cover each pixel (free_classes are allowed anywhere)")
-    free_classes: list[int] = Field([], description="classes allowed outside every box, e.g. VOC's background "
-                                    "0, which has no boxes")
+    free_classes: list[int] | None = Field(None, description="classes allowed outside every box; null: the "
+                                           "stuff classes, which never get boxes (data.boxes.things), e.g. VOC's "
+                                           "background 0, CamVid's Road, Sky, ...")
     stage: Literal["all", "ancillary", "corrector", "primary"] = Field(
         "all", description="which stage a run is; `all` (what a user runs) chains them, each its own run under "
         "run.dir")
@@ -111,11 +123,14 @@ class SelfCorrection(Method):
                              "(write one with `raysemi data split ... --boxes`)")
 
     def check_data(self, source: DatasetSource) -> None:
-        """With ``box_constraint``, every class without boxes (named ``background``) must be a free class: the
-        constraint would otherwise rule it out inside every box, and the ancillary would only fill boxes.
-        Raises ``DataError``."""
+        """With ``box_constraint``, every class without boxes (the stuff classes of ``data.boxes``) must be a
+        free class: the constraint would otherwise rule it out inside every box, and the ancillary would only
+        fill boxes. Raises ``DataError``."""
         o = self.options
-        ruled_out = [c for c in boxless_classes(source.classes) if c not in o.free_classes]
+        if o.free_classes is None:
+            stuff_classes(source.classes, self.cfg.data.boxes)  # data.boxes.things are class ids
+            return
+        ruled_out = [c for c in stuff_classes(source.classes, self.cfg.data.boxes) if c not in o.free_classes]
         if o.box_constraint and ruled_out:
             names = ", ".join(f"{c} ({source.classes.names[c]!r})" for c in ruled_out)
             raise DataError(f"self_correction.box_constraint rules out class {names} inside every box, but it never "
@@ -138,7 +153,21 @@ class SelfCorrection(Method):
 
     def _ancillary(self, num_classes: int) -> nn.Module:
         o = self.options
-        return build_ancillary(self.cfg.model, num_classes, o.box_constraint, tuple(o.free_classes))
+        return build_ancillary(self.cfg.model, num_classes, o.box_constraint, self.free_classes())
+
+    def box_view(self) -> PlainCrops:
+        """Labeled crops with the raster of the boxes drawn on their masks by the ``data.boxes`` rule (the
+        ancillary's input, drawn as the weak set's boxes are)."""
+        return PlainCrops(boxes_from_masks=self.cfg.data.boxes)
+
+    def free_classes(self) -> tuple[int, ...]:
+        """``self_correction.free_classes``, or when unset the dataset's stuff classes under ``data.boxes``
+        (read from the configured dataset's class list)."""
+        if self.options.free_classes is not None:
+            return tuple(self.options.free_classes)
+        if not self.options.box_constraint:
+            return ()
+        return stuff_classes(dataset_classes(self.cfg.data), self.cfg.data.boxes)
 
     def _frozen_ancillary(self, num_classes: int) -> nn.Module:
         ancillary = self._ancillary(num_classes)
@@ -162,7 +191,7 @@ class AncillaryStage(SelfCorrection):
 
     def streams(self) -> dict[str, StreamSpec]:
         source = "labeled_half" if self.options.mode == "conv" else "labeled"
-        return {"labeled": StreamSpec(source, self.cfg.train.batch_size, boxes=True)}
+        return {"labeled": StreamSpec(source, self.cfg.train.batch_size, self.box_view())}
 
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
@@ -185,7 +214,7 @@ class CorrectorStage(SelfCorrection):
         }
 
     def streams(self) -> dict[str, StreamSpec]:
-        return {"labeled": StreamSpec("labeled", self.cfg.train.batch_size, boxes=True)}
+        return {"labeled": StreamSpec("labeled", self.cfg.train.batch_size, self.box_view())}
 
     def training_step(self, models: dict[str, nn.Module], batch: Batch, step: int) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"]
@@ -212,7 +241,7 @@ class PrimaryStage(SelfCorrection):
     def streams(self) -> dict[str, StreamSpec]:
         conv = self.options.mode == "conv"
         return {
-            "labeled": StreamSpec("labeled", self.cfg.train.batch_size, boxes=conv),
+            "labeled": StreamSpec("labeled", self.cfg.train.batch_size, self.box_view() if conv else PlainCrops()),
             "weak": StreamSpec("unlabeled", self.cfg.train.unlabeled_batch_size),
         }
 

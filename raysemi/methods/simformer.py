@@ -2,9 +2,11 @@
 base classes come with pixel masks, novel classes only with image-level tags; the goal is to segment the novel
 classes.
 
-Data (:class:`raysemi.data.pipeline.DecodeWeakShotPairs`): every training image with its novel pixels hidden
+Data (the :class:`WeakShotView` below): every training image with its novel pixels hidden
 (ignore), its classes as tags, and a reference image from the pair table (sharing exactly one novel tag where
-possible, else a base class; ``simformer.pairs_file`` or computed at start).
+possible, else a base class; ``simformer.pairs_file`` or computed at start). The tags are the whole image's
+(from its full mask, before the crop), the image-level label the method is defined on: a crop that cut a
+tagged class away still carries the tag, and tags never say where in the image a class is.
 
 Model: a mask-classification segmenter (:class:`raysemi.models.MaskFormer`) plus, for the pixel–pixel transfer,
 a pair similarity head (:class:`raysemi.models.similarity_head.PairSimilarityHead`). Per step, on the B images
@@ -25,8 +27,10 @@ and their B references:
   pulled toward the head's output on detached embeddings (``distill_weight``). With a single novel class the
   score vectors are scalars whose cosine is always 1: the distillation then has nothing to teach.
 
-The "basic model" of the benchmark is this method with ``complementary_weight=0`` and
-``similarity_weight=distill_weight=0`` (proposal–pixel transfer alone; the head is then not built).
+The "basic model" is, as the supplementary (A5, table 2) defines it, the full model without pixel–pixel
+similarity transfer: ``similarity_weight=distill_weight=0`` (the head is then not built), the complementary loss
+kept. The benchmark keeps the weaker basic it used before, proposal–pixel transfer alone
+(``complementary_weight=0`` too), as the ablation ``simformer_basic_nocomp``.
 ``oracle=true`` trains on the novel masks too: every present class is supervised like a base class, and
 there is nothing left for the complementary and pixel–pixel losses to do. Evaluation reports ``miou_base``
 and ``miou_novel`` beside the overall mIoU, on the full val masks.
@@ -34,18 +38,23 @@ and ``miou_novel`` beside the overall mIoU, on the full val masks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from raysemi.data.dataset import DatasetSource
+from raysemi.data.dataset import DatasetSource, load_sample
+from raysemi.data.formats import DatasetFormat, Sample
 from raysemi.data.pairs import partner_samples
-from raysemi.data.streams import WeakShotView
-from raysemi.data.weak_labels import ClassSplit
+from raysemi.data.pipeline import Record, batch_rows, cached_reader
+from raysemi.data.transforms import TrainAugment, to_tensors
+from raysemi.data.views import RecordColumns, View
+from raysemi.data.weak_labels import ClassSplit, hide_novel, image_tags
 from raysemi.losses import (
     ImageTargets,
     MatchCosts,
@@ -166,7 +175,7 @@ class SimFormer(Method):
         o = self.options
         view = WeakShotView(self.class_split, hide_novel=not o.oracle, pairs_file=o.pairs_file,
                             pair_seed=self.cfg.run.seed)
-        return {"labeled": StreamSpec("labeled", self.cfg.train.batch_size, weak_shot=view)}
+        return {"labeled": StreamSpec("labeled", self.cfg.train.batch_size, view)}
 
     def eval_model(self, models: dict[str, nn.Module]) -> nn.Module:
         return SemanticOutput(unwrap(models["mask_former"]))
@@ -321,3 +330,99 @@ def first_stage_config(cfg: CommonConfig) -> CommonConfig:
     """The weak-shot stage of a run with a second stage: the same config in ``<run.dir>/simformer``."""
     return derived_config(cfg, {"run.dir": f"{cfg.run.dir}/simformer", "simformer.retrain_steps": None},
                           source="simformer stage")
+
+
+@dataclass(frozen=True)
+class WeakShotView(View):
+    """How SimFormer's stream presents its images: the novel classes' pixels hidden (unless ``hide_novel`` is
+    off: the fully supervised oracle), the classes present as tags, and each image followed by its reference
+    image from the pair table (``pairs_file``, or computed from the masks with ``pair_seed``); the keys are
+    :class:`DecodeWeakShotPairs`'."""
+
+    classes: ClassSplit
+    hide_novel: bool = True
+    pairs_file: str | None = None
+    pair_seed: int = 0
+    image_keys = ("image", "partner_image")
+    label_keys = ("mask", "partner_mask")
+
+    def record_columns(self, source: DatasetSource, samples: list[Sample]) -> RecordColumns:
+        """Each record's reference image and mask paths (``partner_image_path``, ``partner_mask_path``)."""
+        _, novel = self.classes.resolve(source.classes.num_classes)
+        partners = partner_samples(source.reader, samples, novel, self.pair_seed, self.pairs_file)
+
+        def columns(sample: Sample) -> Record:
+            partner = partners[sample.image]
+            return {"partner_image_path": str(partner.image), "partner_mask_path": str(partner.mask)}
+
+        return columns
+
+    def decoder(self, format_name: str, root: str, augment: TrainAugment) -> DecodeWeakShotPairs:
+        return DecodeWeakShotPairs(format_name, root, augment, self.classes, self.hide_novel)
+
+    def fake_batch(self, n: int, size: tuple[int, int], num_classes: int, labeled: bool,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Images and reference images with masks of classes ``0..C-1`` (padding on the right 5 columns), the
+        hidden novel classes' pixels set to ignore; every class tagged."""
+        hidden = torch.tensor(self.classes.resolve(num_classes)[1] if self.hide_novel else [], dtype=torch.long)
+        batch = {}
+        for prefix in ("", "partner_"):
+            full = torch.randint(0, num_classes, (n, *size), generator=generator)
+            valid = torch.ones(n, *size, dtype=torch.uint8)
+            valid[:, :, -5:] = 0
+            full[valid == 0] = 255
+            batch[f"{prefix}image"] = torch.randn(n, 3, *size, generator=generator)
+            batch[f"{prefix}mask"] = full.masked_fill(torch.isin(full, hidden), 255)
+            batch[f"{prefix}image_tags"] = torch.ones(n, num_classes)
+            batch[f"{prefix}valid_pixels"] = valid
+        return batch
+
+
+@dataclass(frozen=True)
+class DecodeWeakShotPairs:
+    """Ray Data ``map_batches`` function: records with partners → augmented crops of each image and of its
+    reference image.
+
+    Output per image: ``image`` ``(B, 3, h, w)`` uint8; ``mask`` ``(B, h, w)`` uint8 with the novel classes'
+    pixels set to ignore (255) when ``hide_novel``, so novel, void and padding pixels look alike, as they do to
+    a user whose masks annotate base classes only; ``image_tags`` ``(B, C)`` float32, the classes present in
+    the whole image's full mask, computed before the crop: image-level tags are the weak label the method is
+    defined on, and tags of the crop would tell the model where a novel class is (a crop that cut a tagged
+    class away still carries its tag, as the image's annotation does); ``valid_pixels`` ``(B, h, w)`` uint8,
+    1 on image pixels (0 on padding). The
+    same four with a ``partner_`` prefix for the reference images, each augmented with its own seed.
+    """
+
+    format_name: str
+    root: str
+    augment: TrainAugment
+    classes: ClassSplit
+    hide_novel: bool = True
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reader = cached_reader(self.format_name, self.root)
+        _, novel = self.classes.resolve(reader.classes.num_classes)
+        rows = batch_rows(batch)
+        images = [self._view(reader, novel, row["image_path"], row["mask_path"], int(row["seed"])) for row in rows]
+        partners = [
+            self._view(reader, novel, row["partner_image_path"], row["partner_mask_path"], int(row["seed"]) ^ 0x5EED)
+            for row in rows
+        ]
+        out = {key: np.stack([view[key] for view in images]) for key in images[0]}
+        return out | {f"partner_{key}": np.stack([view[key] for view in partners]) for key in partners[0]}
+
+    def _view(self, reader: DatasetFormat, novel: list[int], image_path: str, mask_path: str,
+              seed: int) -> dict[str, np.ndarray]:
+        image_np, mask_np = load_sample(reader, Sample(Path(image_path), Path(mask_path)))
+        classes = reader.classes
+        tags = image_tags(mask_np, classes.num_classes, classes.ignore_index)  # the whole image's, not the crop's
+        image, mask = to_tensors(image_np, mask_np)
+        image, mask, geometry = self.augment.augment(image, mask, torch.Generator().manual_seed(seed))
+        mask_np = mask.numpy()
+        return {
+            "image": image.numpy(),
+            "mask": hide_novel(mask_np, novel, classes.ignore_index) if self.hide_novel else mask_np,
+            "image_tags": tags,
+            "valid_pixels": geometry.valid().numpy().astype(np.uint8),
+        }
+

@@ -7,6 +7,8 @@ state dict) or the file in torch's hub cache, and otherwise fails with a message
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -127,16 +129,19 @@ class EfficientNetLite0Backbone(Backbone):
         return low, x
 
 
+BACKBONES: dict[str, Callable[[int, bool, str | None], Backbone]] = {
+    "tiny": lambda output_stride, pretrained, weights: TinyBackbone(output_stride),
+    "resnet50": partial(ResNetBackbone, "resnet50"),
+    "resnet101": partial(ResNetBackbone, "resnet101"),
+    "efficientnet_lite0": EfficientNetLite0Backbone,
+}
+
+
 def build_backbone(name: str, output_stride: int, pretrained: bool, weights: str | None) -> Backbone:
-    if name == "tiny":
-        return TinyBackbone(output_stride)
-    if name in RESNET_HUB_FILES:
-        return ResNetBackbone(name, output_stride, pretrained, weights)
-    if name == "efficientnet_lite0":
-        return EfficientNetLite0Backbone(output_stride, pretrained, weights)
-    raise ConfigError(
-        f"model.backbone={name!r} is not accepted; choose one of tiny, resnet50, resnet101, efficientnet_lite0"
-    )
+    """The backbone called ``name`` in :data:`BACKBONES` (the one list of ``model.backbone`` values)."""
+    if name not in BACKBONES:
+        raise ConfigError(f"model.backbone={name!r} is not accepted; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name](output_stride, pretrained, weights)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import ray.data
 from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource
 from raysemi.data.pipeline import DecodeEvalRow, val_records
-from raysemi.data.streams import StreamSpec, decode_format, stream_decoder, stream_records
+from raysemi.data.streams import StreamSpec, stream_decoder, stream_records
 from raysemi.data.transforms import TrainAugment
 
 BATCHES_PER_BLOCK = 32
@@ -40,13 +40,14 @@ def build_datasets(
         records = stream_records(source, spec, cfg.train.steps, start_step, cfg.run.seed, name)
         local_batch = spec.per_worker_batch(workers)
         blocks = _num_blocks(records, local_batch)
-        decode = stream_decoder(spec, decode_format(cfg.data.format), str(source.root), augment)
+        decode = stream_decoder(spec, source.reader.spec, str(source.root), augment)
         datasets[name] = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
             decode, batch_size=local_batch, batch_format="numpy", num_cpus=DECODE_CPUS
         )
     val = val_records(source.val, workers)
     datasets["val"] = ray.data.from_items(val, override_num_blocks=_num_blocks(val, cfg.eval.batch_size)).map(
-        DecodeEvalRow(decode_format(cfg.data.format), str(source.root), boxes_from_masks=eval_boxes),
+        DecodeEvalRow(source.reader.spec, str(source.root),
+                      boxes_from_masks=cfg.data.boxes if eval_boxes else None),
         num_cpus=DECODE_CPUS,  # as the training streams: a node left half a CPU beside its worker evaluates too
     )
     return datasets

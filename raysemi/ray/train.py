@@ -38,6 +38,7 @@ from raysemi.engine.stages import train_stages
 from raysemi.engine.watchdog import StallError
 from raysemi.errors import ConfigError, find_user_error
 from raysemi.methods import build_method, method_class
+from raysemi.ray.console import quiet_token_auth_warning, route_ray_output
 from raysemi.ray.data import build_datasets
 
 
@@ -61,7 +62,9 @@ def train(cfg: Config, tune_metric: str | None = None) -> dict[str, Any]:
         if tune_metric:  # a resumed sweep's trial that had finished: Tune still needs its result
             report_with(tune_metric, {"step": cfg.train.steps, "val_miou": summary["miou"]})
         return summary
+    quiet_token_auth_warning(run_dir)
     init_ray(cfg)
+    route_ray_output(run_dir)  # Ray's start-up and info lines to <run_dir>/ray.log, step lines bare
     streams = method.streams()
     check_cpu_budget(cfg, len(streams))
     loop_config = {

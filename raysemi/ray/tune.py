@@ -256,7 +256,7 @@ def write_splits(base: Config, fractions: list[str], seeds: list[int], out: Path
     from raysemi.data.formats import open_format
     from raysemi.data.splits import parse_fraction, write_split
 
-    reader = open_format(base.data.format, dataset_root(base.data))
+    reader = open_format(base.data.format, dataset_root(base.data), base.data.mask_encoding)
     extra = extra_unlabeled(reader, base.data.unlabeled_dir)
     splits = {}
     for fraction, seed in itertools.product(fractions, seeds):
@@ -266,7 +266,7 @@ def write_splits(base: Config, fractions: list[str], seeds: list[int], out: Path
             remove_staging_leftovers(out, folder.name)
             with staging_dir(folder) as staging:
                 write_split(reader, base.data.train_split, parse_fraction(fraction), None, seed, staging, tags,
-                            boxes, extra, base.data.protocol)
+                            boxes, extra, base.data.protocol, base.data.boxes)
         values = {"data.labeled_split": str(folder / "labeled.txt"),
                   "data.unlabeled_split": str(folder / "unlabeled.txt"), "run.seed": seed}
         if tags:

@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from raysemi.atomic import write_text
+from raysemi.atomic import storage_errors, write_text
 from raysemi.config import Config
-from raysemi.engine.storage import storage_errors
+from raysemi.data.splits import read_split_counts
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -120,7 +120,7 @@ def _init_wandb(cfg: Config, run_dir: Path):
         resume="allow",
         mode=w.mode,
         dir=str(run_dir),
-        config=cfg.model_dump(mode="json") | facts,
+        config=cfg.run_dump() | facts | split_extras(run_dir),
         tags=[f"{key}={value}" if key != "method" else str(value) for key, value in facts.items()],
     )
     run.define_metric("val/miou", summary="max")  # a sweep's runs compare by their best evaluation
@@ -129,13 +129,24 @@ def _init_wandb(cfg: Config, run_dir: Path):
 
 def sweep_facts(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """What a sweep groups runs by, as top-level W&B config keys and tags: ``method``, ``label_fraction``
-    (labeled / train images, from the run's own split files: a sweep's splits arrive as files),
-    ``label_count``, ``seed`` and ``protocol`` (``data.protocol``, else ``split_file`` or ``random``)."""
-    labeled, unlabeled = (_count_lines(run_dir / name) for name in ("labeled.txt", "unlabeled.txt"))
+    (labeled / train images with masks, the one meaning it has everywhere, from the run's ``split.json``),
+    ``label_count``, ``seed`` and ``protocol`` (``data.protocol``, else ``split_file`` or ``random``); beside
+    them ``unmasked_count`` and ``unlabeled_dir_count``, the unlabeled images without masks (config only)."""
     protocol = cfg.data.protocol or ("split_file" if cfg.data.labeled_split else "random")
-    fraction = round(labeled / (labeled + unlabeled), 4) if labeled + unlabeled else cfg.data.label_fraction
-    return {"method": cfg.method, "label_fraction": fraction, "label_count": labeled, "seed": cfg.run.seed,
-            "protocol": protocol}
+    counts = read_split_counts(run_dir)
+    if counts is None:  # a run from before split.json: its split files cannot tell masked from unmasked
+        labeled = _count_lines(run_dir / "labeled.txt")
+        fraction = None if cfg.data.labeled_split else cfg.data.label_fraction
+        return {"method": cfg.method, "label_fraction": fraction, "label_count": labeled,
+                "seed": cfg.run.seed, "protocol": protocol}
+    return {"method": cfg.method, "label_fraction": round(counts["label_fraction"], 4),
+            "label_count": counts["labeled"], "seed": cfg.run.seed, "protocol": protocol}
+
+
+def split_extras(run_dir: Path) -> dict[str, int]:
+    """The unlabeled images outside the label fraction (W&B config keys, not tags)."""
+    counts = read_split_counts(run_dir) or {}
+    return {f"{key}_count": counts[key] for key in ("unmasked", "unlabeled_dir") if key in counts}
 
 
 def _count_lines(path: Path) -> int:

@@ -1,0 +1,97 @@
+"""The layering of ``docs/architecture.md``, enforced: a module imports only its own package and the layers
+below it, and only ``raysemi/ray/`` imports ray, only ``raysemi/tracking/`` wandb. A new module in a package
+that no layer names fails here until the page and :data:`LAYERS` say where it sits."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.test_import_graph import PACKAGE, import_graph
+
+# Lowest first; the same list as the table in docs/architecture.md. Packages in one layer do not import each
+# other: each stands on the layers below it alone.
+LAYERS: list[set[str]] = [
+    {"errors"},
+    {"atomic", "progress"},
+    {"sections"},
+    {"losses", "models", "data"},
+    {"methods"},
+    {"config"},
+    {"sweeps", "tracking"},
+    {"engine"},
+    {"analysis", "ray"},
+    {"cli", "configdoc", "raysemi"},
+]
+THIRD_PARTY_OWNERS = {"ray": "ray", "wandb": "tracking"}
+
+
+def part_of(module: str) -> str:
+    """``raysemi.data.splits`` → ``data``; ``raysemi.cli`` → ``cli``; the package itself → ``raysemi``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_of(part: str) -> int:
+    for level, parts in enumerate(LAYERS):
+        if part in parts:
+            return level
+    raise AssertionError(f"raysemi/{part} is in no layer: add it to LAYERS and to docs/architecture.md")
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import of a module in the same or a higher layer, other than a's own package."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        here = part_of(module)
+        for other in sorted(imported):
+            there = part_of(other)
+            if there != here and layer_of(there) >= layer_of(here):
+                found.append(f"{module} -> {other}")
+    return found
+
+
+def third_party_violations(root: Path = PACKAGE) -> list[str]:
+    """``path: ray`` for each file outside ``raysemi/ray`` that imports ray (and wandb outside tracking)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        part = path.relative_to(root).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                owner = THIRD_PARTY_OWNERS.get(name.split(".")[0])
+                if owner and owner != part:
+                    found.append(f"{path.relative_to(root.parent)}: {name}")
+    return found
+
+
+def test_the_rules_catch_an_upward_import_and_allow_a_downward_one():
+    graph = {"raysemi.tracking.tracker": {"raysemi.engine.storage", "raysemi.atomic"},
+             "raysemi.engine.loop": {"raysemi.tracking.tracker", "raysemi.engine.storage"},
+             "raysemi.models.heads": {"raysemi.data.splits"}}
+    assert layering_violations(graph) == ["raysemi.models.heads -> raysemi.data.splits",
+                                          "raysemi.tracking.tracker -> raysemi.engine.storage"]
+
+
+def test_a_package_in_no_layer_is_named():
+    with pytest.raises(AssertionError, match="raysemi/plugins is in no layer"):
+        layering_violations({"raysemi.plugins.x": {"raysemi.errors"}})
+
+
+def test_a_ray_import_outside_raysemi_ray_is_found(tmp_path):
+    package = tmp_path / "raysemi"
+    (package / "methods").mkdir(parents=True)
+    (package / "ray").mkdir()
+    (package / "methods" / "m.py").write_text("def f():\n    from ray import train\n")
+    (package / "ray" / "t.py").write_text("import ray.train\n")
+    assert third_party_violations(package) == ["raysemi/methods/m.py: ray"]
+
+
+def test_raysemi_follows_its_layers():
+    graph = import_graph()
+    assert len(graph) > 50  # the walk found the package
+    assert layering_violations(graph) == []
+    assert third_party_violations() == []
