@@ -52,7 +52,7 @@ def test_a_run_mirrored_to_s3_resumes_from_an_empty_run_directory_to_the_uninter
     checkpoint_files = ["config.yaml", "meta.json", "model.pt", "training_state.pt"]
     assert objects(client, "team/run/") == [  # mirrored during the run: both checkpoints and the log to step 4
         *(f"checkpoints/step_0000000{n}/{f}" for n in (2, 4) for f in checkpoint_files),
-        "config.yaml", "labeled.txt", "metrics.jsonl", "unlabeled.txt",
+        "config.yaml", "labeled.txt", "metrics.jsonl", "split.json", "unlabeled.txt",
     ]
     shutil.rmtree(tmp_path / "node-a")  # the node is gone with its disk
 
