@@ -50,7 +50,10 @@ def start_node(*args: str) -> subprocess.Popen:
 
 def kill_node(node: subprocess.Popen) -> None:
     """SIGKILL the node's ``ray start`` and every process under it; wait until they are gone."""
-    processes = [psutil.Process(node.pid), *psutil.Process(node.pid).children(recursive=True)]
+    try:
+        processes = [psutil.Process(node.pid), *psutil.Process(node.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:  # killed before (the lost node) and reaped
+        return
     for process in processes:
         try:
             process.kill()
@@ -89,6 +92,7 @@ def kill_second_node_after(second: subprocess.Popen, address: str, run_dir: Path
                 result["records_at_kill"] = read_metrics(run_dir)
                 result["killed_at"] = time.time()
                 kill_node(second)
+                nodes.remove(second)
                 nodes.append(start_node(f"--address={address}"))
                 result["replaced_at"] = time.time()
                 return
