@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pydantic_core import PydanticCustomError
 
 from raysemi.data.formats import FORMATS
+from raysemi.data.streams import batch_split_problem
 from raysemi.errors import ConfigError
 from raysemi.methods.registry import method_class, method_names, method_sections
 from raysemi.models.backbones import BACKBONES
@@ -136,13 +137,12 @@ class Config(CommonConfig):
 
     @model_validator(mode="after")
     def _batches_divide(self) -> Config:
+        """The global batches split evenly over the workers (:func:`raysemi.data.streams.worker_batch`)."""
         workers = max(self.scaling.num_workers, 1)
         for key in ("batch_size", "unlabeled_batch_size"):
-            value = getattr(self.train, key)
-            if value % workers:
-                raise ValueError(
-                    f"train.{key}={value} is the global batch and must divide by scaling.num_workers={workers}"
-                )
+            problem = batch_split_problem(f"train.{key}", getattr(self.train, key), workers)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @classmethod

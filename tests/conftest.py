@@ -70,6 +70,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
+        # address="local": a Ray of its own even while another is running on this machine (ray.init() alone
+        # joins a running one, and then refuses num_cpus)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
     yield ray
     ray.shutdown()

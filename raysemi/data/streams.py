@@ -34,9 +34,39 @@ class StreamSpec:
     view: View = PlainCrops()
 
     def per_worker_batch(self, world_size: int) -> int:
-        """Each worker's share of ``batch_size`` (config validation makes it divide evenly, so world_size
-        workers together train on exactly the global batch); local mode (``world_size`` 0 or 1) takes it all."""
-        return self.batch_size // max(world_size, 1)
+        """Each worker's share of ``batch_size``: :func:`worker_batch`, the rule the Ray Data build and the
+        worker loop both use."""
+        return worker_batch(self.batch_size, world_size)
+
+
+def worker_batch(global_batch: int, world_size: int) -> int:
+    """The one batch-split rule: each of ``world_size`` workers takes ``global_batch / world_size`` images, so
+    the workers together train on exactly the global batch; local mode (``world_size`` 0 or 1) takes it all.
+
+    A global batch that does not divide is refused (config validation and :mod:`raysemi.engine.preflight` stop
+    it before a run starts, with :func:`batch_split_problem`'s line): rounding it would train on a different
+    batch than the config says, and Ray Data and the workers could round it differently.
+
+    Raises:
+        ValueError: ``global_batch`` does not divide by ``world_size``.
+    """
+    workers = max(world_size, 1)
+    if global_batch % workers:
+        raise ValueError(batch_split_problem("batch_size", global_batch, workers))
+    return global_batch // workers
+
+
+def batch_split_problem(key: str, global_batch: int, workers: int) -> str | None:
+    """``None`` when ``global_batch`` divides by ``workers``, else one line naming ``key`` and what would be
+    accepted: ``train.batch_size=8 is the global batch and must divide by scaling.num_workers=3; accepted:
+    train.batch_size=6 or 9, or scaling.num_workers in 1, 2, 4, 8``."""
+    if global_batch % workers == 0:
+        return None
+    below = global_batch - global_batch % workers
+    multiples = " or ".join(str(m) for m in (below, below + workers) if m > 0)
+    divisors = ", ".join(str(d) for d in range(1, global_batch + 1) if global_batch % d == 0)
+    return (f"{key}={global_batch} is the global batch and must divide by scaling.num_workers={workers}; "
+            f"accepted: {key}={multiples}, or scaling.num_workers in {divisors}")
 
 
 def stream_records(source: DatasetSource, spec: StreamSpec, total_steps: int, start_step: int, seed: int,

@@ -1,9 +1,10 @@
 """Everything a run checks and sets up before it trains, without Ray.
 
-:func:`prepare_run` opens the dataset, checks its files (:func:`raysemi.data.dataset.preflight`) and the
-method's own data needs, checks that the run directory's storage is writable and large enough, fetches the
-run from its mirror (``run.sync_to``) and creates or reopens the run directory. Each problem ends the run here
-as a one-line error, before a run directory exists; :mod:`raysemi.ray.train` then only starts Ray.
+:func:`prepare_run` opens the dataset, checks its files (:func:`raysemi.data.dataset.preflight`), the
+method's own data needs and that each stream's global batch splits over the workers, checks that the run
+directory's storage is writable and large enough, fetches the run from its mirror (``run.sync_to``) and
+creates or reopens the run directory. Each problem ends the run here as a one-line error, before a run
+directory exists; :mod:`raysemi.ray.train` then only starts Ray.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 from raysemi.config import Config
 from raysemi.data.dataset import DatasetSource, open_dataset, preflight
+from raysemi.data.streams import batch_split_problem
 from raysemi.engine.checkpoint import resolve_checkpoint
 from raysemi.engine.rundir import open_run_dir
 from raysemi.engine.storage import run_storage_bytes
@@ -37,11 +39,28 @@ def prepare_run(cfg: Config) -> PreparedRun:
     source = open_dataset(cfg.data)
     preflight(source, cfg.data)
     method = build_method(cfg)
+    check_batch_split(method, cfg.method, cfg.scaling.num_workers)
     check_streams_have_images(source, method, cfg.method)
     method.check_data(source)  # the method's own data needs (e.g. SimFormer's classes and pair table)
     needed = run_storage_bytes(method.build_models(source.classes.num_classes), cfg.train.keep_checkpoints)
     run_dir, start_step = open_run_dir(cfg, source, needed)
     return PreparedRun(source, method, run_dir, start_step)
+
+
+def check_batch_split(method: Method, method_name: str, num_workers: int) -> None:
+    """Each stream's global batch splits evenly over the workers (:func:`raysemi.data.streams.worker_batch`).
+
+    Config validation already checks ``train.batch_size`` and ``train.unlabeled_batch_size``; this catches a
+    method whose stream derives another batch from them, before Ray Data and the workers would split it.
+
+    Raises:
+        ConfigError: one line naming the stream, its batch and the accepted values.
+    """
+    for name, spec in method.streams().items():
+        problem = batch_split_problem(f"method {method_name}'s '{name}' stream batch_size", spec.batch_size,
+                                      max(num_workers, 1))
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_init_from(cfg: Config) -> None:

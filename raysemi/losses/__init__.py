@@ -2,6 +2,7 @@
 
 from raysemi.losses.cross_entropy import ohem_cross_entropy, pixel_cross_entropy
 from raysemi.losses.directional_contrastive import (
+    anchor_mask,
     directional_alignment_loss,
     directional_contrastive_loss,
     kept_anchor_shares,
@@ -32,6 +33,7 @@ __all__ = [
     "ImageTargets",
     "MatchCosts",
     "ProposalPixelWeights",
+    "anchor_mask",
     "balanced_pair_bce",
     "complementary_loss",
     "cross_pseudo_supervision",

@@ -20,8 +20,11 @@ Choices where the paper is silent or disagrees with its code:
 - λ: the paper's text says 30; its released code uses 0.1 with each direction normalised by the number of kept
   anchors, as here: ``cac.weight`` defaults to 0.1. ``cac.start_step`` (the code's ``epoch_start_unsup``) and
   ``cac.rampup_steps`` schedule it.
-- The loss of one direction is averaged over the kept anchors of the whole worker batch (the released code's
-  form), not per image; under DDP each worker averages its own anchors and DDP averages the gradients.
+- The loss of one direction is averaged over the kept anchors of the whole batch (the released code's form),
+  not per image. Under DDP the batch is the global one: each worker scales its mean by W·k/K (its k kept
+  anchors, K over all W workers, one all-reduce), so DDP's average of the gradients is the mean over all K
+  anchors, what one process computes at the global batch (the released code averages per-GPU means, which
+  weighs the anchors of a GPU with few kept ones up; tests/test_distributed_equivalence.py checks the match).
 - Labeled images and both crops go through the segmenter in one forward pass, so BatchNorm sees them together.
 - Padding (crops larger than the rescaled image) never serves as an anchor or a negative.
 - The two crops need a region larger than the crop to differ: ``cac.region_range`` resizes each unlabeled image
@@ -49,7 +52,12 @@ from raysemi.data.overlapping_crops import OverlappingCrops
 from raysemi.data.pipeline import batch_rows, cached_reader, record_sample, tag_columns
 from raysemi.data.transforms import TrainAugment, normalize, to_tensors
 from raysemi.data.views import View, fake_labels
-from raysemi.losses import directional_alignment_loss, directional_contrastive_loss, kept_anchor_shares
+from raysemi.losses import (
+    anchor_mask,
+    directional_alignment_loss,
+    directional_contrastive_loss,
+    kept_anchor_shares,
+)
 from raysemi.methods.base import Batch, Method, StreamSpec, labeled_criterion
 from raysemi.models import LogitsOnly, Projector, build_segmenter, resample_to_stride, unwrap
 from raysemi.sections import CommonConfig, Section
@@ -61,7 +69,7 @@ class CACConfig(Section):
     """Directional context-aware consistency (``method: cac``): the ``cac`` section of a config."""
 
     weight: float = Field(0.1, ge=0.0, description="λ for L_dc, with L_dc normalised by the kept anchors "
-                          "(released code)")
+                          "(released code), of all workers together")
     start_step: int = Field(0, ge=0, description="L_dc is off before this step")
     rampup_steps: int = Field(0, ge=0, description="then λ grows linearly from 0 over these steps")
     temperature: float = Field(0.1, gt=0.0, description="τ")
@@ -225,16 +233,21 @@ class ContextAwareConsistency(Method):
         return self.options.gamma if self.options.positive_filtering else 0.0
 
     def _one_direction(self, anchor, positive, neg_feats, neg_labels) -> torch.Tensor:
+        """l(anchor, positive): this worker's mean over its kept anchors, scaled to its share of the mean over
+        every worker's kept anchors (:func:`_global_mean_scale`)."""
         if self.options.loss == "l2":
-            return directional_alignment_loss(
+            loss = directional_alignment_loss(
                 anchor["emb"], positive["emb"], anchor["conf"], positive["conf"], self._gamma,
                 directional=self.options.directional,
             )
-        return directional_contrastive_loss(
-            anchor["emb"], positive["emb"], anchor["conf"], positive["conf"], anchor["label"],
-            neg_feats, neg_labels, self.options.temperature, self._gamma, self.options.chunk_size,
-            directional=self.options.directional, negative_sampling=self.options.negative_sampling,
-        )
+        else:
+            loss = directional_contrastive_loss(
+                anchor["emb"], positive["emb"], anchor["conf"], positive["conf"], anchor["label"],
+                neg_feats, neg_labels, self.options.temperature, self._gamma, self.options.chunk_size,
+                directional=self.options.directional, negative_sampling=self.options.negative_sampling,
+            )
+        kept = anchor_mask(anchor["conf"], positive["conf"], self._gamma, self.options.directional)
+        return loss * _global_mean_scale(kept)
 
     def _view(self, models, features, valid_pixels, flips, crop_size) -> dict[str, torch.Tensor]:
         """One crop at stride 8, flipped back to image orientation.
@@ -316,6 +329,19 @@ def _mean_of(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _global_mean_scale(kept: torch.Tensor) -> torch.Tensor | float:
+    """``W·k/K`` for this worker's ``(N,)`` bool mask of kept anchors (k of them; K over all W workers): a
+    worker's mean over its k anchors times this, averaged over workers by DDP, is the mean over all K. 1 in
+    one process; 0 when no worker kept an anchor (every loss is then 0 already)."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return 1.0
+    local = kept.sum().to(torch.float64)
+    total = local.clone()
+    dist.all_reduce(total)
+    return (world * local / total.clamp_min(1)).float()
 
 
 def _gather_padded(feats: torch.Tensor, labels: torch.Tensor, size: int, world: int):

@@ -47,7 +47,8 @@ def build_datasets(
     val = val_records(source.val, workers)
     datasets["val"] = ray.data.from_items(val, override_num_blocks=_num_blocks(val, cfg.eval.batch_size)).map(
         DecodeEvalRow(source.reader.spec, str(source.root),
-                      boxes_from_masks=cfg.data.boxes if eval_boxes else None)
+                      boxes_from_masks=cfg.data.boxes if eval_boxes else None),
+        num_cpus=DECODE_CPUS,  # as the training streams: a node left half a CPU beside its worker evaluates too
     )
     return datasets
 

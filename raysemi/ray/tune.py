@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,11 @@ from raysemi.sweeps import Distribution, SweepSpec, apply_values
 DRIVER_CPUS = 0.25  # a trial's own process: it drives its TorchTrainer (or, in local mode, trains)
 LOCAL_DATA_CPUS = 1.0  # free CPUs a local-mode trial's streams need (measured: cps's two run on 1.75)
 TRIALS_DIR = "trials"
+# Tune saves the experiment's state (its trials, the searcher's) at most every 10 s by default. A driver killed
+# in that window (SIGKILL, a lost head) leaves a state without the trials started since: a resumed search then
+# asks its searcher for new ones and the started trial's folder and checkpoints are orphaned (measured by
+# tests/test_killed_sweep.py with 10 s trials). Saving every second shrinks the window; the state is a few KB.
+EXPERIMENT_STATE_PERIOD_S = "1"
 
 
 @dataclass
@@ -315,6 +321,7 @@ def fit(name: str, trainable, base: Config, param_space: dict, tune_config: tune
         resume: bool, retries: int, fixed: dict | None = None) -> list[TrialOutcome]:
     """Run (or, with ``resume``, restore and continue) one stored Tune experiment; its trials' outcomes."""
     trainable = tune.with_resources(trainable, trial_resources(base))
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
     path = sweep_dir / name
     if resume and tune.Tuner.can_restore(str(path)):
         say(f"resuming {path}")
