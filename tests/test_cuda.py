@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import nn
 
 from raysemi.engine.checkpoint import latest_checkpoint
-from raysemi.engine.local import train_local
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv
+from raysemi.engine.plain import train_plain
 from raysemi.models import unwrap
 from tests.conftest import fast_config
 
@@ -58,7 +58,7 @@ def test_amp_and_channels_last_train_a_step_on_the_gpu(synthetic_root, tmp_path)
 
 def test_a_short_run_on_the_gpu_writes_a_checkpoint_that_exports_and_runs_on_cuda(synthetic_root, tmp_path):
     cfg = fast_config(synthetic_root, tmp_path / "run", "train.amp=true", "train.steps=8")
-    summary = train_local(cfg, data_workers=0, device=CUDA)
+    summary = train_plain(cfg, data_workers=0, device=CUDA)
     assert 0 <= summary["miou"] <= 1
     checkpoint = latest_checkpoint(tmp_path / "run")
     import raysemi

@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader
 from raysemi.config import Config
 from raysemi.data.dataset import open_dataset
 from raysemi.data.pipeline import DecodeEvalRow, val_records
-from raysemi.data.streams import decode_format, stream_decoder, stream_records
+from raysemi.data.streams import stream_decoder, stream_records
 from raysemi.data.transforms import TrainAugment
-from raysemi.engine.local import DecodedBatches, DecodedRows
 from raysemi.engine.loop import RunInfo, TrainingRun, WorkerEnv
+from raysemi.engine.plain import DecodedBatches, DecodedRows
 from raysemi.methods import build_method
 from raysemi.models import unwrap
 from tests.conftest import fast_config
@@ -71,7 +71,8 @@ def global_batches(cfg: Config) -> list[dict[str, dict[str, torch.Tensor]]]:
     streams = {}
     for name, spec in build_method(cfg).streams().items():
         records = stream_records(source, spec, cfg.train.steps, 0, cfg.run.seed, name)
-        decoded = DecodedBatches(records, spec.batch_size, stream_decoder(spec, "generic", str(source.root), augment))
+        decode = stream_decoder(spec, source.reader.spec, str(source.root), augment)
+        decoded = DecodedBatches(records, spec.batch_size, decode)
         streams[name] = [{k: torch.as_tensor(v) for k, v in decoded[i].items()} for i in range(cfg.train.steps)]
     return [{name: batches[step] for name, batches in streams.items()} for step in range(cfg.train.steps)]
 
@@ -81,7 +82,7 @@ def val_loader(cfg: Config, rank: int, world: int) -> DataLoader:
     them), in batches of ``eval.batch_size``=3: 8 padded rows give each of 2 ranks batches of 3 and 1."""
     source = open_dataset(cfg.data)
     records = val_records(source.val[:7], world)[rank::world]
-    rows = DecodedRows(records, DecodeEvalRow(decode_format(cfg.data.format), str(source.root)))
+    rows = DecodedRows(records, DecodeEvalRow(source.reader.spec, str(source.root)))
     return DataLoader(rows, batch_size=cfg.eval.batch_size)
 
 

@@ -2,8 +2,8 @@
 
 The finished trial is not trained again, the interrupted one continues from its newest checkpoint, and every
 trial ends with the mIoU and weights of the same trial run without interruption (each trial's config.yaml,
-trained in this process by :func:`raysemi.engine.local.train_local`, which feeds the loop the same tensors as
-the Ray path: tests/test_local_runner.py). The sweep's report is built from those numbers, so it equals an
+trained in this process by :func:`raysemi.engine.plain.train_plain`, which feeds the loop the same tensors as
+the Ray path: tests/test_plain_runner.py). The sweep's report is built from those numbers, so it equals an
 uninterrupted sweep's.
 """
 
@@ -23,7 +23,7 @@ import torch
 from raysemi.analysis.report import write_report
 from raysemi.config import Config
 from raysemi.engine.checkpoint import latest_checkpoint
-from raysemi.engine.local import train_local
+from raysemi.engine.plain import train_plain
 from tests.test_tune import REPO, _overrides, _wait_for
 
 STEPS = ["train.steps=40", "train.checkpoint_every=10", "train.log_every=10", "train.keep_checkpoints=4"]
@@ -116,4 +116,4 @@ def uninterrupted(trial: Path, run_dir: Path) -> dict:
 
     values = yaml.safe_load((trial / "config.yaml").read_text())
     values["run"]["dir"] = str(run_dir)
-    return train_local(Config.model_validate(values), data_workers=0)
+    return train_plain(Config.model_validate(values), data_workers=0)

@@ -1,6 +1,6 @@
 """Short benchmark runs on one GPU for ``check.sh``: ``supervised`` and ``cac`` for ``--steps`` iterations of P2
 (CamVid; P1's synthetic data when CamVid is absent, said in the output), in this process on CUDA with AMP
-(:func:`raysemi.engine.local.train_local`: the engine's loop fed by DataLoader processes, no Ray).
+(:func:`raysemi.engine.plain.train_plain`: the engine's loop fed by DataLoader processes, no Ray).
 
 Writes ``--out`` (JSON): per method its val mIoU, wall seconds, the steady training rate (the mean
 ``steps_per_s`` of the log records after the first) and that rate's ratio to supervised's.
@@ -40,7 +40,7 @@ def short_run(protocol: str, method: str, steps: int, data: list[str], work: Pat
     import torch
 
     from raysemi.config import load_config
-    from raysemi.engine.local import train_local
+    from raysemi.engine.plain import train_plain
     from raysemi.tracking import read_metrics
 
     run_dir = work / f"{protocol}-{method}-it{steps}"
@@ -49,7 +49,7 @@ def short_run(protocol: str, method: str, steps: int, data: list[str], work: Pat
                  "train.amp=true", f"run.dir={run_dir}"]
     cfg = load_config(REPO / PROTOCOLS[protocol].config, overrides)
     started = time.perf_counter()
-    summary = train_local(cfg, data_workers=4, device=torch.device("cuda"))
+    summary = train_plain(cfg, data_workers=4, device=torch.device("cuda"))
     seconds = time.perf_counter() - started
     rates = [r["steps_per_s"] for r in read_metrics(run_dir) if "steps_per_s" in r][1:]
     return {"miou": summary["miou"], "seconds": seconds, "steps_per_s": statistics.mean(rates) if rates else None}
