@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,17 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def partly_labeled(synthetic_root, tmp_path):
+    """The 24-image synthetic train set with the masks of train_00000..train_00011 removed, and 3 val images
+    copied into ``extra/`` as unlabeled images."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    for index in range(12):
+        (root / f"train/labels/train_{index:05d}.png").unlink()
+    (root / "extra").mkdir()
+    for index in range(3):
+        shutil.copy(root / f"val/images/val_{index:05d}.png", root / f"extra/raw_{index}.png")
+    return root

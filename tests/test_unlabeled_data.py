@@ -1,6 +1,5 @@
 """A ``generic`` dataset as users have it: some train images without masks, plus a folder of raw images."""
 
-import shutil
 
 import pytest
 
@@ -10,20 +9,6 @@ from raysemi.data.splits import read_split_file
 from raysemi.errors import DataError
 from raysemi.ray.train import train
 from tests.conftest import fast_config
-
-
-@pytest.fixture
-def partly_labeled(synthetic_root, tmp_path):
-    """The 24-image synthetic train set with the masks of train_00000..train_00011 removed, and 3 val images
-    copied into ``extra/`` as unlabeled images."""
-    root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
-    for index in range(12):
-        (root / f"train/labels/train_{index:05d}.png").unlink()
-    (root / "extra").mkdir()
-    for index in range(3):
-        shutil.copy(root / f"val/images/val_{index:05d}.png", root / f"extra/raw_{index}.png")
-    return root
 
 
 def test_data_check_counts_images_without_masks_as_unlabeled(partly_labeled, capsys):

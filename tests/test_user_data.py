@@ -30,19 +30,6 @@ def _mask(path, row, h=4):
     Image.fromarray(np.asarray([row] * h, np.uint8), mode="L").save(path)
 
 
-@pytest.fixture
-def partly_labeled(synthetic_root, tmp_path):
-    """The 24-image synthetic train set, masks of train_00000..train_00011 removed, 3 raw images in extra/."""
-    root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
-    for index in range(12):
-        (root / f"train/labels/train_{index:05d}.png").unlink()
-    (root / "extra").mkdir()
-    for index in range(3):
-        shutil.copy(root / f"val/images/val_{index:05d}.png", root / f"extra/raw_{index}.png")
-    return root
-
-
 def _voc(root, count=12, fine=4):
     """A VOC tree: ``count`` trainaug ids, the first ``fine`` of them the fine train set, 2 val ids."""
     voc = root / "VOCdevkit/VOC2012"
