@@ -544,7 +544,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_calibration(args: argparse.Namespace) -> int:
-    from raysemi.analysis.checkpoint import write_calibration
+    from raysemi.analysis.analyze import write_calibration
     from raysemi.engine.inference import load_eval_model
     from raysemi.engine.storage import check_output_folder
 
@@ -555,7 +555,7 @@ def cmd_calibration(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
-    from raysemi.analysis.checkpoint import write_gradcam
+    from raysemi.analysis.analyze import write_gradcam
     from raysemi.engine.inference import load_eval_model
     from raysemi.engine.storage import check_output_file
 
@@ -568,7 +568,7 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from raysemi.analysis.checkpoint import write_comparison
+    from raysemi.analysis.analyze import write_comparison
     from raysemi.engine.inference import load_eval_model
     from raysemi.engine.storage import check_output_file
 

@@ -271,7 +271,7 @@ def max_load_under(points: list[dict], wait_limit: float = 0.05) -> float | None
 # Measurements (Ray)
 # ----------------------------------------------------------------------------------------------------------------
 
-# Blocks of 2 batches instead of raysemi's 32 (raysemi.ray.data.BATCHES_PER_BLOCK), set in this process only: a
+# Blocks of 2 batches instead of raysemi's 32 (raysemi.ray.data.BATCHES_PER_BLOCK), asked of build_datasets: a
 # run of thousands of steps has dozens of 32-batch blocks, a benchmark of a few hundred images would have one (a
 # single task, no overlap between CPUs).
 BENCH_BATCHES_PER_BLOCK = 2
@@ -289,8 +289,8 @@ def training_stream(kind: Kind, root: Path, crop: int, local_batch: int, steps: 
                              f"train.batch_size={local_batch * consumers}",
                              f"train.unlabeled_batch_size={local_batch * consumers}", f"train.steps={steps}",
                              f"scaling.num_workers={consumers}", "method=supervised"])
-    ray_data.BATCHES_PER_BLOCK = BENCH_BATCHES_PER_BLOCK
-    return ray_data.build_datasets(cfg, open_dataset(cfg.data), build_method(cfg).streams(), 0)["labeled"]
+    return ray_data.build_datasets(cfg, open_dataset(cfg.data), build_method(cfg).streams(), 0,
+                                   batches_per_block=BENCH_BATCHES_PER_BLOCK)["labeled"]
 
 
 class TreeCpu:

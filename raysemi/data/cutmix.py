@@ -5,7 +5,7 @@ A mask is 1 where the second image is pasted. With the reference's settings (``p
 ``n_boxes=3``, ``split_area=True``, ``random_aspect_ratio=True``, ``invert=True``) each of the three boxes covers
 a third of a share drawn from U(0.25, 0.5), 0.125 of the image on average; where boxes overlap they toggle, so a
 mask pastes about a quarter of the image (0.25 on 96×128 masks). Without the ``1 / n_boxes`` factor
-(``split_area=False``, raysemi before issue 36) each box covers the whole share and a mask pastes about 42 %.
+(``split_area=False``, raysemi's earlier masks) each box covers the whole share and a mask pastes about 42 %.
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from raysemi.config import Config
-from raysemi.engine.loop import say
 from raysemi.engine.preflight import PreparedRun, prepare_run
 from raysemi.engine.rundir import finished_summary, trained_summary
 from raysemi.engine.stages import train_stages
 from raysemi.methods import method_class
+from raysemi.progress import say
 
 
 class Backend(Protocol):

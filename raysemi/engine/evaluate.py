@@ -1,4 +1,5 @@
-"""Inference (whole image or sliding window) and evaluation over batches of images and masks."""
+"""Evaluation of a model in memory, as the training loop evaluates: its logits on a batch of images (whole image
+or sliding window) and the confusion matrix over a stream of batches of images and masks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Evaluation and prediction from a checkpoint, in this process (CUDA when present, else CPU)."""
+"""A saved model at work, in this process (CUDA when present, else CPU): load a checkpoint's eval model, score it
+on its config's val split, predict images and folders (``raysemi eval``, ``raysemi predict``, the Python API)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from raysemi.engine.watchdog import StallError, watched
 from raysemi.errors import RaysemiError
 from raysemi.methods import Method, build_method
 from raysemi.models import unwrap
+from raysemi.progress import say
 from raysemi.tracking import Tracker, best_of, read_metrics
 
 RawBatch = dict[str, torch.Tensor]
@@ -464,13 +464,6 @@ def _clock(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def say(text: str) -> None:
-    """One ``[raysemi]`` line on stdout. Written directly: Ray Train V2 patches ``print`` in workers to tee
-    into its logger, which shows every printed line twice on the driver."""
-    sys.stdout.write(f"[raysemi] {text}\n")
-    sys.stdout.flush()
 
 
 def set_torch_threads(cfg: Config, local_workers: int) -> int:

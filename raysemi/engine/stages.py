@@ -17,11 +17,11 @@ from typing import Any
 from raysemi.config import Config
 from raysemi.data.dataset import open_dataset
 from raysemi.engine.inference import load_eval_model
-from raysemi.engine.loop import say
 from raysemi.engine.pseudo_labels import write_pseudo_label_dataset
 from raysemi.engine.rundir import write_json
 from raysemi.errors import ConfigError
 from raysemi.methods.base import Stage
+from raysemi.progress import say
 
 TrainOne = Callable[[Config, str | None], dict[str, Any]]
 

@@ -5,7 +5,7 @@ Two segmenters of the same architecture. Their backbones start from the same (pr
 is the supervised baseline's model at the same ``run.seed`` (its head drawn from torch's global generator,
 which the training loop seeds, so CPS and supervised start network 1 alike and a comparison compares methods,
 not inits); network 2's head is kaiming-initialised (fan-in, as every head: :func:`raysemi.models.kaiming_init`)
-from generator ``2·seed + 1`` (``cps.net1_init=seeded``: network 1's from ``2·seed``, as before issue 36;
+from generator ``2·seed + 1`` (``cps.net1_init=seeded``: network 1's from ``2·seed``, raysemi's earlier scheme;
 ``cps.init_backbones=different`` re-initialises both backbones apart too). Per step:
 
     L = L_s + λ · L_cps,   L_cps = L_cps^u + L_cps^l (the paper's eq. 5)
@@ -80,7 +80,7 @@ class CPSConfig(Section):
         "same", description="'different': kaiming-init both backbones apart")
     net1_init: Literal["supervised", "seeded"] = Field(
         "supervised", description="'supervised': network 1 is the supervised baseline's model at the same run.seed "
-        "(its head from torch's global generator); 'seeded': its head from generator 2·seed (before issue 36)")
+        "(its head from torch's global generator); 'seeded': its head from generator 2·seed (raysemi's earlier scheme)")
     eval: Literal["first", "second", "mean"] = Field(
         "first", description="the eval model: the first network, the second, or the mean of their softmaxes")
 

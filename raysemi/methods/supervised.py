@@ -1,6 +1,6 @@
 """SupOnly: the segmenter trained on labeled masks alone. The baseline every semi-supervised method must beat.
 
-With ``supervised.weak_boxes=fill`` it is instead the baseline a box-supervised method must beat (issue 35):
+With ``supervised.weak_boxes=fill`` it is instead the baseline a box-supervised method must beat:
 supervised on F ∪ W, where W's masks are its boxes filled in (:func:`raysemi.data.weak_labels.fill_box_raster`:
 inside one class's boxes that class, outside every box the stuff class when there is exactly one, ignored
 elsewhere). W's boxes are the ``data.unlabeled_boxes`` file self-correction reads, and its loss is

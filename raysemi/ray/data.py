@@ -28,10 +28,12 @@ def configure_data_context() -> None:
 
 
 def build_datasets(
-    cfg: Config, source: DatasetSource, streams: dict[str, StreamSpec], start_step: int, eval_boxes: bool = False
+    cfg: Config, source: DatasetSource, streams: dict[str, StreamSpec], start_step: int, eval_boxes: bool = False,
+    batches_per_block: int = BATCHES_PER_BLOCK,
 ) -> dict[str, ray.data.Dataset]:
     """``{stream name: Dataset of augmented crops, "val": Dataset of full images}`` (with box rasters from the
-    val masks when ``eval_boxes``)."""
+    val masks when ``eval_boxes``); a training stream's blocks hold ``batches_per_block`` batches (a benchmark of
+    a few hundred images asks fewer, so that its blocks spread over every CPU)."""
     configure_data_context()
     augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
     workers = max(cfg.scaling.num_workers, 1)
@@ -39,7 +41,7 @@ def build_datasets(
     for name, spec in streams.items():
         records = stream_records(source, spec, cfg.train.steps, start_step, cfg.run.seed, name)
         local_batch = spec.per_worker_batch(workers)
-        blocks = _num_blocks(records, local_batch)
+        blocks = _num_blocks(records, local_batch, batches_per_block)
         decode = stream_decoder(spec, source.reader.spec, str(source.root), augment)
         datasets[name] = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
             decode, batch_size=local_batch, batch_format="numpy", num_cpus=DECODE_CPUS
@@ -53,7 +55,7 @@ def build_datasets(
     return datasets
 
 
-def _num_blocks(records: list, batch_size: int) -> int:
-    """About 32 batches per block: Ray Data's default (hundreds of tiny blocks) spends more CPU scheduling
-    tasks than decoding; measured on 2 CPUs, 300 batches of 8 took 26 s that way and 8 s with 16 blocks."""
-    return max(1, min(200, len(records) // (batch_size * BATCHES_PER_BLOCK)))
+def _num_blocks(records: list, batch_size: int, batches_per_block: int = BATCHES_PER_BLOCK) -> int:
+    """About ``batches_per_block`` batches per block: Ray Data's default (hundreds of tiny blocks) spends more CPU
+    scheduling tasks than decoding than blocks of 32 batches do."""
+    return max(1, min(200, len(records) // (batch_size * batches_per_block)))

@@ -226,7 +226,7 @@ def open_streams(stack: contextlib.ExitStack, specs: dict[str, StreamSpec], shar
 
 # Ray Train V2's controller collects the workers' reports when it polls them, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and each worker's result queue holds one report: a worker
-# reporting more often waits in ``ray.train.report`` for the next poll (issue 23 measured about 1 s a report at
+# reporting more often waits in ``ray.train.report`` for the next poll (about 1 s a report was measured at
 # ``log_every=2`` with 2 workers). Polling every 0.1 s costs the controller a few actor calls a second, and a
 # poll that misses the interval is only retried (a worker is declared dead after 10 minutes without an answer).
 REPORT_POLL_INTERVAL_S = "0.1"

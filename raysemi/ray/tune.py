@@ -32,8 +32,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysemi.atomic import remove_staging_leftovers, staging_dir
 from raysemi.config import Config
-from raysemi.engine.loop import say
 from raysemi.errors import ConfigError, find_user_error
+from raysemi.progress import say
 from raysemi.ray.train import init_ray, train
 from raysemi.sweeps import Distribution, SweepSpec, apply_values
 
