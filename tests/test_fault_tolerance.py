@@ -63,6 +63,7 @@ def kill_a_worker_after(run_dir, step: int, timeout_s: float = 600) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.drill
 def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_path, ray_local):
     run_dir = tmp_path / "run"
     cfg = fast_config(synthetic_root, run_dir, "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",

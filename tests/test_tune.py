@@ -179,6 +179,7 @@ def _overrides(data_root: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.drill
 def test_an_interrupted_sweep_resumes_where_it_stopped(synthetic_root, tmp_path):
     """Ctrl-C during the second trial, then ``--resume``: the finished trial is not run again, the other
     completes, and the search holds exactly its two trials."""
