@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from raysemi.losses.unimatch import TeacherLabels, confident_pseudo_label_loss
+
 
 def cross_pseudo_supervision(
     logits_1: torch.Tensor,
@@ -53,11 +55,6 @@ def _masked(labels: torch.Tensor, valid: torch.Tensor | None, ignore_index: int)
 def _confident_ce(logits: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None,
                   threshold: float) -> torch.Tensor:
     """CE of ``logits`` ``(N, C, H, W)`` against ``teacher``'s argmax where its confidence ≥ ``threshold``,
-    summed and divided by the valid pixel count."""
-    with torch.no_grad():
-        confidence, labels = teacher.float().softmax(dim=1).max(dim=1)
-        keep = confidence >= threshold
-        counted = torch.ones_like(keep) if valid is None else valid
-        keep &= counted
-    per_pixel = F.cross_entropy(logits, labels, reduction="none")
-    return (per_pixel * keep).sum() / counted.sum().clamp(min=1)
+    summed and divided by the valid pixel count: UniMatch's :func:`confident_pseudo_label_loss`."""
+    counted = torch.ones_like(teacher[:, 0], dtype=torch.bool) if valid is None else valid
+    return confident_pseudo_label_loss(logits, TeacherLabels.from_logits(teacher, counted), threshold)
