@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"sweeps", "tracking"},
     {"engine"},
-    {"analysis", "ray"},
+    {"analysis", "bench", "ray"},
     {"cli", "configdoc", "raysemi"},
 ]
 THIRD_PARTY_OWNERS = {"ray": "ray", "wandb": "tracking"}

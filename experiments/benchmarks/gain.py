@@ -273,7 +273,8 @@ class Comparison:
 
 def planned_comparisons(method: str) -> list[Comparison]:
     """The baselines ``method`` must beat (issue 35): every semi-supervised method (and its λ = 0 control)
-    against ``supervised`` and ``supervised_unlabeled_bn``, a method against its control; self-correction
+    against ``supervised`` and ``supervised_unlabeled_bn`` (CPS also against their published-optimizer twins,
+    where the protocol defines them), a method against its control; self-correction
     against ``supervised`` at its summed budget and at the protocol's, against ``self_correction_none`` and
     against ``supervised_boxes`` (box-filled F ∪ W) at its summed budget; SimFormer ``full`` against the
     supplementary's ``basic`` and the weaker ``basic_nocomp``; the headroom and BatchNorm runs against
@@ -281,7 +282,9 @@ def planned_comparisons(method: str) -> list[Comparison]:
     base = method.removesuffix("_control")
     if base in SEMI_SUPERVISED:
         own = [Comparison(method, f"{base}_control")] if method == base else []
-        return [Comparison(method, "supervised"), Comparison(method, "supervised_unlabeled_bn"), *own]
+        # where a protocol trains CPS with the published optimizer (P2), the baselines with that optimizer too
+        same_optim = [Comparison(method, b) for b in CPS_BASELINES] if base == "cps" else []
+        return [Comparison(method, "supervised"), Comparison(method, "supervised_unlabeled_bn"), *same_optim, *own]
     if method.startswith("self_correction_"):
         versus_none = [] if method == "self_correction_none" else [Comparison(method, "self_correction_none")]
         return [Comparison(method, "supervised", at_total=True), Comparison(method, "supervised"), *versus_none,
@@ -472,15 +475,25 @@ def commit_id() -> str:
 
 
 TRAINING_CODE = ("raysemi",)  # the code that trains a run (beside the protocol's config and split files)
+# Parts of raysemi/ that no training run imports (docs/architecture.md puts them above every training layer, and
+# tests/test_layers.py enforces it): reading, reporting and benchmarking code, and the command line's parser.
+# Editing them leaves a run's code version, so a harness or report change does not make every run stale.
+NOT_TRAINING_CODE = ("raysemi/analysis/", "raysemi/bench/", "raysemi/cli.py", "raysemi/configdoc.py")
+
+
+def is_training_code(path: str) -> bool:
+    """Whether ``path`` (relative to the repository root, ``/``-separated) is hashed into the code version."""
+    return not path.startswith(NOT_TRAINING_CODE)
 
 
 @functools.cache
 def code_version(protocol_name: str) -> str:
-    """A hash of the files that decide what a run of ``protocol_name`` trains: every file under ``raysemi/``, the
-    protocol's config and the split files it names, as they are in the work tree (uncommitted edits count). Each
-    file enters as its git blob id (what git's tree hashes are built from), so two checkouts whose trees hold the
-    same files get the same version whatever their commits. The files are listed by git (ignored files left
-    out); outside a git checkout every file under ``raysemi/`` is hashed and the version says so (``nogit-``)."""
+    """A hash of the files that decide what a run of ``protocol_name`` trains: every file under ``raysemi/``
+    but :data:`NOT_TRAINING_CODE`, the protocol's config and the split files it names, as they are in the work
+    tree (uncommitted edits count). Each file enters as its git blob id (what git's tree hashes are built from),
+    so two checkouts whose trees hold the same files get the same version whatever their commits. The files are
+    listed by git (ignored files left out); outside a git checkout every such file is hashed and the version
+    says so (``nogit-``)."""
     files, from_git = training_files(protocol_name)
     digest = hashlib.sha1()
     for path in sorted(files):
@@ -501,12 +514,12 @@ def training_files(protocol_name: str) -> tuple[list[str], bool]:
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "--", *TRAINING_CODE],
                             capture_output=True, text=True)
     if listed.returncode == 0 and listed.stdout.strip():
-        code = [p for p in listed.stdout.splitlines() if (REPO / p).is_file()]
+        code = [p for p in listed.stdout.splitlines() if (REPO / p).is_file() and is_training_code(p)]
         return [*code, config, *splits], True
     say(f"code_version: {REPO} is not a git checkout (or git is missing): hashing every file under "
         f"{', '.join(TRAINING_CODE)}/ but __pycache__; the version is marked nogit-")
     code = [str(p.relative_to(REPO)) for folder in TRAINING_CODE for p in (REPO / folder).rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts]
+            if p.is_file() and "__pycache__" not in p.parts and is_training_code(p.relative_to(REPO).as_posix())]
     return [*code, config, *splits], False
 
 
