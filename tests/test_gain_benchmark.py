@@ -147,17 +147,29 @@ def test_an_interrupted_benchmark_resumes_without_rerunning_finished_runs(gain, 
     assert record["method_runs"]["code_version"] == record["baseline_runs"]["code_version"] == [version, version]
 
 
-def test_code_version_hashes_the_training_layers_and_leaves_out_reading_and_benchmark_code(gain):
-    from tests.test_layers import layer_of, part_of
+def test_code_version_hashes_exactly_the_modules_a_training_run_imports(gain):
+    """The files left out of the code version are the modules outside the import closure (function-level imports
+    and parent packages included) of the two runners: nothing a run executes is left out, nothing else is in."""
+    from tests.test_import_graph import import_graph
 
+    graph, closure, pending = import_graph(), set(), ["raysemi.engine.plain", "raysemi.ray.train"]
+    while pending:
+        module = pending.pop()
+        if module not in closure:
+            closure.add(module)
+            parents = [module.rsplit(".", n)[0] for n in range(1, module.count(".") + 1)]
+            pending += [*graph.get(module, ()), *parents]  # a namespace package (no __init__) has no node
+    outside = {m for m in graph if m not in closure}
+    excluded = {m for m in graph if not gain.is_training_code(_module_path(m))}
+    assert excluded == outside
     files, from_git = gain.training_files("p1")
-    assert from_git and "raysemi/engine/loop.py" in files and "raysemi/methods/cps.py" in files
-    assert "raysemi/cli.py" not in files and not any(f.startswith("raysemi/analysis/") for f in files)
-    # an excluded part may be left out only because no training part can import it: it sits at or above the
-    # layer of raysemi/ray (the highest part a run imports), which the layering rule forbids importing
-    for excluded in gain.NOT_TRAINING_CODE:
-        part = part_of(excluded.removesuffix("/").removesuffix(".py").replace("/", "."))
-        assert layer_of(part) >= layer_of("ray"), excluded
+    assert from_git and "raysemi/engine/loop.py" in files and "raysemi/ray/tune.py" not in files
+
+
+def _module_path(module: str) -> str:
+    """``raysemi.ray.tune`` → ``raysemi/ray/tune.py``; a package → its ``__init__.py``."""
+    path = Path(*module.split("."))
+    return (path / "__init__.py" if (REPO / path).is_dir() else path.with_suffix(".py")).as_posix()
 
 
 def test_protocol_configs_load_and_p2_holds_its_report_and_selection_splits_out():
