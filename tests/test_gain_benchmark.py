@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from raysemi.bench import quotes, versions
+from raysemi.bench.pairs import difference_text
+from raysemi.bench.runs import step_times
+from raysemi.bench.tables import levelled_off
 from raysemi.config import load_config
 from raysemi.data.dataset import open_dataset
 from raysemi.data.weak_labels import mask_boxes
@@ -104,11 +108,10 @@ def test_per_class_tables_show_what_all_labels_reach_beside_each_method(gain):
 
 
 def test_levelled_off_looks_at_the_last_quarter_only():
-    gain = load_gain()
-    assert gain.levelled_off([[100, 0.1], [700, 0.52], [800, 0.5]])  # 700 >= 600: a band of 0.02 (±1 point)
-    assert not gain.levelled_off([[100, 0.1], [600, 0.479], [800, 0.5]])  # 600 is in the last quarter: 0.021
-    assert not gain.levelled_off([[100, 0.1], [700, 0.49], [750, 0.515], [800, 0.5]])  # 0.025 wide
-    assert gain.step_times([{"step": 50, "steps_per_s": 1.0}, {"step": 100, "steps_per_s": 2.0},
+    assert levelled_off([[100, 0.1], [700, 0.52], [800, 0.5]])  # 700 >= 600: a band of 0.02 (±1 point)
+    assert not levelled_off([[100, 0.1], [600, 0.479], [800, 0.5]])  # 600 is in the last quarter: 0.021
+    assert not levelled_off([[100, 0.1], [700, 0.49], [750, 0.515], [800, 0.5]])  # 0.025 wide
+    assert step_times([{"step": 50, "steps_per_s": 1.0}, {"step": 100, "steps_per_s": 2.0},
                             {"step": 150, "steps_per_s": 2.0}], 150) == {"train_time_s": 100.0, "it_per_s": 2.0}
 
 
@@ -160,7 +163,7 @@ def test_code_version_hashes_exactly_the_modules_a_training_run_imports(gain):
             parents = [module.rsplit(".", n)[0] for n in range(1, module.count(".") + 1)]
             pending += [*graph.get(module, ()), *parents]  # a namespace package (no __init__) has no node
     outside = {m for m in graph if m not in closure}
-    excluded = {m for m in graph if not gain.is_training_code(_module_path(m))}
+    excluded = {m for m in graph if not versions.is_training_code(_module_path(m))}
     assert excluded == outside
     files, from_git = gain.training_files("p1")
     assert from_git and "raysemi/engine/loop.py" in files and "raysemi/ray/tune.py" not in files
@@ -568,10 +571,9 @@ def test_the_rerun_matrix_plan_covers_every_headline_comparison_one_run_per_line
 
 
 def test_difference_text_uses_the_unrounded_mious():
-    gain = load_gain()
     # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
-    assert gain.difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
-    assert gain.difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
+    assert difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
+    assert difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
 
 
 def test_runs_that_made_different_speed_choices_are_not_paired(gain):
@@ -670,7 +672,7 @@ def test_code_version_hashes_the_training_files_as_git_blobs(gain, monkeypatch):
     assert __import__("hashlib").sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob
     assert len(gain.code_version("p2")) == 12 and gain.code_version("p1") != gain.code_version("p2")
     # outside a git checkout: every file under raysemi/ is hashed and the version says so
-    monkeypatch.setattr(gain.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 128, "", "no git"))
+    monkeypatch.setattr(versions.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 128, "", "no git"))
     gain.code_version.cache_clear()
     try:
         assert gain.code_version("p1").startswith("nogit-")
@@ -755,13 +757,12 @@ QUOTING_DOCUMENTS = ("README.md", "docs/benchmarks.md", "experiments/benchmarks/
 def test_every_quoted_gain_figure_equals_summary_json(document):
     """The gain figures the README, the benchmarks page and the notes quote are markers filled from
     summary.json; one that differs from its record (or names none) fails here: run `gain.py --table`."""
-    gain = load_gain()
     records = json.loads((REPO / "experiments" / "benchmarks" / "results" / "summary.json").read_text())
     by_name = {r["name"]: r for r in records if r.get("kind") == "comparison"}
-    quotes = list(gain.QUOTE.finditer((REPO / document).read_text()))
-    assert len(quotes) >= 20, f"{document}: {len(quotes)} gain quotes; its figures should be markers"
-    for quote in quotes:
-        expected = gain.quoted(quote["key"], by_name)
+    found = list(quotes.QUOTE.finditer((REPO / document).read_text()))
+    assert len(found) >= 20, f"{document}: {len(found)} gain quotes; its figures should be markers"
+    for quote in found:
+        expected = quotes.quoted(quote["key"], by_name)
         assert quote["text"] == expected, f"{document}: gain:{quote['key']} says {quote['text']!r}, not {expected!r}"
 
 
@@ -778,7 +779,7 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
             "<!-- gain:p2/simformer_full-vs-simformer_basic#gap-seeds --><!-- /gain -->, base "
             "<!-- gain:p2/simformer_full-vs-simformer_basic#base --><!-- /gain -->; "
             "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->")
-    filled, problems = gain.fill_quotes(text, [record, weak])
+    filled, problems = quotes.fill_quotes(text, [record, weak])
     # differences: +5.31, +5.10, +7.33 points; mean 5.913, sample std 1.226
     assert "<!-- gain:p2/cac-vs-supervised -->+5.9 ± 1.2<!-- /gain -->" in filled
     assert "#seeds -->+5.3 / +5.1 / +7.3<!-- /gain -->" in filled and "#seed2 -->+7.3<" in filled
@@ -787,11 +788,11 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
     assert "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->" in filled  # no record: left as it was
     assert problems == ["gain:p2/cps-vs-supervised: no summary.json record named p2/cps-vs-supervised"]
     with pytest.raises(ValueError, match="record p2/cac-vs-supervised has no seed 5"):
-        gain.quoted("p2/cac-vs-supervised#seed5", {record["name"]: record})
+        quotes.quoted("p2/cac-vs-supervised#seed5", {record["name"]: record})
     with pytest.raises(ValueError, match="#median is not a quote field"):
-        gain.quoted("p2/cac-vs-supervised#median", {record["name"]: record})
+        quotes.quoted("p2/cac-vs-supervised#median", {record["name"]: record})
     document = gain.RESULTS / "page.md"
     document.parent.mkdir(parents=True)
     document.write_text(text)
-    gain.fill_document(document, [record, weak])
+    quotes.fill_document(document, [record, weak])
     assert document.read_text() == filled

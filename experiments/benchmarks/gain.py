@@ -6,48 +6,29 @@ baseline. This command runs a method and the baselines it must beat (:func:`plan
 protocol for seeds ``0..S-1``: the same split, the same labeled batches (the labeled stream's order and
 augmentation are a function of ``run.seed`` alone, whatever else the method reads); the seed changes
 initialisation and data order. A chained method's compute is the sum over its stages (self-correction: 2 × the
-budget), and it also faces ``supervised`` at that summed budget. Each run writes one JSON with its ``commit``,
-``code_version`` (:func:`code_version`), ``total_iterations``, ``train_time_s`` (summed over stages) and
-``split``; every invocation then rebuilds, from all run JSONs:
-
-- ``results/gain/README.md``: per split and protocol, per comparison, each seed's two mIoUs and their paired
-  difference, the mean ± std of the differences, per-class IoU (baseline, method, difference, and
-  supervised_all_labels' where it ran), both sides' total iterations and training time; the baseline's
-  val-mIoU curve and final mIoU by budget (how each protocol's budget was chosen); the repeatability runs;
-- ``results/summary.json``: one ``"kind": "comparison"`` record per (method, baseline) pair with runs, named
-  (:func:`record_name`, e.g. ``p2/cac-vs-supervised``), ``{"protocol", "split", "method", "baseline",
-  "iterations", "baseline_iterations", "seeds", "miou", "baseline_miou", "diff_mean", "diff_std",
-  "method_runs", "baseline_runs", "mixed_code"}`` (lists in seed order; ``diff_*`` of ``miou - baseline_miou``;
-  ``*_runs``: each side's per-seed ``commit``, ``code_version``, ``total_iterations``, ``train_time_s``),
-  plus ``"overrides"`` for an ablation, and for weak-shot runs ``<group>_miou``, ``baseline_<group>_miou`` and
-  (SimFormer) ``oracle_<group>_miou`` lists (``novel``, ``base``); and ``"kind": "repeatability"`` records
-  (``--repeatability``). The headroom of a protocol is the record of ``supervised_all_labels`` against
-  ``supervised``;
-- the quoted figures: each ``<!-- gain:NAME[#FIELD] -->…<!-- /gain -->`` marker of README.md,
-  docs/benchmarks.md and results/gain/notes.md, filled from its record (:func:`quoted`).
+budget), and it also faces ``supervised`` at that summed budget. Each run writes one JSON, a run record
+(:mod:`raysemi.bench.pairs`) with its ``commit``, ``code_version`` (:mod:`raysemi.bench.versions`),
+``total_iterations``, ``train_time_s`` (summed over stages) and ``split``; every invocation then rebuilds, from
+all run JSONs, ``results/gain/README.md`` (per split, protocol and comparison the paired tables of
+:mod:`raysemi.bench.tables`; the baseline's val-mIoU curves by budget; the repeatability runs),
+``results/summary.json`` (one comparison record per (method, baseline) pair with runs, named by
+:func:`record_name`, and the repeatability records) and the quoted figures (:mod:`raysemi.bench.quotes`) of
+README.md, docs/benchmarks.md and results/gain/notes.md. docs/benchmarks.md lists the records' fields.
 
 Two runs are paired only when their code versions are equal (a JSON from before the field: unknown, stale);
 a refused pair is one line on stderr with what to do: ``--rerun-stale`` retrains the stale side,
 ``--allow-mixed-code`` pairs it anyway and the tables flag it. A finished run of this code version is never
-rerun; an interrupted one resumes from its run directory's newest checkpoint (``train.checkpoint_every`` in the
-protocol), so re-running the same command after a stop loses nothing. ``--control`` also runs the method with
-its unlabeled term's weight at 0 (``<method>_control``: CPS's two networks with their init and batch
-composition; CAC's crops and projector in the forward pass), so a gain can be attributed to the unlabeled data.
+rerun; an interrupted one resumes from its run directory's newest checkpoint, so re-running the same command
+after a stop loses nothing. ``--control`` also runs the method with its unlabeled term's weight at 0.
 ``--split selection`` scores the runs on the protocol's selection split, where every hyperparameter choice is
-made (``--set`` ablations); the headline numbers are on the report split (the default), and the two are never
-paired or tabled together.
+made; the headline numbers are on the report split (the default), and the two are never paired.
 
 Usage (from the repository root)::
 
     python experiments/benchmarks/gain.py --protocol p1 --method supervised_all_labels --seeds 2   # headroom
     python experiments/benchmarks/gain.py --protocol p1 --method cps --control --seeds 3
-    python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.temperature=0.2
-    python experiments/benchmarks/gain.py --protocol p2 --method cps --baseline supervised_cps_optim --control
     python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.gamma=0.5 --split selection
     python experiments/benchmarks/gain.py --protocol p1 --method supervised --iterations 300 --seeds 2  # budget
-    python experiments/benchmarks/gain.py --protocol p1 --method simformer_oracle --baseline simformer_oracle
-    python experiments/benchmarks/gain.py --protocol p1 --method simformer_full --baseline simformer_basic
-    python experiments/benchmarks/gain.py --protocol p1 --method self_correction_linear --seeds 3
     python experiments/benchmarks/gain.py --protocol p2 --method cps --seed 1 --skip-baseline --runner plain
     python experiments/benchmarks/gain.py --protocol p2 --method supervised --seed 0 --repeatability
     python experiments/benchmarks/gain.py --protocol p2 --method cac --seed 0 --rerun-stale
@@ -55,8 +36,7 @@ Usage (from the repository root)::
 
 ``--seed S`` (repeatable) runs those seeds only and ``--skip-baseline`` leaves the baselines to other
 invocations: ``gain_plan.py`` runs such one-seed invocations side by side (``plans/rerun_matrix.txt``).
-``--runner plain`` trains without Ray (:mod:`raysemi.engine.plain`: the same batches and loop, torch
-DataLoader processes, CUDA when present).
+``--runner plain`` trains without Ray (:mod:`raysemi.engine.plain`).
 """
 
 from __future__ import annotations
@@ -66,20 +46,18 @@ import functools
 import hashlib
 import json
 import os
-import re
-import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from raysemi.bench import pairs, quotes, repeats, runs, tables, versions
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 RUNS = RESULTS / "gain"  # one JSON per run: <protocol>/<variant>-seed<s>-it<N>[-<overrides hash>].json
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"  # the runs' directories (checkpoints)
-LEVELLED_TOLERANCE = 0.01  # a curve has levelled off when its last quarter stays within ±1 point
 PLAIN_DATA_WORKERS = 2  # --runner plain: decode processes per stream, beside a loop of one intra-op thread
 
 
@@ -302,9 +280,27 @@ def baseline_budget(comparison: Comparison, iterations: int) -> int:
     return total_iterations(comparison.method, iterations) if comparison.at_total else iterations
 
 
+
+
 def run_name(variant: str, seed: int, iterations: int, extra: tuple[str, ...] = (), split: str = "report") -> str:
     suffix = f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
     return f"{variant}-seed{seed}-it{iterations}{suffix}" + ("" if split == "report" else f"-{split}")
+
+
+def variant_config(protocol_name: str, variant: str, iterations: int, before: tuple[str, ...] = (),
+                   after: tuple[str, ...] = ()):
+    """The config of ``variant`` on the protocol at the budget ``iterations``: the protocol config with the
+    variant's overrides, ``before``, ``train.steps``, a chain's stage budgets and ``after``; the protocol's
+    derived boxes file (written first if missing) where an override names it."""
+    from raysemi.config import load_config
+
+    protocol = PROTOCOLS[protocol_name]
+    overrides = [*variant_overrides(protocol, variant), *before, f"train.steps={iterations}",
+                 *budget_overrides(variant, iterations), *after]
+    if any(DERIVED_BOXES in override for override in overrides):
+        boxes = str(derived_boxes_file(protocol_name))
+        overrides = [override.replace(DERIVED_BOXES, boxes) for override in overrides]
+    return load_config(REPO / protocol.config, overrides)
 
 
 def train_run(cfg) -> dict:
@@ -321,6 +317,12 @@ def train_run_plain(cfg, torch_threads: int | None = 1) -> dict:
     from raysemi.engine.plain import train_plain
 
     return train_plain(cfg, data_workers=PLAIN_DATA_WORKERS, torch_threads=torch_threads)
+
+
+def device_name(trainer: Callable[[object], dict] | None) -> str:
+    """Where a run trained: the GPU's name for the plain runner on CUDA, else ``cpu`` (the Ray runner uses a
+    GPU only with ``scaling.use_gpu``, which no protocol sets)."""
+    return runs.device_name(trainer is train_run_plain or getattr(trainer, "func", None) is train_run_plain)
 
 
 @dataclass(frozen=True)
@@ -371,18 +373,12 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
 def train_and_record(request: RunRequest, baseline: str | None, trainer: Callable[[object], dict] | None) -> dict:
     """Train ``request`` (resuming its run directory) and write its JSON."""
     from raysemi.atomic import write_json
-    from raysemi.config import load_config
     from raysemi.tracking import read_metrics
 
-    protocol = PROTOCOLS[request.protocol]
     variant, iterations = request.variant, request.iterations
-    overrides = [*variant_overrides(protocol, variant), *request.extra, f"run.seed={request.seed}",
-                 f"run.dir={request.run_dir}", f"train.steps={iterations}", *budget_overrides(variant, iterations),
-                 *(["data.evaluate_on=selection"] if request.split == "selection" else [])]
-    if any(DERIVED_BOXES in override for override in overrides):
-        boxes = str(derived_boxes_file(request.protocol))
-        overrides = [override.replace(DERIVED_BOXES, boxes) for override in overrides]
-    cfg = load_config(REPO / protocol.config, overrides)
+    cfg = variant_config(request.protocol, variant, iterations, (*request.extra, f"run.seed={request.seed}",
+                                                                 f"run.dir={request.run_dir}"),
+                         ("data.evaluate_on=selection",) if request.split == "selection" else ())
     started = time.perf_counter()
     summary = (trainer or train_run)(cfg)
     last_dir = Path(summary.get("run_dir", request.run_dir))  # a chained method's result: its last stage's run
@@ -392,11 +388,11 @@ def train_and_record(request: RunRequest, baseline: str | None, trainer: Callabl
         "torch_threads": cfg.train.torch_threads, "val_miou": round(summary["miou"], 4),
         "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
         **({k: round(v, 4) for k, v in summary.items() if k.startswith("miou_")}),
-        **run_cost(request.run_dir, last_dir, variant, iterations),
+        **runs.run_cost(request.run_dir, last_dir, iterations, stage_budgets(variant, iterations)),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "curve": [[r["step"], round(r["val"]["miou"], 4)] for r in read_metrics(last_dir) if "val" in r],
         "date": time.strftime("%Y-%m-%d"),
-        "commit": commit_id(),
+        "commit": versions.commit_id(REPO),
         "code_version": code_version(request.protocol),
         "device": device_name(trainer),
         "speed": {key: summary["speed"][key] for key in ("channels_last", "compile")} if "speed" in summary else None,
@@ -436,129 +432,52 @@ def claim_run_dir(request: RunRequest, version: str, rerun_stale: bool) -> None:
     marker.write_text(version + "\n")
 
 
-def run_cost(run_dir: Path, last_dir: Path, variant: str, iterations: int) -> dict:
-    """Iterations and training time of a run, summed over a chained method's stages (``stages.json`` in
-    ``run_dir`` lists them): ``total_iterations``, ``train_time_s``, ``it_per_s`` (total iterations over total
-    time) and, for a chain, ``stages`` (each stage's ``iterations`` and ``train_time_s``)."""
-    from raysemi.tracking import read_metrics
-
-    stages_file = run_dir / "stages.json"
-    if not stages_file.is_file():
-        return {**step_times(read_metrics(last_dir), iterations), "total_iterations": iterations}
-    stages = []
-    for name, entry in json.loads(stages_file.read_text()).items():
-        records = read_metrics(Path(entry["run_dir"]))
-        steps = entry.get("steps") or stage_budgets(variant, iterations).get(name) or records[-1]["step"]
-        stages.append({"stage": name, "iterations": steps, **step_times(records, steps)})
-    total, seconds = sum(s["iterations"] for s in stages), sum(s["train_time_s"] for s in stages)
-    return {"train_time_s": round(seconds, 1), "it_per_s": round(total / seconds, 3) if seconds else None,
-            "total_iterations": total, "stages": stages}
-
-
-def device_name(trainer: Callable[[object], dict] | None) -> str:
-    """Where a run trained: the GPU's name for the plain runner on CUDA, else ``cpu`` (the Ray runner uses a
-    GPU only with ``scaling.use_gpu``, which no protocol sets)."""
-    import torch
-
-    plain = trainer is train_run_plain or getattr(trainer, "func", None) is train_run_plain
-    return torch.cuda.get_device_name() if plain and torch.cuda.is_available() else "cpu"
-
-
-def commit_id() -> str:
-    """The repository's commit (``+changes`` when the work tree's ``raysemi/`` differs from it), for the record;
-    pairing goes by :func:`code_version`."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--", "raysemi") else "")
-
-
-TRAINING_CODE = ("raysemi",)  # the code that trains a run (beside the protocol's config and split files)
-# Parts of raysemi/ that no training run imports: outside the import closure of the two runners (raysemi.engine.plain
-# and raysemi.ray.train; tests/test_gain_benchmark.py checks this list against that closure): reading, reporting,
-# benchmarking, sweeping and job-submitting code, and the command line's parser. Editing them leaves a run's code
-# version, so a harness, report or sweep change does not make every run stale.
-NOT_TRAINING_CODE = ("raysemi/analysis/", "raysemi/bench/", "raysemi/cli.py", "raysemi/configdoc.py",
-                     "raysemi/ray/jobs.py", "raysemi/ray/tune.py", "raysemi/sweeps.py")
-
-
-def is_training_code(path: str) -> bool:
-    """Whether ``path`` (relative to the repository root, ``/``-separated) is hashed into the code version."""
-    return not path.startswith(NOT_TRAINING_CODE)
-
-
 @functools.cache
 def code_version(protocol_name: str) -> str:
-    """A hash of the files that decide what a run of ``protocol_name`` trains: every file under ``raysemi/``
-    but :data:`NOT_TRAINING_CODE`, the protocol's config and the split files it names, as they are in the work
-    tree (uncommitted edits count). Each file enters as its git blob id (what git's tree hashes are built from),
-    so two checkouts whose trees hold the same files get the same version whatever their commits. The files are
-    listed by git (ignored files left out); outside a git checkout every such file is hashed and the version
-    says so (``nogit-``)."""
-    files, from_git = training_files(protocol_name)
-    digest = hashlib.sha1()
-    for path in sorted(files):
-        data = (REPO / path).read_bytes()
-        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-        digest.update(f"{path} {blob}\n".encode())
-    return ("" if from_git else "nogit-") + digest.hexdigest()[:12]
+    """This checkout's code version for ``protocol_name`` (:func:`raysemi.bench.versions.code_version` of
+    :func:`training_files`)."""
+    return versions.code_version(REPO, *training_files(protocol_name))
 
 
 def training_files(protocol_name: str) -> tuple[list[str], bool]:
-    """The files :func:`code_version` hashes (relative to the repository root), and whether git listed them."""
+    """The files the protocol's code version hashes, and whether git listed them."""
+    return versions.training_files(REPO, PROTOCOLS[protocol_name].config, say)
+
+
+def current_version(run: dict) -> str | None:
+    """This checkout's code version for ``run``'s protocol (None for a protocol it does not define)."""
+    return code_version(run["protocol"]) if run["protocol"] in PROTOCOLS else None
+
+
+@functools.cache
+def protocol_budget(protocol: str) -> int | None:
+    """The protocol config's ``train.steps`` (None for a protocol this file does not define)."""
     from raysemi.config import load_config
 
-    config = PROTOCOLS[protocol_name].config
-    data = load_config(REPO / config).data
-    splits = [v for v in (data.train_split, data.labeled_split, data.unlabeled_split, data.val_split,
-                          data.selection_split) if v and v.endswith(".txt") and (REPO / v).is_file()]
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "--", *TRAINING_CODE],
-                            capture_output=True, text=True)
-    if listed.returncode == 0 and listed.stdout.strip():
-        code = [p for p in listed.stdout.splitlines() if (REPO / p).is_file() and is_training_code(p)]
-        return [*code, config, *splits], True
-    say(f"code_version: {REPO} is not a git checkout (or git is missing): hashing every file under "
-        f"{', '.join(TRAINING_CODE)}/ but __pycache__; the version is marked nogit-")
-    code = [str(p.relative_to(REPO)) for folder in TRAINING_CODE for p in (REPO / folder).rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and is_training_code(p.relative_to(REPO).as_posix())]
-    return [*code, config, *splits], False
+    return load_config(REPO / PROTOCOLS[protocol].config).train.steps if protocol in PROTOCOLS else None
 
 
 def say(text: str) -> None:
     print(f"[gain] {text}", file=sys.stderr, flush=True)
 
 
-def step_times(records: list[dict], iterations: int) -> dict:
-    """Training time from the logged intervals (``steps_per_s`` over each ``log_every`` steps): unlike wall time
-    it leaves out start-up, evaluation and any interruption. The first interval (pipeline start-up) is left out
-    of the it/s."""
-    timed = [r for r in records if "steps_per_s" in r]
-    steps = [r["step"] - (p["step"] if p else 0) for p, r in zip([None, *timed], timed)]
-    seconds = [n / r["steps_per_s"] for n, r in zip(steps, timed)]
-    steady = slice(1, None) if len(timed) > 1 else slice(None)
-    return {
-        "train_time_s": round(sum(seconds) * iterations / max(sum(steps), 1), 1),
-        "it_per_s": round(sum(steps[steady]) / sum(seconds[steady]), 3) if seconds else None,
-    }
-
-
 # ----------------------------------------------------------------------------------------------- the outputs
+QUOTING = (REPO / "README.md", REPO / "docs" / "benchmarks.md")  # besides results/gain/notes.md
+SIDE_FIELDS = ("commit", "code_version", "total_iterations", "train_time_s")  # each comparison side, per seed
 
 
 def load_runs() -> list[dict]:
-    """Every finished run's JSON (runs from before the fields existed: evaluated on the report split)."""
-    return [{"split": "report", **json.loads(p.read_text())} for p in sorted(RUNS.glob("*/*.json"))]
+    """Every finished run's JSON (runs from before the fields: evaluated on the report split, and their total
+    iterations the sum of the variant's stage budgets)."""
+    found = runs.load_runs(RUNS, "*/*.json")
+    for run in found:
+        run["total_iterations"] = run.get("total_iterations") or total_iterations(run["method"], run["iterations"])
+    return found
 
 
 def run_key(run: dict) -> tuple:
     return (run["protocol"], run["method"], run["seed"], run["iterations"], tuple(run["overrides"]),
             run.get("split", "report"))
-
-
-def run_index(runs: list[dict]) -> dict[tuple, dict]:
-    """Each run by ``(protocol, method, seed, iterations, overrides, split)``."""
-    return {run_key(r): r for r in runs}
 
 
 def speed_choices(run: dict) -> dict:
@@ -573,23 +492,13 @@ def run_label(run: dict) -> str:
                                             run.get("split", "report"))
 
 
-def code_mismatch(run: dict, baseline: dict) -> str | None:
-    """One line saying why ``run`` and ``baseline`` are not paired (their code versions differ, or one is
-    unknown: a run from before the field) and what to do, or None when they ran the same code."""
-    mine, theirs = run.get("code_version"), baseline.get("code_version")
-    if mine and mine == theirs:
-        return None
+def refusal(run: dict, baseline: dict) -> str:
+    """Why ``run`` and ``baseline`` are not paired, and the commands that rerun the stale side."""
     stale = [r for r in (run, baseline) if not r.get("code_version") or r["code_version"] != current_version(r)]
     rerun = " and ".join(f"gain.py --protocol {r['protocol']} --method {r['method']} --seed {r['seed']} "
                          f"--iterations {r['iterations']} --skip-baseline --rerun-stale" for r in stale or [baseline])
-    return (f"refused to pair {run_label(run)} (code {mine or 'unknown'}) with {run_label(baseline)} (code "
-            f"{theirs or 'unknown'}): rerun the stale side ({rerun}) or pass --allow-mixed-code to pair them "
-            "anyway (the tables then flag it)")
-
-
-def current_version(run: dict) -> str | None:
-    """This checkout's code version for ``run``'s protocol (None for a protocol it does not define)."""
-    return code_version(run["protocol"]) if run["protocol"] in PROTOCOLS else None
+    return pairs.refusal(run, baseline, run_label, f"rerun the stale side ({rerun}) or pass --allow-mixed-code to "
+                                                   "pair them anyway (the tables then flag it)")
 
 
 @dataclass
@@ -597,40 +506,41 @@ class Paired:
     """A comparison's record and its ``(method run, baseline run)`` pairs in seed order."""
 
     record: dict
-    pairs: list[tuple[dict, dict]]
+    pairs: list[pairs.Pair]
 
 
-def comparisons(runs: list[dict], index: dict[tuple, dict], allow_mixed: bool = False,
+def comparisons(found: list[dict], index: dict[tuple, dict], allow_mixed: bool = False,
                 refused: list[str] | None = None) -> list[Paired]:
     """One record per (protocol, method, overrides, split, budget) and each of its baselines (the plan's,
     :func:`planned_comparisons`, and the one its runs name), over the seeds where both runs exist and ran the same
     code version (any version with ``allow_mixed``; the record then says ``mixed_code``) with the same
     :func:`speed_choices`. A refused pair's line goes to ``refused``."""
     groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["protocol"], r["method"], r["iterations"], tuple(r["overrides"]),
-                           r.get("split", "report")), []).append(r)
-    found = []
+    for r in found:
+        groups.setdefault((r["protocol"], r["method"], r["iterations"], tuple(r["overrides"]), r["split"]),
+                          []).append(r)
+    records = []
     for (protocol, method, iterations, overrides, split), group in sorted(groups.items()):
         for comparison in comparisons_of(method, {r["baseline"] for r in group if r["baseline"]}):
             budget = baseline_budget(comparison, iterations)
-            pairs = [(r, index.get((protocol, comparison.baseline, r["seed"], budget, (), split))) for r in group]
-            pairs = sorted(((r, b) for r, b in pairs if b and speed_choices(r) == speed_choices(b)),
-                           key=lambda pair: pair[0]["seed"])
-            lines = [line for r, b in pairs if (line := code_mismatch(r, b))]
-            if lines and not allow_mixed:
-                (refused if refused is not None else []).extend(lines)
-                pairs = [(r, b) for r, b in pairs if not code_mismatch(r, b)]
-            if pairs:
+            baselines = [index.get((protocol, comparison.baseline, r["seed"], budget, (), split)) for r in group]
+            paired = pairs.pair_by_seed(group, filter(None, baselines),
+                                        lambda r, b: speed_choices(r) == speed_choices(b))
+            paired, differing = pairs.keep_same_code(paired, allow_mixed)
+            if not allow_mixed and refused is not None:
+                refused.extend(refusal(r, b) for r, b in differing)
+            if paired:
+                identity = {"protocol": protocol, "method": method, "baseline": comparison.baseline,
+                            "iterations": iterations}
+                record = pairs.comparison_record(identity, paired, SIDE_FIELDS)
+                record.update({"overrides": list(overrides)} if overrides else {})
                 oracle = ORACLES.get(method)
-                oracles = [index.get((protocol, oracle, r["seed"], iterations, (), split)) for r, _ in pairs] \
-                    if oracle else []
-                record = comparison_record(protocol, method, comparison.baseline, iterations, overrides, pairs,
-                                           oracles)
-                record.update(split=split, baseline_iterations=budget, mixed_code=bool(lines) and allow_mixed)
+                record.update(pairs.group_mious(paired, [index.get((protocol, oracle, r["seed"], iterations, (), split))
+                                                         for r, _ in paired] if oracle else []))
+                record.update(split=split, baseline_iterations=budget, mixed_code=bool(differing) and allow_mixed)
                 record["name"] = record_name(record)
-                found.append(Paired(record, pairs))
-    return found
+                records.append(Paired(record, paired))
+    return records
 
 
 def comparisons_of(method: str, named: set[str]) -> list[Comparison]:
@@ -639,14 +549,6 @@ def comparisons_of(method: str, named: set[str]) -> list[Comparison]:
     planned = planned_comparisons(method)
     extra = [Comparison(method, b) for b in sorted(named) if b != method and Comparison(method, b) not in planned]
     return planned + extra
-
-
-@functools.cache
-def protocol_budget(protocol: str) -> int | None:
-    """The protocol config's ``train.steps`` (None for a protocol this file does not define)."""
-    from raysemi.config import load_config
-
-    return load_config(REPO / PROTOCOLS[protocol].config).train.steps if protocol in PROTOCOLS else None
 
 
 def record_name(record: dict) -> str:
@@ -661,180 +563,39 @@ def record_name(record: dict) -> str:
     return "/".join(parts) + f"/{record['method']}{overrides}-vs-{record['baseline']}{at}"
 
 
-def comparison_record(protocol, method, baseline, iterations, overrides, pairs, oracles=()) -> dict:
-    """The summary record of ``pairs`` (``[(method run, baseline run)]`` in seed order); ``oracles`` (the
-    oracle run of each seed, or None) add ``oracle_<group>_miou`` lists beside the group mIoUs. ``method_runs``
-    and ``baseline_runs`` say what each side is: per seed its ``commit`` and ``code_version``, its total
-    iterations (summed over a chain's stages) and training time."""
-    miou = [r["val_miou"] for r, _ in pairs]
-    baseline_miou = [b["val_miou"] for _, b in pairs]
-    diffs = [m - b for m, b in zip(miou, baseline_miou)]
-    record = {
-        "kind": "comparison", "protocol": protocol, "method": method, "baseline": baseline,
-        "iterations": iterations, "seeds": [r["seed"] for r, _ in pairs], "miou": miou,
-        "baseline_miou": baseline_miou, "diff_mean": round(statistics.mean(diffs), 4),
-        "diff_std": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else 0.0,
-        "method_runs": side_of([r for r, _ in pairs]), "baseline_runs": side_of([b for _, b in pairs]),
-    }
-    if overrides:
-        record["overrides"] = list(overrides)
-    for group in sorted({k for r, _ in pairs for k in r if k.startswith("miou_")}):
-        name = group.removeprefix("miou_")
-        record[f"{name}_miou"] = [r.get(group) for r, _ in pairs]
-        record[f"baseline_{name}_miou"] = [b.get(group) for _, b in pairs]
-        if oracles:
-            record[f"oracle_{name}_miou"] = [o.get(group) if o else None for o in oracles]
-    return record
-
-
-def side_of(runs: list[dict]) -> dict:
-    """One side of a comparison: each run's ``commit`` and ``code_version`` (None: from before the field), its
-    ``total_iterations`` (runs from before the field: the sum of the variant's stage budgets) and
-    ``train_time_s``."""
-    return {
-        "variant": runs[0]["method"],
-        "commit": [r.get("commit") for r in runs],
-        "code_version": [r.get("code_version") for r in runs],
-        "total_iterations": [r.get("total_iterations") or total_iterations(r["method"], r["iterations"])
-                             for r in runs],
-        "train_time_s": [r.get("train_time_s") for r in runs],
-    }
-
-
-def per_class_table(pairs: list[tuple[dict, dict]], all_labels: Sequence[dict] = ()) -> list[str]:
-    """Mean per-class IoU of the baseline and the method over the paired seeds, and their difference; with
-    ``all_labels`` (the protocol's supervised_all_labels runs at the same iterations, any seeds) their mean IoU
-    too, the reference that says which classes full supervision itself finds."""
-    classes = list(pairs[0][0]["per_class_iou"])
-    extra = (" all labels IoU |", "---|") if all_labels else ("", "")
-    lines = ["| class | baseline IoU | method IoU | difference |" + extra[0], "|---|---|---|---|" + extra[1]]
-    for name in classes:
-        method = _mean_of([r["per_class_iou"].get(name) for r, _ in pairs])
-        base = _mean_of([b["per_class_iou"].get(name) for _, b in pairs])
-        diff = f"{100 * (method - base):+.1f}" if method is not None and base is not None else "-"
-        reference = f" {_fmt(_mean_of([a['per_class_iou'].get(name) for a in all_labels]))} |" if all_labels else ""
-        lines.append(f"| {name} | {_fmt(base)} | {_fmt(method)} | {diff} |{reference}")
-    if all_labels:
-        lines += ["", f"All labels: supervised_all_labels, mean of seeds {sorted(a['seed'] for a in all_labels)}."]
-    return lines
-
-
-def all_labels_runs(index: dict[tuple, dict], protocol: str, iterations: int, split: str) -> list[dict]:
-    """The protocol's plain supervised_all_labels runs at ``iterations`` on ``split``, any seed."""
-    return [run for (p, method, _, its, overrides, s), run in index.items()
-            if (p, method, its, overrides, s) == (protocol, "supervised_all_labels", iterations, (), split)]
-
-
-def comparison_section(paired: Paired, index: dict[tuple, dict],
-                       repeatability: dict[tuple, dict] | None = None) -> list[str]:
-    """A comparison's README section: per seed both mIoUs and their difference, the mean ± std, both sides'
-    total iterations and training time, the flags (mixed code versions, devices), the run-to-run difference at
-    a fixed seed where measured, and the per-class tables."""
-    record, pairs = paired.record, paired.pairs
+def comparison_section(paired: Paired, index: dict[tuple, dict], spreads: dict[tuple, dict]) -> list[str]:
+    """A comparison's README section: its title and record name, then :func:`raysemi.bench.tables.comparison_table`
+    with both sides' cost, the run-to-run difference at a fixed seed where measured, and per class the
+    protocol's supervised_all_labels IoU at the same budget."""
+    record, paired_runs = paired.record, paired.pairs
     key = tuple(record.get("overrides", ()))
     title = f"### {record['protocol']}: {record['method']} against {record['baseline']}, {record['iterations']} it"
     if record["baseline_iterations"] != record["iterations"]:
         title += f" (baseline {record['baseline_iterations']} it)"
-    lines = [title + (f" ({', '.join(key)})" if key else ""), "", f"Record `{record['name']}`.", "",
-             "| seed | baseline mIoU | method mIoU | difference (points) | baseline it/s | method it/s |",
-             "|---|---|---|---|---|---|"]
-    for (r, b), m, bm in zip(pairs, record["miou"], record["baseline_miou"]):
-        lines.append(f"| {r['seed']} | {bm:.4f} | {m:.4f} | {100 * (m - bm):+.1f} | {_fmt(b['it_per_s'], 2)} "
-                     f"| {_fmt(r['it_per_s'], 2)} |")
-    ratios = [b["it_per_s"] / r["it_per_s"] for r, b in pairs if r["it_per_s"] and b["it_per_s"]]
-    totals = record["method_runs"]["total_iterations"][0], record["baseline_runs"]["total_iterations"][0]
-    lines += ["", f"Difference: **{difference_text(record)}** "
-              f"(mean ± std over {len(pairs)} paired seeds); {totals[0]:,} iterations in all against {totals[1]:,} "
-              f"(training time {statistics.mean(r['train_time_s'] for r, _ in pairs):.0f} s against "
-              f"{statistics.mean(b['train_time_s'] for _, b in pairs):.0f} s, summed over stages"
-              + (f"; time per iteration {statistics.mean(ratios):.2f}× the baseline's)." if ratios else ")."), ""]
-    last_stage_only = [r["seed"] for r, _ in pairs
+    notes = []
+    last_stage_only = [r["seed"] for r, _ in paired_runs
                        if "stages" not in r and total_iterations(r["method"], r["iterations"]) != r["iterations"]]
     if last_stage_only:
-        lines += [f"The method's training time of seeds {last_stage_only} is its last stage's only (runs from "
+        notes += [f"The method's training time of seeds {last_stage_only} is its last stage's only (runs from "
                   "before stages were summed).", ""]
-    spread = (repeatability or {}).get((record["protocol"], record["split"]))
-    if spread:
-        lines += [f"Run-to-run difference at a fixed seed (repeatability, {spread['method']} seed {spread['seed']}): "
-                  f"{100 * spread['same_threads_diff']:+.1f} points at one thread count, "
-                  f"{100 * spread['other_threads_diff']:+.1f} at another.", ""]
-    mixed = [r["seed"] for r, b in pairs if code_mismatch(r, b)]
-    if mixed:
-        lines += [f"**Seeds {mixed} compare runs of different code versions** (each run's `code_version`; "
-                  "paired with --allow-mixed-code): rerun the stale side (`--rerun-stale`) before reading the "
-                  "difference.", ""]
-    devices = differing_seeds(pairs, "device", default="cpu")  # runs from before the field trained on the CPU
-    if devices:
-        lines += [f"**Seeds {devices} compare runs on different devices** (see each run's `device`): run both on "
-                  "one device before reading the difference.", ""]
-    reference = [] if record["method"] == "supervised_all_labels" else all_labels_runs(
-        index, record["protocol"], record["iterations"], record["split"])
-    return lines + weak_shot_table(record) + per_class_table(pairs, reference) + [""]
+    spread = spreads.get((record["protocol"], record["split"]))
+    notes += repeats.spread_note(spread) if spread else []
+    reference = [] if record["method"] == "supervised_all_labels" else [
+        run for (protocol, method, _, its, overrides, split), run in index.items()
+        if (protocol, method, its, overrides, split) == (record["protocol"], "supervised_all_labels",
+                                                         record["iterations"], (), record["split"])]
+    return [title + (f" ({', '.join(key)})" if key else ""), "", f"Record `{record['name']}`.", ""] + \
+        tables.comparison_table(record, paired_runs, remedy="rerun the stale side (`--rerun-stale`)", notes=notes,
+                                speed=True, all_labels=reference)
 
 
-def difference_text(record: dict) -> str:
-    """"+a ± b points": the mean ± std of the paired differences, from the unrounded mIoUs (the record's rounded
-    ``diff_mean`` can print a tenth apart from the per-seed rows)."""
-    diffs = [100 * (m - b) for m, b in zip(record["miou"], record["baseline_miou"])]
-    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    return f"{statistics.mean(diffs):+.1f} ± {spread:.1f} points"
-
-
-def differing_seeds(pairs: list[tuple[dict, dict]], field: str, default: str | None = None) -> list[int]:
-    """The seeds whose method run and baseline run differ in ``field`` (``default`` where a run lacks it)."""
-    return [r["seed"] for r, b in pairs if r.get(field, default) != b.get(field, default)]
-
-
-def gap_closed(basic: float, method: float, oracle: float | None) -> float | None:
-    """The share of the basic → oracle novel-mIoU gap that ``method`` closes (None without an oracle above)."""
-    return None if oracle is None or oracle <= basic else (method - basic) / (oracle - basic)
-
-
-def weak_shot_table(record: dict) -> list[str]:
-    """A SimFormer record's base and novel mIoU per seed beside the oracle's, and the share of the basic →
-    oracle novel gap closed (each seed's, their mean, and that of the mean mIoUs); nothing for other records."""
-    if "oracle_novel_miou" not in record:
-        return []
-    columns = ("baseline_base_miou", "base_miou", "baseline_novel_miou", "novel_miou", "oracle_novel_miou")
-    lines = ["| seed | basic base mIoU | full base mIoU | basic novel mIoU | full novel mIoU | oracle novel mIoU | "
-             "share of the gap closed |", "|---|---|---|---|---|---|---|"]
-    shares = []
-    for i, seed in enumerate(record["seeds"]):
-        values = [record[c][i] for c in columns]
-        shares.append(gap_closed(*values[2:]))
-        lines.append(f"| {seed} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(shares[-1], 2)} |")
-    known = [s for s in shares if s is not None]
-    with_oracle = [i for i, o in enumerate(record["oracle_novel_miou"]) if o is not None]
-    means = [statistics.mean(record[c][i] for i in with_oracle) for c in columns[2:]] if with_oracle else []
-    base_diff = statistics.mean(m - b for m, b in zip(record["base_miou"], record["baseline_base_miou"]))
-    mean_share = statistics.mean(known) if known else None
-    return lines + ["", f"Share of the basic → oracle novel gap closed: **{_fmt(mean_share, 2)}** "
-                    f"(mean over the seeds with an oracle run), {_fmt(gap_closed(*means) if means else None, 2)} "
-                    f"for the mean mIoUs; base mIoU full − basic {100 * base_diff:+.1f} points.", ""]
-
-
-def budget_section(protocol: str, runs: list[dict]) -> list[str]:
-    """The supervised(k) baseline's val-mIoU curve within each run and its final mIoU by budget."""
-    base = [r for r in runs if r["protocol"] == protocol and r["method"] == "supervised" and not r["overrides"]]
-    if not base:
-        return []
-    lines = [f"### {protocol}: the supervised(k) budget", "",
-             "| iterations | seed | final mIoU | val mIoU along the run | levelled (last quarter within ±1 point) |",
-             "|---|---|---|---|---|"]
-    for r in sorted(base, key=lambda r: (r["iterations"], r["seed"])):
-        curve = " ".join(f"{step}:{miou:.3f}" for step, miou in r["curve"])
-        lines.append(f"| {r['iterations']} | {r['seed']} | {r['val_miou']:.4f} | {curve} "
-                     f"| {'yes' if levelled_off(r['curve']) else 'no'} |")
-    return lines + [""]
-
-
-def levelled_off(curve: list[list[float]], tolerance: float = LEVELLED_TOLERANCE) -> bool:
-    """The evaluations in the last quarter of the run lie within ± ``tolerance`` of their midpoint (a band of
-    2 × ``tolerance``): no trend left larger than the evaluation's own noise."""
-    if not curve:
-        return False
-    last = [miou for step, miou in curve if step >= 0.75 * curve[-1][0]]
-    return max(last) - min(last) <= 2 * tolerance + 1e-9
+README_HEADER = ["# Gains over baselines on the benchmark protocols", "",
+                 "Written by [`gain.py`](../../gain.py) from the run JSONs beside this file; protocols in",
+                 "[`experiments/protocols/`](../../../protocols). Differences are method − baseline in mIoU points",
+                 "(×100), paired by seed (same split, same labeled batches, same code version). Training time leaves",
+                 "out start-up and evaluation and sums a chained method's stages; it/s compares only runs of the same",
+                 "invocation on the same machine. The report split gives the headline numbers; the selection split,",
+                 "where hyperparameters are chosen, has sections of its own and is never mixed with it.", ""]
 
 
 def write_outputs(allow_mixed: bool = False) -> list[dict]:
@@ -843,33 +604,32 @@ def write_outputs(allow_mixed: bool = False) -> list[dict]:
     left out, each with one line on stderr, unless ``allow_mixed``."""
     from raysemi.atomic import write_text
 
-    runs = load_runs()
-    index = run_index(runs)
+    found = load_runs()
+    index = {run_key(r): r for r in found}
     refused: list[str] = []
-    found = comparisons(runs, index, allow_mixed, refused)
+    compared = comparisons(found, index, allow_mixed, refused)
     for line in dict.fromkeys(refused):
         say(line)
-    repeats = repeatability_records(load_repeat_runs())
-    records = [p.record for p in found] + repeats
+    repeat_records = repeats.repeatability_records(runs.load_runs(RUNS, "*/repeatability/*.json"))
+    records = [p.record for p in compared] + repeat_records
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "summary.json", json.dumps(records, indent=1) + "\n")  # atomic: gain_plan.py runs many
+    runs.write_records(RESULTS / "summary.json", records)  # atomic: gain_plan.py runs many invocations
     RUNS.mkdir(parents=True, exist_ok=True)
     for document in [*QUOTING, RUNS / "notes.md"]:
-        fill_document(document, records)
-    spreads = {(r["protocol"], r["split"]): r for r in repeats}
-    lines = ["# Gains over baselines on the benchmark protocols", "",
-             "Written by [`gain.py`](../../gain.py) from the run JSONs beside this file; protocols in",
-             "[`experiments/protocols/`](../../../protocols). Differences are method − baseline in mIoU points",
-             "(×100), paired by seed (same split, same labeled batches, same code version). Training time leaves",
-             "out start-up and evaluation and sums a chained method's stages; it/s compares only runs of the same",
-             "invocation on the same machine. The report split gives the headline numbers; the selection split,",
-             "where hyperparameters are chosen, has sections of its own and is never mixed with it.", ""]
+        for problem in quotes.fill_document(document, records):
+            say(problem)
+    spreads = {(r["protocol"], r["split"]): r for r in repeat_records}
+    lines = list(README_HEADER)
     for split in ("report", "selection"):
-        for protocol in sorted({r["protocol"] for r in runs + repeats if r["split"] == split}):
+        for protocol in sorted({r["protocol"] for r in found + repeat_records if r["split"] == split}):
             lines += [f"## Protocol {protocol}, {split} split", ""]
-            lines += budget_section(protocol, [r for r in runs if r["split"] == split])
-            lines += repeatability_section([r for r in repeats if (r["protocol"], r["split"]) == (protocol, split)])
-            for paired in found:
+            supervised = [r for r in found if not r["overrides"]
+                          and (r["protocol"], r["method"], r["split"]) == (protocol, "supervised", split)]
+            lines += [f"### {protocol}: the supervised(k) budget", "", *tables.curve_table(supervised), ""] \
+                if supervised else []
+            lines += repeats.repeatability_section([r for r in repeat_records
+                                                    if (r["protocol"], r["split"]) == (protocol, split)])
+            for paired in compared:
                 if (paired.record["protocol"], paired.record["split"]) == (protocol, split):
                     lines += comparison_section(paired, index, spreads)
     notes = RUNS / "notes.md"
@@ -879,170 +639,15 @@ def write_outputs(allow_mixed: bool = False) -> list[dict]:
     return records
 
 
-# ------------------------------------------------------------------------------------------- repeatability
-REPEATS = ("a", "b", "c")  # a and b at one thread count, c at another
-
-
-def load_repeat_runs() -> list[dict]:
-    return [{"split": "report", **json.loads(p.read_text())} for p in sorted(RUNS.glob("*/repeatability/*.json"))]
-
-
 def repeat_runs(protocol_name: str, variant: str, seed: int, iterations: int, threads: tuple[int, int],
                 trainer: Callable[[object], dict] | None, split: str = "report") -> list[dict]:
     """The repeatability runs of one (protocol, variant, seed): twice at ``threads[0]`` torch threads and once at
     ``threads[1]`` (``train.torch_threads``, which ``trainer`` must honour), at this code version."""
     results = []
-    for repeat, count in zip(REPEATS, (threads[0], threads[0], threads[1])):
+    for repeat, count in zip(repeats.REPEATS, (threads[0], threads[0], threads[1])):
         results.append(run_once(protocol_name, variant, seed, iterations, None, (f"train.torch_threads={count}",),
                                 trainer, split=split, repeat=f"repeat-{repeat}"))
     return results
-
-
-def repeatability_records(runs: list[dict]) -> list[dict]:
-    """One ``repeatability`` record per (protocol, variant, seed, iterations, split, code version) whose three
-    runs exist: their mIoUs, thread counts, ``same_threads_diff`` (b − a), ``other_threads_diff`` (c − a) and
-    whether a and b logged the same val curve."""
-    groups: dict[tuple, dict[str, dict]] = {}
-    for r in runs:
-        key = (r["protocol"], r["method"], r["seed"], r["iterations"], r["split"], r.get("code_version"))
-        groups.setdefault(key, {})[repeat_of(r)] = r
-    records = []
-    for (protocol, method, seed, iterations, split, version), group in sorted(groups.items(), key=str):
-        if set(group) != set(REPEATS):
-            continue
-        a, b, c = (group[name] for name in REPEATS)
-        records.append({
-            "kind": "repeatability", "protocol": protocol, "method": method, "seed": seed,
-            "iterations": iterations, "split": split, "commit": a.get("commit"), "code_version": version,
-            "device": a.get("device", "cpu"), "torch_threads": [r.get("torch_threads") for r in (a, b, c)],
-            "miou": [r["val_miou"] for r in (a, b, c)],
-            "same_threads_diff": round(b["val_miou"] - a["val_miou"], 4),
-            "other_threads_diff": round(c["val_miou"] - a["val_miou"], 4),
-            "same_threads_same_curve": a["curve"] == b["curve"],
-        })
-    return records
-
-
-def repeat_of(run: dict) -> str:
-    """Which repeat (``a``, ``b``, ``c``) a repeatability run is: from the thread-count override and order of its
-    name, recorded in ``repeat``."""
-    return run["repeat"].removeprefix("repeat-")
-
-
-def repeatability_section(records: list[dict]) -> list[str]:
-    if not records:
-        return []
-    lines = ["### Repeatability: one (variant, seed) three times at one code version", "",
-             "| variant | seed | device | torch threads | mIoU | b − a (same threads) | c − a (other threads) | "
-             "a and b: same curve |", "|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['method']} | {r['seed']} | {r['device']} | {' / '.join(map(str, r['torch_threads']))} "
-                     f"| {' / '.join(f'{m:.4f}' for m in r['miou'])} | {100 * r['same_threads_diff']:+.2f} "
-                     f"| {100 * r['other_threads_diff']:+.2f} | {'yes' if r['same_threads_same_curve'] else 'no'} |")
-    return lines + [""]
-
-
-# ---------------------------------------------------------------------------------------- quoted figures
-# A figure a document quotes is a marker the outputs fill: <!-- gain:NAME[#FIELD] -->TEXT<!-- /gain -->, NAME a
-# record's name (record_name), FIELD what of it (QUOTE_FIELDS; none: the mean ± std of the differences).
-QUOTE = re.compile(r"<!-- gain:(?P<key>[^ ]+) -->(?P<text>.*?)<!-- /gain -->")
-QUOTING = (REPO / "README.md", REPO / "docs" / "benchmarks.md")  # besides results/gain/notes.md
-
-
-def _gap_shares(record: dict) -> list[float | None]:
-    return [gap_closed(b, m, o) for b, m, o in zip(record["baseline_novel_miou"], record["novel_miou"],
-                                                   record["oracle_novel_miou"])]
-
-
-def _diffs(record: dict, prefix: str = "") -> list[float]:
-    return [m - b for m, b in zip(record[f"{prefix}miou"], record[f"baseline_{prefix}miou"])]
-
-
-def _gap_of_means(record: dict) -> float | None:
-    """The share of the gap closed by the mean novel mIoUs, over the seeds with an oracle run."""
-    kept = [i for i, o in enumerate(record["oracle_novel_miou"]) if o is not None]
-    means = [statistics.mean(record[c][i] for i in kept) for c in
-             ("baseline_novel_miou", "novel_miou", "oracle_novel_miou")] if kept else []
-    return gap_closed(*means) if means else None
-
-
-# Each field's figures per seed (a list), or its one figure (a string)
-QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
-    "": lambda r: difference_text(r).removesuffix(" points"),
-    "seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r)],
-    "n": lambda r: str(len(r["seeds"])),
-    "miou": lambda r: f"{statistics.mean(r['miou']):.3f}",
-    "baseline-miou": lambda r: f"{statistics.mean(r['baseline_miou']):.3f}",
-    "gap": lambda r: _fmt(_mean_of(_gap_shares(r)), 2),
-    "gap-seeds": lambda r: [_fmt(v, 2) for v in _gap_shares(r)],
-    "gap-means": lambda r: _fmt(_gap_of_means(r), 2),
-    "base": lambda r: f"{100 * statistics.mean(_diffs(r, 'base_')):+.1f}",
-    "base-seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r, "base_")],
-}
-
-
-def quoted(key: str, records: dict[str, dict]) -> str:
-    """The text of the quote ``key``: ``NAME``, ``NAME#FIELD``, or for a per-seed field one seed's figure
-    (``NAME#seed1``, ``NAME#gap-seed2``, ``NAME#base-seed0``); ValueError naming what is missing."""
-    name, _, field = key.partition("#")
-    if name not in records:
-        raise ValueError(f"no summary.json record named {name}")
-    record = records[name]
-    one_seed = re.fullmatch(r"(?P<field>(?:\w+-)?seed)(?P<seed>\d+)", field)
-    if one_seed:
-        field = one_seed["field"] + "s"
-        if int(one_seed["seed"]) not in record["seeds"]:
-            raise ValueError(f"record {name} has no seed {one_seed['seed']} (seeds {record['seeds']})")
-    if field not in QUOTE_FIELDS:
-        fields = ", ".join(f for f in QUOTE_FIELDS if f)
-        raise ValueError(f"#{field} is not a quote field; choose one of {fields}, or seedS, gap-seedS, base-seedS")
-    try:
-        value = QUOTE_FIELDS[field](record)
-    except KeyError as missing:
-        raise ValueError(f"record {name} has no {missing} (not a weak-shot record)") from None
-    if one_seed:
-        return value[record["seeds"].index(int(one_seed["seed"]))]
-    return " / ".join(value) if isinstance(value, list) else value
-
-
-def fill_quotes(text: str, records: list[dict]) -> tuple[str, list[str]]:
-    """``text`` with every gain quote set from ``records``, and one line per quote that cannot be (left as it
-    was)."""
-    by_name = {r["name"]: r for r in records if r.get("kind") == "comparison"}
-    problems = []
-
-    def fill(match: re.Match) -> str:
-        try:
-            return f"<!-- gain:{match['key']} -->{quoted(match['key'], by_name)}<!-- /gain -->"
-        except ValueError as error:
-            problems.append(f"gain:{match['key']}: {error}")
-            return match[0]
-
-    return QUOTE.sub(fill, text), problems
-
-
-def fill_document(path: Path, records: list[dict]) -> None:
-    """Fill ``path``'s gain quotes from ``records`` (a missing document is skipped; each quote that cannot be
-    filled is said on stderr and left as it was)."""
-    from raysemi.atomic import write_text
-
-    if not path.is_file():
-        return
-    text = path.read_text()
-    filled, problems = fill_quotes(text, records)
-    for problem in problems:
-        say(f"{path}: {problem}")
-    if filled != text:
-        write_text(path, filled)
-
-
-def _mean_of(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.mean(present) if present else None
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1076,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     for record in write_outputs(args.allow_mixed_code):
         if (record["kind"], record["protocol"], record["split"]) == ("comparison", args.protocol, args.split) \
                 and record["method"] in variants:
-            print(f"{record['name']} (seeds {record['seeds']}): {difference_text(record)}")
+            print(f"{record['name']} (seeds {record['seeds']}): {pairs.difference_text(record)}")
     return 0
 
 

@@ -1,0 +1,96 @@
+"""Figures a document quotes from comparison records, filled in so they cannot drift from the results.
+
+A quoted figure is a marker ``<!-- gain:NAME[#FIELD] -->TEXT<!-- /gain -->``: NAME a comparison record's
+``name``, FIELD what of it (:data:`QUOTE_FIELDS`; none: the mean ± std of the paired differences, in points).
+:func:`fill_quotes` rewrites every TEXT from the records.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from raysemi.bench.pairs import difference_text, gap_closed, mean_of
+from raysemi.bench.tables import fmt, gap_of_means
+
+QUOTE = re.compile(r"<!-- gain:(?P<key>[^ ]+) -->(?P<text>.*?)<!-- /gain -->")
+
+
+def _gap_shares(record: dict) -> list[float | None]:
+    return [gap_closed(b, m, o) for b, m, o in zip(record["baseline_novel_miou"], record["novel_miou"],
+                                                   record["oracle_novel_miou"])]
+
+
+def _diffs(record: dict, prefix: str = "") -> list[float]:
+    return [m - b for m, b in zip(record[f"{prefix}miou"], record[f"baseline_{prefix}miou"])]
+
+
+# Each field's figures per seed (a list), or its one figure (a string)
+QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
+    "": lambda r: difference_text(r).removesuffix(" points"),
+    "seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r)],
+    "n": lambda r: str(len(r["seeds"])),
+    "miou": lambda r: f"{statistics.mean(r['miou']):.3f}",
+    "baseline-miou": lambda r: f"{statistics.mean(r['baseline_miou']):.3f}",
+    "gap": lambda r: fmt(mean_of(_gap_shares(r)), 2),
+    "gap-seeds": lambda r: [fmt(v, 2) for v in _gap_shares(r)],
+    "gap-means": lambda r: fmt(gap_of_means(r), 2),
+    "base": lambda r: f"{100 * statistics.mean(_diffs(r, 'base_')):+.1f}",
+    "base-seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r, "base_")],
+}
+
+
+def quoted(key: str, records: dict[str, dict]) -> str:
+    """The text of the quote ``key``: ``NAME``, ``NAME#FIELD``, or for a per-seed field one seed's figure
+    (``NAME#seed1``, ``NAME#gap-seed2``, ``NAME#base-seed0``); ValueError naming what is missing."""
+    name, _, field = key.partition("#")
+    if name not in records:
+        raise ValueError(f"no summary.json record named {name}")
+    record = records[name]
+    one_seed = re.fullmatch(r"(?P<field>(?:\w+-)?seed)(?P<seed>\d+)", field)
+    if one_seed:
+        field = one_seed["field"] + "s"
+        if int(one_seed["seed"]) not in record["seeds"]:
+            raise ValueError(f"record {name} has no seed {one_seed['seed']} (seeds {record['seeds']})")
+    if field not in QUOTE_FIELDS:
+        fields = ", ".join(f for f in QUOTE_FIELDS if f)
+        raise ValueError(f"#{field} is not a quote field; choose one of {fields}, or seedS, gap-seedS, base-seedS")
+    try:
+        value = QUOTE_FIELDS[field](record)
+    except KeyError as missing:
+        raise ValueError(f"record {name} has no {missing} (not a weak-shot record)") from None
+    if one_seed:
+        return value[record["seeds"].index(int(one_seed["seed"]))]
+    return " / ".join(value) if isinstance(value, list) else value
+
+
+def fill_quotes(text: str, records: list[dict]) -> tuple[str, list[str]]:
+    """``text`` with every quote set from ``records`` (the comparison ones, by ``name``), and one line per quote
+    that cannot be (left as it was)."""
+    by_name = {r["name"]: r for r in records if r.get("kind") == "comparison"}
+    problems = []
+
+    def fill(match: re.Match) -> str:
+        try:
+            return f"<!-- gain:{match['key']} -->{quoted(match['key'], by_name)}<!-- /gain -->"
+        except ValueError as error:
+            problems.append(f"gain:{match['key']}: {error}")
+            return match[0]
+
+    return QUOTE.sub(fill, text), problems
+
+
+def fill_document(path: Path, records: list[dict]) -> list[str]:
+    """Fill ``path``'s quotes from ``records`` in place (a missing document is skipped); the lines
+    ``<path>: <problem>`` of the quotes that could not be filled (left as they were)."""
+    from raysemi.atomic import write_text
+
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    filled, problems = fill_quotes(text, records)
+    if filled != text:
+        write_text(path, filled)
+    return [f"{path}: {problem}" for problem in problems]

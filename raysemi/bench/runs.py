@@ -1,0 +1,66 @@
+"""What a benchmark run cost and where it ran, from its run directory; reading and writing run records.
+
+Training time comes from the intervals the loop logs (``steps_per_s`` every ``train.log_every`` steps in
+``metrics.jsonl``): unlike wall time it leaves out start-up, evaluation and any interruption. A chained run
+(``stages.json`` in its run directory) costs the sum of its stages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from raysemi.tracking import read_metrics
+
+
+def step_times(records: list[dict], iterations: int) -> dict:
+    """``train_time_s`` of ``iterations`` steps at the logged pace, and the steady ``it_per_s`` (the first
+    interval, pipeline start-up, left out when there are others; None when nothing was logged)."""
+    timed = [r for r in records if "steps_per_s" in r]
+    steps = [r["step"] - (p["step"] if p else 0) for p, r in zip([None, *timed], timed)]
+    seconds = [n / r["steps_per_s"] for n, r in zip(steps, timed)]
+    steady = slice(1, None) if len(timed) > 1 else slice(None)
+    return {
+        "train_time_s": round(sum(seconds) * iterations / max(sum(steps), 1), 1),
+        "it_per_s": round(sum(steps[steady]) / sum(seconds[steady]), 3) if seconds else None,
+    }
+
+
+def run_cost(run_dir: Path, last_dir: Path, iterations: int, stage_budgets: Mapping[str, int] | None = None) -> dict:
+    """Iterations and training time of the run in ``run_dir`` (``last_dir``: its last stage's directory, itself
+    for a run of one stage): ``total_iterations``, ``train_time_s``, ``it_per_s`` (total iterations over total
+    time) and, for a chain, ``stages`` (each stage's ``iterations`` and times). A stage's iterations are those
+    ``stages.json`` lists, else ``stage_budgets``' (stage name → iterations), else its last logged step."""
+    stages_file = run_dir / "stages.json"
+    if not stages_file.is_file():
+        return {**step_times(read_metrics(last_dir), iterations), "total_iterations": iterations}
+    stages = []
+    for name, entry in json.loads(stages_file.read_text()).items():
+        records = read_metrics(Path(entry["run_dir"]))
+        steps = entry.get("steps") or (stage_budgets or {}).get(name) or records[-1]["step"]
+        stages.append({"stage": name, "iterations": steps, **step_times(records, steps)})
+    total, seconds = sum(s["iterations"] for s in stages), sum(s["train_time_s"] for s in stages)
+    return {"train_time_s": round(seconds, 1), "it_per_s": round(total / seconds, 3) if seconds else None,
+            "total_iterations": total, "stages": stages}
+
+
+def device_name(on_cuda_when_present: bool) -> str:
+    """Where a run trained: the GPU's name for a runner that takes CUDA when present, on a machine that has it;
+    else ``cpu``."""
+    import torch
+
+    return torch.cuda.get_device_name() if on_cuda_when_present and torch.cuda.is_available() else "cpu"
+
+
+def load_runs(folder: Path, pattern: str) -> list[dict]:
+    """The run records (JSON files) under ``folder`` that match ``pattern``, in path order; a record from before
+    the ``split`` field was scored on the report split."""
+    return [{"split": "report", **json.loads(p.read_text())} for p in sorted(folder.glob(pattern))]
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """``records`` as one JSON list (one space of indent), written atomically: many writers may rebuild it."""
+    from raysemi.atomic import write_text
+
+    write_text(path, json.dumps(records, indent=1) + "\n")
