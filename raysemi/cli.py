@@ -183,6 +183,11 @@ def add_analysis_commands(commands) -> None:
     report.add_argument("runs", type=Path, help="a run directory or a folder of runs (a sweep)")
     report.add_argument("--out", type=Path, help="where the CSV, Markdown and PNG files go (default: RUNS/report)")
     report.add_argument("--per-class", action="store_true", help="add per-class IoU columns")
+    report.add_argument("--baseline", default="supervised",
+                        help="the method every other is paired with, seed by seed at each label fraction "
+                             "(paired.md, paired.json; default: supervised)")
+    report.add_argument("--allow-mixed-code", action="store_true",
+                        help="pair runs that recorded different code versions anyway (the paired table flags them)")
     report.set_defaults(handler=cmd_report)
 
     analyze = commands.add_parser("analyze", help="look into trained checkpoints").add_subparsers(
@@ -526,12 +531,13 @@ def finish_sweep(cfg, sweep_dir: Path, outcomes: list, metric: str) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raysemi.analysis.report import write_report
+    from raysemi.analysis.report import find_runs, write_report
     from raysemi.engine.storage import check_output_folder
 
     out = args.out or args.runs / "report"
     check_output_folder(out, "--out")
-    summary, files = write_report(args.runs, out, args.per_class)
+    runs = find_runs(args.runs)
+    summary, files = write_report(args.runs, out, args.per_class, runs)
     table = Table(title=f"runs under {args.runs}")
     for column in ("method", "labels", "runs", "final val mIoU", "best val mIoU"):
         table.add_column(column)
@@ -539,8 +545,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.add_row(row.method, row.fraction, str(row.runs), f"{row.miou_mean:.4f} ± {row.miou_std:.4f}",
                       f"{row.best_miou_mean:.4f} ± {row.best_miou_std:.4f}")
     console.print(table)
+    files += report_paired_view(runs, out, args.baseline, args.allow_mixed_code)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def report_paired_view(runs: list, out: Path, baseline: str, allow_mixed: bool) -> list[Path]:
+    """Each method's runs against ``baseline``'s, paired by seed (:mod:`raysemi.bench.sweep_pairs`): one line per
+    comparison, one on stderr per pair left out; the files written."""
+    from raysemi.bench import pairs, sweep_pairs
+
+    view = sweep_pairs.paired_view([sweep_pairs.run_record(run) for run in runs], baseline, allow_mixed)
+    for line in view.refused:
+        print(f"paired view: {line}", file=sys.stderr)
+    for record in view.records:
+        print(f"{record['method']} against {baseline} at {record['fraction']} (seeds {record['seeds']}): "
+              f"{pairs.difference_text(record)}" + (" (mixed code versions)" if record["mixed_code"] else ""))
+    return sweep_pairs.write_paired_view(view, out)
 
 
 def cmd_calibration(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ class RunResult:
     best_step: int | None = None
     unmasked: int = 0  # unlabeled train images without masks, outside the fraction
     unlabeled_dir: int = 0  # images of data.unlabeled_dir, outside the fraction
+    code_version: str | None = None  # which code trained the run, where its summary.json records it
 
     @property
     def fraction(self) -> str:
@@ -89,7 +90,7 @@ def _read_run(run_dir: Path) -> RunResult:
     best = best or best_of(metrics, summary["miou"], summary.get("steps", 0))  # runs from before best_miou
     return RunResult(run_dir, _method_label(cfg, run_dir), counts["labeled"], counts["masked"], cfg["run"]["seed"],
                      summary["miou"], summary["iou"], metrics, best["best_miou"], best["best_step"],
-                     counts["unmasked"], counts["unlabeled_dir"])
+                     counts["unmasked"], counts["unlabeled_dir"], summary.get("code_version"))
 
 
 def _lines(path: Path) -> int:
@@ -152,11 +153,13 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(root: Path, out: Path, per_class: bool = False) -> tuple[pd.DataFrame, list[Path]]:
-    """Find the runs under ``root`` and write the report into ``out``; return the summary and the files."""
+def write_report(root: Path, out: Path, per_class: bool = False,
+                 runs: list[RunResult] | None = None) -> tuple[pd.DataFrame, list[Path]]:
+    """Write the report of the runs under ``root`` (``runs``: those :func:`find_runs` found there already) into
+    ``out``; return the summary and the files."""
     from raysemi.analysis.plots import plot_curves, plot_miou_vs_fraction
 
-    runs = find_runs(root)
+    runs = find_runs(root) if runs is None else runs
     every = runs_frame(runs, per_class)
     summary = summary_frame(every)
     out.mkdir(parents=True, exist_ok=True)

@@ -71,9 +71,11 @@ def code_notes(pairs: Sequence[Pair], remedy: str, unrecorded_match: bool = Fals
     mixed = [r["seed"] for r, b in pairs if not same_code(r, b, unrecorded_match)]
     lines = [f"**Seeds {mixed} compare runs of different code versions** (each run's `code_version`; paired with "
              f"--allow-mixed-code): {remedy} before reading the difference.", ""] if mixed else []
-    if unrecorded_match and any(not (r.get("code_version") or b.get("code_version")) for r, b in pairs):
-        lines += ["Code version: not recorded by these runs (no `code_version` in their summary.json), so nothing "
-                  "checks that both sides ran the same code.", ""]
+    unrecorded = [r["seed"] for r, b in pairs if not (r.get("code_version") or b.get("code_version"))]
+    if unrecorded_match and unrecorded:
+        lines += [f"Code version: not recorded by the runs of seeds {unrecorded} (no `code_version` in their "
+                  "summary.json or beside their run directory), so nothing checks that both sides ran the same code.",
+                  ""]
     return lines
 
 

@@ -4,15 +4,20 @@ The code version of a benchmark protocol (:func:`code_version`) is a hash of eve
 training run imports (all but :data:`NOT_TRAINING_CODE`), the protocol's config and the split files it names, as
 they are in the work tree (uncommitted edits count). Each file enters as its git blob id, so two checkouts whose
 trees hold the same files get the same version whatever their commits. Two runs are compared only when their
-versions are equal (:func:`raysemi.bench.pairs.same_code`).
+versions are equal (:func:`raysemi.bench.pairs.same_code`). A run directory records the version it trains with
+beside itself, in ``<run dir>.code_version`` (:func:`claim_run_dir`), so a half-trained run is never resumed by
+other code and a report can read which code trained a run (:func:`recorded_version`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from raysemi.errors import RaysemiError
 
 TRAINING_CODE = ("raysemi",)  # the code that trains a run (beside the protocol's config and split files)
 # Parts of raysemi/ that no training run imports: outside the import closure of the two runners (raysemi.engine.plain
@@ -69,6 +74,36 @@ def commit_id(repo: Path) -> str:
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + ("+changes" if git("status", "--porcelain", "--", "raysemi") else "")
+
+
+class MixedCodeError(RaysemiError):
+    """A run directory holds a run that other code started."""
+
+
+def version_file(run_dir: Path) -> Path:
+    """Where the code version a run directory trains with is recorded: ``<run dir>.code_version`` beside it."""
+    return run_dir.with_name(run_dir.name + ".code_version")
+
+
+def recorded_version(run_dir: Path) -> str | None:
+    """The code version recorded for ``run_dir`` (None where none is)."""
+    path = version_file(run_dir)
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def claim_run_dir(run_dir: Path, version: str, restart: bool = False) -> None:
+    """Record that ``run_dir`` trains with code ``version``. A directory that another version started (or that
+    exists without a record: unknown) is not resumed, which would mix two versions in one run: with ``restart``
+    it is deleted so the run starts afresh, else :class:`MixedCodeError` names both versions."""
+    marker = version_file(run_dir)
+    started = marker.read_text().strip() if marker.is_file() else ("unknown" if run_dir.exists() else None)
+    if started not in (None, version):
+        if not restart:
+            raise MixedCodeError(f"{run_dir} holds a run started at code {started}, not {version}: resuming it "
+                                 "would mix two code versions")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(version + "\n")
 
 
 def _stderr(line: str) -> None:
