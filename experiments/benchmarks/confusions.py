@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
+from raysemi.engine.inference import evaluate_checkpoint, load_eval_model
+from raysemi.engine.metrics import ConfusionMatrix
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from raysemi.engine.inference import evaluate_checkpoint, load_eval_model  # noqa: E402
-from raysemi.engine.metrics import ConfusionMatrix  # noqa: E402
-
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"
 

@@ -1,42 +1,29 @@
 """Does a method beat its baselines? Paired runs on a benchmark protocol, resumable, with a table and summary.
 
-A protocol (``experiments/protocols/``) fixes the data, the labeled split, the report and selection splits,
-the model, the optimiser and the iteration budget, and is itself a plain raysemi config of the supervised(k)
-baseline. This command runs a method and the baselines it must beat (:func:`planned_comparisons`) on that
-protocol for seeds ``0..S-1``: the same split, the same labeled batches (the labeled stream's order and
-augmentation are a function of ``run.seed`` alone, whatever else the method reads); the seed changes
-initialisation and data order. A chained method's compute is the sum over its stages (self-correction: 2 × the
-budget), and it also faces ``supervised`` at that summed budget. Each run writes one JSON, a run record
-(:mod:`raysemi.bench.pairs`) with its ``commit``, ``code_version`` (:mod:`raysemi.bench.versions`),
-``total_iterations``, ``train_time_s`` (summed over stages) and ``split``; every invocation then rebuilds, from
-all run JSONs, ``results/gain/README.md`` (per split, protocol and comparison the paired tables of
-:mod:`raysemi.bench.tables`; the baseline's val-mIoU curves by budget; the repeatability runs),
-``results/summary.json`` (one comparison record per (method, baseline) pair with runs, named by
-:func:`record_name`, and the repeatability records) and the quoted figures (:mod:`raysemi.bench.quotes`) of
-README.md, docs/benchmarks.md and results/gain/notes.md. docs/benchmarks.md lists the records' fields.
+A protocol (``experiments/protocols/``) is a plain raysemi config of the supervised(k) baseline that fixes the
+data, the splits, the model, the optimiser and the budget. This command runs a method and the baselines it must
+beat (:func:`planned_comparisons`) on it for seeds ``0..S-1`` (same split and labeled batches; the seed changes
+initialisation and data order; a chained method's compute is the sum over its stages, and it also faces
+``supervised`` at that sum). Each run writes one JSON, a run record (:mod:`raysemi.bench.pairs`) with its
+``commit``, ``code_version`` (:mod:`raysemi.bench.versions`), ``total_iterations`` and ``train_time_s``; every
+invocation then rebuilds from all of them ``results/gain/README.md`` (the paired tables of
+:mod:`raysemi.bench.tables`, the baseline's curves by budget, the repeatability runs), ``results/summary.json``
+(a comparison record per (method, baseline) pair, named by :func:`record_name`, and the repeatability records)
+and the quoted figures (:mod:`raysemi.bench.quotes`) of README.md, docs/benchmarks.md and results/gain/notes.md.
+docs/benchmarks.md describes every option and field.
 
-Two runs are paired only when their code versions are equal (a JSON from before the field: unknown, stale);
-a refused pair is one line on stderr with what to do: ``--rerun-stale`` retrains the stale side,
-``--allow-mixed-code`` pairs it anyway and the tables flag it. A finished run of this code version is never
-rerun; an interrupted one resumes from its run directory's newest checkpoint, so re-running the same command
-after a stop loses nothing. ``--control`` also runs the method with its unlabeled term's weight at 0.
-``--split selection`` scores the runs on the protocol's selection split, where every hyperparameter choice is
-made; the headline numbers are on the report split (the default), and the two are never paired.
+Runs pair only at equal code versions: ``--rerun-stale`` retrains a stale side, ``--allow-mixed-code`` pairs it
+anyway (flagged). A finished run of this code version is never rerun; an interrupted one resumes from its newest
+checkpoint. ``--split selection`` scores runs on the selection split, never paired with the report split's.
 
 Usage (from the repository root)::
 
     python experiments/benchmarks/gain.py --protocol p1 --method supervised_all_labels --seeds 2   # headroom
     python experiments/benchmarks/gain.py --protocol p1 --method cps --control --seeds 3
     python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.gamma=0.5 --split selection
-    python experiments/benchmarks/gain.py --protocol p1 --method supervised --iterations 300 --seeds 2  # budget
     python experiments/benchmarks/gain.py --protocol p2 --method cps --seed 1 --skip-baseline --runner plain
     python experiments/benchmarks/gain.py --protocol p2 --method supervised --seed 0 --repeatability
-    python experiments/benchmarks/gain.py --protocol p2 --method cac --seed 0 --rerun-stale
     python experiments/benchmarks/gain.py --table [--allow-mixed-code]          # rebuild outputs only
-
-``--seed S`` (repeatable) runs those seeds only and ``--skip-baseline`` leaves the baselines to other
-invocations: ``gain_plan.py`` runs such one-seed invocations side by side (``plans/rerun_matrix.txt``).
-``--runner plain`` trains without Ray (:mod:`raysemi.engine.plain`).
 """
 
 from __future__ import annotations
@@ -366,7 +353,10 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
         if not rerun_stale or result.get("code_version") == version:
             return result
         retire_stale(request, result.get("code_version"))
-    claim_run_dir(request, version, rerun_stale)
+    try:
+        versions.claim_run_dir(request.run_dir, version, restart=rerun_stale)
+    except versions.MixedCodeError as error:
+        raise SystemExit(f"error: {error}; pass --rerun-stale to restart it") from None
     return train_and_record(request, baseline, trainer)
 
 
@@ -413,23 +403,6 @@ def retire_stale(request: RunRequest, old_version: str | None) -> None:
     shutil.rmtree(request.run_dir, ignore_errors=True)
     say(f"{request.protocol}/{request.name}: code {old_version or 'unknown'} is stale (now "
         f"{code_version(request.protocol)}); its JSON moved to {stale}, rerunning")
-
-
-def claim_run_dir(request: RunRequest, version: str, rerun_stale: bool) -> None:
-    """Record the code version a run directory trains with (``<run dir>.code_version``); a directory left by
-    another version is not resumed (that would mix two versions in one run): with ``rerun_stale`` it is
-    dropped and the run restarts, else the command stops with what to do."""
-    import shutil
-
-    marker = request.run_dir.with_name(request.run_dir.name + ".code_version")
-    started = marker.read_text().strip() if marker.is_file() else ("unknown" if request.run_dir.exists() else None)
-    if started not in (None, version):
-        if not rerun_stale:
-            raise SystemExit(f"error: {request.run_dir} holds a run started at code {started}, not {version}: "
-                             "resuming it would mix two code versions; pass --rerun-stale to restart it")
-        shutil.rmtree(request.run_dir, ignore_errors=True)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(version + "\n")
 
 
 @functools.cache

@@ -4,10 +4,10 @@
 *After* is ``train.channels_last=auto train.compile=auto``: both chosen by timing at start-up
 (:mod:`raysemi.engine.probe`). Each method trains its benchmark variant of the protocol (as ``gain.py`` builds
 it) from scratch once each way, before then after, method by method, so a drift of the machine's speed falls
-on both halves of a pair. Recorded per run: the training time (``gain.step_times``: from the logged intervals,
-start-up and evaluation left out), the steady it/s, the wall time (start-up with the probes and evaluation
-included), the val mIoU and the run's ``speed`` record (the choices, how they were made, the probes' timings
-and cost).
+on both halves of a pair. Recorded per run: the training time (:func:`raysemi.bench.runs.step_times`: from the
+logged intervals, start-up and evaluation left out), the steady it/s, the wall time (start-up with the probes
+and evaluation included), the val mIoU and the run's ``speed`` record (the choices, how they were made, the
+probes' timings and cost).
 
 Usage (from the repository root; P2's 1,000 iterations take hours on a CPU: the lead schedules it)::
 
@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
+import gain  # a sibling script (Python puts a script's folder first on its path): the protocols' variants
+
+from raysemi.bench.runs import step_times
+from raysemi.bench.versions import commit_id
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
-
-import gain  # noqa: E402
-
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "speed_auto"
 METHODS = ("supervised", "cps", "cac", "self_correction_linear", "simformer_full", "unimatch")
@@ -43,19 +42,6 @@ def before_settings(cuda: bool) -> tuple[str, ...]:
     return (f"train.channels_last={str(cuda).lower()}", "train.compile=false")
 
 
-def run_config(protocol_name: str, variant: str, steps: int, run_dir: Path, settings: tuple[str, ...]):
-    """``variant``'s config on the protocol at ``steps`` iterations (seed 0), with the speed ``settings``."""
-    from raysemi.config import load_config
-
-    protocol = gain.PROTOCOLS[protocol_name]
-    overrides = [*gain.variant_overrides(protocol, variant), "run.seed=0", f"run.dir={run_dir}",
-                 f"train.steps={steps}", *gain.budget_overrides(variant, steps), *settings]
-    if any(gain.DERIVED_BOXES in override for override in overrides):
-        boxes = str(gain.derived_boxes_file(protocol_name))
-        overrides = [override.replace(gain.DERIVED_BOXES, boxes) for override in overrides]
-    return load_config(REPO / protocol.config, overrides)
-
-
 def timed_run(protocol_name: str, variant: str, steps: int, label: str, settings: tuple[str, ...],
               trainer, work: Path) -> dict:
     """Train ``variant`` from scratch with ``settings``; its times, mIoU and speed record."""
@@ -63,12 +49,12 @@ def timed_run(protocol_name: str, variant: str, steps: int, label: str, settings
 
     run_dir = work / protocol_name / f"{variant}-{label}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a finished one would return without training
-    cfg = run_config(protocol_name, variant, steps, run_dir, settings)
+    cfg = gain.variant_config(protocol_name, variant, steps, ("run.seed=0", f"run.dir={run_dir}"), settings)
     started = time.perf_counter()
     summary = trainer(cfg)
     wall = time.perf_counter() - started
     return {"method": variant, "label": label, "settings": list(settings), "val_miou": round(summary["miou"], 4),
-            **gain.step_times(read_metrics(Path(summary["run_dir"])), steps), "wall_time_s": round(wall, 1),
+            **step_times(read_metrics(Path(summary["run_dir"])), steps), "wall_time_s": round(wall, 1),
             "speed": summary["speed"]}
 
 
@@ -115,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: runs[-1][k] for k in ("method", "label", "train_time_s", "wall_time_s")}),
                   flush=True)
     record = {"protocol": args.protocol, "steps": args.steps, "date": time.strftime("%Y-%m-%d"),
-              "commit": gain.code_version(), "device": gain.device_name(trainer), "before": list(before),
+              "commit": commit_id(REPO), "device": gain.device_name(trainer), "before": list(before),
               "runs": runs}
     write_json(RESULTS / f"speed_auto-{args.tag}.json", record)
     write_text(RESULTS / f"speed_auto-{args.tag}.md", markdown(record))

@@ -29,11 +29,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gain import PROTOCOLS, variant_overrides  # a sibling script (Python puts a script's folder first on its path)
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
-
-from gain import PROTOCOLS, variant_overrides  # noqa: E402
-
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 RUNS = REPO / "runs" / "workers_vs_local"
 METHODS = ("supervised", "cac")
