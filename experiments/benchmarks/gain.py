@@ -39,7 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from raysemi.bench import pairs, quotes, repeats, runs, tables, versions
+from raysemi.bench import pairs, repeats, runs, suite, versions
+from raysemi.bench.suite import Comparison
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
@@ -226,16 +227,6 @@ def known_variants(protocol: Protocol) -> list[str]:
 SEMI_SUPERVISED = ("cps", "cac")
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """A method against a baseline. ``at_total``: the baseline trains the method's total iterations (the sum
-    over a chained method's stages), not the budget the method was given."""
-
-    method: str
-    baseline: str
-    at_total: bool = False
-
-
 def planned_comparisons(method: str) -> list[Comparison]:
     """The baselines ``method`` must beat (issue 35): every semi-supervised method (and its λ = 0 control)
     against ``supervised`` and ``supervised_unlabeled_bn`` (CPS also against their published-optimizer twins,
@@ -264,7 +255,7 @@ def planned_comparisons(method: str) -> list[Comparison]:
 
 def baseline_budget(comparison: Comparison, iterations: int) -> int:
     """The budget the baseline of ``comparison`` trains when the method's is ``iterations``."""
-    return total_iterations(comparison.method, iterations) if comparison.at_total else iterations
+    return suite.baseline_budget(comparison, iterations, total_iterations)
 
 
 
@@ -436,28 +427,13 @@ def say(text: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- the outputs
 QUOTING = (REPO / "README.md", REPO / "docs" / "benchmarks.md")  # besides results/gain/notes.md
-SIDE_FIELDS = ("commit", "code_version", "total_iterations", "train_time_s")  # each comparison side, per seed
-
-
-def load_runs() -> list[dict]:
-    """Every finished run's JSON (runs from before the fields: evaluated on the report split, and their total
-    iterations the sum of the variant's stage budgets)."""
-    found = runs.load_runs(RUNS, "*/*.json")
-    for run in found:
-        run["total_iterations"] = run.get("total_iterations") or total_iterations(run["method"], run["iterations"])
-    return found
-
-
-def run_key(run: dict) -> tuple:
-    return (run["protocol"], run["method"], run["seed"], run["iterations"], tuple(run["overrides"]),
-            run.get("split", "report"))
-
-
-def speed_choices(run: dict) -> dict:
-    """The memory format and compile choices a run trained with (``train.channels_last``/``compile``, often
-    measured per machine): runs that chose differently time, and round, differently, so they are not paired.
-    A run from before the field counts as contiguous and eager (what every CPU run then was)."""
-    return run.get("speed") or {"channels_last": False, "compile": False}
+README_HEADER = ["# Gains over baselines on the benchmark protocols", "",
+                 "Written by [`gain.py`](../../gain.py) from the run JSONs beside this file; protocols in",
+                 "[`experiments/protocols/`](../../../protocols). Differences are method − baseline in mIoU points",
+                 "(×100), paired by seed (same split, same labeled batches, same code version). Training time leaves",
+                 "out start-up and evaluation and sums a chained method's stages; it/s compares only runs of the same",
+                 "invocation on the same machine. The report split gives the headline numbers; the selection split,",
+                 "where hyperparameters are chosen, has sections of its own and is never mixed with it.", ""]
 
 
 def run_label(run: dict) -> str:
@@ -474,142 +450,13 @@ def refusal(run: dict, baseline: dict) -> str:
                                                    "pair them anyway (the tables then flag it)")
 
 
-@dataclass
-class Paired:
-    """A comparison's record and its ``(method run, baseline run)`` pairs in seed order."""
-
-    record: dict
-    pairs: list[pairs.Pair]
-
-
-def comparisons(found: list[dict], index: dict[tuple, dict], allow_mixed: bool = False,
-                refused: list[str] | None = None) -> list[Paired]:
-    """One record per (protocol, method, overrides, split, budget) and each of its baselines (the plan's,
-    :func:`planned_comparisons`, and the one its runs name), over the seeds where both runs exist and ran the same
-    code version (any version with ``allow_mixed``; the record then says ``mixed_code``) with the same
-    :func:`speed_choices`. A refused pair's line goes to ``refused``."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in found:
-        groups.setdefault((r["protocol"], r["method"], r["iterations"], tuple(r["overrides"]), r["split"]),
-                          []).append(r)
-    records = []
-    for (protocol, method, iterations, overrides, split), group in sorted(groups.items()):
-        for comparison in comparisons_of(method, {r["baseline"] for r in group if r["baseline"]}):
-            budget = baseline_budget(comparison, iterations)
-            baselines = [index.get((protocol, comparison.baseline, r["seed"], budget, (), split)) for r in group]
-            paired = pairs.pair_by_seed(group, filter(None, baselines),
-                                        lambda r, b: speed_choices(r) == speed_choices(b))
-            paired, differing = pairs.keep_same_code(paired, allow_mixed)
-            if not allow_mixed and refused is not None:
-                refused.extend(refusal(r, b) for r, b in differing)
-            if paired:
-                identity = {"protocol": protocol, "method": method, "baseline": comparison.baseline,
-                            "iterations": iterations}
-                record = pairs.comparison_record(identity, paired, SIDE_FIELDS)
-                record.update({"overrides": list(overrides)} if overrides else {})
-                oracle = ORACLES.get(method)
-                record.update(pairs.group_mious(paired, [index.get((protocol, oracle, r["seed"], iterations, (), split))
-                                                         for r, _ in paired] if oracle else []))
-                record.update(split=split, baseline_iterations=budget, mixed_code=bool(differing) and allow_mixed)
-                record["name"] = record_name(record)
-                records.append(Paired(record, paired))
-    return records
-
-
-def comparisons_of(method: str, named: set[str]) -> list[Comparison]:
-    """The plan's comparisons of ``method`` and those its runs' ``baseline`` fields name (no method against
-    itself, none twice)."""
-    planned = planned_comparisons(method)
-    extra = [Comparison(method, b) for b in sorted(named) if b != method and Comparison(method, b) not in planned]
-    return planned + extra
-
-
-def record_name(record: dict) -> str:
-    """What a record compares, as quotes name it: ``p2/cac-vs-supervised``; ``selection/`` after the protocol
-    on the selection split, ``it600/`` at a budget other than the protocol's, ``[overrides]`` after an
-    ablation's method, ``@it2000`` after a baseline trained at another budget (a chained method's total)."""
-    parts = [record["protocol"]] + (["selection"] if record["split"] == "selection" else [])
-    if record["iterations"] != protocol_budget(record["protocol"]):
-        parts.append(f"it{record['iterations']}")
-    overrides = f"[{','.join(record['overrides'])}]" if record.get("overrides") else ""
-    at = f"@it{record['baseline_iterations']}" if record["baseline_iterations"] != record["iterations"] else ""
-    return "/".join(parts) + f"/{record['method']}{overrides}-vs-{record['baseline']}{at}"
-
-
-def comparison_section(paired: Paired, index: dict[tuple, dict], spreads: dict[tuple, dict]) -> list[str]:
-    """A comparison's README section: its title and record name, then :func:`raysemi.bench.tables.comparison_table`
-    with both sides' cost, the run-to-run difference at a fixed seed where measured, and per class the
-    protocol's supervised_all_labels IoU at the same budget."""
-    record, paired_runs = paired.record, paired.pairs
-    key = tuple(record.get("overrides", ()))
-    title = f"### {record['protocol']}: {record['method']} against {record['baseline']}, {record['iterations']} it"
-    if record["baseline_iterations"] != record["iterations"]:
-        title += f" (baseline {record['baseline_iterations']} it)"
-    notes = []
-    last_stage_only = [r["seed"] for r, _ in paired_runs
-                       if "stages" not in r and total_iterations(r["method"], r["iterations"]) != r["iterations"]]
-    if last_stage_only:
-        notes += [f"The method's training time of seeds {last_stage_only} is its last stage's only (runs from "
-                  "before stages were summed).", ""]
-    spread = spreads.get((record["protocol"], record["split"]))
-    notes += repeats.spread_note(spread) if spread else []
-    reference = [] if record["method"] == "supervised_all_labels" else [
-        run for (protocol, method, _, its, overrides, split), run in index.items()
-        if (protocol, method, its, overrides, split) == (record["protocol"], "supervised_all_labels",
-                                                         record["iterations"], (), record["split"])]
-    return [title + (f" ({', '.join(key)})" if key else ""), "", f"Record `{record['name']}`.", ""] + \
-        tables.comparison_table(record, paired_runs, remedy="rerun the stale side (`--rerun-stale`)", notes=notes,
-                                speed=True, all_labels=reference)
-
-
-README_HEADER = ["# Gains over baselines on the benchmark protocols", "",
-                 "Written by [`gain.py`](../../gain.py) from the run JSONs beside this file; protocols in",
-                 "[`experiments/protocols/`](../../../protocols). Differences are method − baseline in mIoU points",
-                 "(×100), paired by seed (same split, same labeled batches, same code version). Training time leaves",
-                 "out start-up and evaluation and sums a chained method's stages; it/s compares only runs of the same",
-                 "invocation on the same machine. The report split gives the headline numbers; the selection split,",
-                 "where hyperparameters are chosen, has sections of its own and is never mixed with it.", ""]
+PLAN = suite.Plan(planned_comparisons, total_iterations, protocol_budget, refusal, ORACLES)
 
 
 def write_outputs(allow_mixed: bool = False) -> list[dict]:
-    """Rebuild ``results/summary.json`` and ``results/gain/README.md`` (plus ``results/gain/notes.md``), and fill
-    the gain quotes of the documents (:data:`QUOTING`, then the notes). Pairs of different code versions are
-    left out, each with one line on stderr, unless ``allow_mixed``."""
-    from raysemi.atomic import write_text
-
-    found = load_runs()
-    index = {run_key(r): r for r in found}
-    refused: list[str] = []
-    compared = comparisons(found, index, allow_mixed, refused)
-    for line in dict.fromkeys(refused):
-        say(line)
-    repeat_records = repeats.repeatability_records(runs.load_runs(RUNS, "*/repeatability/*.json"))
-    records = [p.record for p in compared] + repeat_records
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    runs.write_records(RESULTS / "summary.json", records)  # atomic: gain_plan.py runs many invocations
-    RUNS.mkdir(parents=True, exist_ok=True)
-    for document in [*QUOTING, RUNS / "notes.md"]:
-        for problem in quotes.fill_document(document, records):
-            say(problem)
-    spreads = {(r["protocol"], r["split"]): r for r in repeat_records}
-    lines = list(README_HEADER)
-    for split in ("report", "selection"):
-        for protocol in sorted({r["protocol"] for r in found + repeat_records if r["split"] == split}):
-            lines += [f"## Protocol {protocol}, {split} split", ""]
-            supervised = [r for r in found if not r["overrides"]
-                          and (r["protocol"], r["method"], r["split"]) == (protocol, "supervised", split)]
-            lines += [f"### {protocol}: the supervised(k) budget", "", *tables.curve_table(supervised), ""] \
-                if supervised else []
-            lines += repeats.repeatability_section([r for r in repeat_records
-                                                    if (r["protocol"], r["split"]) == (protocol, split)])
-            for paired in compared:
-                if (paired.record["protocol"], paired.record["split"]) == (protocol, split):
-                    lines += comparison_section(paired, index, spreads)
-    notes = RUNS / "notes.md"
-    if notes.is_file():
-        lines += [notes.read_text().rstrip(), ""]
-    write_text(RUNS / "README.md", "\n".join(lines))
-    return records
+    """Rebuild ``results/summary.json``, ``results/gain/README.md`` and the quoted figures of :data:`QUOTING` and
+    ``results/gain/notes.md`` (:func:`raysemi.bench.suite.write_outputs`); the records."""
+    return suite.write_outputs(PLAN, RESULTS, RUNS, README_HEADER, QUOTING, allow_mixed, say)
 
 
 def repeat_runs(protocol_name: str, variant: str, seed: int, iterations: int, threads: tuple[int, int],
