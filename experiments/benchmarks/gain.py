@@ -354,7 +354,6 @@ def run_once(protocol_name: str, variant: str, seed: int, iterations: int, basel
 def train_and_record(request: RunRequest, baseline: str | None, trainer: Callable[[object], dict] | None) -> dict:
     """Train ``request`` (resuming its run directory) and write its JSON."""
     from raysemi.atomic import write_json
-    from raysemi.tracking import read_metrics
 
     variant, iterations = request.variant, request.iterations
     cfg = variant_config(request.protocol, variant, iterations, (*request.extra, f"run.seed={request.seed}",
@@ -362,21 +361,12 @@ def train_and_record(request: RunRequest, baseline: str | None, trainer: Callabl
                          ("data.evaluate_on=selection",) if request.split == "selection" else ())
     started = time.perf_counter()
     summary = (trainer or train_run)(cfg)
-    last_dir = Path(summary.get("run_dir", request.run_dir))  # a chained method's result: its last stage's run
     result = {
         "protocol": request.protocol, "method": variant, "baseline": baseline, "seed": request.seed,
         "iterations": iterations, "split": request.split, "overrides": list(request.extra),
-        "torch_threads": cfg.train.torch_threads, "val_miou": round(summary["miou"], 4),
-        "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
-        **({k: round(v, 4) for k, v in summary.items() if k.startswith("miou_")}),
-        **runs.run_cost(request.run_dir, last_dir, iterations, stage_budgets(variant, iterations)),
-        "wall_time_s": round(time.perf_counter() - started, 1),
-        "curve": [[r["step"], round(r["val"]["miou"], 4)] for r in read_metrics(last_dir) if "val" in r],
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": versions.commit_id(REPO),
-        "code_version": code_version(request.protocol),
-        "device": device_name(trainer),
-        "speed": {key: summary["speed"][key] for key in ("channels_last", "compile")} if "speed" in summary else None,
+        **runs.measured(cfg, summary, request.run_dir, iterations, started, stage_budgets(variant, iterations)),
+        "commit": versions.commit_id(REPO), "code_version": code_version(request.protocol),
+        "device": device_name(trainer), "speed": runs.speed_choices(summary),
         **({"repeat": request.repeat} if request.repeat else {}),
     }
     write_json(request.path, result)  # atomic: a run counts as finished only once its whole JSON is there

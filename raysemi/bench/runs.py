@@ -8,6 +8,7 @@ Training time comes from the intervals the loop logs (``steps_per_s`` every ``tr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,6 +44,29 @@ def run_cost(run_dir: Path, last_dir: Path, iterations: int, stage_budgets: Mapp
     total, seconds = sum(s["iterations"] for s in stages), sum(s["train_time_s"] for s in stages)
     return {"train_time_s": round(seconds, 1), "it_per_s": round(total / seconds, 3) if seconds else None,
             "total_iterations": total, "stages": stages}
+
+
+def measured(cfg, summary: dict, run_dir: Path, iterations: int, started: float,
+             stage_budgets: Mapping[str, int] | None = None) -> dict:
+    """What a run of ``cfg`` trained in ``run_dir`` measured, as its run record keeps it: ``torch_threads``,
+    ``val_miou``, ``per_class_iou`` and ``miou_<group>`` (rounded to 4 places), its cost (:func:`run_cost`; a
+    chain's last stage is the summary's ``run_dir``), ``wall_time_s`` since ``started`` (a ``time.perf_counter``
+    reading), the val ``curve`` (``[[step, mIoU], ...]``) and the ``date``."""
+    last_dir = Path(summary.get("run_dir", run_dir))
+    return {
+        "torch_threads": cfg.train.torch_threads, "val_miou": round(summary["miou"], 4),
+        "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
+        **({k: round(v, 4) for k, v in summary.items() if k.startswith("miou_")}),
+        **run_cost(run_dir, last_dir, iterations, stage_budgets),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "curve": [[r["step"], round(r["val"]["miou"], 4)] for r in read_metrics(last_dir) if "val" in r],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def speed_choices(summary: dict) -> dict | None:
+    """The memory format and compile choices a run's summary records (None for a run from before them)."""
+    return {key: summary["speed"][key] for key in ("channels_last", "compile")} if "speed" in summary else None
 
 
 def device_name(on_cuda_when_present: bool) -> str:
