@@ -366,7 +366,7 @@ def train_and_record(request: RunRequest, baseline: str | None, trainer: Callabl
         "iterations": iterations, "split": request.split, "overrides": list(request.extra),
         **runs.measured(cfg, summary, request.run_dir, iterations, started, stage_budgets(variant, iterations)),
         "commit": versions.commit_id(REPO), "code_version": code_version(request.protocol),
-        "device": device_name(trainer), "speed": runs.speed_choices(summary),
+        "device": device_name(trainer), "speed": runs.speed_record(summary),
         **({"repeat": request.repeat} if request.repeat else {}),
     }
     write_json(request.path, result)  # atomic: a run counts as finished only once its whole JSON is there

@@ -1,3 +1,9 @@
 """The benchmark harness: what ``experiments/benchmarks/`` and ``raysemi report`` share (paired comparison tables,
 step timing). No training run imports this package (``docs/architecture.md``), so editing it leaves every run's
-code version (``experiments/benchmarks/gain.py``'s ``code_version``) as it was."""
+code version (:mod:`raysemi.bench.versions`) as it was.
+
+Paired comparisons: :mod:`~raysemi.bench.pairs` (run records paired by seed, the differences, per-class changes),
+:mod:`~raysemi.bench.tables` (their Markdown tables), :mod:`~raysemi.bench.suite` (a benchmark suite's summary and
+README), :mod:`~raysemi.bench.sweep_pairs` (``raysemi report``'s paired view of a user's runs),
+:mod:`~raysemi.bench.quotes` (figures documents quote), :mod:`~raysemi.bench.repeats` (run-to-run differences) and
+:mod:`~raysemi.bench.runs` (a run's cost and record)."""

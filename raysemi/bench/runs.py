@@ -64,7 +64,7 @@ def measured(cfg, summary: dict, run_dir: Path, iterations: int, started: float,
     }
 
 
-def speed_choices(summary: dict) -> dict | None:
+def speed_record(summary: dict) -> dict | None:
     """The memory format and compile choices a run's summary records (None for a run from before them)."""
     return {key: summary["speed"][key] for key in ("channels_last", "compile")} if "speed" in summary else None
 
