@@ -6,11 +6,11 @@ beat (:func:`planned_comparisons`) on it for seeds ``0..S-1`` (same split and la
 initialisation and data order; a chained method's compute is the sum over its stages, and it also faces
 ``supervised`` at that sum). Each run writes one JSON, a run record (:mod:`raysemi.bench.pairs`) with its
 ``commit``, ``code_version`` (:mod:`raysemi.bench.versions`), ``total_iterations`` and ``train_time_s``; every
-invocation then rebuilds from all of them ``results/gain/README.md`` (the paired tables of
-:mod:`raysemi.bench.tables`, the baseline's curves by budget, the repeatability runs), ``results/summary.json``
-(a comparison record per (method, baseline) pair, named by :func:`record_name`, and the repeatability records)
-and the quoted figures (:mod:`raysemi.bench.quotes`) of README.md, docs/benchmarks.md and results/gain/notes.md.
-docs/benchmarks.md describes every option and field.
+invocation then rebuilds from all of them (:func:`raysemi.bench.suite.write_outputs`, given this file's
+:data:`PLAN`) ``results/gain/README.md`` (the paired tables, the baseline's curves by budget, the repeatability
+runs), ``results/summary.json`` (a comparison record per (method, baseline) pair, and the repeatability records)
+and the quoted figures of README.md, docs/benchmarks.md and results/gain/notes.md. docs/benchmarks.md describes
+every option and field.
 
 Runs pair only at equal code versions: ``--rerun-stale`` retrains a stale side, ``--allow-mixed-code`` pairs it
 anyway (flagged). A finished run of this code version is never rerun; an interrupted one resumes from its newest
@@ -256,8 +256,6 @@ def planned_comparisons(method: str) -> list[Comparison]:
 def baseline_budget(comparison: Comparison, iterations: int) -> int:
     """The budget the baseline of ``comparison`` trains when the method's is ``iterations``."""
     return suite.baseline_budget(comparison, iterations, total_iterations)
-
-
 
 
 def run_name(variant: str, seed: int, iterations: int, extra: tuple[str, ...] = (), split: str = "report") -> str:
