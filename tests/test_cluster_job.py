@@ -110,6 +110,9 @@ def test_the_job_command_puts_the_run_under_storage(tmp_path):
     on_a_bucket = job_command(["train"], "http://head:8265", "s3://team-bucket/runs", "cps", REPO / "cluster" /
                               "runtime_env.yaml")
     assert on_a_bucket[-2:] == ["run.dir=/tmp/raysemi-runs/cps", "run.sync_to=s3://team-bucket/runs/cps"]
+    on_minio = job_command(["train"], "http://head:8265", "s3://team/runs?endpoint_override=minio:9000", "cps",
+                           REPO / "cluster" / "runtime_env.yaml")
+    assert on_minio[-1] == "run.sync_to=s3://team/runs/cps?endpoint_override=minio:9000"  # the query stays last
 
 
 def test_a_named_run_gets_a_new_job_id_each_submission_and_a_default_name_is_dated():

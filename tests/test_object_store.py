@@ -3,8 +3,13 @@ system (the path users get: :mod:`raysemi.engine.mirror`), not a ``file://`` sta
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +18,9 @@ from raysemi.engine.checkpoint import latest_checkpoint
 from raysemi.ray.train import train
 from raysemi.tracking import read_metrics
 from tests.conftest import fast_config, train_until_a_crash_at_step_5
+from tests.test_tune import _overrides
+
+REPO = Path(__file__).resolve().parents[1]
 
 BUCKET = "runs"
 
@@ -84,3 +92,31 @@ def test_an_unreachable_bucket_is_one_line_naming_the_uri(synthetic_root, tmp_pa
     with pytest.raises(StorageError, match=r"^run.sync_to=s3://no-such-bucket/run\?.*: cannot write config.yaml \("
                                            r".*\); check the bucket, its permissions and this node's credentials$"):
         mirror.push_run_files()
+
+
+@pytest.mark.slow
+def test_a_sweeps_trials_and_its_summary_are_written_to_s3(synthetic_root, tmp_path, s3_endpoint):
+    """``raysemi tune`` as a user runs it, with ``run.sync_to`` on the bucket: each trial mirrors its run below
+    ``<uri>/trials/<name>`` (the URI's query kept last) and the sweep's own files follow."""
+    endpoint, client = s3_endpoint
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("samples: 2\nscheduler: fifo\nconcurrency: 1\nretries: 0\n"
+                          "space:\n  optim.lr: {loguniform: [1.0e-3, 1.0e-1]}\n")
+    uri = f"s3://{BUCKET}/team/sweep?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+    command = [sys.executable, "-m", "raysemi.cli", "tune", "--sweep", str(sweep_file), "--out",
+               str(tmp_path / "sweep"), *_overrides(synthetic_root), f"run.sync_to={uri}"]
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    names = sorted(t["name"] for t in summary["trials"])
+    assert len(names) == 2 and {t["status"] for t in summary["trials"]} == {"finished"}
+    stored = objects(client, "team/sweep/")
+    assert {"summary.json", "sweep.yaml"} <= set(stored)
+    for name in names:
+        trial = objects(client, f"team/sweep/trials/{name}/")
+        assert {"config.yaml", "metrics.jsonl", "split.json", "summary.json"} <= set(trial), trial
+        assert any(k.startswith("checkpoints/step_00000004/") for k in trial)
+        body = client.get_object(Bucket=BUCKET, Key=f"team/sweep/trials/{name}/summary.json")["Body"].read()
+        assert json.loads(body) == json.loads((tmp_path / "sweep" / "trials" / name / "summary.json").read_text())

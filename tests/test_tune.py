@@ -79,6 +79,14 @@ def test_a_trial_config_gets_its_values_own_run_dir_and_wandb_group(tmp_path):
     assert trial_config(named, {}, tmp_path / "s", "t").tracking.wandb.group == "mine"
 
 
+def test_a_trial_mirrors_below_the_sweeps_uri_with_the_uri_query_kept_last(tmp_path):
+    base = load_config(None, ["run.sync_to=s3://runs/team/sweep?endpoint_override=127.0.0.1:9000&scheme=http"])
+    cfg = trial_config(base, {}, tmp_path / "sweep", "trial-abc")
+    assert cfg.run.sync_to == "s3://runs/team/sweep/trials/trial-abc?endpoint_override=127.0.0.1:9000&scheme=http"
+    plain = trial_config(load_config(None, ["run.sync_to=gs://runs/sweep/"]), {}, tmp_path / "s", "t")
+    assert plain.run.sync_to == "gs://runs/sweep/trials/t"
+
+
 def test_a_failure_reads_as_its_last_line():
     error = RuntimeError("Traceback (most recent call last):\n  File x\n\nRuntimeError: the loss became nan\n")
     assert one_line(error) == "RuntimeError: the loss became nan"

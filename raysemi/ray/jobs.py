@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from raysemi.errors import ConfigError
+from raysemi.ray.uris import below
 
 SUBMITTABLE = ("train", "tune", "sweep")  # the commands that take config overrides, run.dir among them
 DEFAULT_RUNTIME_ENV = Path("cluster/runtime_env.yaml")
@@ -52,7 +53,7 @@ def job_command(raysemi_args: list[str], address: str, storage: str, name: str, 
 def run_location(storage: str, name: str) -> list[str]:
     """The overrides that put run ``name`` in ``storage``: ``run.dir`` on a shared path, or a node-local
     ``run.dir`` mirrored to an object-store URI (``run.sync_to``)."""
-    target = f"{storage.rstrip('/')}/{name}"
+    target = below(storage, name)
     if "://" in storage:
         return [f"run.dir={NODE_LOCAL_RUNS}/{name}", f"run.sync_to={target}"]
     return [f"run.dir={target}"]

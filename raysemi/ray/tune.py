@@ -35,6 +35,7 @@ from raysemi.config import Config
 from raysemi.errors import ConfigError, find_user_error
 from raysemi.progress import say
 from raysemi.ray.train import init_ray, train
+from raysemi.ray.uris import below
 from raysemi.sweeps import Distribution, SweepSpec, apply_values
 
 DRIVER_CPUS = 0.25  # a trial's own process: it drives its TorchTrainer (or, in local mode, trains)
@@ -83,7 +84,7 @@ def trial_config(base: Config, values: dict[str, Any], sweep_dir: Path, name: st
     W&B on) its W&B run grouped by sweep."""
     own = {"run.dir": str(sweep_dir / TRIALS_DIR / name), "run.name": name}
     if base.run.sync_to:  # each trial mirrors its run directory below the sweep's
-        own["run.sync_to"] = f"{base.run.sync_to.rstrip('/')}/{TRIALS_DIR}/{name}"
+        own["run.sync_to"] = below(base.run.sync_to, TRIALS_DIR, name)
     cfg = apply_values(base, {**values, **own})
     if cfg.tracking.wandb.group is None:
         cfg.tracking.wandb.group = sweep_dir.name
