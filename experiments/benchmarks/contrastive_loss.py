@@ -29,18 +29,17 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from raysemi.bench.timing import seconds_per_call
+from raysemi.losses import directional_contrastive_loss
+from raysemi.losses.directional_contrastive import auto_chunk_size
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
-sys.path.insert(0, str(REPO))
-
-from raysemi.losses import directional_contrastive_loss  # noqa: E402
-from raysemi.losses.directional_contrastive import auto_chunk_size  # noqa: E402
 
 
 def make_inputs(n: int, m: int, d: int, device: torch.device, seed: int = 0):
@@ -64,35 +63,19 @@ def forward_backward(inputs, chunk_size: int | None) -> None:
     loss.backward()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def median_seconds(call, repeats: int, device: torch.device) -> float:
+    """Median seconds of ``repeats`` calls of ``call`` after one warm-up call."""
+    return statistics.median(seconds_per_call(call, repeats, warmup=1, device=device))
 
 
 def time_pass(inputs, chunk_size: int | None, repeats: int, device: torch.device) -> float:
-    forward_backward(inputs, chunk_size)  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        forward_backward(inputs, chunk_size)
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return median_seconds(lambda: forward_backward(inputs, chunk_size), repeats, device)
 
 
 def matmul_rate(n: int, m: int, d: int, device: torch.device, repeats: int = 5) -> float:
     """Flops/s of an (n, d) @ (d, m) float32 product on this machine."""
     a, b = torch.randn(n, d, device=device), torch.randn(d, m, device=device)
-    a @ b
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return 2 * n * m * d / statistics.median(seconds)
+    return 2 * n * m * d / median_seconds(lambda: a @ b, repeats, device)
 
 
 def two_product_floor(n: int, m: int, d: int, chunk_size: int, device: torch.device, repeats: int = 3) -> float:
@@ -105,15 +88,7 @@ def two_product_floor(n: int, m: int, d: int, chunk_size: int, device: torch.dev
             chunk = negatives[start : start + chunk_size]
             acc.addmm_(torch.mm(rows, chunk.T, out=buffer[: n * len(chunk)].view(n, len(chunk))), chunk)
 
-    products()
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        products()
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return median_seconds(products, repeats, device)
 
 
 def peak_rss_bytes(reset: bool = False) -> int:
@@ -136,21 +111,18 @@ def peak_memory_bytes(n: int, m: int, d: int, chunk_size: int | None, device: to
         forward_backward(inputs, chunk_size)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    code = (
-        "import sys, torch; sys.path.insert(0, sys.argv[1]); "
-        "from experiments.benchmarks.contrastive_loss import make_inputs, forward_backward, peak_rss_bytes; "
-        "n, m, d = map(int, sys.argv[2:5]); a = sys.argv[5]; "
-        "chunk = None if a == 'None' else a if a == 'auto' else int(a); "
-        "inputs = make_inputs(n, m, d, torch.device('cpu')); "
-        "base = peak_rss_bytes(reset=True); "
-        "forward_backward(inputs, chunk); "
-        "print(peak_rss_bytes() - base)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO), str(n), str(m), str(d), str(chunk_size)],
-        check=True, capture_output=True, text=True,
-    )
+    out = subprocess.run([sys.executable, __file__, "--peak-of", str(n), str(m), str(d), str(chunk_size)],
+                         check=True, capture_output=True, text=True)
     return int(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_peak_growth(n: int, m: int, d: int, chunk: str) -> int:
+    """In a fresh process: the growth of the peak RSS over one pass, beyond the inputs (chunk: None, auto or
+    a number)."""
+    inputs = make_inputs(n, m, d, torch.device("cpu"))
+    base = peak_rss_bytes(reset=True)
+    forward_backward(inputs, None if chunk == "None" else chunk if chunk == "auto" else int(chunk))
+    return peak_rss_bytes() - base
 
 
 def main() -> int:
@@ -161,7 +133,11 @@ def main() -> int:
     parser.add_argument("--chunk-size", default="auto", help="negatives per chunk, or auto (the loss's default)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-of", nargs=4, help=argparse.SUPPRESS)  # N M D CHUNK: one CPU peak, printed
     args = parser.parse_args()
+    if args.peak_of:
+        print(cpu_peak_growth(*map(int, args.peak_of[:3]), args.peak_of[3]))
+        return 0
     device = torch.device(args.device)
     n, d = args.anchors, args.dim
     rows = []
