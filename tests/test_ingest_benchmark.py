@@ -3,12 +3,19 @@ runs): the CPUs-per-GPU arithmetic, the simulated training worker and the test i
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 import raysemi.bench.ingest as ingest
 from raysemi.data.formats import open_format
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
 
 
 def test_cpus_per_gpu_is_demand_over_supply_per_cpu_over_the_load_limit():
@@ -115,3 +122,15 @@ def test_a_simulated_worker_counts_the_wait_after_the_first_batch_and_sleeps_a_s
     assert result == {"steps": 4, "first_wait_s": 10.0, "wait_s": 6.0, "seconds": 8.0}
     with pytest.raises(ValueError, match="no batch"):
         ingest.consume(iter([]), 0.5)
+
+
+def test_the_script_rebuilds_the_committed_results_page_from_the_committed_record():
+    """``ingest.py --table`` on the committed ``ingest.json``: the same summary and the same ``ingest.md``."""
+    spec = importlib.util.spec_from_file_location("ingest_benchmark", BENCHMARKS / "ingest.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    record = json.loads((BENCHMARKS / "results" / "ingest.json").read_text())
+    assert script.summarise(record["throughput"], record["scaleout"], script.PUBLISHED,
+                            script.FASTER_GPU) == record["summary"]
+    assert script.markdown(record) == (BENCHMARKS / "results" / "ingest.md").read_text()

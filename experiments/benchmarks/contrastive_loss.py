@@ -9,11 +9,11 @@ directional mask off) so the whole N×M product is computed; forward + backward 
   shapes as the chunk loop runs them (``(N, D+1) @ (D+1, chunk)`` into a reused buffer, then ``addmm_`` of
   ``(N, chunk) @ (chunk, D+1)``), with nothing else. The one-product rate on the whole N×M matrix is
   reported too (it includes allocating that matrix).
-- Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the pass; on CPU (Linux), the growth of the
-  process's peak resident set (``VmHWM``) during the pass, each variant in a fresh subprocess whose peak is
-  reset (``/proc/self/clear_refs``) once the inputs exist. Large tensors are mmapped and returned to the OS on
-  free, so the peak RSS tracks them. (``ru_maxrss`` does not work here: a child inherits its parent's peak
-  across fork and exec, so after the timed passes every child reported growth 0.)
+- Peak memory (:func:`raysemi.bench.memory.peak_memory_growth`): on CUDA, ``torch.cuda.max_memory_allocated``
+  over the pass; on CPU (Linux), the growth of the process's peak resident set (``VmHWM``) during the pass,
+  each variant in a fresh process whose peak is reset once the inputs exist. (``ru_maxrss`` does not work here:
+  a child inherits its parent's peak across fork and exec, so after the timed passes every child reported
+  growth 0.)
 
 Usage (from the repository root)::
 
@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from raysemi.bench.memory import peak_memory_growth
 from raysemi.bench.timing import seconds_per_call
 from raysemi.losses import directional_contrastive_loss
 from raysemi.losses.directional_contrastive import auto_chunk_size
@@ -91,38 +92,10 @@ def two_product_floor(n: int, m: int, d: int, chunk_size: int, device: torch.dev
     return median_seconds(products, repeats, device)
 
 
-def peak_rss_bytes(reset: bool = False) -> int:
-    """This process's peak resident set (``VmHWM``), after resetting it to the current RSS when ``reset``."""
-    if reset:
-        Path("/proc/self/clear_refs").write_text("5")
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line: peak memory on CPU needs Linux")
-
-
 def peak_memory_bytes(n: int, m: int, d: int, chunk_size: int | None, device: torch.device) -> int:
     """Peak memory of one forward+backward beyond the inputs (see the module docstring)."""
-    if device.type == "cuda":
-        inputs = make_inputs(n, m, d, device)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        forward_backward(inputs, chunk_size)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    out = subprocess.run([sys.executable, __file__, "--peak-of", str(n), str(m), str(d), str(chunk_size)],
-                         check=True, capture_output=True, text=True)
-    return int(out.stdout.strip().splitlines()[-1])
-
-
-def cpu_peak_growth(n: int, m: int, d: int, chunk: str) -> int:
-    """In a fresh process: the growth of the peak RSS over one pass, beyond the inputs (chunk: None, auto or
-    a number)."""
-    inputs = make_inputs(n, m, d, torch.device("cpu"))
-    base = peak_rss_bytes(reset=True)
-    forward_backward(inputs, None if chunk == "None" else chunk if chunk == "auto" else int(chunk))
-    return peak_rss_bytes() - base
+    return peak_memory_growth(partial(make_inputs, n, m, d, device), partial(forward_backward, chunk_size=chunk_size),
+                              device)
 
 
 def main() -> int:
@@ -133,11 +106,7 @@ def main() -> int:
     parser.add_argument("--chunk-size", default="auto", help="negatives per chunk, or auto (the loss's default)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--peak-of", nargs=4, help=argparse.SUPPRESS)  # N M D CHUNK: one CPU peak, printed
     args = parser.parse_args()
-    if args.peak_of:
-        print(cpu_peak_growth(*map(int, args.peak_of[:3]), args.peak_of[3]))
-        return 0
     device = torch.device(args.device)
     n, d = args.anchors, args.dim
     rows = []
