@@ -46,7 +46,7 @@ from raysemi.bench.timing import plain_images_per_s
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 CAMVID = CamvidProtocol.in_checkout(REPO)
-WORK = CAMVID.work
+WORK = CAMVID.work  # each run's directory, and the split files
 
 
 def run_name(method: str, labels: str, seed: int, iterations: int) -> str:
@@ -77,9 +77,8 @@ def final_run_dir(cfg) -> Path:
     return Path(cfg.run.dir)
 
 
-def run(
-    method: str, labels: str, seed: int, iterations: int, plain_iterations: int, overrides=(), protocol_overrides=()
-) -> dict:
+def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: int, overrides=(),
+        protocol_overrides=()) -> dict:
     """One protocol run. ``method`` names the results (``self_correction-<mode>`` picks the config
     ``self_correction_camvid.yaml``); ``overrides`` are the user's (recorded), ``protocol_overrides`` the
     protocol's own (split files, stages)."""
@@ -99,14 +98,8 @@ def run(
     labeled = len((metrics_dir / "labeled.txt").read_text().splitlines())
     stages = run_dir / "stages.json"
     result = {
-        "method": method,
-        "labels": labels,
-        "labeled_images": labeled,
-        "seed": seed,
-        "iterations": iterations,
-        "overrides": list(overrides),
-        "val_miou": round(summary["miou"], 4),
-        "wall_time_s": round(wall, 1),
+        "method": method, "labels": labels, "labeled_images": labeled, "seed": seed, "iterations": iterations,
+        "overrides": list(overrides), "val_miou": round(summary["miou"], 4), "wall_time_s": round(wall, 1),
         "images_per_s": round(statistics.median(r["images_per_s"] for r in steady), 2),
         "data_wait_frac": round(statistics.median(r["data_wait_frac"] for r in steady), 4),
         "plain_pytorch_images_per_s": round(plain_images_per_s(cfg, plain_iterations), 2),
@@ -136,7 +129,12 @@ SIMFORMER_VARIANTS = {
 
 
 def write_table() -> None:
-    """Rebuild ``results/README.md``: mean ± std over seeds per setting, every run, then ``notes.md``."""
+    """Rebuild ``results/README.md`` from every run's JSON there (:func:`results_page`)."""
+    (RESULTS / "README.md").write_text(results_page())
+
+
+def results_page() -> str:
+    """``results/README.md``: mean ± std over seeds per setting, every run, then ``notes.md``."""
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*-seed*.json"))]  # one per protocol run
     lines = [
         "# CamVid 96×128 benchmark results (history)",
@@ -187,7 +185,7 @@ def write_table() -> None:
     notes = RESULTS / "notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
-    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def _weak_shot_table(rows: list[dict]) -> list[str]:
