@@ -234,6 +234,13 @@ FASTER_GPU = 3.0  # assumption, not a published number: a current GPU with AMP s
 def markdown(record: dict) -> str:
     """The results page (``ingest.md``) from the JSON record."""
     summary = record["summary"]
+    sections = (images_section(record), throughput_section(summary), scaleout_section(record),
+                sizing_section(summary))
+    return "\n".join(line for section in sections for line in section)
+
+
+def images_section(record: dict) -> list[str]:
+    """The title, the machine's load, and the test images against the real datasets' files."""
     lines = [
         "# Ingest: Ray Data decode + augmentation per CPU, scale-out, CPUs per GPU",
         "",
@@ -261,6 +268,13 @@ def markdown(record: dict) -> str:
         "smooth lighting gradient, a 1/f (\"pink\") texture in octaves down to 2 pixels, mostly in brightness, and "
         "Gaussian sensor noise, so the files compress like photographs (flat colours would compress far better, "
         "noise far worse).",
+    ]
+    return lines
+
+
+def throughput_section(summary: dict) -> list[str]:
+    """The per-CPU decode + augmentation cost of each stream, and the plain loop's."""
+    lines = [
         "",
         "## Decode + augmentation throughput",
         "",
@@ -288,8 +302,13 @@ def markdown(record: dict) -> str:
                      f"{' / '.join(str(v) for v in case['images_per_s'])} | {values} | "
                      f"{' / '.join(str(v) for v in case['images_per_worker_cpu_s'])} | "
                      f"{' / '.join(str(v) for v in case['daemon_cpu_per_s'])} | {loads} |")
-    scale = record.get("scaleout_setup", {})
-    lines += [
+    return lines
+
+
+def scaleout_section(record: dict) -> list[str]:
+    """The data wait of N simulated workers against the load they put on the stream, and u*."""
+    scale, summary = record.get("scaleout_setup", {}), record["summary"]
+    lines = [
         "",
         "## Simulated scale-out",
         "",
@@ -324,6 +343,13 @@ def markdown(record: dict) -> str:
         "",
         f"Largest load with data wait under 5 % (mean of the repeats, every lighter point under 5 % too): "
         f"**u\\* = {max_load if max_load is None else round(max_load, 2)}**.",
+    ]
+    return lines
+
+
+def sizing_section(summary: dict) -> list[str]:
+    """CPUs per GPU for each published step, its sources and the caveats."""
+    lines = [
         "",
         "## CPUs per GPU to keep data wait under 5 %",
         "",
@@ -354,7 +380,7 @@ def markdown(record: dict) -> str:
         f"{BENCH_BATCHES_PER_BLOCK} batches (raysemi's runs: 32) so that short runs spread over every CPU.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> int:

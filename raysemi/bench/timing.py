@@ -1,6 +1,6 @@
 """Step timing: a method's training step on batches held in memory, so that a time is compute alone.
 
-Two ways to run a step, and two ways to time them:
+Ways to run a step and to time it:
 
 - :class:`PlainStep` (built by :func:`plain_step`): one step as a plain PyTorch loop runs it, with no engine:
   ``training_step``, backward, optimizer step, on a batch prepared once.
