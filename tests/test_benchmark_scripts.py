@@ -1,9 +1,11 @@
 """Every script under ``experiments/benchmarks/`` imports: a benchmark that cannot even load (a moved function,
 a renamed module) fails here, not months later when someone reruns it. Importing runs no benchmark: each
-script does its work under ``if __name__ == "__main__"``."""
+script does its work under ``if __name__ == "__main__"``. The scripts are a thin layer over the installed
+package: none edits ``sys.path`` or assigns to a setting of a ``raysemi`` module."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -26,3 +28,51 @@ def test_a_benchmark_script_imports(script: Path, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
+
+
+def sys_path_edits(source: str) -> list[int]:
+    """Line numbers of the calls on ``sys.path`` (``sys.path.insert(...)``, ``.append``) in ``source``."""
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute) and ast.unparse(node.func.value) == "sys.path"]
+
+
+def package_setting_assignments(source: str) -> list[str]:
+    """``module.NAME`` for each assignment to an attribute of an imported ``raysemi`` module in ``source``
+    (``import raysemi.ray.data as ray_data`` then ``ray_data.BATCHES_PER_BLOCK = 2``)."""
+    tree = ast.parse(source)
+    modules = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names if alias.name.startswith("raysemi")}
+    modules |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("raysemi") for alias in node.names}
+    targets = [t for node in ast.walk(tree) if isinstance(node, ast.Assign | ast.AugAssign)
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    return [ast.unparse(t) for t in targets
+            if isinstance(t, ast.Attribute) and ast.unparse(t.value).split(".")[0] in modules | {"raysemi"}]
+
+
+def test_the_checks_find_a_sys_path_edit_and_an_overwritten_package_setting():
+    source = ("import sys\nimport raysemi.ray.data as ray_data\nfrom raysemi import config\n"
+              "sys.path.insert(0, 'x')\nray_data.BATCHES_PER_BLOCK = 2\nconfig.DEFAULT += 1\nlocal = 3\n")
+    assert sys_path_edits(source) == [4]
+    assert package_setting_assignments(source) == ["ray_data.BATCHES_PER_BLOCK", "config.DEFAULT"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_a_benchmark_script_leaves_sys_path_and_package_settings_alone(script: Path):
+    source = script.read_text()
+    assert package_setting_assignments(source) == []
+    assert sys_path_edits(source) == [], f"{script.name} edits sys.path; import from the package instead"
+
+
+def test_the_camvid_history_page_rebuilds_from_the_committed_runs(monkeypatch):
+    """``camvid_protocol.py``'s ``results/README.md`` up to the notes (appended from ``notes.md`` as it is)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("benchmark_camvid_protocol", BENCHMARKS / "camvid_protocol.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    page = script.results_page()
+    notes = (BENCHMARKS / "results" / "notes.md").read_text().rstrip()
+    tables = page[: page.index(notes)]
+    assert "| supervised | 367 (all) | 1000 | 1 | 0.5120 | 928 | 9.76 |" in tables  # a row of the summary
+    assert (BENCHMARKS / "results" / "README.md").read_text().startswith(tables)

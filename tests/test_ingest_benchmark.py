@@ -1,8 +1,10 @@
-"""The ingest benchmark's pure parts: the CPUs-per-GPU arithmetic and the synthetic images (no Ray)."""
+"""The ingest sizing tool's pure parts (:mod:`raysemi.bench.ingest`, what ``experiments/benchmarks/ingest.py``
+runs): the CPUs-per-GPU arithmetic, the simulated training worker and the test images (no Ray)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -10,23 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import raysemi.bench.ingest as ingest
 from raysemi.data.formats import open_format
 
-REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def ingest():
-    """experiments/benchmarks/ingest.py as a module (registered first: its dataclasses look themselves up)."""
-    spec = importlib.util.spec_from_file_location("ingest_benchmark",
-                                                  REPO / "experiments" / "benchmarks" / "ingest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cpus_per_gpu_is_demand_over_supply_per_cpu_over_the_load_limit(ingest):
+def test_cpus_per_gpu_is_demand_over_supply_per_cpu_over_the_load_limit():
     # 8 images every 0.5 s = 16 images/s; 4 images per CPU-second -> 4 CPUs at full load, 5 at a 0.8 limit.
     assert ingest.cpus_per_gpu(8, 0.5, 4.0) == pytest.approx(4.0)
     assert ingest.cpus_per_gpu(8, 0.5, 4.0, max_load=0.8) == pytest.approx(5.0)
@@ -36,7 +28,7 @@ def test_cpus_per_gpu_is_demand_over_supply_per_cpu_over_the_load_limit(ingest):
         ingest.cpus_per_gpu(8, 0, 4.0)
 
 
-def test_max_load_is_the_last_point_before_wait_reaches_the_limit(ingest):
+def test_max_load_is_the_last_point_before_wait_reaches_the_limit():
     points = [{"load": 0.25, "wait_fraction": 0.01}, {"load": 1.0, "wait_fraction": 0.20},
               {"load": 0.5, "wait_fraction": 0.02}, {"load": 0.75, "wait_fraction": 0.049},
               {"load": 1.5, "wait_fraction": 0.03}]  # a lucky point past a failing one does not count
@@ -45,7 +37,7 @@ def test_max_load_is_the_last_point_before_wait_reaches_the_limit(ingest):
     assert ingest.max_load_under([{"load": 0.25, "wait_fraction": 0.3}]) is None
 
 
-def test_voc_like_tree_has_voc_sizes_codecs_and_reads_with_the_voc_reader(ingest, tmp_path):
+def test_voc_like_tree_has_voc_sizes_codecs_and_reads_with_the_voc_reader(tmp_path):
     ingest.write_voc_like(tmp_path, count=3)
     base = tmp_path / "VOCdevkit" / "VOC2012"
     with Image.open(base / "JPEGImages" / "2007_000000.jpg") as image:
@@ -61,7 +53,7 @@ def test_voc_like_tree_has_voc_sizes_codecs_and_reads_with_the_voc_reader(ingest
     assert len(reader.samples("val")) == 2
 
 
-def test_cityscapes_like_tree_has_cityscapes_names_codecs_and_label_ids(ingest, tmp_path):
+def test_cityscapes_like_tree_has_cityscapes_names_codecs_and_label_ids(tmp_path):
     assert ingest.CITYSCAPES.size == (1024, 2048)
     ingest.write_cityscapes_like(tmp_path, count=1, size=(64, 128))
     image_path = tmp_path / "leftImg8bit" / "train" / "synth" / "synth_000000_000019_leftImg8bit.png"
@@ -76,7 +68,7 @@ def test_cityscapes_like_tree_has_cityscapes_names_codecs_and_label_ids(ingest, 
     assert train_ids[0, 0] == 10 and train_ids[-1, 0] == 255  # sky on top, ego vehicle (ignored) at the bottom
 
 
-def test_photo_like_is_neither_flat_nor_noise(ingest):
+def test_photo_like_is_neither_flat_nor_noise():
     """A 1/f texture: neighbouring pixels agree far more than distant ones, and no region is flat."""
     image = ingest.photo_like(np.random.default_rng(0), np.zeros((128, 128), np.uint8)).astype(float)
     grey = image.mean(axis=2)
@@ -85,7 +77,7 @@ def test_photo_like_is_neither_flat_nor_noise(ingest):
     assert grey.std() > 10 and neighbour < distant / 3
 
 
-def test_summary_sizes_each_published_step_with_the_slower_cpu_setting_and_the_measured_load_limit(ingest):
+def test_summary_sizes_each_published_step_with_the_slower_cpu_setting_and_the_measured_load_limit():
     def ray_row(cpus, rate, repeat):
         return {"kind": "voc_like", "crop": 321, "cpus": cpus, "repeat": repeat, "images_per_s": 1.0,
                 "images_per_cpu_s": rate, "images_per_worker_cpu_s": rate * 2, "load_average": 3.0,
@@ -97,13 +89,48 @@ def test_summary_sizes_each_published_step_with_the_slower_cpu_setting_and_the_m
                    "images_per_cpu_s": 130.0, "load_average": 3.0}]
     scaleout = [{"consumers": n, "load": n / 4, "wait_fraction": w, "first_wait_s": 1.0}
                 for n, w in ((1, 0.0), (2, 0.01), (3, 0.04), (4, 0.12))]
-    summary = ingest.summarise(throughput, scaleout)
+    published = [ingest.PublishedStep("VOC 321, 6 images per step", "voc_like", 321, 6, 0.669, "a log"),
+                 ingest.PublishedStep("Cityscapes", "cityscapes_like", 768, 2, 0.85, "a table")]
+    summary = ingest.summarise(throughput, scaleout, published, faster_gpu=3.0)
 
     assert summary["max_load_under_5pct_wait"] == 0.75
     assert summary["cases"]["voc_like/321/plain"]["images_per_cpu_s"] == [130.0]
     assert summary["cases"]["voc_like/321/2"]["daemon_cpu_per_s"] == [0.05, 0.05]
     voc321 = [row for row in summary["sizing"] if row["stream"] == "voc_like crop 321"]
-    assert len(voc321) == 1  # the other published settings need streams this summary has no rows for
-    # UniMatch VOC 321: 6 images per 0.669 s = 8.97 images/s; / 40 per CPU-second / 0.75 = 0.30 CPUs per GPU.
+    assert len(summary["sizing"]) == 1  # the Cityscapes step needs a stream this summary has no rows for
+    # 6 images per 0.669 s = 8.97 images/s; / 40 per CPU-second / 0.75 = 0.30 CPUs per GPU; 0.90 at a 3x faster GPU.
     assert voc321[0]["images_per_cpu_s"] == 40.0
     assert voc321[0]["cpus_per_gpu"] == pytest.approx(6 / 0.669 / 40.0 / 0.75, abs=0.005)
+    assert voc321[0]["cpus_per_gpu_faster_gpu"] == pytest.approx(3 * 6 / 0.669 / 40.0 / 0.75, abs=0.005)
+
+
+def test_a_simulated_worker_counts_the_wait_after_the_first_batch_and_sleeps_a_step_each_batch():
+    """A fake clock: each batch arrives 2 s after it is asked for (the first 10 s), each step sleeps 0.5 s."""
+    now = [0.0]
+    waits = iter([10.0, 2.0, 2.0, 2.0])
+
+    def batches():
+        for wait in waits:
+            now[0] += wait
+            yield "batch"
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    result = ingest.consume(batches(), 0.5, clock=lambda: now[0], sleep=sleep)
+    # after the first batch: 3 waits of 2 s and 4 steps of 0.5 s = 8 s, of which 6 s waiting
+    assert result == {"steps": 4, "first_wait_s": 10.0, "wait_s": 6.0, "seconds": 8.0}
+    with pytest.raises(ValueError, match="no batch"):
+        ingest.consume(iter([]), 0.5)
+
+
+def test_the_script_rebuilds_the_committed_results_page_from_the_committed_record():
+    """``ingest.py --table`` on the committed ``ingest.json``: the same summary and the same ``ingest.md``."""
+    spec = importlib.util.spec_from_file_location("ingest_benchmark", BENCHMARKS / "ingest.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    record = json.loads((BENCHMARKS / "results" / "ingest.json").read_text())
+    assert script.summarise(record["throughput"], record["scaleout"], script.PUBLISHED,
+                            script.FASTER_GPU) == record["summary"]
+    assert script.markdown(record) == (BENCHMARKS / "results" / "ingest.md").read_text()

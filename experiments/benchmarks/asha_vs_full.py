@@ -30,10 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
+from raysemi.bench.camvid import CamvidProtocol
 
-from camvid_protocol import CAMVID, RESULTS, WORK, protocol_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "experiments" / "benchmarks" / "results"
+CAMVID = CamvidProtocol.in_checkout(REPO)
 
 SPACE = {"cps.weight": {"uniform": [0.5, 3.0]}, "optim.lr": {"loguniform": [3.0e-3, 0.1]}}
 
@@ -47,7 +48,7 @@ def run_search(scheduler: str, args, sweep_dir: Path) -> dict:
     done = sweep_dir / "phase.json"
     if args.resume and done.is_file():
         return json.loads(done.read_text())
-    base = protocol_config("cps", args.labels, args.seed, args.iterations, sweep_dir / "unused",
+    base = CAMVID.config("cps", args.labels, args.seed, args.iterations, sweep_dir / "unused",
                            [f"train.eval_every={args.grace}", f"train.checkpoint_every={args.grace}",
                             "train.log_every=25", "scaling.num_workers=0", "cps.rampup_steps=90"])
     spec = SweepSpec.model_validate({"samples": args.samples, "scheduler": scheduler, "grace_steps": args.grace,
@@ -92,11 +93,11 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run of this benchmark (same arguments) where it stopped")
     args = parser.parse_args()
-    if not CAMVID.is_dir():
-        print(f"error: {CAMVID} not found; this benchmark needs ../shared/data", file=sys.stderr)
+    if not CAMVID.data.is_dir():
+        print(f"error: {CAMVID.data} not found; this benchmark needs ../shared/data", file=sys.stderr)
         return 2
     name = f"asha_vs_full-{args.labels.replace('/', 'of')}-s{args.samples}-it{args.iterations}"
-    runs = {scheduler: run_search(scheduler, args, WORK / name / scheduler) for scheduler in ("asha", "fifo")}
+    runs = {scheduler: run_search(scheduler, args, CAMVID.work / name / scheduler) for scheduler in ("asha", "fifo")}
     asha, full = runs["asha"], runs["fifo"]
     result = {
         "benchmark": "asha_vs_full", "method": "cps", "labels": args.labels, "samples": args.samples,

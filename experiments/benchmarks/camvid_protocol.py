@@ -38,74 +38,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from raysemi.bench.camvid import CamvidProtocol
+from raysemi.bench.timing import plain_images_per_s
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
-CAMVID = REPO.parent / "shared" / "data" / "camvid-96x128"
-WORK = REPO / "experiments" / "benchmarks" / "_work"
-
-
-def protocol_config(method: str, labels: str, seed: int, iterations: int, run_dir: Path, overrides=()):
-    from raysemi.config import load_config
-    from raysemi.data.splits import parse_fraction
-
-    amount = "data.label_fraction=1.0" if labels == "all" else f"data.label_fraction={parse_fraction(labels)}"
-    return load_config(
-        REPO / "experiments" / "configs" / f"{method}_camvid.yaml",
-        [
-            f"data.root={CAMVID}",
-            amount,
-            f"data.split_seed={seed}",
-            f"run.seed={seed}",
-            f"run.dir={run_dir}",
-            f"train.steps={iterations}",
-            "train.torch_threads=2",
-            "train.eval_every=0",
-            "train.checkpoint_every=0",
-            *overrides,
-        ],
-    )
-
-
-def plain_pytorch_images_per_s(cfg, iterations: int, warmup: int = 5) -> float:
-    """A single-process loop over in-memory batches: same model, optimizer, batch size and threads."""
-    from raysemi.data.dataset import open_dataset
-    from raysemi.data.streams import stream_decoder, stream_records
-    from raysemi.data.transforms import TrainAugment
-    from raysemi.engine.loop import prepare_batch
-    from raysemi.engine.optim import build_optimizer
-    from raysemi.methods import build_method
-
-    torch.set_num_threads(cfg.train.torch_threads or 2)
-    source = open_dataset(cfg.data)
-    augment = TrainAugment.from_config(cfg.data, source.classes.ignore_index)
-    method = build_method(cfg)
-    batch = {}
-    for stream, spec in method.streams().items():
-        records = stream_records(source, spec, 1, 0, cfg.run.seed, stream)
-        decode = stream_decoder(spec, cfg.data.format, str(source.root), augment)
-        raw = decode({key: np.array([r[key] for r in records]) for key in records[0]})
-        batch[stream] = prepare_batch({k: torch.from_numpy(v) for k, v in raw.items()}, torch.device("cpu"),
-                                      view=spec.view)
-    models = method.build_models(source.classes.num_classes)
-    optimizer, _ = build_optimizer(models, cfg.optim, cfg.train.steps)
-    images = sum(len(b["image"]) for b in batch.values())
-    seconds = [timed_plain_step(method, models, batch, optimizer, cfg.train.steps // 2)
-               for _ in range(warmup + iterations)]
-    return images / statistics.median(seconds[warmup:])
-
-
-def timed_plain_step(method, models: dict, batch: dict, optimizer, step: int) -> float:
-    """One training step of ``method`` as a plain PyTorch loop runs it (no engine: its loss, backward and the
-    optimizer step on ``batch``, already on the device); returns its seconds."""
-    started = time.perf_counter()
-    loss = method.training_step(models, batch, step)["loss"]
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return time.perf_counter() - started
+CAMVID = CamvidProtocol.in_checkout(REPO)
+WORK = CAMVID.work  # each run's directory, and the split files
 
 
 def run_name(method: str, labels: str, seed: int, iterations: int) -> str:
@@ -113,22 +54,11 @@ def run_name(method: str, labels: str, seed: int, iterations: int) -> str:
     return f"{method}-{labels.replace('/', 'of')}-seed{seed}{suffix}"
 
 
-def boxes_split(labels: str, seed: int) -> list[str]:
-    """Overrides pointing at F / W split files with W's boxes derived from masks (written once)."""
-    from raysemi.cli import main as cli
-
-    out = WORK / "splits" / f"{labels.replace('/', 'of')}-seed{seed}"
-    if not (out / "unlabeled_boxes.txt").is_file():
-        cli(["data", "split", str(CAMVID), "--fraction", labels, "--seed", str(seed), "--boxes", "--out", str(out)])
-    return [f"data.labeled_split={out / 'labeled.txt'}", f"data.unlabeled_split={out / 'unlabeled.txt'}",
-            f"data.unlabeled_boxes={out / 'unlabeled_boxes.txt'}"]
-
-
 def self_correction_overrides(mode: str, labels: str, seed: int, iterations: int, plain: int) -> list[str]:
     """Overrides for one ``self_correction`` mode; ``none`` and ``linear`` first train (or reuse) the shared
     ancillary run and start their primary stage from it."""
     steps = [f"self_correction.mode={mode}", f"self_correction.ancillary_steps={iterations}",
-             f"self_correction.corrector_steps={iterations}", *boxes_split(labels, seed)]
+             f"self_correction.corrector_steps={iterations}", *CAMVID.boxes_split(labels, seed)]
     if mode == "conv":
         return steps
     ancillary = run_name("self_correction-ancillary", labels, seed, iterations)
@@ -147,9 +77,8 @@ def final_run_dir(cfg) -> Path:
     return Path(cfg.run.dir)
 
 
-def run(
-    method: str, labels: str, seed: int, iterations: int, plain_iterations: int, overrides=(), protocol_overrides=()
-) -> dict:
+def run(method: str, labels: str, seed: int, iterations: int, plain_iterations: int, overrides=(),
+        protocol_overrides=()) -> dict:
     """One protocol run. ``method`` names the results (``self_correction-<mode>`` picks the config
     ``self_correction_camvid.yaml``); ``overrides`` are the user's (recorded), ``protocol_overrides`` the
     protocol's own (split files, stages)."""
@@ -159,7 +88,7 @@ def run(
     name = run_name(method, labels, seed, iterations)
     run_dir = WORK / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = protocol_config(method.split("-")[0], labels, seed, iterations, run_dir, [*protocol_overrides, *overrides])
+    cfg = CAMVID.config(method.split("-")[0], labels, seed, iterations, run_dir, [*protocol_overrides, *overrides])
     started = time.perf_counter()
     summary = train(cfg)
     wall = time.perf_counter() - started
@@ -169,17 +98,11 @@ def run(
     labeled = len((metrics_dir / "labeled.txt").read_text().splitlines())
     stages = run_dir / "stages.json"
     result = {
-        "method": method,
-        "labels": labels,
-        "labeled_images": labeled,
-        "seed": seed,
-        "iterations": iterations,
-        "overrides": list(overrides),
-        "val_miou": round(summary["miou"], 4),
-        "wall_time_s": round(wall, 1),
+        "method": method, "labels": labels, "labeled_images": labeled, "seed": seed, "iterations": iterations,
+        "overrides": list(overrides), "val_miou": round(summary["miou"], 4), "wall_time_s": round(wall, 1),
         "images_per_s": round(statistics.median(r["images_per_s"] for r in steady), 2),
         "data_wait_frac": round(statistics.median(r["data_wait_frac"] for r in steady), 4),
-        "plain_pytorch_images_per_s": round(plain_pytorch_images_per_s(cfg, plain_iterations), 2),
+        "plain_pytorch_images_per_s": round(plain_images_per_s(cfg, plain_iterations), 2),
         "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
         **({"miou_groups": groups} if (groups := _group_mious(summary)) else {}),
         **({"stages": json.loads(stages.read_text())} if stages.is_file() else {}),
@@ -206,7 +129,12 @@ SIMFORMER_VARIANTS = {
 
 
 def write_table() -> None:
-    """Rebuild ``results/README.md``: mean ± std over seeds per setting, every run, then ``notes.md``."""
+    """Rebuild ``results/README.md`` from every run's JSON there (:func:`results_page`)."""
+    (RESULTS / "README.md").write_text(results_page())
+
+
+def results_page() -> str:
+    """``results/README.md``: mean ± std over seeds per setting, every run, then ``notes.md``."""
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*-seed*.json"))]  # one per protocol run
     lines = [
         "# CamVid 96×128 benchmark results (history)",
@@ -257,7 +185,7 @@ def write_table() -> None:
     notes = RESULTS / "notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
-    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def _weak_shot_table(rows: list[dict]) -> list[str]:
@@ -305,8 +233,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override on top of the protocol (repeatable); recorded in the results")
     args = parser.parse_args()
-    if not CAMVID.is_dir():
-        print(f"skipped: {CAMVID} not found (the benchmark needs ../shared/data)", file=sys.stderr)
+    if not CAMVID.data.is_dir():
+        print(f"skipped: {CAMVID.data} not found (the benchmark needs ../shared/data)", file=sys.stderr)
         return 0
     method, protocol_overrides = args.method, []
     if method == "self_correction":

@@ -12,13 +12,20 @@ Prints one JSON line per method; ``raysemi.engine.probe.UNCOMPILABLE`` lists the
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+
+
+def contract_fixtures():
+    """``tests/test_method_contract.py`` as a module: its ``_config``, ``_models`` and ``_batch``."""
+    spec = importlib.util.spec_from_file_location("method_contract", REPO / "tests" / "test_method_contract.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def try_compile(name: str) -> dict:
@@ -27,12 +34,12 @@ def try_compile(name: str) -> dict:
     from torch._dynamo.utils import counters
 
     from raysemi.methods import build_method
-    from tests.test_method_contract import _batch, _config, _models
 
+    contract = contract_fixtures()
     torch._dynamo.reset()
     counters.clear()
-    method = build_method(_config(name))
-    models, batch = _models(method), _batch(method)
+    method = build_method(contract._config(name))
+    models, batch = contract._models(method), contract._batch(method)
     began = time.perf_counter()
     try:
         torch.compile(method.training_step)(models, batch, 0)["loss"].backward()

@@ -9,11 +9,11 @@ directional mask off) so the whole N×M product is computed; forward + backward 
   shapes as the chunk loop runs them (``(N, D+1) @ (D+1, chunk)`` into a reused buffer, then ``addmm_`` of
   ``(N, chunk) @ (chunk, D+1)``), with nothing else. The one-product rate on the whole N×M matrix is
   reported too (it includes allocating that matrix).
-- Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the pass; on CPU (Linux), the growth of the
-  process's peak resident set (``VmHWM``) during the pass, each variant in a fresh subprocess whose peak is
-  reset (``/proc/self/clear_refs``) once the inputs exist. Large tensors are mmapped and returned to the OS on
-  free, so the peak RSS tracks them. (``ru_maxrss`` does not work here: a child inherits its parent's peak
-  across fork and exec, so after the timed passes every child reported growth 0.)
+- Peak memory (:func:`raysemi.bench.memory.peak_memory_growth`): on CUDA, ``torch.cuda.max_memory_allocated``
+  over the pass; on CPU (Linux), the growth of the process's peak resident set (``VmHWM``) during the pass,
+  each variant in a fresh process whose peak is reset once the inputs exist. (``ru_maxrss`` does not work here:
+  a child inherits its parent's peak across fork and exec, so after the timed passes every child reported
+  growth 0.)
 
 Usage (from the repository root)::
 
@@ -27,20 +27,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from raysemi.bench.memory import peak_memory_growth
+from raysemi.bench.timing import seconds_per_call
+from raysemi.losses import directional_contrastive_loss
+from raysemi.losses.directional_contrastive import auto_chunk_size
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
-sys.path.insert(0, str(REPO))
-
-from raysemi.losses import directional_contrastive_loss  # noqa: E402
-from raysemi.losses.directional_contrastive import auto_chunk_size  # noqa: E402
 
 
 def make_inputs(n: int, m: int, d: int, device: torch.device, seed: int = 0):
@@ -64,35 +64,19 @@ def forward_backward(inputs, chunk_size: int | None) -> None:
     loss.backward()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def median_seconds(call, repeats: int, device: torch.device) -> float:
+    """Median seconds of ``repeats`` calls of ``call`` after one warm-up call."""
+    return statistics.median(seconds_per_call(call, repeats, warmup=1, device=device))
 
 
 def time_pass(inputs, chunk_size: int | None, repeats: int, device: torch.device) -> float:
-    forward_backward(inputs, chunk_size)  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        forward_backward(inputs, chunk_size)
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return median_seconds(lambda: forward_backward(inputs, chunk_size), repeats, device)
 
 
 def matmul_rate(n: int, m: int, d: int, device: torch.device, repeats: int = 5) -> float:
     """Flops/s of an (n, d) @ (d, m) float32 product on this machine."""
     a, b = torch.randn(n, d, device=device), torch.randn(d, m, device=device)
-    a @ b
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return 2 * n * m * d / statistics.median(seconds)
+    return 2 * n * m * d / median_seconds(lambda: a @ b, repeats, device)
 
 
 def two_product_floor(n: int, m: int, d: int, chunk_size: int, device: torch.device, repeats: int = 3) -> float:
@@ -105,52 +89,13 @@ def two_product_floor(n: int, m: int, d: int, chunk_size: int, device: torch.dev
             chunk = negatives[start : start + chunk_size]
             acc.addmm_(torch.mm(rows, chunk.T, out=buffer[: n * len(chunk)].view(n, len(chunk))), chunk)
 
-    products()
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        products()
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
-
-
-def peak_rss_bytes(reset: bool = False) -> int:
-    """This process's peak resident set (``VmHWM``), after resetting it to the current RSS when ``reset``."""
-    if reset:
-        Path("/proc/self/clear_refs").write_text("5")
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line: peak memory on CPU needs Linux")
+    return median_seconds(products, repeats, device)
 
 
 def peak_memory_bytes(n: int, m: int, d: int, chunk_size: int | None, device: torch.device) -> int:
     """Peak memory of one forward+backward beyond the inputs (see the module docstring)."""
-    if device.type == "cuda":
-        inputs = make_inputs(n, m, d, device)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        forward_backward(inputs, chunk_size)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    code = (
-        "import sys, torch; sys.path.insert(0, sys.argv[1]); "
-        "from experiments.benchmarks.contrastive_loss import make_inputs, forward_backward, peak_rss_bytes; "
-        "n, m, d = map(int, sys.argv[2:5]); a = sys.argv[5]; "
-        "chunk = None if a == 'None' else a if a == 'auto' else int(a); "
-        "inputs = make_inputs(n, m, d, torch.device('cpu')); "
-        "base = peak_rss_bytes(reset=True); "
-        "forward_backward(inputs, chunk); "
-        "print(peak_rss_bytes() - base)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO), str(n), str(m), str(d), str(chunk_size)],
-        check=True, capture_output=True, text=True,
-    )
-    return int(out.stdout.strip().splitlines()[-1])
+    return peak_memory_growth(partial(make_inputs, n, m, d, device), partial(forward_backward, chunk_size=chunk_size),
+                              device)
 
 
 def main() -> int:

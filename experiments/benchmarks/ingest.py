@@ -23,6 +23,7 @@ Usage (from the repository root)::
 Writes ``experiments/benchmarks/results/ingest.json`` and ``ingest.md``.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -32,240 +33,26 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from raysemi.bench.ingest import (
+    KINDS,
+    VOC,
+    VOC_JPEG_QUALITY,
+    Kind,
+    PublishedStep,
+    consume,
+    ensure_images,
+    file_sizes,
+    mean,
+    measure_throughput,
+    plain_loop_rate,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "ingest"
-GENERATOR_VERSION = 1  # bump when the images change, so cached ones are rebuilt
-
-# ----------------------------------------------------------------------------------------------------------------
-# Synthetic photo-like images
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def upsampled_noise(rng: np.random.Generator, height: int, width: int, cells: tuple[int, int]) -> np.ndarray:
-    """``(height, width)`` float32 in about [-1, 1]: a ``cells`` grid of uniform noise, bicubic-upsampled (a
-    smooth field whose features are ``height / cells[0]`` pixels across)."""
-    grid = rng.uniform(-1.0, 1.0, size=(max(cells[0], 2), max(cells[1], 2))).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((width, height), Image.BICUBIC))
-
-
-def pink_texture(rng: np.random.Generator, height: int, width: int, finest: int = 2) -> np.ndarray:
-    """``(height, width)`` float32 texture with an amplitude about proportional to feature size (the 1/f
-    spectrum of natural images): octaves of :func:`upsampled_noise` from 1/32 of the image down to ``finest``
-    pixels, each half the amplitude of the coarser one; standard deviation about 0.5."""
-    texture = np.zeros((height, width), np.float32)
-    cell, amplitude = max(height, width) / 32, 1.0
-    while cell >= finest:
-        texture += amplitude * upsampled_noise(rng, height, width, (round(height / cell), round(width / cell)))
-        cell, amplitude = cell / 2, amplitude / 2
-    return texture
-
-
-def photo_like(rng: np.random.Generator, regions: np.ndarray, sensor_noise: float = 2.0) -> np.ndarray:
-    """``(H, W)`` region ids (any ints) → ``(H, W, 3)`` uint8 RGB that compresses like a photograph.
-
-    Each region gets its own colour; on top lie a smooth lighting gradient over the whole image (a 3×4 grid,
-    bicubic), a 1/f texture (:func:`pink_texture`) mostly in brightness (±40 grey levels, shared by the three
-    channels) with a weaker colour part (±10 per channel), and Gaussian sensor noise (``sensor_noise`` levels):
-    flat colours would compress far better than photos, pure noise far worse.
-    """
-    height, width = regions.shape
-    ids, inverse = np.unique(regions, return_inverse=True)
-    colours = rng.uniform(40, 215, size=(len(ids), 3)).astype(np.float32)
-    image = colours[inverse.reshape(height, width)]
-    brightness = 35.0 * upsampled_noise(rng, height, width, (3, 4)) + 40.0 * pink_texture(rng, height, width)
-    for channel in range(3):
-        image[..., channel] += brightness + 10.0 * pink_texture(rng, height, width)
-    image += rng.normal(0.0, sensor_noise, size=image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def _ellipse(height: int, width: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-    yy, xx = np.ogrid[:height, :width]
-    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-
-
-def _boundary(mask: np.ndarray, width: int) -> np.ndarray:
-    """``(H, W)`` bool: pixels within ``width`` of a label change (VOC marks these 255, "void")."""
-    edge = np.zeros(mask.shape, bool)
-    edge[1:] |= mask[1:] != mask[:-1]
-    edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
-    grown = edge.copy()
-    for shift in range(1, width // 2 + 1):
-        grown[shift:] |= edge[:-shift]
-        grown[:-shift] |= edge[shift:]
-        grown[:, shift:] |= edge[:, :-shift]
-        grown[:, :-shift] |= edge[:, shift:]
-    return grown
-
-
-def voc_like_scene(rng: np.random.Generator, height: int = 375, width: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """``(regions, mask)``, both ``(H, W)`` uint8 VOC class ids: background 0 and one to three elliptical
-    objects of classes 1..20; the mask adds a 4-pixel void border (255) along every object outline, as VOC's
-    masks have (the image is drawn from ``regions``, without the border)."""
-    regions = np.zeros((height, width), np.uint8)
-    for _ in range(rng.integers(1, 4)):
-        cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
-        ry, rx = rng.uniform(0.1, 0.4) * height, rng.uniform(0.1, 0.4) * width
-        regions[_ellipse(height, width, cy, cx, ry, rx)] = rng.integers(1, 21)
-    mask = regions.copy()
-    mask[_boundary(regions, 4)] = 255
-    return regions, mask
-
-
-CITYSCAPES_IDS = {"road": 7, "sidewalk": 8, "building": 11, "pole": 17, "vegetation": 21, "sky": 23,
-                  "person": 24, "car": 26, "ego_vehicle": 1}  # fmt: skip
-
-
-def cityscapes_like_mask(rng: np.random.Generator, height: int = 1024, width: int = 2048) -> np.ndarray:
-    """``(H, W)`` uint8 Cityscapes label ids (``*_labelIds.png`` values): sky, buildings, vegetation, road and
-    sidewalk in horizontal bands with a wavy skyline, then poles, cars and people as boxes, and the ego vehicle
-    (id 1, ignored) along the bottom."""
-    ids = CITYSCAPES_IDS
-    mask = np.full((height, width), ids["road"], np.uint8)
-    skyline = (0.25 + 0.15 * upsampled_noise(rng, 1, width, (1, 12))[0]) * height
-    rows = np.arange(height)[:, None]
-    mask[rows < skyline[None, :]] = ids["sky"]
-    horizon = int(rng.uniform(0.45, 0.55) * height)
-    buildings = (rows >= skyline[None, :]) & (rows < horizon)
-    mask[buildings] = ids["building"]
-    trees = upsampled_noise(rng, height, width, (8, 16)) > 0.3
-    mask[buildings & trees] = ids["vegetation"]
-    mask[horizon : horizon + height // 12, : width // 3] = ids["sidewalk"]
-    for name, count, (h_lo, h_hi), aspect in (("pole", 6, (0.2, 0.4), 0.05), ("car", 4, (0.08, 0.18), 2.0),
-                                              ("person", 5, (0.08, 0.2), 0.4)):
-        for _ in range(count):
-            box_h = int(rng.uniform(h_lo, h_hi) * height)
-            box_w = max(4, int(box_h * aspect))
-            bottom = int(rng.uniform(horizon + 0.02 * height, 0.85 * height))
-            left = int(rng.uniform(0, width - box_w))
-            mask[max(bottom - box_h, 0) : bottom, left : left + box_w] = ids[name]
-    mask[int(0.88 * height) :] = ids["ego_vehicle"]
-    return mask
-
-
-@lru_cache(maxsize=1)
-def _voc_palette_bytes() -> tuple[int, ...]:
-    """raysemi's VOC colour map for all 256 indices, flattened ``(r, g, b, r, g, b, ...)``."""
-    from raysemi.data.formats import voc_palette
-
-    return tuple(channel for colour in voc_palette(256) for channel in colour)
-
-
-def save_voc_mask(mask: np.ndarray, path: Path) -> None:
-    """A palette ("P") PNG with the VOC colour map, as VOC's ``SegmentationClass`` files are stored."""
-    image = Image.fromarray(mask, mode="P")
-    image.putpalette(list(_voc_palette_bytes()))
-    image.save(path)
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One synthetic dataset: its raysemi format, image size ``(H, W)``, how many images, and what real files
-    of that kind weigh (for comparison in the report)."""
-
-    name: str
-    format: str
-    size: tuple[int, int]
-    count: int
-    reference_bytes: str
-
-
-VOC = Kind("voc_like", "voc", (375, 500), 48,
-           "VOC2012 JPEGs ≈ 0.1 MB (VOCtrainval_11-May-2012.tar: 1.9 GB, 17,125 images, annotations included)")
-CITYSCAPES = Kind("cityscapes_like", "cityscapes", (1024, 2048), 24,
-                  "Cityscapes leftImg8bit PNGs ≈ 2.2 MB (leftImg8bit_trainvaltest.zip: 11 GB, 5,000 images)")
-VOC_JPEG_QUALITY, VOC_SENSOR_NOISE, CITYSCAPES_SENSOR_NOISE = 95, 3.0, 1.5  # files near the real sizes
-KINDS = {kind.name: kind for kind in (VOC, CITYSCAPES)}
-
-
-def write_voc_like(root: Path, count: int, seed: int = 0) -> None:
-    """A VOC2012 tree under ``root``: ``JPEGImages/*.jpg`` (500×375, quality 90), ``SegmentationClass/*.png``
-    (palette PNGs) and ``ImageSets/Segmentation/{train,val}.txt`` (all images in train, the first 2 in val)."""
-    base = root / "VOCdevkit" / "VOC2012"
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / folder).mkdir(parents=True, exist_ok=True)
-    names = [f"2007_{index:06d}" for index in range(count)]
-    for index, name in enumerate(names):
-        rng = np.random.default_rng([seed, index])
-        regions, mask = voc_like_scene(rng, *VOC.size)
-        image = photo_like(rng, regions, sensor_noise=VOC_SENSOR_NOISE)
-        Image.fromarray(image).save(base / "JPEGImages" / f"{name}.jpg", quality=VOC_JPEG_QUALITY)
-        save_voc_mask(mask, base / "SegmentationClass" / f"{name}.png")
-    (base / "ImageSets/Segmentation/train.txt").write_text("\n".join(names) + "\n")
-    (base / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[:2]) + "\n")
-
-
-def write_cityscapes_like(root: Path, count: int, seed: int = 0, size: tuple[int, int] = CITYSCAPES.size) -> None:
-    """A Cityscapes tree under ``root``: ``leftImg8bit/{train,val}/synth/*_leftImg8bit.png`` (RGB, ``size`` =
-    ``(H, W)``, 1024×2048 by default) and ``gtFine/.../*_gtFine_labelIds.png`` (8-bit grey label ids); the first
-    2 images also form val."""
-    for index in range(count):
-        rng = np.random.default_rng([seed, index])
-        mask = cityscapes_like_mask(rng, *size)
-        image = Image.fromarray(photo_like(rng, mask, sensor_noise=CITYSCAPES_SENSOR_NOISE))
-        for split in ("train", "val") if index < 2 else ("train",):
-            stem = f"synth_{index:06d}_000019"
-            image_dir, mask_dir = root / "leftImg8bit" / split / "synth", root / "gtFine" / split / "synth"
-            image_dir.mkdir(parents=True, exist_ok=True)
-            mask_dir.mkdir(parents=True, exist_ok=True)
-            image.save(image_dir / f"{stem}_leftImg8bit.png")
-            Image.fromarray(mask, mode="L").save(mask_dir / f"{stem}_gtFine_labelIds.png")
-
-
-def ensure_images(kind: Kind, work: Path = WORK) -> Path:
-    """The root of ``kind``'s synthetic dataset, generated on first use (a marker file records the version)."""
-    root = work / kind.name
-    marker = root / f".done-v{GENERATOR_VERSION}-{kind.count}"
-    if not marker.is_file():
-        print(f"generating {kind.count} {kind.name} images in {root}", flush=True)
-        (write_voc_like if kind.format == "voc" else write_cityscapes_like)(root, kind.count)
-        marker.write_text("")
-    return root
-
-
-def file_sizes(root: Path) -> dict[str, float]:
-    """Mean size in KB of the images and the masks of a generated tree."""
-    images = [p for p in root.rglob("*") if p.suffix == ".jpg" or p.name.endswith("_leftImg8bit.png")]
-    masks = [p for p in root.rglob("*.png") if p not in set(images)]
-    return {"image_kb": round(float(np.mean([p.stat().st_size for p in images])) / 1e3, 1),
-            "mask_kb": round(float(np.mean([p.stat().st_size for p in masks])) / 1e3, 1)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sizing arithmetic
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def cpus_per_gpu(images_per_step: float, step_time_s: float, images_per_cpu_s: float,
-                 max_load: float = 1.0) -> float:
-    """CPUs that keep one GPU fed: the GPU's demand (``images_per_step / step_time_s`` images/s) over what one
-    CPU supplies (``images_per_cpu_s``), divided by ``max_load``, the highest demand / supply ratio at which
-    data wait stayed under the limit (so 0.8 asks for 25 % spare supply)."""
-    for name, value in (("images_per_step", images_per_step), ("step_time_s", step_time_s),
-                        ("images_per_cpu_s", images_per_cpu_s), ("max_load", max_load)):
-        if not value > 0:
-            raise ValueError(f"{name}={value!r}: must be a positive number")
-    return images_per_step / step_time_s / images_per_cpu_s / max_load
-
-
-def max_load_under(points: list[dict], wait_limit: float = 0.05) -> float | None:
-    """The largest ``load`` (demand / supply) among scale-out points whose ``wait_fraction`` is under
-    ``wait_limit`` and below which every point also stayed under it; None when even the lightest failed."""
-    best = None
-    for point in sorted(points, key=lambda p: p["load"]):
-        if point["wait_fraction"] >= wait_limit:
-            break
-        best = point["load"]
-    return best
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Measurements (Ray)
@@ -293,114 +80,12 @@ def training_stream(kind: Kind, root: Path, crop: int, local_batch: int, steps: 
                                    batches_per_block=BENCH_BATCHES_PER_BLOCK)["labeled"]
 
 
-class TreeCpu:
-    """CPU seconds (user + system) used since construction by this process and all its descendants, split
-    into ``workers`` (Ray's task and actor processes, ``ray::*``: decoding, augmentation, Ray Data's own
-    actors), ``driver`` (this process: batching, the consumer's side) and ``daemons`` (raylet, GCS, log
-    monitor: a cost per node and second, not per image). :meth:`sample` between batches keeps the last reading
-    of every process, so a worker that Ray ends during the measurement still counts up to its last sample."""
-
-    def __init__(self) -> None:
-        self.start = self._read()
-        self.last = dict(self.start)
-
-    @staticmethod
-    def _read() -> dict[tuple[int, float, str], float]:
-        import psutil
-
-        readings = {}
-        root = psutil.Process()
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                times = process.cpu_times()
-                role = "driver" if process.pid == root.pid else (
-                    "workers" if process.name().startswith("ray::") else "daemons")
-                readings[(process.pid, process.create_time(), role)] = times.user + times.system
-            except psutil.Error:  # exited between listing and reading
-                pass
-        return readings
-
-    def sample(self) -> dict[str, float]:
-        """``{"workers", "driver", "daemons": CPU seconds used since construction, "started": processes
-        started since}``."""
-        self.last.update(self._read())
-        used = {"workers": 0.0, "driver": 0.0, "daemons": 0.0, "started": 0}
-        for key, seconds in self.last.items():
-            used[key[2]] += seconds - self.start.get(key, 0.0)
-            used["started"] += key not in self.start
-        return used
-
-
-def plain_loop_rate(kind: Kind, root: Path, crop: int, images: int) -> dict:
-    """The same decode + augmentation (raysemi's ``DecodeTrainBatch``) called in this process, one thread, no
-    Ray: images per CPU-second of this process alone, the floor that Ray's per-image overhead adds to."""
-    import torch
-
-    from raysemi.data.pipeline import DecodeTrainBatch
-    from raysemi.data.transforms import TrainAugment
-
-    torch.set_num_threads(1)
-    decode = DecodeTrainBatch(kind.format, str(root), TrainAugment((crop, crop)))
-    names = sorted(Path(root).rglob("*.jpg" if kind.format == "voc" else "*_leftImg8bit.png"))
-    records = [_record(kind, path, seed) for seed, path in zip(range(images), names * (images // len(names) + 1))]
-    decode({key: np.array([r[key] for r in records[:2]]) for key in records[0]})  # warm-up: imports, caches
-    start = time.process_time()
-    for first in range(0, images, 8):
-        chunk = records[first : first + 8]
-        decode({key: np.array([r[key] for r in chunk]) for key in chunk[0]})
-    cpu = time.process_time() - start
-    return {"images": images, "cpu_seconds": round(cpu, 2), "images_per_cpu_s": round(images / cpu, 2)}
-
-
-def _record(kind: Kind, image: Path, seed: int) -> dict:
-    """A stream record (as :func:`raysemi.data.pipeline.plan_records` writes) for a generated image."""
-    if kind.format == "voc":
-        mask = image.parents[1] / "SegmentationClass" / f"{image.stem}.png"
-    else:
-        stem = image.name.removesuffix("_leftImg8bit.png")
-        mask = Path(str(image.parent).replace("leftImg8bit", "gtFine")) / f"{stem}_gtFine_labelIds.png"
-    return {"image_path": str(image), "mask_path": str(mask), "seed": seed}
-
-
-def measure_throughput(kind: Kind, root: Path, crop: int, local_batch: int, steps: int) -> dict:
-    """Read one stream to its end on the driver: images/s of wall clock (which the machine's other load
-    stretches) and images per CPU-second of the Ray workers, of workers + driver, and of the whole tree."""
-    dataset = training_stream(kind, root, crop, local_batch, steps)
-    cpu, start = TreeCpu(), time.perf_counter()
-    images = 0
-    for batch in dataset.iter_batches(batch_size=local_batch, batch_format="numpy", prefetch_batches=4):
-        images += len(batch["image"])
-        cpu.sample()
-    seconds, used = time.perf_counter() - start, cpu.sample()
-    return {"images": images, "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 2),
-            "cpu_seconds": {role: round(value, 2) for role, value in used.items()},
-            "images_per_cpu_s": round(images / (used["workers"] + used["driver"]), 2),
-            "images_per_worker_cpu_s": round(images / used["workers"], 2),
-            "images_per_tree_cpu_s": round(images / (used["workers"] + used["driver"] + used["daemons"]), 2),
-            "load_average": round(os.getloadavg()[0], 2)}
-
-
 class Consumer:
     """One simulated training worker (a Ray actor with ``num_cpus=0``, kept across runs so its start-up and
-    imports are paid once): take a batch, 'compute' for ``step_s`` (a sleep: no CPU), repeat."""
+    imports are paid once): :func:`raysemi.bench.ingest.consume` of its shard, read as raysemi's loop reads."""
 
     def run(self, shard, local_batch: int, step_s: float) -> dict:
-        """Read ``shard`` to its end as raysemi's loop does. Returns the wait for the first batch (the pipeline
-        filling) and, after it, the total wait and time."""
-        batches = iter(shard.iter_torch_batches(batch_size=local_batch, drop_last=True, prefetch_batches=4))
-        waits = []
-        start = time.perf_counter()
-        while True:
-            asked = time.perf_counter()
-            try:
-                next(batches)
-            except StopIteration:
-                break
-            waits.append(time.perf_counter() - asked)
-            time.sleep(step_s)
-        total = time.perf_counter() - start
-        return {"steps": len(waits), "first_wait_s": waits[0], "wait_s": sum(waits[1:]),
-                "seconds": total - waits[0]}
+        return consume(shard.iter_torch_batches(batch_size=local_batch, drop_last=True, prefetch_batches=4), step_s)
 
 
 def start_consumers(count: int) -> list:
@@ -466,22 +151,16 @@ def run_throughput(cpus: int, repeats: int, out: Path) -> None:
     """Every throughput case ``repeats`` times with ``cpus`` CPUs (one warm-up pass first, so worker start-up
     and imports are not timed); one JSON line per measurement appended to ``out``."""
     start_ray(cpus)
-    roots = {name: ensure_images(KINDS[name]) for name in KINDS}
-    measure_throughput(VOC, roots["voc_like"], 321, 8, 2 * cpus * 2)  # warm-up: start every decode worker
+    roots = {name: ensure_images(KINDS[name], WORK) for name in KINDS}
+    measure_throughput(training_stream(VOC, roots["voc_like"], 321, 8, 2 * cpus * 2), 8)  # warm-up: every worker
     for repeat in range(repeats):
         for name, crop, batch, steps in THROUGHPUT_CASES:
             if cpus == 1:
                 row = plain_loop_rate(KINDS[name], roots[name], crop, PLAIN_LOOP_IMAGES[name])
-                row |= {"kind": name, "crop": crop, "cpus": 0, "repeat": repeat, "mode": "plain loop",
-                        "load_average": round(os.getloadavg()[0], 2)}
-                print(json.dumps(row), flush=True)
-                with out.open("a") as file:
-                    file.write(json.dumps(row) + "\n")
-            row = measure_throughput(KINDS[name], roots[name], crop, batch, steps * cpus)
-            row |= {"kind": name, "crop": crop, "local_batch": batch, "cpus": cpus, "repeat": repeat}
-            print(json.dumps(row), flush=True)
-            with out.open("a") as file:
-                file.write(json.dumps(row) + "\n")
+                append_row(out, row | {"kind": name, "crop": crop, "cpus": 0, "repeat": repeat, "mode": "plain loop",
+                                       "load_average": round(os.getloadavg()[0], 2)})
+            row = measure_throughput(training_stream(KINDS[name], roots[name], crop, batch, steps * cpus), batch)
+            append_row(out, row | {"kind": name, "crop": crop, "local_batch": batch, "cpus": cpus, "repeat": repeat})
 
 
 def run_scaleout(cpus: int, repeats: int, supply: float, out: Path) -> None:
@@ -491,28 +170,25 @@ def run_scaleout(cpus: int, repeats: int, supply: float, out: Path) -> None:
     load moves it; a point's load is its demand over that supply."""
     start_ray(cpus)
     name, crop, batch = SCALEOUT_CASE
-    root = ensure_images(KINDS[name])
+    root = ensure_images(KINDS[name], WORK)
     step_s = round(batch / (supply / 4), 3)
     steps = max(8, round(SCALEOUT_SECONDS / step_s))
-    measure_throughput(KINDS[name], root, crop, batch, 2 * cpus * 2)  # warm-up
+    measure_throughput(training_stream(KINDS[name], root, crop, batch, 2 * cpus * 2), batch)  # warm-up
     actors = start_consumers(max(SCALEOUT_CONSUMERS))
     for repeat in range(repeats):
         for consumers in SCALEOUT_CONSUMERS:
-            supply_now = measure_throughput(KINDS[name], root, crop, batch, SUPPLY_STEPS * cpus)["images_per_s"]
+            supply_now = measure_throughput(training_stream(KINDS[name], root, crop, batch, SUPPLY_STEPS * cpus),
+                                            batch)["images_per_s"]
             row = measure_scaleout(KINDS[name], root, crop, batch, steps, actors[:consumers], step_s)
             demand = consumers * batch / step_s
-            row |= {"kind": name, "crop": crop, "cpus": cpus, "repeat": repeat, "supply_images_per_s": supply_now,
-                    "demand_images_per_s": round(demand, 2), "load": round(demand / supply_now, 3),
-                    "nominal_load": round(demand / supply, 3)}
-            print(json.dumps(row), flush=True)
-            with out.open("a") as file:
-                file.write(json.dumps(row) + "\n")
+            append_row(out, row | {"kind": name, "crop": crop, "cpus": cpus, "repeat": repeat,
+                                   "supply_images_per_s": supply_now, "demand_images_per_s": round(demand, 2),
+                                   "load": round(demand / supply_now, 3), "nominal_load": round(demand / supply, 3)})
 
 
 def child(argv: list[str]) -> None:
     """Run one part in a fresh process (its own Ray, its own CPU pinning); stopped with this one."""
-    process = subprocess.Popen([sys.executable, __file__, *argv], cwd=REPO, env={
-        **os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    process = subprocess.Popen([sys.executable, __file__, *argv], cwd=REPO)
     try:
         if process.wait() != 0:
             raise SystemExit(f"ingest benchmark: part {argv[-3:]} failed with exit code {process.returncode}")
@@ -522,6 +198,13 @@ def child(argv: list[str]) -> None:
             process.wait()
 
 
+def append_row(out: Path, row: dict) -> None:
+    """Print a measurement and append it to ``out`` (one JSON line)."""
+    print(json.dumps(row), flush=True)
+    with out.open("a") as file:
+        file.write(json.dumps(row) + "\n")
+
+
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -529,18 +212,6 @@ def read_lines(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------------
 # Published GPU step times and the report
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PublishedStep:
-    """A published training step time of DeepLabv3+ ResNet-101 and the images each GPU decodes per step."""
-
-    setting: str
-    kind: str  # which of our measured streams stands in for its data
-    crop: int
-    images_per_step: int
-    step_s: float
-    source: str
 
 
 MMSEG = ("open-mmlab/mmsegmentation `docs/en/model_zoo.md`, \"Speed benchmark\": DeepLabV3+ R-101-V1c (output "
@@ -560,62 +231,16 @@ PUBLISHED = (
 FASTER_GPU = 3.0  # assumption, not a published number: a current GPU with AMP steps this much faster than these
 
 
-def mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def summarise(throughput: list[dict], scaleout: list[dict]) -> dict:
-    """Per-case means of the measurements, the scale-out curve, u* and the sizing table."""
-    cases = {}
-    for row in throughput:
-        cases.setdefault((row["kind"], row["crop"], row["cpus"]), []).append(row)
-    per_case = {}
-    for (kind, crop, cpus), rows in cases.items():
-        case = {"kind": kind, "crop": crop, "cpus": cpus, "mode": rows[0].get("mode", "ray data"),
-                "images_per_cpu_s": [r["images_per_cpu_s"] for r in rows],
-                "load_average": [r["load_average"] for r in rows]}
-        if cpus:  # Ray Data runs
-            case |= {"images_per_s": [r["images_per_s"] for r in rows],
-                     "images_per_worker_cpu_s": [r["images_per_worker_cpu_s"] for r in rows],
-                     "daemon_cpu_per_s": [round(r["cpu_seconds"]["daemons"] / r["seconds"], 3) for r in rows]}
-        per_case[f"{kind}/{crop}/{cpus or 'plain'}"] = case
-    # Sizing: the lower of the 1- and 2-CPU means of images per CPU-second (Ray workers + driver).
-    per_cpu = {}
-    for case in per_case.values():
-        if case["cpus"]:
-            key = (case["kind"], case["crop"])
-            per_cpu[key] = min(per_cpu.get(key, float("inf")), mean(case["images_per_cpu_s"]))
-    curve = {}
-    for row in scaleout:
-        curve.setdefault(row["consumers"], []).append(row)
-    # Load = demand over the supply of the throughput runs (nominal): the supply measured just before each
-    # point is a short read that includes the pipeline filling, so it reads low; it is shown, not used.
-    points = [{"consumers": n, "load": mean([r.get("nominal_load", r["load"]) for r in rows]),
-               "wait_fraction": mean([r["wait_fraction"] for r in rows]),
-               "wait_fractions": [r["wait_fraction"] for r in rows],
-               "first_wait_s": [r["first_wait_s"] for r in rows],
-               "supply_before": [r["supply_images_per_s"] for r in rows if "nominal_load" in r],
-               "delivered_images_per_s": [r.get("delivered_images_per_s") for r in rows]}
-              for n, rows in sorted(curve.items())]
-    max_load = max_load_under(points) if points else None
-    sizing = []
-    for step in PUBLISHED:
-        rate = per_cpu.get((step.kind, step.crop))
-        if rate is None or max_load is None:
-            continue
-        demand = step.images_per_step / step.step_s
-        sizing.append({"setting": step.setting, "source": step.source, "images_per_step": step.images_per_step,
-                       "step_s": step.step_s, "demand_images_per_s": round(demand, 2), "stream": f"{step.kind} "
-                       f"crop {step.crop}", "images_per_cpu_s": round(rate, 2),
-                       "cpus_per_gpu": round(cpus_per_gpu(step.images_per_step, step.step_s, rate, max_load), 2),
-                       "cpus_per_gpu_faster_gpu": round(cpus_per_gpu(step.images_per_step, step.step_s / FASTER_GPU,
-                                                                     rate, max_load), 2)})
-    return {"cases": per_case, "scaleout": points, "max_load_under_5pct_wait": max_load, "sizing": sizing}
-
-
 def markdown(record: dict) -> str:
     """The results page (``ingest.md``) from the JSON record."""
     summary = record["summary"]
+    sections = (images_section(record), throughput_section(summary), scaleout_section(record),
+                sizing_section(summary))
+    return "\n".join(line for section in sections for line in section)
+
+
+def images_section(record: dict) -> list[str]:
+    """The title, the machine's load, and the test images against the real datasets' files."""
     lines = [
         "# Ingest: Ray Data decode + augmentation per CPU, scale-out, CPUs per GPU",
         "",
@@ -643,6 +268,13 @@ def markdown(record: dict) -> str:
         "smooth lighting gradient, a 1/f (\"pink\") texture in octaves down to 2 pixels, mostly in brightness, and "
         "Gaussian sensor noise, so the files compress like photographs (flat colours would compress far better, "
         "noise far worse).",
+    ]
+    return lines
+
+
+def throughput_section(summary: dict) -> list[str]:
+    """The per-CPU decode + augmentation cost of each stream, and the plain loop's."""
+    lines = [
         "",
         "## Decode + augmentation throughput",
         "",
@@ -670,8 +302,13 @@ def markdown(record: dict) -> str:
                      f"{' / '.join(str(v) for v in case['images_per_s'])} | {values} | "
                      f"{' / '.join(str(v) for v in case['images_per_worker_cpu_s'])} | "
                      f"{' / '.join(str(v) for v in case['daemon_cpu_per_s'])} | {loads} |")
-    scale = record.get("scaleout_setup", {})
-    lines += [
+    return lines
+
+
+def scaleout_section(record: dict) -> list[str]:
+    """The data wait of N simulated workers against the load they put on the stream, and u*."""
+    scale, summary = record.get("scaleout_setup", {}), record["summary"]
+    lines = [
         "",
         "## Simulated scale-out",
         "",
@@ -706,6 +343,13 @@ def markdown(record: dict) -> str:
         "",
         f"Largest load with data wait under 5 % (mean of the repeats, every lighter point under 5 % too): "
         f"**u\\* = {max_load if max_load is None else round(max_load, 2)}**.",
+    ]
+    return lines
+
+
+def sizing_section(summary: dict) -> list[str]:
+    """CPUs per GPU for each published step, its sources and the caveats."""
+    lines = [
         "",
         "## CPUs per GPU to keep data wait under 5 %",
         "",
@@ -736,7 +380,7 @@ def markdown(record: dict) -> str:
         f"{BENCH_BATCHES_PER_BLOCK} batches (raysemi's runs: 32) so that short runs spread over every CPU.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> int:
@@ -759,11 +403,11 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.table:
         record = json.loads((RESULTS / "ingest.json").read_text())
-        record["summary"] = summarise(record["throughput"], record["scaleout"])
+        record["summary"] = summarise(record["throughput"], record["scaleout"], PUBLISHED, FASTER_GPU)
         (RESULTS / "ingest.json").write_text(json.dumps(record, indent=1) + "\n")
         (RESULTS / "ingest.md").write_text(markdown(record))
         return 0
-    images = {name: file_sizes(ensure_images(kind)) for name, kind in KINDS.items()}
+    images = {name: file_sizes(ensure_images(kind, WORK)) for name, kind in KINDS.items()}
     raw = WORK / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     throughput_file, scaleout_file = raw / "throughput.jsonl", raw / "scaleout.jsonl"
@@ -784,7 +428,7 @@ def main() -> int:
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{os.cpu_count()} cores",
               "load_averages": [r["load_average"] for r in throughput + scaleout], "images": images,
               "throughput": throughput, "scaleout_setup": setup, "scaleout": scaleout,
-              "summary": summarise(throughput, scaleout)}
+              "summary": summarise(throughput, scaleout, PUBLISHED, FASTER_GPU)}
     (RESULTS / "ingest.json").write_text(json.dumps(record, indent=1) + "\n")
     (RESULTS / "ingest.md").write_text(markdown(record))
     print((RESULTS / "ingest.md").read_text())

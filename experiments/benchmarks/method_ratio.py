@@ -2,12 +2,13 @@
 alternately, in one process.
 
 ``step_time.py`` times each method over a stretch of steps, so on a shared machine whose load swings within
-minutes two methods can see different loads. Here a supervised step and the method's step alternate (plain
-loop: ``training_step``, backward, optimizer step, batches prepared in memory, the same model protocol as
-``step_time.py``), so each pair sees the same load, and the median of the per-pair ratios is kept. The engine
-adds no measurable per-step work to such a step (``engine_overhead.py``).
+minutes two methods can see different loads. Here a supervised step and the method's step alternate
+(:func:`raysemi.bench.timing.alternate` of two :class:`raysemi.bench.timing.PlainStep`: ``training_step``,
+backward, optimizer step, batches prepared in memory, the same model protocol as ``step_time.py``), so each
+pair sees the same load, and the median of the per-pair ratios is kept. The engine adds no measurable per-step
+work to such a step (``engine_overhead.py``).
 
-Usage (from the repository root; also runs in an older checkout with ``step_time.py`` copied beside it)::
+Usage (from the repository root)::
 
     python experiments/benchmarks/method_ratio.py [--steps 10] [--threads 1] [--methods cps cac] [--tag after]
 
@@ -19,51 +20,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
+from raysemi.bench.camvid import TIMED_METHODS, CamvidProtocol
+from raysemi.bench.timing import alternate, paired_statistics, plain_step
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
-
-import camvid_protocol as protocol  # noqa: E402
-from step_time import METHODS, in_memory_batches, method_config  # noqa: E402
-
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
-
-
-def step_runner(name: str, extra: list[str]):
-    """A closure running one plain training step of method ``name`` on its in-memory batches; returns seconds."""
-    from raysemi.engine.loop import prepare_batch
-    from raysemi.engine.optim import build_optimizer
-    from raysemi.methods import build_method
-
-    cfg = method_config(name, 1000, protocol.WORK / f"method_ratio-{name}", extra)
-    method = build_method(cfg)
-    raw, source = in_memory_batches(cfg, method)
-    views = {stream: spec.view for stream, spec in method.streams().items()}
-    batch = {stream: prepare_batch(b, torch.device("cpu"), view=views[stream]) for stream, b in raw.items()}
-    torch.manual_seed(cfg.run.seed)
-    models = method.build_models(source.classes.num_classes)
-    for model in models.values():
-        model.train()
-    optimizer, _ = build_optimizer(models, cfg.optim, cfg.train.steps)
-
-    return partial(protocol.timed_plain_step, method, models, batch, optimizer, cfg.train.steps // 2)
+CAMVID = CamvidProtocol.in_checkout(REPO)
+METHODS = [name for name in TIMED_METHODS if name != "supervised"]
 
 
 def paired_ratio(name: str, steps: int, warmup: int, extra: list[str]) -> dict:
-    supervised, other = step_runner("supervised", extra), step_runner(name, extra)
-    pairs = [(supervised(), other()) for _ in range(warmup + steps)][warmup:]
-    return {"method": name, "supervised_s": statistics.median(s for s, _ in pairs),
-            "method_s": statistics.median(m for _, m in pairs),
-            "vs_supervised": statistics.median(m / s for s, m in pairs), "pairs": len(pairs),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    supervised, other = (plain_step(CAMVID.timing_config(n, 1000, CAMVID.work / f"method_ratio-{n}", extra))
+                         for n in ("supervised", name))
+    stats = paired_statistics(alternate(supervised, other, steps, warmup))
+    return {"method": name, "supervised_s": stats["a_s"], "method_s": stats["b_s"], "vs_supervised": stats["ratio"],
+            "vs_supervised_min": stats["ratio_min"], "vs_supervised_max": stats["ratio_max"],
+            "pairs": stats["pairs"], "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main() -> int:
@@ -71,18 +49,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed pairs per method")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "supervised"],
-                        choices=[m for m in METHODS if m != "supervised"])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--tag", default="after", help="names the results files (e.g. before / after)")
     args = parser.parse_args()
-    if not protocol.CAMVID.is_dir():
-        print(f"skipped: {protocol.CAMVID} not found (the benchmark needs ../shared/data)", file=sys.stderr)
+    if not CAMVID.data.is_dir():
+        print(f"skipped: {CAMVID.data} not found (the benchmark needs ../shared/data)", file=sys.stderr)
         return 0
-    torch.set_num_threads(args.threads)
-    extra = [f"train.torch_threads={args.threads}"]
     rows = []
     for name in args.methods:
-        row = paired_ratio(name, args.steps, args.warmup, extra)
+        row = paired_ratio(name, args.steps, args.warmup, [f"train.torch_threads={args.threads}"])
         rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         print(json.dumps(rows[-1]), flush=True)
     record = {"tag": args.tag, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,

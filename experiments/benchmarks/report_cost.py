@@ -87,7 +87,6 @@ def main() -> int:
     if args.child:
         one_setting(args.reports, args.gap, Path(args.child))
         return 0
-    sys.path.insert(0, str(REPO))
     from raysemi.ray.train import REPORT_POLL_INTERVAL_S
 
     work = REPO / "experiments" / "benchmarks" / "_work" / "report_cost"
