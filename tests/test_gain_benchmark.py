@@ -1,5 +1,5 @@
 """The gain benchmark's arithmetic on hand-made run JSONs, its resume after an interruption, its options, and
-gain_plan.py running invocations side by side within its limits."""
+the plan runner (raysemi.bench.plan, gain_plan.py) running invocations side by side within its limits."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from raysemi.bench import plan as bench_plan
 from raysemi.bench import quotes, versions
 from raysemi.bench.pairs import difference_text
 from raysemi.bench.runs import step_times
+from raysemi.bench.store import run_name
 from raysemi.bench.tables import levelled_off
 from raysemi.config import load_config
 from raysemi.data.dataset import open_dataset
@@ -51,7 +53,7 @@ def write_run(gain, method, seed, miou, baseline=None, iou=None, overrides=(), i
            "curve": [[300, miou - 0.05], [450, miou - 0.005], [600, miou]], "commit": "abc1234",
            **({"code_version": code} if code else {}), **fields}
     split = fields.get("split", "report")
-    path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, iterations, tuple(overrides), split)}.json"
+    path = gain.RUNS / "p1" / f"{run_name(method, seed, iterations, tuple(overrides), split)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run))
 
@@ -253,7 +255,7 @@ def test_a_method_and_its_baseline_get_the_same_labeled_batches(synthetic_root, 
 def test_simformer_records_carry_novel_lists_and_the_oracle_of_each_seed(gain):
     def weak_shot(method, seed, novel, baseline=None):
         write_run(gain, method, seed, 0.4, baseline)
-        path = gain.RUNS / "p1" / f"{gain.run_name(method, seed, 600)}.json"
+        path = gain.RUNS / "p1" / f"{run_name(method, seed, 600)}.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "miou_novel": novel, "miou_base": 0.5}))
 
     for seed, (basic, full, oracle) in enumerate([(0.05, 0.12, 0.17), (0.03, 0.08, 0.15)]):
@@ -489,7 +491,7 @@ def gain_plan(tmp_path, monkeypatch):
     script = tmp_path / "fake_gain.py"
     script.write_text(FAKE_GAIN)
     monkeypatch.setattr(module, "GAIN", script)
-    monkeypatch.setattr(module, "POLL_S", 0.05)
+    monkeypatch.setattr(bench_plan, "POLL_S", 0.05)
     return module
 
 
@@ -503,7 +505,7 @@ def test_read_plan_drops_comments_and_blank_lines_and_splits_like_a_shell(tmp_pa
     plan = tmp_path / "plan.txt"
     plan.write_text("# the baselines first\n\n--protocol p1 --method cps --seed 0   # a trailing comment\n"
                     "   \n--set 'cps.note=a b#c' --seed=1\n")
-    assert load_gain_plan().read_plan(plan) == [["--protocol", "p1", "--method", "cps", "--seed", "0"],
+    assert bench_plan.read_plan(plan) == [["--protocol", "p1", "--method", "cps", "--seed", "0"],
                                                 ["--set", "cps.note=a b#c", "--seed=1"]]
 
 
@@ -513,7 +515,8 @@ def test_run_plan_runs_jobs_at_a_time_and_stops_at_its_limits(gain_plan, tmp_pat
     plan = [["0.5", "0"], ["0.5", "3"], ["10", "0"], ["1.8", "0"], ["0", "0"]]
     logs = tmp_path / "logs"
     started, clock = time.monotonic(), time.time()  # the fake prints time.time()
-    status = gain_plan.run_plan(plan, jobs=2, stop_starting=1.5, time_limit=4.0, logs=logs, extra=["--runner=plain"])
+    status = bench_plan.run_plan(plan, bench_plan.python_script(gain_plan.GAIN), jobs=2, stop_starting=1.5,
+                                 time_limit=4.0, logs=logs, extra=["--runner=plain"])
     assert 4.0 <= time.monotonic() - started < 6.0
     assert status == {0: 0, 1: 3, 2: None, 3: 0, 4: None}
     assert sorted(p.name for p in logs.iterdir()) == ["01.log", "02.log", "03.log", "04.log"]
@@ -541,7 +544,7 @@ def test_the_rerun_matrix_plan_covers_every_headline_comparison_one_run_per_line
     version (--rerun-stale, --skip-baseline; a baseline as its own baseline), no run twice, and the matrix
     holds every variant of the planned comparisons on 3 seeds of both protocols."""
     gain = load_gain()
-    plan = load_gain_plan().read_plan(REPO / "experiments" / "benchmarks" / "plans" / "rerun_matrix.txt")
+    plan = bench_plan.read_plan(REPO / "experiments" / "benchmarks" / "plans" / "rerun_matrix.txt")
     runs = set()
     for line in plan:
         args = gain.parse_args(line)
@@ -703,7 +706,7 @@ def test_repeatability_runs_one_seed_three_times_and_records_the_differences(gai
     assert record["miou"] == [0.40, 0.40, 0.43] and record["same_threads_diff"] == 0.0
     assert record["other_threads_diff"] == pytest.approx(0.03) and record["same_threads_same_curve"] is True
     assert record["code_version"] == gain.code_version("p1")
-    names = {r: gain.run_name("cac", 1, 8, (f"train.torch_threads={n}",)) + f"-repeat-{r}.json"
+    names = {r: run_name("cac", 1, 8, (f"train.torch_threads={n}",)) + f"-repeat-{r}.json"
              for r, n in zip("abc", (2, 2, 1))}
     assert sorted(p.name for p in (gain.RUNS / "p1" / "repeatability").iterdir()) == sorted(names.values())
     assert not list((gain.RUNS / "p1").glob("*.json"))  # kept apart: no comparison pairs a repeatability run

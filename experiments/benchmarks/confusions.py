@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from raysemi.bench.confusions import errors_by_class
+from raysemi.bench.tables import fmt
 from raysemi.engine.inference import evaluate_checkpoint, load_eval_model
-from raysemi.engine.metrics import ConfusionMatrix
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
@@ -45,25 +46,6 @@ def unlabeled_pairs(run_dir: Path) -> Path:
     return path
 
 
-def errors_by_class(confusion: ConfusionMatrix, names: tuple[str, ...]) -> dict[str, dict]:
-    """Per true class: IoU, recall, and the predicted class (other than itself) that takes most of its pixels."""
-    m = confusion.matrix.double()
-    iou = confusion.iou()
-    rows = {}
-    for index, name in enumerate(names):
-        total = float(m[index].sum())
-        off = m[index].clone()
-        off[index] = 0
-        worst = int(off.argmax())
-        rows[name] = {
-            "iou": None if iou[index].isnan() else round(float(iou[index]), 4),
-            "recall": round(float(m[index, index]) / total, 4) if total else None,
-            "top_error": names[worst] if total else None,
-            "top_error_share": round(float(off[worst]) / total, 4) if total else None,
-        }
-    return rows
-
-
 def measure(run_dir: Path) -> dict:
     result = {}
     for split, overrides in (("val", []), ("unlabeled", [f"data.val_split={unlabeled_pairs(run_dir)}"])):
@@ -82,14 +64,10 @@ def markdown(results: dict[str, dict]) -> str:
                   "", "| class | IoU val | IoU unlabeled | val: most taken by |", "|---|---|---|---|"]
         for name, row in result["val"]["classes"].items():
             unl = result["unlabeled"]["classes"][name]["iou"]
-            taken = f"{row['top_error']} ({row['top_error_share']:.2f})" if row["top_error"] else "–"
-            lines.append(f"| {name} | {_fmt(row['iou'])} | {_fmt(unl)} | {taken} |")
+            taken = f"{row['top_error']} ({row['top_error_share']:.2f})" if row["top_error"] else "-"
+            lines.append(f"| {name} | {fmt(row['iou'], 3)} | {fmt(unl, 3)} | {taken} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

@@ -1,20 +1,15 @@
 """Does a method beat its baselines? Paired runs on a benchmark protocol, resumable, with a table and summary.
 
-A protocol (``experiments/protocols/``) is a plain raysemi config of the supervised(k) baseline that fixes the
-data, the splits, the model, the optimiser and the budget. This command runs a method and the baselines it must
-beat (:func:`planned_comparisons`) on it for seeds ``0..S-1`` (same split and labeled batches; the seed changes
-initialisation and data order; a chained method's compute is the sum over its stages, and it also faces
-``supervised`` at that sum). Each run writes one JSON, a run record (:mod:`raysemi.bench.pairs`) with its
-``commit``, ``code_version`` (:mod:`raysemi.bench.versions`), ``total_iterations`` and ``train_time_s``; every
-invocation then rebuilds from all of them (:func:`raysemi.bench.suite.write_outputs`, given this file's
-:data:`PLAN`) ``results/gain/README.md`` (the paired tables, the baseline's curves by budget, the repeatability
-runs), ``results/summary.json`` (a comparison record per (method, baseline) pair, and the repeatability records)
-and the quoted figures of README.md, docs/benchmarks.md and results/gain/notes.md. docs/benchmarks.md describes
-every option and field.
-
-Runs pair only at equal code versions: ``--rerun-stale`` retrains a stale side, ``--allow-mixed-code`` pairs it
-anyway (flagged). A finished run of this code version is never rerun; an interrupted one resumes from its newest
-checkpoint. ``--split selection`` scores runs on the selection split, never paired with the report split's.
+This file holds the benchmark's parameters and its command line: the protocols (:data:`PROTOCOLS`, each a config
+in ``experiments/protocols/`` and its variants, :mod:`raysemi.bench.protocol`), the baselines each method must
+beat (:func:`planned_comparisons`; a chained method's compute is summed over its stages, and it also faces
+``supervised`` at that sum) and the outputs' places. The command runs a method and its baselines for seeds
+``0..S-1``; :mod:`raysemi.bench.store` trains and records each run (one JSON per run, with its ``commit`` and
+``code_version``; a finished run is never rerun, an interrupted one resumes), and :mod:`raysemi.bench.suite`
+rebuilds from every JSON ``results/gain/README.md``, ``results/summary.json`` and the quoted figures of README.md,
+docs/benchmarks.md and results/gain/notes.md. Runs pair only at equal code versions (``--rerun-stale``,
+``--allow-mixed-code``); ``--split selection`` runs are never paired with the report split's.
+docs/benchmarks.md describes every option and field.
 
 Usage (from the repository root)::
 
@@ -30,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import os
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from raysemi.bench import pairs, repeats, runs, suite, versions
+from raysemi.bench import pairs, runs, suite, versions
+from raysemi.bench.protocol import Protocol, UnknownVariant, known_variants, unlabeled_boxes_file, variant_overrides
+from raysemi.bench.store import RunRequest, RunStore, record_label
 from raysemi.bench.suite import Comparison
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,14 +40,6 @@ RESULTS = REPO / "experiments" / "benchmarks" / "results"
 RUNS = RESULTS / "gain"  # one JSON per run: <protocol>/<variant>-seed<s>-it<N>[-<overrides hash>].json
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"  # the runs' directories (checkpoints)
 PLAIN_DATA_WORKERS = 2  # --runner plain: decode processes per stream, beside a loop of one intra-op thread
-
-
-@dataclass(frozen=True)
-class Protocol:
-    config: str  # the supervised(k) baseline, relative to the repository root
-    all_labels: tuple[str, ...]  # overrides that label every training image
-    methods: dict[str, tuple[str, ...]]  # each method's overrides on top of the protocol config
-    needs: str | None = None  # a data folder the protocol reads (the command skips, saying so, without it)
 
 
 # The unlabeled term's weight of each method, set to 0 by its control.
@@ -151,21 +136,10 @@ def budget_overrides(variant: str, iterations: int) -> tuple[str, ...]:
 
 
 def derived_boxes_file(protocol_name: str) -> Path:
-    """``data.unlabeled_boxes`` for the protocol: each unlabeled image's boxes from its mask (one box per object of
-    a thing class, as ``raysemi data split --boxes`` draws them), written once per code version under the work
-    folder (the boxes follow the code that derives them and the protocol's split)."""
-    from raysemi.config import load_config
-    from raysemi.data.dataset import open_dataset
-    from raysemi.data.weak_labels import boxes_from_masks, write_boxes_file
-
+    """``data.unlabeled_boxes`` for the protocol (:func:`raysemi.bench.protocol.unlabeled_boxes_file`), written
+    once per code version under the work folder (the boxes follow the code that derives them and the split)."""
     path = WORK / protocol_name / f"unlabeled_object_boxes-{code_version(protocol_name)}.txt"
-    if not path.is_file():
-        source = open_dataset(load_config(REPO / PROTOCOLS[protocol_name].config).data)
-        with_masks = {sample.image: sample for sample in source.train}
-        unlabeled = [with_masks[sample.image] for sample in source.split.unlabeled]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_boxes_file(path, boxes_from_masks(source.reader, unlabeled), source.reader.root)
-    return path
+    return unlabeled_boxes_file(REPO / PROTOCOLS[protocol_name].config, path)
 
 
 P1_ALL_LABELS = ("data.label_count=null", "data.label_fraction=1.0")
@@ -183,6 +157,7 @@ PROTOCOLS = {
             **simformer_variants(P1_ALL_LABELS, "[2,4]"),
             **self_correction_variants("self_correction.free_classes=[0]"),
         },
+        controls=CONTROLS,
     ),
     "p2": Protocol(
         config="experiments/protocols/p2_camvid.yaml",
@@ -199,28 +174,9 @@ PROTOCOLS = {
             **self_correction_variants(),
         },
         needs="../shared/data/camvid-180x240",
+        controls=CONTROLS,
     ),
 }
-
-
-def variant_overrides(protocol: Protocol, variant: str) -> tuple[str, ...]:
-    """The overrides that make ``variant`` (``supervised``, ``supervised_all_labels``, a method or
-    ``<method>_control``) out of the protocol's config."""
-    if variant == "supervised":
-        return ()
-    if variant == "supervised_all_labels":
-        return protocol.all_labels
-    method = variant.removesuffix("_control")
-    if method not in protocol.methods or (variant.endswith("_control") and method not in CONTROLS):
-        raise SystemExit(f"error: --method {variant} is not defined for this protocol; choose one of "
-                         f"{', '.join(known_variants(protocol))}")
-    return protocol.methods[method] + (CONTROLS[method] if variant.endswith("_control") else ())
-
-
-def known_variants(protocol: Protocol) -> list[str]:
-    """Every variant ``protocol`` defines."""
-    return ["supervised", "supervised_all_labels", *protocol.methods,
-            *(f"{m}_control" for m in protocol.methods if m in CONTROLS)]
 
 
 # ------------------------------------------------------------------------------------- what each run faces
@@ -256,11 +212,6 @@ def planned_comparisons(method: str) -> list[Comparison]:
 def baseline_budget(comparison: Comparison, iterations: int) -> int:
     """The budget the baseline of ``comparison`` trains when the method's is ``iterations``."""
     return suite.baseline_budget(comparison, iterations, total_iterations)
-
-
-def run_name(variant: str, seed: int, iterations: int, extra: tuple[str, ...] = (), split: str = "report") -> str:
-    suffix = f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
-    return f"{variant}-seed{seed}-it{iterations}{suffix}" + ("" if split == "report" else f"-{split}")
 
 
 def variant_config(protocol_name: str, variant: str, iterations: int, before: tuple[str, ...] = (),
@@ -301,87 +252,20 @@ def device_name(trainer: Callable[[object], dict] | None) -> str:
     return runs.device_name(trainer is train_run_plain or getattr(trainer, "func", None) is train_run_plain)
 
 
-@dataclass(frozen=True)
-class RunRequest:
-    """One run of a benchmark: ``variant`` of ``protocol`` at ``seed`` and the budget ``iterations``, with the
-    ablation overrides ``extra``, evaluated on ``split`` (``report`` or ``selection``); ``repeat`` names a
-    repeatability run (kept apart, under ``<protocol>/repeatability/``)."""
-
-    protocol: str
-    variant: str
-    seed: int
-    iterations: int
-    extra: tuple[str, ...] = ()
-    split: str = "report"
-    repeat: str | None = None
-
-    @property
-    def name(self) -> str:
-        return run_name(self.variant, self.seed, self.iterations, self.extra, self.split) + (
-            f"-{self.repeat}" if self.repeat else "")
-
-    @property
-    def path(self) -> Path:
-        folder = RUNS / self.protocol / ("repeatability" if self.repeat else "")
-        return folder / f"{self.name}.json"
-
-    @property
-    def run_dir(self) -> Path:
-        return WORK / self.protocol / ("repeatability" if self.repeat else "") / self.name
+def store() -> RunStore:
+    """Where this suite's runs are kept (:data:`RUNS`, :data:`WORK`) and how their configs are built."""
+    return RunStore(RUNS, WORK, REPO, variant_config, code_version, stage_budgets, say)
 
 
 def run_once(protocol_name: str, variant: str, seed: int, iterations: int, baseline: str | None,
              extra: tuple[str, ...] = (), trainer: Callable[[object], dict] | None = None, *,
              split: str = "report", repeat: str | None = None, rerun_stale: bool = False) -> dict:
-    """One run's result, from its JSON when it finished before (at this code version, with ``rerun_stale``),
-    else trained (or resumed) now and recorded."""
+    """One run's record (:meth:`raysemi.bench.store.RunStore.result`; ``trainer`` by default :func:`train_run`)."""
     request = RunRequest(protocol_name, variant, seed, iterations, tuple(extra), split, repeat)
-    version = code_version(protocol_name)
-    if request.path.is_file():
-        result = json.loads(request.path.read_text())
-        if not rerun_stale or result.get("code_version") == version:
-            return result
-        retire_stale(request, result.get("code_version"))
     try:
-        versions.claim_run_dir(request.run_dir, version, restart=rerun_stale)
+        return store().result(request, baseline, trainer or train_run, lambda: device_name(trainer), rerun_stale)
     except versions.MixedCodeError as error:
         raise SystemExit(f"error: {error}; pass --rerun-stale to restart it") from None
-    return train_and_record(request, baseline, trainer)
-
-
-def train_and_record(request: RunRequest, baseline: str | None, trainer: Callable[[object], dict] | None) -> dict:
-    """Train ``request`` (resuming its run directory) and write its JSON."""
-    from raysemi.atomic import write_json
-
-    variant, iterations = request.variant, request.iterations
-    cfg = variant_config(request.protocol, variant, iterations, (*request.extra, f"run.seed={request.seed}",
-                                                                 f"run.dir={request.run_dir}"),
-                         ("data.evaluate_on=selection",) if request.split == "selection" else ())
-    started = time.perf_counter()
-    summary = (trainer or train_run)(cfg)
-    result = {
-        "protocol": request.protocol, "method": variant, "baseline": baseline, "seed": request.seed,
-        "iterations": iterations, "split": request.split, "overrides": list(request.extra),
-        **runs.measured(cfg, summary, request.run_dir, iterations, started, stage_budgets(variant, iterations)),
-        "commit": versions.commit_id(REPO), "code_version": code_version(request.protocol),
-        "device": device_name(trainer), "speed": runs.speed_record(summary),
-        **({"repeat": request.repeat} if request.repeat else {}),
-    }
-    write_json(request.path, result)  # atomic: a run counts as finished only once its whole JSON is there
-    return result
-
-
-def retire_stale(request: RunRequest, old_version: str | None) -> None:
-    """Move a finished run of another code version to ``<protocol>/stale/`` and drop its run directory, so the
-    run trains afresh at this one (``--rerun-stale``)."""
-    import shutil
-
-    stale = RUNS / request.protocol / "stale" / f"{request.name}-{old_version or 'unknown'}.json"
-    stale.parent.mkdir(parents=True, exist_ok=True)
-    request.path.replace(stale)
-    shutil.rmtree(request.run_dir, ignore_errors=True)
-    say(f"{request.protocol}/{request.name}: code {old_version or 'unknown'} is stale (now "
-        f"{code_version(request.protocol)}); its JSON moved to {stale}, rerunning")
 
 
 @functools.cache
@@ -424,17 +308,12 @@ README_HEADER = ["# Gains over baselines on the benchmark protocols", "",
                  "where hyperparameters are chosen, has sections of its own and is never mixed with it.", ""]
 
 
-def run_label(run: dict) -> str:
-    return f"{run['protocol']}/" + run_name(run["method"], run["seed"], run["iterations"], tuple(run["overrides"]),
-                                            run.get("split", "report"))
-
-
 def refusal(run: dict, baseline: dict) -> str:
     """Why ``run`` and ``baseline`` are not paired, and the commands that rerun the stale side."""
     stale = [r for r in (run, baseline) if not r.get("code_version") or r["code_version"] != current_version(r)]
     rerun = " and ".join(f"gain.py --protocol {r['protocol']} --method {r['method']} --seed {r['seed']} "
                          f"--iterations {r['iterations']} --skip-baseline --rerun-stale" for r in stale or [baseline])
-    return pairs.refusal(run, baseline, run_label, f"rerun the stale side ({rerun}) or pass --allow-mixed-code to "
+    return pairs.refusal(run, baseline, record_label, f"rerun the stale side ({rerun}) or pass --allow-mixed-code to "
                                                    "pair them anyway (the tables then flag it)")
 
 
@@ -445,17 +324,6 @@ def write_outputs(allow_mixed: bool = False) -> list[dict]:
     """Rebuild ``results/summary.json``, ``results/gain/README.md`` and the quoted figures of :data:`QUOTING` and
     ``results/gain/notes.md`` (:func:`raysemi.bench.suite.write_outputs`); the records."""
     return suite.write_outputs(PLAN, RESULTS, RUNS, README_HEADER, QUOTING, allow_mixed, say)
-
-
-def repeat_runs(protocol_name: str, variant: str, seed: int, iterations: int, threads: tuple[int, int],
-                trainer: Callable[[object], dict] | None, split: str = "report") -> list[dict]:
-    """The repeatability runs of one (protocol, variant, seed): twice at ``threads[0]`` torch threads and once at
-    ``threads[1]`` (``train.torch_threads``, which ``trainer`` must honour), at this code version."""
-    results = []
-    for repeat, count in zip(repeats.REPEATS, (threads[0], threads[0], threads[1])):
-        results.append(run_once(protocol_name, variant, seed, iterations, None, (f"train.torch_threads={count}",),
-                                trainer, split=split, repeat=f"repeat-{repeat}"))
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,12 +337,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {REPO / protocol.needs} not found (protocol {args.protocol} needs it)", file=sys.stderr)
         return 0
     variants = [args.method] + ([f"{args.method}_control"] if args.control else [])
-    for variant in variants:
-        variant_overrides(protocol, variant)  # refuse an unknown method before anything runs
+    try:  # refuse an unknown method before anything runs
+        for variant in variants:
+            variant_overrides(protocol, variant)
+    except UnknownVariant as error:
+        raise SystemExit(f"error: --method {error}") from None
     if args.iterations is None:
         args.iterations = protocol_budget(args.protocol)
-    if args.repeatability:
-        return run_repeatability(args)
+    (run_repeatability if args.repeatability else run_comparisons)(args, variants)
+    kind = "repeatability" if args.repeatability else "comparison"
+    for record in write_outputs(args.allow_mixed_code):
+        if (record["kind"], record["protocol"], record["split"]) == (kind, args.protocol, args.split) \
+                and record["method"] in variants:
+            print(suite.record_line(record))
+    return 0
+
+
+def run_comparisons(args: argparse.Namespace, variants: list[str]) -> None:
+    """At each seed, the baselines (unless ``--skip-baseline``), then ``variants``; the outputs after each seed."""
     baseline = None if args.method == args.baseline else args.baseline
     trainer = train_run_plain if args.runner == "plain" else None
     baselines = [] if args.skip_baseline else baselines_to_run(args.protocol, variants, args.iterations, baseline)
@@ -486,47 +366,26 @@ def main(argv: list[str] | None = None) -> int:
             run_once(args.protocol, variant, seed, args.iterations, baseline, tuple(args.set), trainer,
                      split=args.split, rerun_stale=args.rerun_stale)
         write_outputs(args.allow_mixed_code)
-    for record in write_outputs(args.allow_mixed_code):
-        if (record["kind"], record["protocol"], record["split"]) == ("comparison", args.protocol, args.split) \
-                and record["method"] in variants:
-            print(f"{record['name']} (seeds {record['seeds']}): {pairs.difference_text(record)}")
-    return 0
 
 
 def baselines_to_run(protocol_name: str, variants: list[str], iterations: int,
                      baseline: str | None) -> list[tuple[str, int]]:
-    """The ``(baseline variant, budget)`` runs that ``variants`` at ``iterations`` are compared with: ``baseline``
-    and the planned ones the protocol defines (a method's own control only with ``--control``), each once."""
-    known = set(known_variants(PROTOCOLS[protocol_name]))
-    wanted = [(baseline, iterations)] if baseline else []
-    for variant in variants:
-        for comparison in planned_comparisons(variant):
-            if comparison.baseline in known and comparison.baseline not in variants \
-                    and not comparison.baseline.endswith("_control"):
-                wanted.append((comparison.baseline, baseline_budget(comparison, iterations)))
-    return list(dict.fromkeys(wanted))
+    """:func:`raysemi.bench.suite.baselines_to_run` among the variants the protocol defines."""
+    return suite.baselines_to_run(PLAN, set(known_variants(PROTOCOLS[protocol_name])), variants, iterations, baseline)
 
 
-def run_repeatability(args: argparse.Namespace) -> int:
+def run_repeatability(args: argparse.Namespace, variants: list[str]) -> None:
     """``--repeatability``: the method at each seed three times (twice at ``--threads``, once at
-    ``--other-threads``), then the outputs with their ``repeatability`` records."""
+    ``--other-threads``)."""
     from raysemi.config import load_config
 
     threads = args.threads or load_config(REPO / PROTOCOLS[args.protocol].config).train.torch_threads or 1
     other = args.other_threads or (1 if threads > 1 else 2)
-
     # the plain runner takes its thread count from the config here (the runs' train.torch_threads override)
     trainer = functools.partial(train_run_plain, torch_threads=None) if args.runner == "plain" else None
     for seed in args.seed or range(args.seeds):
-        repeat_runs(args.protocol, args.method, seed, args.iterations, (threads, other), trainer, args.split)
-    for record in write_outputs(args.allow_mixed_code):
-        if record["kind"] == "repeatability" and (record["protocol"], record["method"]) == (args.protocol,
-                                                                                           args.method):
-            same, other_diff = 100 * record["same_threads_diff"], 100 * record["other_threads_diff"]
-            print(f"repeatability {record['protocol']}/{record['method']} seed {record['seed']}: mIoU "
-                  f"{' / '.join(f'{m:.4f}' for m in record['miou'])} at {record['torch_threads']} threads; same "
-                  f"threads {same:+.2f} points, other {other_diff:+.2f}")
-    return 0
+        request = RunRequest(args.protocol, args.method, seed, args.iterations, split=args.split)
+        store().repeat_runs(request, (threads, other), trainer or train_run, lambda: device_name(trainer))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

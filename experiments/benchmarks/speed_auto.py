@@ -12,7 +12,7 @@ probes' timings and cost).
 Usage (from the repository root; P2's 1,000 iterations take hours on a CPU: the lead schedules it)::
 
     python experiments/benchmarks/speed_auto.py [--protocol p2] [--steps 1000] [--methods supervised cps ...]
-        [--runner ray|local] [--tag NAME]
+        [--runner ray|plain] [--tag NAME]
 
 Writes ``experiments/benchmarks/results/speed_auto-<tag>.json`` and ``speed_auto-<tag>.md``.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import gain  # a sibling script (Python puts a script's folder first on its path): the protocols' variants
 
-from raysemi.bench.runs import step_times
+from raysemi.bench.runs import step_times, write_result
 from raysemi.bench.versions import commit_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,12 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="iterations per run (P2's benchmark: 1000)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="benchmark variants (gain.py's names)")
     parser.add_argument("--runner", choices=("ray", "plain"), default="ray",
-                        help="ray: Ray Train, as the gain benchmark; local: gain.py's train_run_plain")
+                        help="ray: Ray Train, as the gain benchmark; plain: gain.py's train_run_plain")
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M"), help="names the result files")
     args = parser.parse_args(argv)
     import torch
-
-    from raysemi.atomic import write_json, write_text
 
     trainer = gain.train_run_plain if args.runner == "plain" else gain.train_run
     before = before_settings(args.runner == "plain" and torch.cuda.is_available())
@@ -103,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"protocol": args.protocol, "steps": args.steps, "date": time.strftime("%Y-%m-%d"),
               "commit": commit_id(REPO), "device": gain.device_name(trainer), "before": list(before),
               "runs": runs}
-    write_json(RESULTS / f"speed_auto-{args.tag}.json", record)
-    write_text(RESULTS / f"speed_auto-{args.tag}.md", markdown(record))
-    print(f"wrote {RESULTS / f'speed_auto-{args.tag}.md'}")
+    print(f"wrote {write_result(RESULTS, f'speed_auto-{args.tag}', record, markdown(record))}")
     return 0
 
 

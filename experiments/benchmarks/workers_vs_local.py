@@ -31,6 +31,8 @@ from pathlib import Path
 
 from gain import PROTOCOLS, variant_overrides  # a sibling script (Python puts a script's folder first on its path)
 
+from raysemi.bench.runs import write_result
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 RUNS = REPO / "runs" / "workers_vs_local"
@@ -90,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in METHODS:
         mious = {layout: [run(method, layout, seed, extra)["miou"] for seed in seeds] for layout in LAYOUTS}
         results["methods"][method] = compare(mious)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "workers_vs_local.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "workers_vs_local.md").write_text(markdown(results))
+    write_result(RESULTS, "workers_vs_local", results, markdown(results), indent=2)
     print(markdown(results))
     return 0
 

@@ -88,3 +88,13 @@ def write_records(path: Path, records: list[dict]) -> None:
     from raysemi.atomic import write_text
 
     write_text(path, json.dumps(records, indent=1) + "\n")
+
+
+def write_result(results: Path, name: str, record: dict | list, markdown: str, indent: int = 1) -> Path:
+    """A benchmark's result in ``results``: ``<name>.json`` (``record``, with ``indent``) and ``<name>.md``
+    (``markdown``), each written atomically; the Markdown's path."""
+    from raysemi.atomic import write_json, write_text
+
+    write_json(results / f"{name}.json", record, indent)
+    write_text(results / f"{name}.md", markdown)
+    return results / f"{name}.md"

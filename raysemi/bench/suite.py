@@ -63,6 +63,31 @@ def baseline_budget(comparison: Comparison, iterations: int, total_iterations: C
     return total_iterations(comparison.method, iterations) if comparison.at_total else iterations
 
 
+def baselines_to_run(plan: Plan, known: set[str], variants: list[str], iterations: int,
+                     baseline: str | None = None) -> list[tuple[str, int]]:
+    """The ``(baseline variant, budget)`` runs that ``variants`` at ``iterations`` are compared with: ``baseline``
+    and the planned ones among the ``known`` variants, each once, in plan order. A planned ``<method>_control`` is
+    not among them: it is a variant of the method, run when asked for as one of ``variants``."""
+    wanted = [(baseline, iterations)] if baseline else []
+    for variant in variants:
+        for comparison in plan.planned(variant):
+            if comparison.baseline in known and comparison.baseline not in variants \
+                    and not comparison.baseline.endswith("_control"):
+                wanted.append((comparison.baseline, baseline_budget(comparison, iterations, plan.total_iterations)))
+    return list(dict.fromkeys(wanted))
+
+
+def record_line(record: dict) -> str:
+    """A record in one line, for the terminal: a comparison's name, seeds and mean ± std difference; a
+    repeatability record's three mIoUs and the differences at the same and at the other thread count (points)."""
+    if record["kind"] == "comparison":
+        return f"{record['name']} (seeds {record['seeds']}): {pairs.difference_text(record)}"
+    same, other = 100 * record["same_threads_diff"], 100 * record["other_threads_diff"]
+    return (f"repeatability {record['protocol']}/{record['method']} seed {record['seed']}: mIoU "
+            f"{' / '.join(f'{m:.4f}' for m in record['miou'])} at {record['torch_threads']} threads; same "
+            f"threads {same:+.2f} points, other {other:+.2f}")
+
+
 def load_runs(folder: Path, plan: Plan) -> list[dict]:
     """Every finished run's JSON under ``folder/<protocol>/`` (runs from before the fields: evaluated on the
     report split, and their total iterations the sum of the variant's stage budgets)."""
