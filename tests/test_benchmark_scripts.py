@@ -62,17 +62,3 @@ def test_a_benchmark_script_leaves_sys_path_and_package_settings_alone(script: P
     source = script.read_text()
     assert package_setting_assignments(source) == []
     assert sys_path_edits(source) == [], f"{script.name} edits sys.path; import from the package instead"
-
-
-def test_the_camvid_history_page_rebuilds_from_the_committed_runs(monkeypatch):
-    """``camvid_protocol.py``'s ``results/README.md`` up to the notes (appended from ``notes.md`` as it is)."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("benchmark_camvid_protocol", BENCHMARKS / "camvid_protocol.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
-    page = script.results_page()
-    notes = (BENCHMARKS / "results" / "notes.md").read_text().rstrip()
-    tables = page[: page.index(notes)]
-    assert "| supervised | 367 (all) | 1000 | 1 | 0.5120 | 928 | 9.76 |" in tables  # a row of the summary
-    assert (BENCHMARKS / "results" / "README.md").read_text().startswith(tables)

@@ -131,6 +131,33 @@ def test_the_script_rebuilds_the_committed_results_page_from_the_committed_recor
     sys.modules[spec.name] = script
     spec.loader.exec_module(script)
     record = json.loads((BENCHMARKS / "results" / "ingest.json").read_text())
-    assert script.summarise(record["throughput"], record["scaleout"], script.PUBLISHED,
+    assert ingest.summarise(record["throughput"], record["scaleout"], ingest.PUBLISHED,
                             script.FASTER_GPU) == record["summary"]
-    assert script.markdown(record) == (BENCHMARKS / "results" / "ingest.md").read_text()
+    page = ingest.results_page(record, script.FASTER_GPU, script.ray_ingest.BENCH_BATCHES_PER_BLOCK)
+    assert page == (BENCHMARKS / "results" / "ingest.md").read_text()
+
+
+def test_rows_appended_as_json_lines_read_back_in_order(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    assert ingest.read_rows(out) == []  # no file yet: no rows
+    ingest.append_row(out, {"cpus": 1, "images_per_s": 12.5})
+    ingest.append_row(out, {"cpus": 2, "images_per_s": 20.0})
+    assert ingest.read_rows(out) == [{"cpus": 1, "images_per_s": 12.5}, {"cpus": 2, "images_per_s": 20.0}]
+
+
+def test_a_part_run_apart_that_fails_ends_the_benchmark_with_its_exit_code(tmp_path):
+    ingest.run_apart(["-c", "pass"], tmp_path)
+    with pytest.raises(SystemExit, match="exit code 3"):
+        ingest.run_apart(["-c", "raise SystemExit(3)"], tmp_path)
+
+
+def test_simulated_workers_each_read_an_equal_part_of_the_stream(ray_local):
+    """24 rows split between 2 actors: 12 each, 3 batches of 4; each step sleeps 0.05 s."""
+    from raysemi.ray.ingest import measure_scaleout, start_consumers
+
+    dataset = ray_local.data.from_items([{"image": np.full((2, 2), i, np.uint8)} for i in range(24)])
+    row = measure_scaleout(dataset, start_consumers(2, ingest.consume), local_batch=4, step_s=0.05)
+    assert (row["consumers"], row["local_batch"], row["step_s"], row["steps_per_consumer"]) == (2, 4, 0.05, 3)
+    assert 0.0 <= row["wait_fraction"] < 1.0
+    # after its first batch each actor takes 2 more batches of 4 in at least 3 steps of 0.05 s: <= 8 / 0.15 * 2
+    assert 0 < row["delivered_images_per_s"] <= 2 * 8 / 0.15

@@ -9,16 +9,22 @@ u* is the highest load (demand / supply) at which training still waits for data 
 - images per CPU-second of a stream read to its end (:func:`measure_throughput`, counting the CPU of every
   process under this one with :class:`TreeCpu`), and of the same decoding in one process with no Ray
   (:func:`plain_loop_rate`);
-- a simulated training worker that reads its shard and sleeps a fixed step time (:func:`consume`).
+- a simulated training worker that reads its shard and sleeps a fixed step time (:func:`consume`);
+- measurement rows kept as JSON lines (:func:`append_row`, :func:`read_rows`), each part of a benchmark in a
+  process of its own (:func:`run_apart`);
+- the published step times to size for (:data:`PUBLISHED`) and the results page (:func:`results_page`).
 
-The streams themselves are Ray Datasets built by :func:`raysemi.ray.data.build_datasets`; this module takes
-them as arguments and never imports Ray (``experiments/benchmarks/ingest.py`` builds them and runs the
-measurements).
+The streams themselves are Ray Datasets that :mod:`raysemi.ray.ingest` builds (raysemi's training stream,
+:func:`raysemi.ray.data.build_datasets`) and reads with simulated workers; this module takes them as arguments
+and never imports Ray (``experiments/benchmarks/ingest.py`` puts the two together).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -344,6 +350,31 @@ def consume(batches: Iterable[Any], step_s: float, clock: Callable[[], float] = 
             "seconds": clock() - start - waits[0]}
 
 
+def append_row(out: Path, row: dict) -> None:
+    """Print a measurement and append it to ``out`` (one JSON line)."""
+    print(json.dumps(row), flush=True)
+    with out.open("a") as file:
+        file.write(json.dumps(row) + "\n")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows :func:`append_row` wrote to ``path`` (none when it does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def run_apart(argv: list[str], cwd: Path) -> None:
+    """Run ``python *argv`` in ``cwd`` in a fresh process (a measurement with its own Ray and its own CPU
+    pinning) and wait for it; it is stopped with this one, and its failure ends this one (``SystemExit``)."""
+    process = subprocess.Popen([sys.executable, *argv], cwd=cwd)
+    try:
+        if process.wait() != 0:
+            raise SystemExit(f"{' '.join(argv)} failed with exit code {process.returncode}")
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Sizing
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,6 +415,22 @@ class PublishedStep:
     step_s: float
     source: str
 
+
+_MMSEG = ("open-mmlab/mmsegmentation `docs/en/model_zoo.md`, \"Speed benchmark\": DeepLabV3+ R-101-V1c (output "
+         "stride 8), input 1024×512, batch 2 per GPU, 8× V100 32 GB, PyTorch 1.5: 0.85 s/iter")
+_UNIMATCH = "LiheYoung/UniMatch `training-logs/{}` (timestamps of the `Iters:` lines; GPU model not stated)"
+# Published DeepLabv3+ ResNet-101 training steps, each with the measured stream that stands in for its data.
+PUBLISHED = (
+    PublishedStep("Cityscapes 512×1024, supervised, 2 img/GPU, V100", "cityscapes_like", 768, 2, 0.85, _MMSEG),
+    PublishedStep("Cityscapes 801, UniMatch, 2 labeled + 2 + 2 unlabeled img/GPU, 4 GPUs", "cityscapes_like", 768, 6,
+                  0.592, _UNIMATCH.format("Cityscapes/ResNet-101/1_8.log") + ": iters 40→320 in 165.8 s"),
+    PublishedStep("VOC 321, UniMatch, 2 labeled + 2 + 2 unlabeled img/GPU", "voc_like", 321, 6, 0.669,
+                  _UNIMATCH.format("Pascal-VOC-2012/High-Quality-Split-Size321/ResNet-101/1464-run1.log")
+                  + ": iters 0→1136 in 760 s"),
+    PublishedStep("VOC 513, UniMatch, 4 labeled + 4 + 4 unlabeled img/GPU, 2 GPUs", "voc_like", 512, 12, 0.479,
+                  _UNIMATCH.format("Pascal-VOC-2012/U2PL-Split-Size513/ResNet-101/1_4.log")
+                  + ": iters 0→868 in 416.1 s"),
+)
 
 def mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
@@ -464,3 +511,163 @@ def sizing_rows(published: Iterable[PublishedStep], per_cpu: dict[tuple[str, int
                      "cpus_per_gpu_faster_gpu": round(cpus_per_gpu(step.images_per_step, step.step_s / faster_gpu,
                                                                    rate, max_load), 2)})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The results page
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def results_page(record: dict, faster_gpu: float, batches_per_block: int) -> str:
+    """The results page (``ingest.md``, Markdown) from the JSON record that ``experiments/benchmarks/ingest.py``
+    writes (its measurement rows and their :func:`summarise`); ``faster_gpu`` is the step-time factor of the
+    sizing's last column and ``batches_per_block`` the block size the measured streams used."""
+    summary = record["summary"]
+    sections = (images_section(record), throughput_section(summary), scaleout_section(record),
+                sizing_section(summary, faster_gpu, batches_per_block))
+    return "\n".join(line for section in sections for line in section)
+
+
+def images_section(record: dict) -> list[str]:
+    """The title, the machine's load, and the test images against the real datasets' files."""
+    lines = [
+        "# Ingest: Ray Data decode + augmentation per CPU, scale-out, CPUs per GPU",
+        "",
+        f"Run {record['date']} with `python experiments/benchmarks/ingest.py` on the shared 2-core machine, "
+        f"**busy** (1-minute load average {min(record['load_averages'])}–{max(record['load_averages'])} during "
+        "the measurements; another benchmark runs continuously). Absolute images/s of wall clock are from this "
+        "loaded machine; images per CPU-second (CPU time of the Ray workers and the driver) and the ratios are "
+        "what carry over.",
+        "",
+        "## Synthetic images",
+        "",
+        "| kind | size | codec | count | mean image | mean mask | real files |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, info in record["images"].items():
+        kind = KINDS[name]
+        codec = (f"JPEG q{VOC_JPEG_QUALITY} + palette PNG mask" if kind.format == "voc"
+                 else "RGB PNG + 8-bit PNG labelIds")
+        lines.append(f"| {name} | {kind.size[1]}×{kind.size[0]} | {codec} | {kind.count} | {info['image_kb']} KB | "
+                     f"{info['mask_kb']} KB | {kind.reference_bytes} |")
+    lines += [
+        "",
+        "Content: regions of the mask (VOC: background + 1–3 ellipses with a 4-pixel void border; Cityscapes: sky, "
+        "buildings/vegetation, road, sidewalk, poles, cars, people, ego vehicle) each with its own colour, plus a "
+        "smooth lighting gradient, a 1/f (\"pink\") texture in octaves down to 2 pixels, mostly in brightness, and "
+        "Gaussian sensor noise, so the files compress like photographs (flat colours would compress far better, "
+        "noise far worse).",
+    ]
+    return lines
+
+
+def throughput_section(summary: dict) -> list[str]:
+    """The per-CPU decode + augmentation cost of each stream, and the plain loop's."""
+    lines = [
+        "",
+        "## Decode + augmentation throughput",
+        "",
+        "raysemi's own `labeled` stream of a `supervised` run (`raysemi.ray.data.build_datasets`: read, decode, "
+        "random scale 0.75–1.5, pad, crop, flip, colour jitter in `map_batches` tasks of 0.5 CPU), read to the end "
+        "on the driver; Ray pinned to 1 or 2 cores; one warm-up pass first; two repeats (values: repeat 1 / "
+        "repeat 2). CPU-seconds are read from every process of the Ray tree (psutil), so they do not stretch "
+        "with the machine's load as wall time does: the CPU of the Ray workers (decode tasks, Ray Data's "
+        "actors) plus the driver (which batches, as a training worker would) is the cost per image; the daemons "
+        "(raylet, GCS) cost CPU per second and node, not per image. The plain loop calls the same "
+        "`DecodeTrainBatch` in one process without Ray.",
+        "",
+        "| stream | CPUs | images/s (wall, loaded machine) | images per CPU-s (Ray workers + driver) | "
+        "images per worker CPU-s | daemons' CPU-s per s | load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in summary["cases"].values():
+        values = " / ".join(str(v) for v in case["images_per_cpu_s"])
+        loads = " / ".join(str(v) for v in case["load_average"])
+        if not case["cpus"]:
+            lines.append(f"| {case['kind']} crop {case['crop']} | plain loop, no Ray, 1 thread | – | {values} (of "
+                         f"this process) | – | – | {loads} |")
+            continue
+        lines.append(f"| {case['kind']} crop {case['crop']} | {case['cpus']} | "
+                     f"{' / '.join(str(v) for v in case['images_per_s'])} | {values} | "
+                     f"{' / '.join(str(v) for v in case['images_per_worker_cpu_s'])} | "
+                     f"{' / '.join(str(v) for v in case['daemon_cpu_per_s'])} | {loads} |")
+    return lines
+
+
+def scaleout_section(record: dict) -> list[str]:
+    """The data wait of N simulated workers against the load they put on the stream, and u*."""
+    scale, summary = record.get("scaleout_setup", {}), record["summary"]
+    lines = [
+        "",
+        "## Simulated scale-out",
+        "",
+        f"N consumers (Ray actors, `num_cpus=0`) each read one part of `streaming_split(N, equal=True)` of the "
+        f"{scale.get('kind')} crop {scale.get('crop')} stream with `iter_torch_batches(prefetch_batches=4)` and "
+        f"sleep a fixed step time of {scale.get('step_s')} s per batch of {scale.get('local_batch')}, so that one "
+        f"consumer asks for a quarter of the {scale.get('supply_images_per_s')} images/s the stream delivered with "
+        f"{scale.get('cpus')} CPUs in the throughput runs: the load (demand / supply) is N / 4. The shared "
+        "machine's load moves the supply: each point also shows the supply read just before it (one reader, no "
+        "sleep; a short read that includes the pipeline filling, so it reads low) and the images the N "
+        "consumers received per second (delivered). Data wait = time blocked in `next()` / time after the "
+        "first batch (the first wait, the pipeline filling, is shown apart). Values per repeat are separated "
+        "by /.",
+        "",
+        "| consumers N | load | data wait (mean) | data wait per repeat | delivered (img/s) | supply just before "
+        "(img/s) | first batch wait (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for point in summary["scaleout"]:
+        delivered = " / ".join(str(v) for v in point.get("delivered_images_per_s", []) if v is not None) or "–"
+        supply = " / ".join(str(v) for v in point.get("supply_before", [])) or "–"
+        lines.append(f"| {point['consumers']} | {point['load']:.2f} | {100 * point['wait_fraction']:.1f} % | "
+                     f"{' / '.join(f'{100 * w:.1f} %' for w in point['wait_fractions'])} | {delivered} | "
+                     f"{supply} | {' / '.join(str(w) for w in point['first_wait_s'])} |")
+    max_load = summary["max_load_under_5pct_wait"]
+    if record.get("scaleout_note"):
+        lines += ["", f"Repeats: {record['scaleout_note']}."]
+    lines += [
+        "",
+        "On a loaded machine the wait at one load varies from repeat to repeat (the other jobs take the CPUs at "
+        "will; see the values per repeat), so u\\* below is read from the means.",
+        "",
+        f"Largest load with data wait under 5 % (mean of the repeats, every lighter point under 5 % too): "
+        f"**u\\* = {max_load if max_load is None else round(max_load, 2)}**.",
+    ]
+    return lines
+
+
+def sizing_section(summary: dict, faster_gpu: float, batches_per_block: int) -> list[str]:
+    """CPUs per GPU for each published step (and at a GPU ``faster_gpu`` times faster), its sources and the
+    caveats (which name ``batches_per_block``)."""
+    lines = [
+        "",
+        "## CPUs per GPU to keep data wait under 5 %",
+        "",
+        "CPUs per GPU = (images per GPU step / step time) / (images per CPU-second) / u\\*, with images per "
+        "CPU-second the lower of the 1- and 2-CPU means of the matching stream. Step times are **published** "
+        "numbers for DeepLabv3+ ResNet-101 (sources below the table); the last column assumes a GPU "
+        f"{faster_gpu:g}× faster than the published one (an assumption, not a published number).",
+        "",
+        "| published setting | images / GPU step | step (s) | GPU demand (img/s) | our stream | img per CPU-s | "
+        f"CPUs per GPU | CPUs per GPU, {faster_gpu:g}× faster GPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["sizing"]:
+        lines.append(f"| {row['setting']} | {row['images_per_step']} | {row['step_s']} | "
+                     f"{row['demand_images_per_s']} | {row['stream']} | {row['images_per_cpu_s']} | "
+                     f"**{row['cpus_per_gpu']}** | {row['cpus_per_gpu_faster_gpu']} |")
+    lines += ["", "Sources:", ""]
+    lines += [f"- {row['setting']}: {row['source']}." for row in summary["sizing"]]
+    lines += [
+        "",
+        "UniMatch reads a labeled and two unlabeled loaders of `batch_size` images each per step (its "
+        "`unimatch.py`), so a GPU step consumes 3 × batch images.",
+        "",
+        "Caveats: UniMatch's unlabeled images also get strong augmentation (colour jitter, grey, blur, CutMix) that "
+        "raysemi's stream here does not, so its real CPU need is higher than this table; the Cityscapes rows use "
+        "our 768 crop for 512×1024 and 801 crops (the cost is dominated by decoding and resizing the whole "
+        "2048×1024 image, not by the crop). The benchmark uses blocks of "
+        f"{batches_per_block} batches (raysemi's runs: 32) so that short runs spread over every CPU.",
+        "",
+    ]
+    return lines

@@ -25,7 +25,8 @@ TRAINING_CODE = ("raysemi",)  # the code that trains a run (beside the protocol'
 # benchmarking, sweeping and job-submitting code, and the command line's parser. Editing them leaves a run's code
 # version, so a harness, report or sweep change does not make every run stale.
 NOT_TRAINING_CODE = ("raysemi/analysis/", "raysemi/bench/", "raysemi/cli.py", "raysemi/configdoc.py",
-                     "raysemi/ray/jobs.py", "raysemi/ray/tune.py", "raysemi/ray/uris.py", "raysemi/sweeps.py")
+                     "raysemi/ray/ingest.py", "raysemi/ray/jobs.py", "raysemi/ray/tune.py", "raysemi/ray/uris.py",
+                     "raysemi/sweeps.py")
 
 
 def is_training_code(path: str) -> bool:
