@@ -1,10 +1,14 @@
 """The layering of ``docs/architecture.md``, enforced: a module imports only its own package and the layers
 below it, and only ``raysemi/ray/`` imports ray, only ``raysemi/tracking/`` wandb. A new module in a package
-that no layer names fails here until the page and :data:`LAYERS` say where it sits."""
+that no layer names fails here until the page and :data:`LAYERS` say where it sits. And a training run hands its
+config down the layers: the walk of the config from ``raysemi train`` is short and rarely climbs back up."""
 
 from __future__ import annotations
 
 import ast
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,3 +124,56 @@ def test_a_long_function_is_found(tmp_path):
 
 def test_no_function_is_longer_than_60_lines():
     assert long_functions() == []
+
+
+# ---- the walk of a run's configuration through the layers ----
+
+CONFIG_PARAMETERS = {"args", "cfg", "config", "base"}  # the names the parsed arguments and the config go by
+
+
+def config_walk(call: Callable[[], object]) -> list[str]:
+    """The modules ``call`` walks the configuration through: each call, in the calling thread, of a raysemi
+    function that takes the parsed arguments or the config (a parameter in :data:`CONFIG_PARAMETERS`), as its
+    module, consecutive calls in one module counted as one stay."""
+    walk: list[str] = []
+    thread = threading.get_ident()
+
+    def profile(frame, event, _arg):
+        if event != "call" or threading.get_ident() != thread:
+            return
+        code, module = frame.f_code, frame.f_globals.get("__name__", "")
+        params = set(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
+        if module.startswith("raysemi") and code.co_name != "<module>" and params & CONFIG_PARAMETERS \
+                and (not walk or walk[-1] != module):
+            walk.append(module)
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return walk
+
+
+def climbs(walk: list[str]) -> list[str]:
+    """``a -> b`` for each stay in a higher layer than the stay before it."""
+    return [f"{a} -> {b}" for a, b in zip(walk, walk[1:], strict=False) if layer_of(part_of(b)) > layer_of(part_of(a))]
+
+
+def test_a_climb_is_a_step_up_the_layers():
+    walk = ["raysemi.cli", "raysemi.engine.driver", "raysemi.methods.base", "raysemi.engine.loop",
+            "raysemi.engine.optim", "raysemi.ray.train"]
+    assert climbs(walk) == ["raysemi.methods.base -> raysemi.engine.loop", "raysemi.engine.optim -> raysemi.ray.train"]
+
+
+@pytest.mark.slow
+def test_a_training_run_walks_its_config_down_the_layers_with_few_climbs(synthetic_root, tmp_path, ray_local):
+    """``raysemi train`` on a 4-step run: the config passes through fewer than 40 stays and climbs back up
+    fewer than 20 times (a driver that hands the config down and back up between its helpers shows here)."""
+    from raysemi import cli
+    from tests.test_tune import _overrides
+
+    argv = ["train", *_overrides(synthetic_root), "train.channels_last=false", f"run.dir={tmp_path / 'run'}"]
+    walk = config_walk(lambda: cli.main(argv))
+    assert walk[0] == "raysemi.cli" and "raysemi.engine.driver" in walk and "raysemi.engine.loop" in walk
+    assert len(walk) < 40 and len(climbs(walk)) < 20, (len(walk), climbs(walk), walk)
