@@ -395,6 +395,7 @@ def test_the_plan_names_every_baseline_each_method_must_beat(gain):
         return [(c.baseline, c.at_total) for c in gain.planned_comparisons(method)]
 
     assert planned("cac") == [("supervised", False), ("supervised_unlabeled_bn", False), ("cac_control", False)]
+    assert planned("unimatch") == [("supervised", False), ("supervised_unlabeled_bn", False), ("cac", False)]
     assert planned("cps_control") == [("supervised", False), ("supervised_unlabeled_bn", False),
                                       ("supervised_cps_optim", False), ("supervised_unlabeled_bn_cps_optim", False)]
     assert planned("self_correction_conv") == [("supervised", True), ("supervised", False),

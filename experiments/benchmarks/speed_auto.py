@@ -64,18 +64,21 @@ def markdown(record: dict) -> str:
              f"{record['steps']} iterations)", "",
              f"One run on `{record['device']}`, commit `{record['commit']}`, {record['date']}. Before: "
              f"`{' '.join(record['before'])}`; after: `{' '.join(AFTER)}`. Training time from the logged "
-             "intervals (start-up and evaluation left out); wall time includes them and the probes. A chained method's "
+             "intervals (start-up and evaluation left out); the steady pace leaves out the first logged interval too "
+             "(the input pipeline's start); wall time includes them and the probes. A chained method's "
              "choices and probe time are its last stage's.", "",
-             "| method | before: train s | after: train s | before / after | before: wall s | after: wall s "
-             "| auto's choices | probe s |", "|---|---|---|---|---|---|---|---|"]
+             "| method | before: train s | after: train s | before / after | steady it/s before → after | "
+             "steady speed-up | before: wall s | after: wall s | auto's choices | probe s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for before, after in zip(record["runs"][::2], record["runs"][1::2], strict=True):
         speed = after["speed"]
         probe_s = speed["timings"].get("format_probe_s", 0.0) + speed["timings"].get("compile_probe_s", 0.0)
         choices = ", ".join(f"{key} {'on' if speed[key] else 'off'} ({speed['how'][key]})"
                             for key in ("channels_last", "compile"))
         lines.append(f"| {before['method']} | {before['train_time_s']:.0f} | {after['train_time_s']:.0f} | "
-                     f"{before['train_time_s'] / max(after['train_time_s'], 1e-9):.2f}× | {before['wall_time_s']:.0f} "
-                     f"| {after['wall_time_s']:.0f} | {choices} | {probe_s:.1f} |")
+                     f"{before['train_time_s'] / max(after['train_time_s'], 1e-9):.2f}× | {before['it_per_s']:.2f} → "
+                     f"{after['it_per_s']:.2f} | {after['it_per_s'] / max(before['it_per_s'], 1e-9):.2f}× | "
+                     f"{before['wall_time_s']:.0f} | {after['wall_time_s']:.0f} | {choices} | {probe_s:.1f} |")
     return "\n".join(lines) + "\n"
 
 
