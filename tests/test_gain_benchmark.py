@@ -714,6 +714,17 @@ def test_repeatability_runs_one_seed_three_times_and_records_the_differences(gai
     assert "| cac | 1 | cpu | 2 / 2 / 1 | 0.4000 / 0.4000 / 0.4300 | +0.00 | +3.00 | yes |" in (
         gain.RUNS / "README.md").read_text()
 
+    # at another code version: read as they are, retrained with --rerun-stale (the old JSONs kept in stale/)
+    for name in names.values():
+        path = gain.RUNS / "p1" / "repeatability" / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "code_version": "old"}))
+    command = ["--protocol", "p1", "--method", "cac", "--seed", "1", "--iterations", "8", "--repeatability"]
+    assert gain.main(command) == 0 and len(threads) == 3
+    mious = iter([0.41, 0.41, 0.42])
+    assert gain.main([*command, "--rerun-stale"]) == 0 and threads[3:] == [2, 2, 1]
+    (record,) = [r for r in json.loads((gain.RESULTS / "summary.json").read_text()) if r["kind"] == "repeatability"]
+    assert record["miou"] == [0.41, 0.41, 0.42] and record["code_version"] == gain.code_version("p1")
+
 
 def test_selection_split_runs_are_scored_there_and_never_paired_with_report_runs(gain, monkeypatch):
     trained = []

@@ -388,7 +388,8 @@ def run_repeatability(args: argparse.Namespace, variants: list[str]) -> None:
     trainer = functools.partial(train_run_plain, torch_threads=None) if args.runner == "plain" else None
     for seed in args.seed or range(args.seeds):
         request = RunRequest(args.protocol, args.method, seed, args.iterations, split=args.split)
-        store().repeat_runs(request, (threads, other), trainer or train_run, lambda: device_name(trainer))
+        store().repeat_runs(request, (threads, other), trainer or train_run, lambda: device_name(trainer),
+                            args.rerun_stale)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

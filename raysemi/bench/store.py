@@ -140,11 +140,12 @@ class RunStore:
                  f"{self.code_version(request.protocol)}); its JSON moved to {stale}, rerunning")
 
     def repeat_runs(self, request: RunRequest, threads: tuple[int, int], trainer: Trainer,
-                    device: Callable[[], str]) -> list[dict]:
+                    device: Callable[[], str], rerun_stale: bool = False) -> list[dict]:
         """The repeatability runs of ``request`` (a run without overrides): twice at ``threads[0]`` torch threads
-        and once at ``threads[1]`` (``train.torch_threads``, which ``trainer`` must honour), at this code version,
-        each named by its repeat (``repeat-a`` …); their records."""
+        and once at ``threads[1]`` (``train.torch_threads``, which ``trainer`` must honour), each named by its
+        repeat (``repeat-a`` …); their records. Finished ones are read, retrained with ``rerun_stale`` when
+        another code version made them (as :meth:`result` does)."""
         counts = (threads[0], threads[0], threads[1])
         return [self.result(RunRequest(request.protocol, request.variant, request.seed, request.iterations,
                                        (f"train.torch_threads={count}",), request.split, f"repeat-{repeat}"),
-                            None, trainer, device) for repeat, count in zip(repeats.REPEATS, counts)]
+                            None, trainer, device, rerun_stale) for repeat, count in zip(repeats.REPEATS, counts)]
