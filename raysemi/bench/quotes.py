@@ -39,12 +39,15 @@ QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "gap-means": lambda r: fmt(gap_of_means(r), 2),
     "base": lambda r: f"{100 * statistics.mean(_diffs(r, 'base_')):+.1f}",
     "base-seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r, "base_")],
+    "novel": lambda r: f"{100 * statistics.mean(_diffs(r, 'novel_')):+.1f}",
+    "novel-seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r, "novel_")],
 }
 
 
 def quoted(key: str, records: dict[str, dict]) -> str:
     """The text of the quote ``key``: ``NAME``, ``NAME#FIELD``, or for a per-seed field one seed's figure
-    (``NAME#seed1``, ``NAME#gap-seed2``, ``NAME#base-seed0``); ValueError naming what is missing."""
+    (``NAME#seed1``, ``NAME#gap-seed2``, ``NAME#base-seed0``, ``NAME#novel-seed1``); ValueError naming what is
+    missing."""
     name, _, field = key.partition("#")
     if name not in records:
         raise ValueError(f"no summary.json record named {name}")
@@ -56,7 +59,8 @@ def quoted(key: str, records: dict[str, dict]) -> str:
             raise ValueError(f"record {name} has no seed {one_seed['seed']} (seeds {record['seeds']})")
     if field not in QUOTE_FIELDS:
         fields = ", ".join(f for f in QUOTE_FIELDS if f)
-        raise ValueError(f"#{field} is not a quote field; choose one of {fields}, or seedS, gap-seedS, base-seedS")
+        raise ValueError(f"#{field} is not a quote field; choose one of {fields}, or seedS, gap-seedS, "
+                         "base-seedS, novel-seedS")
     try:
         value = QUOTE_FIELDS[field](record)
     except KeyError as missing:
