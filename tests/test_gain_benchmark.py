@@ -540,6 +540,16 @@ def test_gain_plan_main_fails_when_a_line_fails_and_rebuilds_the_table(gain_plan
     assert (tmp_path / "table").read_text() == "--table --allow-mixed-code"
 
 
+def test_gain_plan_refuses_a_plan_that_is_not_there_in_one_line(gain_plan, tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        gain_plan.main([str(tmp_path / "missing.txt"), "--logs", str(tmp_path / "logs")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert refused.value.code == 2 and error.endswith(f"plan {tmp_path / 'missing.txt'}: no such file (a plan is a "
+                                                      "text file of invocations, one per line: "
+                                                      "experiments/benchmarks/plans/)")
+    assert not (tmp_path / "table").exists() and not (tmp_path / "logs").exists()  # nothing ran, nothing written
+
+
 def test_the_rerun_matrix_plan_covers_every_headline_comparison_one_run_per_line():
     """Every line of plans/rerun_matrix.txt is a valid gain.py invocation that trains one run at this code
     version (--rerun-stale, --skip-baseline; a baseline as its own baseline), no run twice, and the matrix

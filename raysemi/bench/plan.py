@@ -100,7 +100,11 @@ def main(argv: list[str] | None, command: list[str], last: list[str], *, name: s
     """A plan runner's ``main``: parse ``argv`` (:func:`parser`), run the plan's lines through ``command``
     (:func:`run_plan`), then ``[*command, *last]`` with those of ``last_flags`` given, and say, as ``[name]``, how
     many lines finished, failed and did not finish; 1 when a line failed, else 0."""
-    args = parser(description, logs, last_flags).parse_args(argv)
+    cli = parser(description, logs, last_flags)
+    args = cli.parse_args(argv)
+    if not args.plan.is_file():
+        cli.error(f"plan {args.plan}: no such file (a plan is a text file of invocations, one per line: "
+                  "experiments/benchmarks/plans/)")
 
     def say(text: str) -> None:
         print(f"[{name}] {text}", flush=True)
