@@ -1,9 +1,12 @@
-"""Shared fixtures: a small synthetic dataset, configs for fast CPU runs, and one local Ray per session."""
+"""Shared fixtures: a small synthetic dataset, configs for fast CPU runs, one local Ray per session, and the
+benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,23 @@ from raysemi.config import Config, load_config  # noqa: E402
 from raysemi.data.synthetic import write_synthetic  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """``load(path)``: the benchmark script at ``path`` as a module, as ``python <script>`` runs it: its folder
+    first on ``sys.path`` (a script may import its siblings) and the module registered in ``sys.modules``
+    (dataclasses look their module up there); both undone after the test. Importing runs no benchmark."""
+    def load(path: Path):
+        monkeypatch.syspath_prepend(str(path.parent))
+        spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

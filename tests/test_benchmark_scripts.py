@@ -6,8 +6,6 @@ package: none edits ``sys.path`` or assigns to a setting of a ``raysemi`` module
 from __future__ import annotations
 
 import ast
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +19,8 @@ def test_the_benchmark_folder_was_found():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_a_benchmark_script_imports(script: Path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python <script>` does: a script may import its siblings
-    spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+def test_a_benchmark_script_imports(script: Path, benchmark_script):
+    module = benchmark_script(script)
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
 
 

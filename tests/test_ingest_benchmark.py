@@ -3,9 +3,7 @@ runs): the CPUs-per-GPU arithmetic, the simulated training worker and the test i
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,12 +122,9 @@ def test_a_simulated_worker_counts_the_wait_after_the_first_batch_and_sleeps_a_s
         ingest.consume(iter([]), 0.5)
 
 
-def test_the_script_rebuilds_the_committed_results_page_from_the_committed_record():
+def test_the_script_rebuilds_the_committed_results_page_from_the_committed_record(benchmark_script):
     """``ingest.py --table`` on the committed ``ingest.json``: the same summary and the same ``ingest.md``."""
-    spec = importlib.util.spec_from_file_location("ingest_benchmark", BENCHMARKS / "ingest.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
+    script = benchmark_script(BENCHMARKS / "ingest.py")
     record = json.loads((BENCHMARKS / "results" / "ingest.json").read_text())
     assert ingest.summarise(record["throughput"], record["scaleout"], ingest.PUBLISHED,
                             script.FASTER_GPU) == record["summary"]

@@ -3,24 +3,13 @@ chose, from a hand-made record (the benchmark itself trains for hours and runs o
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
+SPEED_AUTO = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "speed_auto.py"
 
 
-def load_speed_auto(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports its sibling gain.py, as `python <script>` does
-    spec = importlib.util.spec_from_file_location("speed_auto_benchmark", BENCHMARKS / "speed_auto.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_table_gives_both_ratios_and_the_choices(monkeypatch):
-    speed_auto = load_speed_auto(monkeypatch)
+def test_the_table_gives_both_ratios_and_the_choices(benchmark_script):
+    speed_auto = benchmark_script(SPEED_AUTO)  # it imports its sibling gain.py
     before = {"method": "supervised", "train_time_s": 300.0, "it_per_s": 3.5, "wall_time_s": 320.0}
     after = {"method": "supervised", "train_time_s": 240.0, "it_per_s": 4.2, "wall_time_s": 275.0,
              "speed": {"channels_last": True, "compile": False,
