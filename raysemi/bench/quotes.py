@@ -27,20 +27,29 @@ def _diffs(record: dict, prefix: str = "") -> list[float]:
     return [m - b for m, b in zip(record[f"{prefix}miou"], record[f"baseline_{prefix}miou"])]
 
 
-# Each field's figures per seed (a list), or its one figure (a string)
+def _points(record: dict, prefix: str = "") -> list[str]:
+    """Each seed's ``{prefix}miou`` difference, in signed points."""
+    return [f"{100 * d:+.1f}" for d in _diffs(record, prefix)]
+
+
+def _mean_points(record: dict, prefix: str) -> str:
+    return f"{100 * statistics.mean(_diffs(record, prefix)):+.1f}"
+
+
+# Each field's figures per seed (a list; its name ends in "seeds"), or its one figure (a string)
 QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "": lambda r: difference_text(r).removesuffix(" points"),
-    "seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r)],
+    "seeds": _points,
     "n": lambda r: str(len(r["seeds"])),
     "miou": lambda r: f"{statistics.mean(r['miou']):.3f}",
     "baseline-miou": lambda r: f"{statistics.mean(r['baseline_miou']):.3f}",
     "gap": lambda r: fmt(mean_of(_gap_shares(r)), 2),
     "gap-seeds": lambda r: [fmt(v, 2) for v in _gap_shares(r)],
     "gap-means": lambda r: fmt(gap_of_means(r), 2),
-    "base": lambda r: f"{100 * statistics.mean(_diffs(r, 'base_')):+.1f}",
-    "base-seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r, "base_")],
-    "novel": lambda r: f"{100 * statistics.mean(_diffs(r, 'novel_')):+.1f}",
-    "novel-seeds": lambda r: [f"{100 * d:+.1f}" for d in _diffs(r, "novel_")],
+    "base": lambda r: _mean_points(r, "base_"),
+    "base-seeds": lambda r: _points(r, "base_"),
+    "novel": lambda r: _mean_points(r, "novel_"),
+    "novel-seeds": lambda r: _points(r, "novel_"),
 }
 
 
@@ -59,8 +68,8 @@ def quoted(key: str, records: dict[str, dict]) -> str:
             raise ValueError(f"record {name} has no seed {one_seed['seed']} (seeds {record['seeds']})")
     if field not in QUOTE_FIELDS:
         fields = ", ".join(f for f in QUOTE_FIELDS if f)
-        raise ValueError(f"#{field} is not a quote field; choose one of {fields}, or seedS, gap-seedS, "
-                         "base-seedS, novel-seedS")
+        one_seed_fields = ", ".join(f"{f[:-1]}S" for f in QUOTE_FIELDS if f.endswith("seeds"))
+        raise ValueError(f"#{field} is not a quote field; choose one of {fields}, or {one_seed_fields}")
     try:
         value = QUOTE_FIELDS[field](record)
     except KeyError as missing:
