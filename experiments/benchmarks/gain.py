@@ -182,6 +182,7 @@ PROTOCOLS = {
 # ------------------------------------------------------------------------------------- what each run faces
 SEMI_SUPERVISED = ("cps", "cac", "unimatch")
 WITH_CONTROL = ("cps", "cac")  # the methods with a λ = 0 control variant
+RIVALS = {"unimatch": ("cac",)}  # methods a method must also beat (issue 37: UniMatch above CAC at one commit)
 
 
 def planned_comparisons(method: str) -> list[Comparison]:
@@ -191,15 +192,15 @@ def planned_comparisons(method: str) -> list[Comparison]:
     against ``supervised`` at its summed budget and at the protocol's, against ``self_correction_none`` and
     against ``supervised_boxes`` (box-filled F ∪ W) at its summed budget; SimFormer ``full`` against the
     supplementary's ``basic`` and the weaker ``basic_nocomp``; the headroom and BatchNorm runs against
-    ``supervised``; UniMatch, which has no control, also against CAC (issue 37: above CAC at one commit)."""
+    ``supervised``; a method in :data:`RIVALS` also against its rivals (UniMatch, which has no control, CAC)."""
     base = method.removesuffix("_control")
     if base in SEMI_SUPERVISED:
         own = [Comparison(method, f"{base}_control")] if method == base and base in WITH_CONTROL else []
-        rival = [Comparison(method, "cac")] if method == "unimatch" else []
+        rivals = [Comparison(method, rival) for rival in RIVALS.get(method, ())]
         # where a protocol trains CPS with the published optimizer (P2), the baselines with that optimizer too
         same_optim = [Comparison(method, b) for b in CPS_BASELINES] if base == "cps" else []
         return [Comparison(method, "supervised"), Comparison(method, "supervised_unlabeled_bn"), *same_optim, *own,
-                *rival]
+                *rivals]
     if method.startswith("self_correction_"):
         versus_none = [] if method == "self_correction_none" else [Comparison(method, "self_correction_none")]
         return [Comparison(method, "supervised", at_total=True), Comparison(method, "supervised"), *versus_none,
