@@ -10,7 +10,8 @@ from torch import nn
 from raysemi.config import load_config
 from raysemi.engine.checkpoint import latest_checkpoint, load_tensors
 from raysemi.engine.plain import train_plain
-from raysemi.engine.probe import SpeedProbe, check_compilable, compile_repays, stored_choices
+from raysemi.engine.probe import (SpeedProbe, check_compilable, compile_probe_affordable, compile_repays,
+                                  stored_choices)
 from raysemi.errors import ConfigError
 from tests.conftest import fast_config
 
@@ -54,20 +55,28 @@ def test_compile_repays_when_the_saved_seconds_exceed_the_compile_time():
     assert not compile_repays(0.0, 0.5, 0.6, 10**6)  # a slower compiled step never repays
 
 
-@pytest.mark.parametrize(("steps", "start", "expected"), [(400, 0, True), (1000, 720, False), (200, 0, None)])
+def test_a_compile_probe_runs_only_where_a_60_s_compile_costs_at_most_1_percent_of_the_eager_run():
+    # 60 s ≤ 1 % of 20,000 steps × 0.3 s = 60 s (the threshold itself), not of 19,999 steps; the P2 run of
+    # results/speed_auto-p2-supervised.md (1,000 steps of 0.306 s) is far below
+    assert compile_probe_affordable(0.3, 20_000) and not compile_probe_affordable(0.3, 19_999)
+    assert not compile_probe_affordable(0.306, 1_000)
+
+
+@pytest.mark.parametrize(("steps", "start", "expected"), [(20_000, 0, True), (20_000, 8_000, False),
+                                                          (11_000, 0, None)])
 def test_compile_auto_keeps_the_compiled_step_only_where_its_compile_time_is_repaid(monkeypatch, steps, start,
                                                                                     expected):
-    """Compiled calls take 0.4 s (+20 s and +10 s for the first two: compile and recompile), eager 0.5 s: the
-    probe measures 30 s of compiling and 0.1 s saved per step, repaid after 300 remaining steps (280: not).
-    With 200 steps left (expected None) even a 60 s compile (MIN_COMPILE_S) that halved the step would save
-    200 × 0.25 = 50 s < 60 s: nothing is compiled."""
+    """Compiled calls take 0.4 s (+1,000 s and +500 s for the first two: compile and recompile), eager 0.5 s: the
+    probe measures 1,500 s of compiling and 0.1 s saved per step, repaid after 15,000 remaining steps (12,000:
+    not). With 11,000 steps left (expected None) the eager run (5,500 s) is too short for a probe: a 60 s
+    compile (MIN_COMPILE_S) would cost more than 1 % of it, and nothing is compiled."""
     clock, compiled_calls = FakeClock(), []
     method = TimedMethod(clock, lambda batch: 0.5)
 
     def fake_compile(step):
         def compiled(models, batch, number):
             compiled_calls.append(number)
-            clock.now += {1: 20.0, 2: 10.0}.get(len(compiled_calls), 0.0) + 0.4
+            clock.now += {1: 1000.0, 2: 500.0}.get(len(compiled_calls), 0.0) + 0.4
             return {"loss": models["m"].weight.sum()}
         return compiled
 
@@ -79,10 +88,11 @@ def test_compile_auto_keeps_the_compiled_step_only_where_its_compile_time_is_rep
     assert torch.equal(models["m"].weight, before) and models["m"].weight.grad is None  # no optimizer step
     if expected is None:
         assert chosen == method.training_step and not compiled_calls and probe.choice.compile is False
-        assert probe.choice.how["compile"] == "skipped: 200 steps of 0.500 s cannot repay a compile (≥ 60 s)"
+        assert probe.choice.how["compile"] == ("skipped: 11000 steps of 0.500 s are too short for a compile probe "
+                                               "(≥ 60 s would cost more than 1% of them)")
         return
     t = probe.choice.timings
-    assert (t["eager_s"], t["compiled_s"], t["compile_s"]) == pytest.approx((0.5, 0.4, 30.0))
+    assert (t["eager_s"], t["compiled_s"], t["compile_s"]) == pytest.approx((0.5, 0.4, 1500.0))
     assert t["compile_steps_left"] == steps - start
     assert probe.choice.compile is expected and (chosen != method.training_step) is expected
     assert probe.choice.how["compile"] == ("measured" if expected else "measured: not repaid")
@@ -98,7 +108,7 @@ def test_compile_auto_stays_eager_with_the_reason_when_compiling_fails(monkeypat
     monkeypatch.setattr(torch, "compile", failing_compile)
     clock = FakeClock()
     method = TimedMethod(clock, lambda batch: 0.5)
-    probe = _probe(method, clock, "train.compile=auto")
+    probe = _probe(method, clock, "train.steps=20000", "train.compile=auto")  # long enough for a compile probe
     assert probe.training_step({"m": nn.Linear(1, 1)}) == method.training_step
     assert probe.choice.how["compile"] == "skipped: compiling failed (RuntimeError)" and not probe.choice.compile
 

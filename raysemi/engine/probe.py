@@ -10,10 +10,11 @@ on another of the same kind. So ``auto`` times a few steps each way at start-up 
   (tensor-core convolutions want NHWC) → channels-last.
 - **Compile**: the method's ``training_step`` (forward and losses; autograd compiles the backward with it)
   under ``torch.compile``. Its first two calls compile (the second recompiles with the step number symbolic);
-  then ``train.probe_steps`` compiled and eager steps alternate. ``auto`` keeps it only when the compile time
-  is repaid by the measured gain within the run's remaining steps (:func:`compile_repays`). Measured on the
-  run's real models (so the compiled code is the one the run then uses), whose BatchNorm statistics and
-  gradients are restored afterwards.
+  then ``train.probe_steps`` compiled and eager steps alternate; a run too short for the probe to be cheap
+  skips it (:func:`compile_probe_affordable`). ``auto`` keeps it only when the compile time is repaid by the
+  measured gain within the run's remaining steps (:func:`compile_repays`). Measured on the run's real models
+  (so the compiled code is the one the run then uses), whose BatchNorm statistics and gradients are restored
+  afterwards.
 
 A probe step is the forward, the losses and the backward, without the optimizer step (whose cost is the
 same either way), so no weight changes. The RNG state is restored after each probe and the probe's batch is a
@@ -56,11 +57,15 @@ UNCOMPILABLE: dict[str, str] = {
     "cac": "its chunked contrastive loss writes each chunk's logits into one reused buffer with "
            "torch.mm(out=<a view>), which the compiler's fake tensors cannot run: inductor fails on aten.set_",
 }
-# `auto` compiles only where a compile this short that halved the step would be repaid: the shortest first
-# compile in experiments/benchmarks/results/compile_methods.md took 175 s (2 busy cores); 60 s leaves room for
-# faster machines. Halving is generous: no method's step compiled to half its eager time in the probes seen.
+# `auto` runs the compile probe only where even a short compile costs a small share of the run's eager training
+# time, since a probe that loses costs its whole compile. MIN_COMPILE_S: the shortest compile seen was 89 s (P2
+# supervised on a 2-core Xeon with AMX, experiments/benchmarks/results/speed_auto-p2-supervised.md; 175 s and
+# more on busier machines, results/compile_methods.md); 60 s leaves room for faster ones. MAX_COMPILE_PROBE_SHARE:
+# at the threshold an 89 s compile costs 1.5 % of the run, which with the format probe's 1.4 % (P2 supervised)
+# keeps a losing probe within issue 41's 3 %. There the compiled step was 8 % slower and the probe's 94 s outweighed
+# the 81 s channels-last saved: a 1,000-step P2 run (~300 s eager) now skips it.
 MIN_COMPILE_S = 60.0
-MAX_COMPILE_GAIN = 0.5
+MAX_COMPILE_PROBE_SHARE = 0.01
 
 
 @dataclass
@@ -93,6 +98,12 @@ def known_channels_last(setting: bool | str, device: torch.device, amp: bool) ->
     if setting != "auto":
         return bool(setting)
     return True if device.type == "cuda" and amp else None
+
+
+def compile_probe_affordable(eager_s: float, steps_left: int) -> bool:
+    """Whether a compile of :data:`MIN_COMPILE_S` costs at most :data:`MAX_COMPILE_PROBE_SHARE` of the run's
+    eager training time (``steps_left`` steps of ``eager_s`` seconds)."""
+    return MIN_COMPILE_S <= MAX_COMPILE_PROBE_SHARE * eager_s * steps_left
 
 
 def compile_repays(compile_s: float, eager_s: float, compiled_s: float, steps_left: int) -> bool:
@@ -185,16 +196,18 @@ class SpeedProbe:
         return contiguous, channels_last, self.clock() - began
 
     def _measured_compile(self, models: dict[str, nn.Module]) -> TrainingStep:
-        """Time eager steps; where even the cheapest compile that halved them could repay, compile the step and
-        time it against eager on ``models`` (their state restored after), keeping it where it repays."""
+        """Time eager steps; where the run is long enough for a compile probe (:func:`compile_probe_affordable`),
+        compile the step and time it against eager on ``models`` (their state restored after), keeping it where
+        it repays."""
         began, steps_left = self.clock(), self.cfg.train.steps - self.start_step
         fmt = torch.channels_last if self.choice.channels_last else torch.contiguous_format
         eager_step = self._probe_step(models, fmt, self.method.training_step)
         eager_step()  # warm-up
         eager_s = statistics.median(self._timed(eager_step) for _ in range(self.cfg.train.probe_steps))
-        if not compile_repays(MIN_COMPILE_S, eager_s, eager_s * (1 - MAX_COMPILE_GAIN), steps_left):
-            self.choice.how["compile"] = (f"skipped: {steps_left} steps of {eager_s:.3f} s cannot repay a compile "
-                                          f"(≥ {MIN_COMPILE_S:.0f} s)")
+        if not compile_probe_affordable(eager_s, steps_left):
+            self.choice.how["compile"] = (f"skipped: {steps_left} steps of {eager_s:.3f} s are too short for a "
+                                          f"compile probe (≥ {MIN_COMPILE_S:.0f} s would cost more than "
+                                          f"{MAX_COMPILE_PROBE_SHARE:.0%} of them)")
             return self.method.training_step
         saved = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in models.items()}
         compiled = torch.compile(self.method.training_step)
