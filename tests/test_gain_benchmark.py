@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from raysemi.bench import plan as bench_plan
-from raysemi.bench import quotes, versions
+from raysemi.bench import lineage, pairs, quotes, versions
 from raysemi.bench.pairs import difference_text
 from raysemi.bench.runs import step_times
 from raysemi.bench.store import run_name
 from raysemi.bench.tables import levelled_off
 from raysemi.config import load_config
+from raysemi.errors import RaysemiError
 from raysemi.data.dataset import open_dataset
 from raysemi.data.weak_labels import mask_boxes
 from tests.conftest import fast_config
@@ -823,3 +824,65 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
     document.write_text(text)
     quotes.fill_document(document, [record, weak])
     assert document.read_text() == filled
+
+
+def test_a_version_is_the_same_as_the_one_it_reproduced_and_that_ones_lineage(tmp_path):
+    same_as = {"c": "b", "b": "a", "x": "y", "y": "x"}  # c reproduced b, which reproduced a; x, y: a cycle
+    assert [lineage.lineage(v, same_as) for v in ("c", "b", "a", "d", None)] == ["a", "a", "a", "d", None]
+    assert lineage.lineage("x", same_as) in {"x", "y"}  # a cycle ends instead of looping
+    runs = lineage.with_lineage([{"code_version": "c"}, {"code_version": "a"}, {}], same_as)
+    assert runs == [{"code_version": "c", "code_lineage": "a"}, {"code_version": "a"}, {}]
+    assert pairs.same_code(runs[0], runs[1]) and not pairs.same_code(runs[0], {"code_version": "b"})
+    bad = tmp_path / lineage.FILE
+    bad.write_text('[{"version": "b"}]')
+    with pytest.raises(RaysemiError, match=r"equivalent_versions.json: not a list of entries with keys protocol, "
+                                           r"version, same_as, .* \(KeyError: 'same_as'\)"):
+        lineage.load(bad)
+
+
+def test_prove_same_code_records_a_version_that_reproduces_a_run_and_refuses_one_that_does_not(gain, monkeypatch,
+                                                                                               capsys):
+    """supervised seed 0 finished at code `old`; --prove-same-code at `new` reruns it to the same mIoU, class IoUs
+    and losses, so `new → old` is recorded: a CPS run at `new` pairs with it without --allow-mixed-code and
+    --rerun-stale leaves it. A rerun whose loss at one step differs records nothing and says where."""
+    trained, losses = [], {"old": 0.5, "new": 0.5, "newer": 0.625}
+
+    def train(cfg):
+        trained.append((Path(cfg.run.dir).name, version))
+        Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run.dir) / "metrics.jsonl").write_text(json.dumps({"step": 8, "loss": losses[version],
+                                                                     "steps_per_s": 2.0}) + "\n")
+        return {"miou": 0.3, "iou": {"a": 0.3}}
+
+    monkeypatch.setattr(gain, "train_run", train)
+    run = ["--protocol", "p1", "--method", "supervised", "--iterations", "8"]
+    version = "old"
+    monkeypatch.setattr(gain, "code_version", lambda protocol: version)
+    assert gain.main([*run, "--seed", "0", "--seed", "1"]) == 0 and len(trained) == 2
+    version = "new"
+    assert gain.main([*run, "--seed", "0", "--prove-same-code"]) == 0
+    assert trained[-1] == ("supervised-seed0-it8", "new") and len(trained) == 3
+    (entry,) = json.loads((gain.RUNS / lineage.FILE).read_text())
+    assert {k: entry[k] for k in ("protocol", "version", "same_as", "run")} == {
+        "protocol": "p1", "version": "new", "same_as": "old", "run": "p1/supervised-seed0-it8"}
+    assert entry["compared"] == [*lineage.COMPARED, "losses"]
+    assert json.loads((gain.RUNS / "p1" / "supervised-seed0-it8.json").read_text())["code_version"] == "old"
+
+    assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "0", "--iterations", "8",
+                      "--skip-baseline"]) == 0
+    records = json.loads((gain.RESULTS / "summary.json").read_text())
+    (cps,) = [r for r in records if r["method"] == "cps"]
+    assert cps["seeds"] == [0] and cps["mixed_code"] is False
+    assert cps["baseline_runs"]["code_version"] == ["old"]  # the record still says which code trained it
+    assert gain.main([*run, "--seed", "0", "--rerun-stale", "--skip-baseline"]) == 0 and len(trained) == 4
+
+    with pytest.raises(SystemExit, match="already the same as this checkout's new: nothing to prove"):
+        gain.main([*run, "--seed", "0", "--prove-same-code"])
+    with pytest.raises(SystemExit, match=r"p1/supervised-seed2-it8: no finished run at .*supervised-seed2-it8.json "
+                                         "to rerun"):
+        gain.main([*run, "--seed", "2", "--prove-same-code"])
+    version = "newer"
+    with pytest.raises(SystemExit, match=r"^error: p1/supervised-seed1-it8 rerun at code newer differs from its "
+                                         r"record at old: loss at step 8: 0.5 then 0.625$"):
+        gain.main([*run, "--seed", "1", "--prove-same-code"])
+    assert len(json.loads((gain.RUNS / lineage.FILE).read_text())) == 1  # nothing recorded

@@ -8,7 +8,8 @@ beat (:func:`planned_comparisons`; a chained method's compute is summed over its
 ``code_version``; a finished run is never rerun, an interrupted one resumes), and :mod:`raysemi.bench.suite`
 rebuilds from every JSON ``results/gain/README.md``, ``results/summary.json`` and the quoted figures of README.md,
 docs/benchmarks.md and results/gain/notes.md. Runs pair only at equal code versions (``--rerun-stale``,
-``--allow-mixed-code``); ``--split selection`` runs are never paired with the report split's.
+``--allow-mixed-code``), or versions one rerun showed to train identically (``--prove-same-code``,
+:mod:`raysemi.bench.lineage`); ``--split selection`` runs are never paired with the report split's.
 docs/benchmarks.md describes every option and field.
 
 Usage (from the repository root)::
@@ -18,6 +19,7 @@ Usage (from the repository root)::
     python experiments/benchmarks/gain.py --protocol p2 --method cac --seeds 3 --set cac.gamma=0.5 --split selection
     python experiments/benchmarks/gain.py --protocol p2 --method cps --seed 1 --skip-baseline --runner plain
     python experiments/benchmarks/gain.py --protocol p2 --method supervised --seed 0 --repeatability
+    python experiments/benchmarks/gain.py --protocol p1 --method supervised --seed 0 --prove-same-code --runner plain
     python experiments/benchmarks/gain.py --table [--allow-mixed-code]          # rebuild outputs only
 """
 
@@ -30,7 +32,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from raysemi.bench import pairs, runs, suite, versions
+from raysemi.bench import lineage, pairs, runs, suite, versions
 from raysemi.bench.protocol import Protocol, UnknownVariant, known_variants, unlabeled_boxes_file, variant_overrides
 from raysemi.bench.store import RunRequest, RunStore, record_label
 from raysemi.bench.suite import Comparison
@@ -314,7 +316,9 @@ README_HEADER = ["# Gains over baselines on the benchmark protocols", "",
 
 def refusal(run: dict, baseline: dict) -> str:
     """Why ``run`` and ``baseline`` are not paired, and the commands that rerun the stale side."""
-    stale = [r for r in (run, baseline) if not r.get("code_version") or r["code_version"] != current_version(r)]
+    lineage_of = store().lineage
+    stale = [r for r in (run, baseline)
+             if not r.get("code_version") or lineage_of(r["code_version"]) != lineage_of(current_version(r))]
     rerun = " and ".join(f"gain.py --protocol {r['protocol']} --method {r['method']} --seed {r['seed']} "
                          f"--iterations {r['iterations']} --skip-baseline --rerun-stale" for r in stale or [baseline])
     return pairs.refusal(run, baseline, record_label, f"rerun the stale side ({rerun}) or pass --allow-mixed-code to "
@@ -348,12 +352,28 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --method {error}") from None
     if args.iterations is None:
         args.iterations = protocol_budget(args.protocol)
+    if args.prove_same_code:
+        return prove_same_code(args)
     (run_repeatability if args.repeatability else run_comparisons)(args, variants)
     kind = "repeatability" if args.repeatability else "comparison"
     for record in write_outputs(args.allow_mixed_code):
         if (record["kind"], record["protocol"], record["split"]) == (kind, args.protocol, args.split) \
                 and record["method"] in variants:
             print(suite.record_line(record))
+    return 0
+
+
+def prove_same_code(args: argparse.Namespace) -> int:
+    """``--prove-same-code``: rerun the finished run the arguments name at this code version and, where it
+    reproduces its record, record this version as the same as the run's (:meth:`RunStore.prove_same`)."""
+    trainer = train_run_plain if args.runner == "plain" else None
+    for seed in args.seed or range(args.seeds):
+        request = RunRequest(args.protocol, args.method, seed, args.iterations, tuple(args.set), args.split)
+        try:
+            store().prove_same(request, trainer or train_run, lambda: device_name(trainer))
+        except lineage.NotSameCode as error:
+            raise SystemExit(f"error: {error}") from None
+    write_outputs(args.allow_mixed_code)
     return 0
 
 
@@ -425,6 +445,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="--repeatability: torch threads (default: the protocol's)")
     parser.add_argument("--other-threads", type=int, help="--repeatability: the other thread count (default: 1, "
                                                           "or 2 when --threads is 1)")
+    parser.add_argument("--prove-same-code", action="store_true",
+                        help="rerun the finished run named (at --seed) at this code version and, when it reproduces "
+                             "every number of its record, record this version as the same as the run's (in "
+                             "results/gain/equivalent_versions.json), so its runs pair with this version's")
     parser.add_argument("--table", action="store_true", help="only rebuild the README, summary.json and quotes")
     args = parser.parse_args(argv)
     if not args.table and (not args.protocol or not args.method):

@@ -2,7 +2,8 @@
 
 A *run record* is a dict that describes one finished run: ``method``, ``seed``, ``val_miou`` (a fraction, 0–1),
 ``per_class_iou`` (``{class: IoU or None}``) and, where known, ``code_version``, ``commit``, ``device``,
-``it_per_s``, ``train_time_s`` (seconds), ``total_iterations`` and per-group mIoUs ``miou_<group>``. The
+``it_per_s``, ``train_time_s`` (seconds), ``total_iterations``, per-group mIoUs ``miou_<group>`` and
+``code_lineage`` (the earlier version its code was shown to equal, :mod:`raysemi.bench.lineage`). The
 benchmark's run JSONs are such records, and ``raysemi report`` makes one of every run it finds.
 
 Two runs pair when they share a seed (:func:`pair_by_seed`) and ran the same code (:func:`same_code`); a
@@ -28,9 +29,10 @@ def pair_by_seed(runs: Iterable[dict], baselines: Iterable[dict],
 
 
 def same_code(run: dict, baseline: dict, unrecorded_match: bool = False) -> bool:
-    """Whether two runs recorded the same ``code_version``. A run that records none ran unknown code: it matches
+    """Whether two runs recorded the same ``code_version``, or versions shown to train identically (their
+    ``code_lineage``, :mod:`raysemi.bench.lineage`). A run that records none ran unknown code: it matches
     nothing, or, with ``unrecorded_match``, another run that records none (runs that never record a version)."""
-    mine, theirs = run.get("code_version"), baseline.get("code_version")
+    mine, theirs = (r.get("code_lineage") or r.get("code_version") for r in (run, baseline))
     if not mine and not theirs:
         return unrecorded_match
     return bool(mine) and mine == theirs

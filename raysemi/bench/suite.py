@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raysemi.bench import pairs, quotes, repeats, runs, tables
+from raysemi.bench import lineage, pairs, quotes, repeats, runs, tables
 
 SIDE_FIELDS = ("commit", "code_version", "total_iterations", "train_time_s")  # each comparison side, per seed
 
@@ -89,9 +89,10 @@ def record_line(record: dict) -> str:
 
 
 def load_runs(folder: Path, plan: Plan) -> list[dict]:
-    """Every finished run's JSON under ``folder/<protocol>/`` (runs from before the fields: evaluated on the
-    report split, and their total iterations the sum of the variant's stage budgets)."""
-    found = runs.load_runs(folder, "*/*.json")
+    """Every finished run's JSON under ``folder/<protocol>/``, with its code's lineage from
+    ``folder/equivalent_versions.json`` (runs from before the fields: evaluated on the report split, and their
+    total iterations the sum of the variant's stage budgets)."""
+    found = lineage.with_lineage(runs.load_runs(folder, "*/*.json"), lineage.load(folder / lineage.FILE))
     for run in found:
         run["total_iterations"] = run.get("total_iterations") or plan.total_iterations(run["method"],
                                                                                        run["iterations"])
