@@ -805,8 +805,10 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
             "<!-- gain:p2/simformer_full-vs-simformer_basic#gap-seeds --><!-- /gain -->, base "
             "<!-- gain:p2/simformer_full-vs-simformer_basic#base --><!-- /gain -->, novel "
             "<!-- gain:p2/simformer_full-vs-simformer_basic#novel-seeds --><!-- /gain -->; "
-            "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->")
-    filled, problems = quotes.fill_quotes(text, [record, weak])
+            "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->; "
+            "<!-- gain:p2/cac-vs-supervised#code -->?<!-- /gain -->, "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#code -->?<!-- /gain -->")
+    filled, problems = quotes.fill_quotes(text, [record, {**weak, "mixed_code": True}])
     # differences: +5.31, +5.10, +7.33 points; mean 5.913, sample std 1.226
     assert "<!-- gain:p2/cac-vs-supervised -->+5.9 ± 1.2<!-- /gain -->" in filled
     assert "#seeds -->+5.3 / +5.1 / +7.3<!-- /gain -->" in filled and "#seed2 -->+7.3<" in filled
@@ -814,6 +816,7 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
     assert "#gap-seeds -->0.82 / -<" in filled and "#base -->-0.2<" in filled
     assert "#novel-seeds -->+45.0 / +50.0<" in filled  # 0.55 − 0.10, 0.54 − 0.04
     assert "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->" in filled  # no record: left as it was
+    assert "#code -->one code version<" in filled and "#code -->mixed code versions<" in filled
     assert problems == ["gain:p2/cps-vs-supervised: no summary.json record named p2/cps-vs-supervised"]
     with pytest.raises(ValueError, match="record p2/cac-vs-supervised has no seed 5"):
         quotes.quoted("p2/cac-vs-supervised#seed5", {record["name"]: record})
@@ -822,7 +825,7 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
     document = gain.RESULTS / "page.md"
     document.parent.mkdir(parents=True)
     document.write_text(text)
-    quotes.fill_document(document, [record, weak])
+    quotes.fill_document(document, [record, {**weak, "mixed_code": True}])
     assert document.read_text() == filled
 
 

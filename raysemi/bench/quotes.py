@@ -50,6 +50,7 @@ QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "base-seeds": lambda r: _points(r, "base_"),
     "novel": lambda r: _mean_points(r, "novel_"),
     "novel-seeds": lambda r: _points(r, "novel_"),
+    "code": lambda r: "mixed code versions" if r.get("mixed_code") else "one code version",
 }
 
 
