@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from raysemi.bench import plan as bench_plan
 from raysemi.bench import lineage, pairs, quotes, versions
+from raysemi.bench import plan as bench_plan
 from raysemi.bench.pairs import difference_text
 from raysemi.bench.runs import step_times
 from raysemi.bench.store import run_name
 from raysemi.bench.tables import levelled_off
 from raysemi.config import load_config
-from raysemi.errors import RaysemiError
 from raysemi.data.dataset import open_dataset
 from raysemi.data.weak_labels import mask_boxes
+from raysemi.errors import RaysemiError
 from tests.conftest import fast_config
 
 REPO = Path(__file__).resolve().parents[1]

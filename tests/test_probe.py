@@ -10,8 +10,7 @@ from torch import nn
 from raysemi.config import load_config
 from raysemi.engine.checkpoint import latest_checkpoint, load_tensors
 from raysemi.engine.plain import train_plain
-from raysemi.engine.probe import (SpeedProbe, check_compilable, compile_probe_affordable, compile_repays,
-                                  stored_choices)
+from raysemi.engine.probe import SpeedProbe, check_compilable, compile_probe_affordable, compile_repays, stored_choices
 from raysemi.errors import ConfigError
 from tests.conftest import fast_config
 

@@ -93,9 +93,9 @@ class RunStore:
     def result(self, request: RunRequest, baseline: str | None, trainer: Trainer, device: Callable[[], str],
                rerun_stale: bool = False) -> dict:
         """``request``'s record, from its JSON when it finished before (at this code version or one shown to
-        train identically, :meth:`lineage`, with ``rerun_stale``), else trained with ``trainer`` (or resumed) now and recorded (:meth:`train_and_record`).
-        Raises :class:`raysemi.bench.versions.MixedCodeError` for a run directory that other code started
-        (restarted instead with ``rerun_stale``)."""
+        train identically, :meth:`lineage`, with ``rerun_stale``), else trained with ``trainer`` (or resumed) now
+        and recorded (:meth:`train_and_record`). Raises :class:`raysemi.bench.versions.MixedCodeError` for a
+        run directory that other code started (restarted instead with ``rerun_stale``)."""
         version = self.code_version(request.protocol)
         if self.path(request).is_file():
             result = json.loads(self.path(request).read_text())
