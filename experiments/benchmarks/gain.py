@@ -316,9 +316,9 @@ README_HEADER = ["# Gains over baselines on the benchmark protocols", "",
 
 def refusal(run: dict, baseline: dict) -> str:
     """Why ``run`` and ``baseline`` are not paired, and the commands that rerun the stale side."""
-    lineage_of = store().lineage
-    stale = [r for r in (run, baseline)
-             if not r.get("code_version") or lineage_of(r["code_version"]) != lineage_of(current_version(r))]
+    current = store().same_lineage
+    stale = [r for r in (run, baseline) if not r.get("code_version") or not current(r["code_version"],
+                                                                                    current_version(r))]
     rerun = " and ".join(f"gain.py --protocol {r['protocol']} --method {r['method']} --seed {r['seed']} "
                          f"--iterations {r['iterations']} --skip-baseline --rerun-stale" for r in stale or [baseline])
     return pairs.refusal(run, baseline, record_label, f"rerun the stale side ({rerun}) or pass --allow-mixed-code to "

@@ -66,24 +66,25 @@ def with_lineage(runs: Iterable[dict], same_as: dict[str, str]) -> list[dict]:
     return out
 
 
-def first_difference(recorded: dict, rerun: dict, recorded_dir: Path | None = None,
-                     rerun_dir: Path | None = None) -> str | None:
+def compare(recorded: dict, rerun: dict, recorded_dir: Path | None = None,
+            rerun_dir: Path | None = None) -> tuple[str | None, list[str]]:
     """The first number ``rerun`` does not reproduce from ``recorded``, as ``<field>: <recorded> then <rerun>``
-    (None when all agree): :data:`COMPARED`, the group mIoUs (``miou_*``) and, where both run directories are
-    given and hold a ``metrics.jsonl``, the loss at every logged step."""
-    groups = sorted({k for k in (*recorded, *rerun) if k.startswith("miou_")})
-    for field in (*COMPARED, *groups):
+    (None when all agree), and what was compared: :data:`COMPARED`, the group mIoUs (``miou_*``) and, where both
+    run directories are given and hold a ``metrics.jsonl``, the loss at every logged step (``losses``)."""
+    compared = [*COMPARED, *sorted({k for k in (*recorded, *rerun) if k.startswith("miou_")})]
+    for field in compared:
         if recorded.get(field) != rerun.get(field):
-            return f"{field}: {recorded.get(field)} then {rerun.get(field)}"
+            return f"{field}: {recorded.get(field)} then {rerun.get(field)}", compared
     if recorded_dir and rerun_dir and (recorded_dir / "metrics.jsonl").is_file() \
             and (rerun_dir / "metrics.jsonl").is_file():
+        compared.append("losses")
         recorded_losses, rerun_losses = _losses(recorded_dir), _losses(rerun_dir)
         for (step, a), (_, b) in zip(recorded_losses, rerun_losses):
             if a != b:
-                return f"loss at step {step}: {a} then {b}"
+                return f"loss at step {step}: {a} then {b}", compared
         if len(recorded_losses) != len(rerun_losses):
-            return f"logged losses: {len(recorded_losses)} then {len(rerun_losses)}"
-    return None
+            return f"logged losses: {len(recorded_losses)} then {len(rerun_losses)}", compared
+    return None, compared
 
 
 def add(path: Path, protocol: str, version: str, same_as: str, run: str, compared: list[str],

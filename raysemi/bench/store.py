@@ -93,13 +93,13 @@ class RunStore:
     def result(self, request: RunRequest, baseline: str | None, trainer: Trainer, device: Callable[[], str],
                rerun_stale: bool = False) -> dict:
         """``request``'s record, from its JSON when it finished before (at this code version or one shown to
-        train identically, :meth:`lineage`, with ``rerun_stale``), else trained with ``trainer`` (or resumed) now
+        train identically, :meth:`same_lineage`, with ``rerun_stale``), else trained with ``trainer`` (or resumed) now
         and recorded (:meth:`train_and_record`). Raises :class:`raysemi.bench.versions.MixedCodeError` for a
         run directory that other code started (restarted instead with ``rerun_stale``)."""
         version = self.code_version(request.protocol)
         if self.path(request).is_file():
             result = json.loads(self.path(request).read_text())
-            if not rerun_stale or self.lineage(result.get("code_version")) == self.lineage(version):
+            if not rerun_stale or self.same_lineage(result.get("code_version"), version):
                 return result
             self.retire_stale(request, result.get("code_version"))
         versions.claim_run_dir(self.run_dir(request), version, restart=rerun_stale)
@@ -129,15 +129,16 @@ class RunStore:
         write_json(self.path(request), result)  # atomic: a run counts as finished only once its whole JSON is there
         return result
 
-    def lineage(self, version: str | None) -> str | None:
-        """The earliest code version ``version`` was shown to train identically to (:mod:`raysemi.bench.lineage`,
-        entries in ``<records>/equivalent_versions.json``)."""
-        return lineage.lineage(version, lineage.load(self.records / lineage.FILE))
+    def same_lineage(self, a: str | None, b: str | None) -> bool:
+        """Whether code versions ``a`` and ``b`` are equal or were shown to train identically
+        (:mod:`raysemi.bench.lineage`, entries in ``<records>/equivalent_versions.json``)."""
+        same_as = lineage.load(self.records / lineage.FILE)
+        return lineage.lineage(a, same_as) == lineage.lineage(b, same_as)
 
     def prove_same(self, request: RunRequest, trainer: Trainer, device: Callable[[], str]) -> dict:
         """Rerun ``request``'s finished run at this code version, in a scratch store under
         ``<work>/same-code/<version>/``, and record this version as the same as the recorded run's when the rerun
-        reproduces its numbers (:func:`raysemi.bench.lineage.first_difference`); the entry. Otherwise (and when
+        reproduces its numbers (:func:`raysemi.bench.lineage.compare`); the entry. Otherwise (and when
         there is nothing to prove) a one-line :class:`raysemi.bench.lineage.NotSameCode`."""
         label, version = f"{request.protocol}/{request.name}", self.code_version(request.protocol)
         if not self.path(request).is_file():
@@ -146,19 +147,16 @@ class RunStore:
         old = recorded.get("code_version")
         if not old:
             raise lineage.NotSameCode(f"{label}: its record has no code version to prove this one the same as")
-        if self.lineage(old) == self.lineage(version):
+        if self.same_lineage(old, version):
             raise lineage.NotSameCode(f"{label}: recorded at code {old}, already the same as this checkout's "
                                       f"{version}: nothing to prove")
         scratch = replace(self, records=self.work / "same-code" / version / "records",
                           work=self.work / "same-code" / version / "runs")
         rerun = scratch.result(request, recorded.get("baseline"), trainer, device, rerun_stale=True)
-        difference = lineage.first_difference(recorded, rerun, self.run_dir(request), scratch.run_dir(request))
+        difference, compared = lineage.compare(recorded, rerun, self.run_dir(request), scratch.run_dir(request))
         if difference:
             raise lineage.NotSameCode(f"{label} rerun at code {version} differs from its record at {old}: "
                                       f"{difference}")
-        compared = [*lineage.COMPARED, *sorted(k for k in recorded if k.startswith("miou_"))]
-        if (self.run_dir(request) / "metrics.jsonl").is_file():
-            compared.append("losses")
         entry = lineage.add(self.records / lineage.FILE, request.protocol, version, old, label, compared,
                             versions.commit_id(self.repo))
         self.say(f"{label}: code {version} reproduced the run of code {old} ({', '.join(compared)}); recorded "
