@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raysemi.bench import lineage, pairs, quotes, versions
+from raysemi.bench import lineage, pairs, quotes, tables, versions
 from raysemi.bench import plan as bench_plan
 from raysemi.bench.pairs import difference_text
 from raysemi.bench.runs import step_times
@@ -76,7 +76,10 @@ def test_summary_pairs_seeds_and_reports_mean_and_std_of_differences(gain):
     assert plain["diff_std"] == pytest.approx(0.0212, abs=1e-4)  # sample std of 0.06 and 0.03: 0.015·√2
     assert ablation["overrides"] == ["cps.weight=3"] and ablation["diff_mean"] == pytest.approx(0.01)
     table = (gain.RUNS / "README.md").read_text()
-    assert "| 0 | 0.3000 | 0.3600 | +6.0 | 6.00 | 2.00 |" in table
+    # each curve ends miou − 0.05, miou − 0.005, miou: the tail means differ as the last evaluations do
+    assert plain["tail_miou"] == pytest.approx([0.36 - 0.055 / 3, 0.35 - 0.055 / 3])
+    assert "| 0 | 0.3000 | 0.3600 | +6.0 | +6.0 | 6.00 | 2.00 |" in table
+    assert "last 3 evaluations (a check on the last one's noise): +4.5 ± 2.1 points." in table
     assert "**+4.5 ± 2.1 points**" in table and "time per iteration 3.00× the baseline's" in table
     assert "| a | 0.5500 | 0.6500 | +10.0 |" in table  # class a: baseline mean 0.55, method mean 0.65
     assert "| b | 0.1000 | 0.1500 | +5.0 |" in table  # absent (None) values are left out of the means
@@ -589,6 +592,27 @@ def test_difference_text_uses_the_unrounded_mious():
     # 0.2504 − 0.2239 = 0.02650000000000002: rounded to 4 places first, it would print +2.6 beside a row's +2.7
     assert difference_text({"miou": [0.2504], "baseline_miou": [0.2239]}) == "+2.7 ± 0.0 points"
     assert difference_text({"miou": [0.36, 0.35], "baseline_miou": [0.30, 0.32]}) == "+4.5 ± 2.1 points"
+
+
+def test_the_tail_mean_averages_each_runs_last_three_evaluations_and_quotes_their_differences():
+    """P2's CAC seed 0 against supervised_unlabeled_bn seed 0: the last evaluation says -0.4 points, the mean of
+    steps 800-1,000 +2.2 (CAC's curve fell 7 points after step 800)."""
+    cac = {"seed": 0, "val_miou": 0.2319, "curve": [[700, 0.29], [800, 0.3036], [900, 0.2308], [1000, 0.2319]]}
+    bn = {"seed": 0, "val_miou": 0.2359, "curve": [[800, 0.2354], [900, 0.2302], [1000, 0.2359]]}
+    short = {"seed": 1, "val_miou": 0.25, "curve": [[900, 0.24], [1000, 0.25]]}
+    assert pairs.tail_miou(cac) == pytest.approx(0.25543, abs=1e-5)  # (0.3036 + 0.2308 + 0.2319) / 3
+    assert pairs.tail_miou(bn) == pytest.approx(0.23383, abs=1e-5) and pairs.tail_miou(short) is None
+    assert pairs.tail_miou({"seed": 2, "val_miou": 0.3}) is None  # a run JSON without a curve
+    record = {"kind": "comparison", "name": "p2/cac-vs-supervised_unlabeled_bn", "seeds": [0],
+              "miou": [0.2319], "baseline_miou": [0.2359], **pairs.tail_mious([(cac, bn)])}
+    assert quotes.quoted(f"{record['name']}#tail", {record["name"]: record}) == "+2.2 ± 0.0"
+    assert quotes.quoted(f"{record['name']}#tail-seed0", {record["name"]: record}) == "+2.2"
+    rows = tables.seed_table([(cac, bn)])
+    assert rows[2] == "| 0 | 0.2359 | 0.2319 | -0.4 | +2.2 |"
+    assert "last 3 evaluations" not in tables.seed_table([(short, bn | {"seed": 1})])[0]  # one short curve: no column
+    no_tail = {**record, "tail_miou": [None]}
+    with pytest.raises(ValueError, match="has a run without a tail mean"):
+        quotes.quoted(f"{record['name']}#tail", {record["name"]: no_tail})
 
 
 def test_runs_that_made_different_speed_choices_are_not_paired(gain):

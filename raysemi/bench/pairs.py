@@ -9,6 +9,11 @@ benchmark's run JSONs are such records, and ``raysemi report`` makes one of ever
 Two runs pair when they share a seed (:func:`pair_by_seed`) and ran the same code (:func:`same_code`); a
 comparison's record (:func:`comparison_record`) holds, in seed order, both sides' mIoUs and the mean and sample
 standard deviation of the paired differences ``miou − baseline_miou``.
+
+The headline mIoU is the last evaluation's. Where a curve swings between evaluations 100 steps apart, one
+evaluation is a noisy reading, so :func:`tail_mious` adds each side's mean over the last
+:data:`TAIL_EVALUATIONS` evaluations of its curve (a fixed rule, the same for every comparison, that picks no
+evaluation by its score): a check on the headline, never a replacement for it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 
 Pair = tuple[dict, dict]  # (method run, baseline run) of one seed
+TAIL_EVALUATIONS = 3  # the evaluations the tail mean covers: P1's and P2's last 3 are steps 800, 900 and 1,000
 
 
 def pair_by_seed(runs: Iterable[dict], baselines: Iterable[dict],
@@ -90,10 +96,24 @@ def group_mious(pairs: Sequence[Pair], oracles: Sequence[dict | None] = ()) -> d
     return lists
 
 
-def difference_text(record: dict) -> str:
-    """"+a ± b points": the mean ± sample std of the paired differences ×100, from the unrounded mIoUs (the
-    record's rounded ``diff_mean`` can print a tenth apart from the per-seed rows)."""
-    diffs = [100 * (m - b) for m, b in zip(record["miou"], record["baseline_miou"])]
+def tail_miou(run: dict) -> float | None:
+    """The mean val mIoU of the run's last :data:`TAIL_EVALUATIONS` evaluations (its ``curve``, ``[[step,
+    miou], ...]``, mIoUs as the run JSON rounds them to 4 places); None for a shorter or missing curve."""
+    curve = run.get("curve") or []
+    return statistics.mean(miou for _, miou in curve[-TAIL_EVALUATIONS:]) if len(curve) >= TAIL_EVALUATIONS else None
+
+
+def tail_mious(pairs: Sequence[Pair]) -> dict:
+    """``tail_miou`` and ``baseline_tail_miou``: each side's :func:`tail_miou` in seed order (None where a curve
+    is too short)."""
+    return {"tail_miou": [tail_miou(r) for r, _ in pairs], "baseline_tail_miou": [tail_miou(b) for _, b in pairs]}
+
+
+def difference_text(record: dict, prefix: str = "") -> str:
+    """"+a ± b points": the mean ± sample std of the paired differences ×100 of ``{prefix}miou`` and
+    ``baseline_{prefix}miou`` (``tail_``: :func:`tail_mious`), from the unrounded mIoUs (the record's rounded
+    ``diff_mean`` can print a tenth apart from the per-seed rows)."""
+    diffs = [100 * (m - b) for m, b in zip(record[f"{prefix}miou"], record[f"baseline_{prefix}miou"])]
     spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     return f"{statistics.mean(diffs):+.1f} ± {spread:.1f} points"
 

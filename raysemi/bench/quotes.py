@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from raysemi.bench.pairs import difference_text, gap_closed, mean_of
+from raysemi.bench.pairs import TAIL_EVALUATIONS, difference_text, gap_closed, mean_of
 from raysemi.bench.tables import fmt, gap_of_means
 
 QUOTE = re.compile(r"<!-- gain:(?P<key>[^ ]+) -->(?P<text>.*?)<!-- /gain -->")
@@ -30,6 +30,14 @@ def _diffs(record: dict, prefix: str = "") -> list[float]:
 def _points(record: dict, prefix: str = "") -> list[str]:
     """Each seed's ``{prefix}miou`` difference, in signed points."""
     return [f"{100 * d:+.1f}" for d in _diffs(record, prefix)]
+
+
+def _with_tails(record: dict) -> dict:
+    """``record``, checked to hold a tail mean (:func:`raysemi.bench.pairs.tail_mious`) for every run."""
+    if None in record.get("tail_miou", [None]) + record.get("baseline_tail_miou", [None]):
+        raise ValueError(f"record {record['name']} has a run without a tail mean (a curve of fewer than "
+                         f"{TAIL_EVALUATIONS} evaluations, or a summary.json from before the field)")
+    return record
 
 
 def _mean_points(record: dict, prefix: str) -> str:
@@ -50,6 +58,8 @@ QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "base-seeds": lambda r: _points(r, "base_"),
     "novel": lambda r: _mean_points(r, "novel_"),
     "novel-seeds": lambda r: _points(r, "novel_"),
+    "tail": lambda r: difference_text(_with_tails(r), "tail_").removesuffix(" points"),  # the last 3 evaluations
+    "tail-seeds": lambda r: _points(_with_tails(r), "tail_"),
     "code": lambda r: "mixed code versions" if r.get("mixed_code") else "one code version",
 }
 

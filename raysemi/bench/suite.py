@@ -139,6 +139,7 @@ def comparisons(found: list[dict], index: dict[tuple, dict], plan: Plan, allow_m
                 oracle = plan.oracles.get(method)
                 record.update(pairs.group_mious(paired, [index.get((protocol, oracle, r["seed"], iterations, (), split))
                                                          for r, _ in paired] if oracle else []))
+                record.update(pairs.tail_mious(paired))
                 record.update(split=split, baseline_iterations=budget, mixed_code=bool(differing) and allow_mixed)
                 record["name"] = record_name(record, plan)
                 records.append(Paired(record, paired))

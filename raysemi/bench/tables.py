@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Sequence
 
 from raysemi.bench.pairs import (
+    TAIL_EVALUATIONS,
     Pair,
     difference_text,
     differing_seeds,
@@ -18,6 +19,7 @@ from raysemi.bench.pairs import (
     mean_of,
     per_class_changes,
     same_code,
+    tail_miou,
 )
 
 LEVELLED_TOLERANCE = 0.01  # a curve has levelled off when its last quarter stays within ±1 point
@@ -28,14 +30,25 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def seed_table(pairs: Sequence[Pair], speed: bool = False) -> list[str]:
-    """Per seed both mIoUs and their difference (points); with ``speed`` both sides' ``it_per_s`` too."""
-    extra = (" baseline it/s | method it/s |", "---|---|") if speed else ("", "")
-    lines = ["| seed | baseline mIoU | method mIoU | difference (points) |" + extra[0], "|---|---|---|---|" + extra[1]]
+    """Per seed both mIoUs and their difference (points); where every run has a curve of at least
+    :data:`~raysemi.bench.pairs.TAIL_EVALUATIONS` evaluations, the difference of their tail means too; with
+    ``speed`` both sides' ``it_per_s``."""
+    tails = has_tails(pairs)
+    columns = [" difference of the last 3 evaluations' means |" if tails else "",
+               " baseline it/s | method it/s |" if speed else ""]
+    lines = ["| seed | baseline mIoU | method mIoU | difference (points) |" + "".join(columns),
+             "|---|---|---|---|" + "---|" * (tails + 2 * speed)]
     for r, b in pairs:
         m, bm = r["val_miou"], b["val_miou"]
+        tail = f" {100 * (tail_miou(r) - tail_miou(b)):+.1f} |" if tails else ""
         its = f" {fmt(b['it_per_s'], 2)} | {fmt(r['it_per_s'], 2)} |" if speed else ""
-        lines.append(f"| {r['seed']} | {bm:.4f} | {m:.4f} | {100 * (m - bm):+.1f} |" + its)
+        lines.append(f"| {r['seed']} | {bm:.4f} | {m:.4f} | {100 * (m - bm):+.1f} |" + tail + its)
     return lines
+
+
+def has_tails(pairs: Sequence[Pair]) -> bool:
+    """Whether every run of ``pairs`` has a tail mean (:func:`~raysemi.bench.pairs.tail_miou`)."""
+    return all(tail_miou(run) is not None for pair in pairs for run in pair)
 
 
 def cost_text(record: dict, pairs: Sequence[Pair]) -> str:
@@ -85,9 +98,11 @@ def comparison_table(record: dict, pairs: Sequence[Pair], *, remedy: str, notes:
     """A comparison's tables: per seed (:func:`seed_table`), the mean ± std of the differences (with ``speed``
     both sides' iterations and time, :func:`cost_text`), ``notes``, the flags (different code versions,
     devices), a weak-shot record's group table and the per-class table."""
+    tail = (f" Over the mean of each run's last {TAIL_EVALUATIONS} evaluations (a check on the last one's noise): "
+            f"{difference_text(record, 'tail_')}.") if has_tails(pairs) and "tail_miou" in record else ""
     lines = seed_table(pairs, speed) + [
         "", f"Difference: **{difference_text(record)}** (mean ± std over {len(pairs)} paired seeds)"
-        + (f"; {cost_text(record, pairs)}" if speed else "."), "", *notes]
+        + (f"; {cost_text(record, pairs)}" if speed else ".") + tail, "", *notes]
     lines += code_notes(pairs, remedy, unrecorded_match)
     devices = differing_seeds(pairs, "device", default="cpu")  # runs from before the field trained on the CPU
     if devices:
