@@ -3,9 +3,7 @@ the plan runner (raysemi.bench.plan, gain_plan.py) running invocations side by s
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,18 +24,12 @@ from tests.conftest import fast_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_gain():
-    """experiments/benchmarks/gain.py as a module (registered first: its dataclasses look themselves up)."""
-    spec = importlib.util.spec_from_file_location("gain_benchmark", REPO / "experiments" / "benchmarks" / "gain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+BENCHMARKS = REPO / "experiments" / "benchmarks"
 
 
 @pytest.fixture
-def gain(tmp_path, monkeypatch):
-    module = load_gain()
+def gain(tmp_path, monkeypatch, benchmark_script):
+    module = benchmark_script(BENCHMARKS / "gain.py")
     monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(module, "RUNS", tmp_path / "results" / "gain")
     monkeypatch.setattr(module, "WORK", tmp_path / "work")
@@ -457,21 +449,14 @@ def test_runner_local_trains_through_train_run_plain_and_records_the_device(gain
     assert gain.device_name(gain.train_run_plain) == "Fake GPU" and gain.device_name(None) == "cpu"
 
 
-def test_train_run_plain_decodes_in_two_processes_beside_one_thread(monkeypatch):
+def test_train_run_plain_decodes_in_two_processes_beside_one_thread(monkeypatch, benchmark_script):
     import raysemi.engine.plain
 
-    gain = load_gain()
+    gain = benchmark_script(BENCHMARKS / "gain.py")
     calls = []
     monkeypatch.setattr(raysemi.engine.plain, "train_plain", lambda cfg, **kwargs: calls.append(kwargs) or {})
     gain.train_run_plain("cfg")
     assert calls == [{"data_workers": 2, "torch_threads": 1}]
-
-
-def load_gain_plan():
-    spec = importlib.util.spec_from_file_location("gain_plan", REPO / "experiments" / "benchmarks" / "gain_plan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # Stands in for gain.py: `SECONDS CODE [extra...]` prints its arguments and start time, sleeps SECONDS, prints its
@@ -491,8 +476,8 @@ sys.exit(int(sys.argv[2]))
 
 
 @pytest.fixture
-def gain_plan(tmp_path, monkeypatch):
-    module = load_gain_plan()
+def gain_plan(tmp_path, monkeypatch, benchmark_script):
+    module = benchmark_script(BENCHMARKS / "gain_plan.py")
     script = tmp_path / "fake_gain.py"
     script.write_text(FAKE_GAIN)
     monkeypatch.setattr(module, "GAIN", script)
@@ -554,11 +539,11 @@ def test_gain_plan_refuses_a_plan_that_is_not_there_in_one_line(gain_plan, tmp_p
     assert not (tmp_path / "table").exists() and not (tmp_path / "logs").exists()  # nothing ran, nothing written
 
 
-def test_the_rerun_matrix_plan_covers_every_headline_comparison_one_run_per_line():
+def test_the_rerun_matrix_plan_covers_every_headline_comparison_one_run_per_line(benchmark_script):
     """Every line of plans/rerun_matrix.txt is a valid gain.py invocation that trains one run at this code
     version (--rerun-stale, --skip-baseline; a baseline as its own baseline), no run twice, and the matrix
     holds every variant of the planned comparisons on 3 seeds of both protocols."""
-    gain = load_gain()
+    gain = benchmark_script(BENCHMARKS / "gain.py")
     plan = bench_plan.read_plan(REPO / "experiments" / "benchmarks" / "plans" / "rerun_matrix.txt")
     runs = set()
     for line in plan:
@@ -629,8 +614,8 @@ def test_runs_that_made_different_speed_choices_are_not_paired(gain):
     assert record["seeds"] == [0, 2]
 
 
-def test_p2_cps_as_published_and_its_baselines_share_one_optimizer():
-    gain = load_gain()
+def test_p2_cps_as_published_and_its_baselines_share_one_optimizer(benchmark_script):
+    gain = benchmark_script(BENCHMARKS / "gain.py")
     protocol = gain.PROTOCOLS["p2"]
 
     def config(variant):
