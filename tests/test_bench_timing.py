@@ -19,6 +19,7 @@ from raysemi.bench.timing import (
     paired_statistics,
     plain_step,
     seconds_per_call,
+    step_flops,
 )
 from raysemi.methods import build_method
 from tests.conftest import fast_config
@@ -128,3 +129,29 @@ def test_the_camvid_protocol_config_sets_the_fraction_seed_and_budget(tmp_path):
     assert (cac.cac.start_step, cac.data.label_fraction) == (0, 0.125)
     assert camvid.timing_config("supervised", 10, tmp_path).data.label_fraction == 1.0
     assert set(TIMED_METHODS) == {"supervised", "cps", "cac", "self_correction", "simformer", "unimatch"}
+
+
+def test_step_flops_count_forward_backward_and_nothing_of_the_optimizer():
+    """A bias-free Linear(4 → 3) on 5 rows: forward 2·5·4·3 = 120; backward 240 (the input's gradient and the
+    weight's, 120 each); SGD's update is elementwise and not counted: 360 in all."""
+    layer = torch.nn.Linear(4, 3, bias=False)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    inputs = torch.randn(5, 4, requires_grad=True)
+
+    def step():
+        optimizer.zero_grad()
+        layer(inputs).sum().backward()
+        optimizer.step()
+
+    before = layer.weight.detach().clone()
+    assert step_flops(step) == 360
+    assert not torch.equal(layer.weight, before)  # the counted call trained
+
+
+def test_a_two_network_step_counts_more_than_twice_a_supervised_steps_work(tiny, synthetic_root, tmp_path):
+    """CPS trains two networks, each on the 4 labeled crops supervised trains one on, and each also on its mixed
+    unlabeled crops, after no-grad passes over them: more than twice supervised's count (7.4× here)."""
+    cps = fast_config(synthetic_root, tmp_path / "cps", "method=cps", "data.label_fraction=0.5", "train.steps=5",
+                      "train.log_every=1000")
+    supervised_flops, cps_flops = step_flops(plain_step(tiny)), step_flops(plain_step(cps))
+    assert supervised_flops > 0 and cps_flops > 2 * supervised_flops

@@ -1,6 +1,9 @@
 """Each method's training step relative to supervised, measured pairwise: one supervised step, one method step,
 alternately, in one process.
 
+Beside each time ratio, the ratio of the two steps' counted FLOPs (:func:`raysemi.bench.timing.step_flops`):
+the work a step does, on any machine, against which the time ratio is read.
+
 ``step_time.py`` times each method over a stretch of steps, so on a shared machine whose load swings within
 minutes two methods can see different loads. Here a supervised step and the method's step alternate
 (:func:`raysemi.bench.timing.alternate` of two :class:`raysemi.bench.timing.PlainStep`: ``training_step``,
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 from raysemi.bench.camvid import TIMED_METHODS, CamvidProtocol
-from raysemi.bench.timing import alternate, paired_statistics, plain_step
+from raysemi.bench.timing import alternate, paired_statistics, plain_step, step_flops
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
@@ -38,9 +41,11 @@ METHODS = [name for name in TIMED_METHODS if name != "supervised"]
 def paired_ratio(name: str, steps: int, warmup: int, extra: list[str]) -> dict:
     supervised, other = (plain_step(CAMVID.timing_config(n, 1000, CAMVID.work / f"method_ratio-{n}", extra))
                          for n in ("supervised", name))
+    flops = step_flops(supervised), step_flops(other)  # one counted call each, before the timed warm-up
     stats = paired_statistics(alternate(supervised, other, steps, warmup))
     return {"method": name, "supervised_s": stats["a_s"], "method_s": stats["b_s"], "vs_supervised": stats["ratio"],
             "vs_supervised_min": stats["ratio_min"], "vs_supervised_max": stats["ratio_max"],
+            "flops_vs_supervised": flops[1] / flops[0], "supervised_gflops": flops[0] / 1e9,
             "pairs": stats["pairs"], "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -68,10 +73,14 @@ def main() -> int:
              f"Script: [`method_ratio.py`](../method_ratio.py); CPU, {args.threads} torch thread(s), torch "
              f"{record['torch']}; median of {args.steps} alternating supervised / method steps after "
              f"{args.warmup}; {record['date']}.", "",
-             "| method | × supervised (median of pairs) | method s/step | supervised s/step | load average |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['vs_supervised']:.2f} | {r['method_s']:.3f} | {r['supervised_s']:.3f} | "
-              f"{', '.join(map(str, r['load_average']))} |" for r in rows]
+             "| method | × supervised (median of pairs) | × supervised by FLOPs | method s/step | supervised s/step | "
+             "load average |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['vs_supervised']:.2f} | {r['flops_vs_supervised']:.2f} | {r['method_s']:.3f} | "
+              f"{r['supervised_s']:.3f} | {', '.join(map(str, r['load_average']))} |" for r in rows]
+    lines += ["", "× supervised by FLOPs: the matrix products and convolutions of one step (forward, backward, "
+              "optimizer; `torch.utils.flop_counter`), the method's over supervised's: the work, whatever the "
+              "machine. A time ratio below it means the method's larger batches run faster per image here."]
     (RESULTS / f"method_ratio-{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

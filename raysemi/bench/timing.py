@@ -9,6 +9,7 @@ Ways to run a step and to time it:
 - :func:`seconds_per_call` times a stretch of calls; :func:`alternate` times two steps in turn (one of A, one
   of B, repeated), so that on a machine whose load swings each pair sees the same load, and
   :func:`paired_statistics` summarises the pairs (medians, and the median, least and greatest ratio B / A).
+- :func:`step_flops` counts a step's work instead of timing it.
 
 This module is the one place outside ``raysemi/engine`` and ``raysemi/ray`` that builds the loop's pieces
 (:class:`~raysemi.engine.loop.WorkerEnv`, :func:`~raysemi.engine.loop.prepare_batch`) itself.
@@ -97,6 +98,18 @@ def plain_step(cfg: Config, device: torch.device = CPU,
               for name, model in method.build_models(source.classes.num_classes).items()}
     optimizer, _ = build_optimizer(models, cfg.optim, cfg.train.steps)
     return PlainStep(method, models, batch, optimizer, cfg.train.steps // 2)
+
+
+def step_flops(step: Step) -> int:
+    """The floating-point operations of one call of ``step`` (forward, backward and optimizer step) that
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts: matrix products and convolutions, not elementwise
+    work. The call trains as any other (it can stand for a warm-up call). A machine-independent measure of a
+    step's work: a time ratio read beside it shows how well the machine runs each step's kernels."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def timed(step: Step, clock: Clock = time.perf_counter, device: torch.device | None = None) -> float:
