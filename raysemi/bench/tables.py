@@ -34,7 +34,7 @@ def seed_table(pairs: Sequence[Pair], speed: bool = False) -> list[str]:
     :data:`~raysemi.bench.pairs.TAIL_EVALUATIONS` evaluations, the difference of their tail means too; with
     ``speed`` both sides' ``it_per_s``."""
     tails = has_tails(pairs)
-    columns = [" difference of the last 3 evaluations' means |" if tails else "",
+    columns = [f" difference of the last {TAIL_EVALUATIONS} evaluations' means |" if tails else "",
                " baseline it/s | method it/s |" if speed else ""]
     lines = ["| seed | baseline mIoU | method mIoU | difference (points) |" + "".join(columns),
              "|---|---|---|---|" + "---|" * (tails + 2 * speed)]
