@@ -155,3 +155,14 @@ def test_a_two_network_step_counts_more_than_twice_a_supervised_steps_work(tiny,
                       "train.log_every=1000")
     supervised_flops, cps_flops = step_flops(plain_step(tiny)), step_flops(plain_step(cps))
     assert supervised_flops > 0 and cps_flops > 2 * supervised_flops
+
+
+def test_the_method_ratio_page_prints_both_ratios_and_a_dash_where_a_record_predates_the_flops(benchmark_script):
+    method_ratio = benchmark_script(Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
+                                    / "method_ratio.py")
+    row = {"method": "unimatch", "vs_supervised": 3.94, "method_s": 1.924, "supervised_s": 0.509,
+           "load_average": [1.0, 1.5, 2.0]}
+    record = {"tag": "t", "threads": 2, "torch": "2.14.1", "steps": 12, "warmup": 2, "date": "2026-12-07 03:38"}
+    page = method_ratio.markdown(record | {"rows": [row | {"flops_vs_supervised": 4.1}]})
+    assert "| unimatch | 3.94 | 4.10 | 1.924 | 0.509 | 1.0, 1.5, 2.0 |" in page
+    assert "| unimatch | 3.94 | - | 1.924 |" in method_ratio.markdown(record | {"rows": [row]})

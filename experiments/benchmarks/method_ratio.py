@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from raysemi.bench.camvid import TIMED_METHODS, CamvidProtocol
+from raysemi.bench.tables import fmt
 from raysemi.bench.timing import alternate, paired_statistics, plain_step, step_flops
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +48,25 @@ def paired_ratio(name: str, steps: int, warmup: int, extra: list[str]) -> dict:
             "vs_supervised_min": stats["ratio_min"], "vs_supervised_max": stats["ratio_max"],
             "flops_vs_supervised": flops[1] / flops[0], "supervised_gflops": flops[0] / 1e9,
             "pairs": stats["pairs"], "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def markdown(record: dict) -> str:
+    """The result page of ``record`` (what :func:`main` writes to ``method_ratio-<tag>.json``)."""
+    lines = [f"# Step time per method relative to supervised, paired ({record['tag']})", "",
+             f"Script: [`method_ratio.py`](../method_ratio.py); CPU, {record['threads']} torch thread(s), torch "
+             f"{record['torch']}; median of {record['steps']} alternating supervised / method steps after "
+             f"{record['warmup']}; {record['date']}.", "",
+             "| method | × supervised (median of pairs) | × supervised by FLOPs | method s/step | supervised s/step | "
+             "load average |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['vs_supervised']:.2f} | {fmt(r.get('flops_vs_supervised'), 2)} | "
+              f"{r['method_s']:.3f} | {r['supervised_s']:.3f} | {', '.join(map(str, r['load_average']))} |"
+              for r in record["rows"]]
+    lines += ["", "× supervised by FLOPs: the matrix products and convolutions of one step (forward, backward, "
+              "optimizer; `torch.utils.flop_counter`), the method's over supervised's: its work, on any machine. "
+              "A time ratio above it is work the count leaves out (elementwise operations, matching, sampling); "
+              "one below it, larger batches running faster per image here."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -69,20 +89,8 @@ def main() -> int:
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"method_ratio-{args.tag}.json").write_text(json.dumps(record, indent=1) + "\n")
-    lines = [f"# Step time per method relative to supervised, paired ({args.tag})", "",
-             f"Script: [`method_ratio.py`](../method_ratio.py); CPU, {args.threads} torch thread(s), torch "
-             f"{record['torch']}; median of {args.steps} alternating supervised / method steps after "
-             f"{args.warmup}; {record['date']}.", "",
-             "| method | × supervised (median of pairs) | × supervised by FLOPs | method s/step | supervised s/step | "
-             "load average |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['vs_supervised']:.2f} | {r['flops_vs_supervised']:.2f} | {r['method_s']:.3f} | "
-              f"{r['supervised_s']:.3f} | {', '.join(map(str, r['load_average']))} |" for r in rows]
-    lines += ["", "× supervised by FLOPs: the matrix products and convolutions of one step (forward, backward, "
-              "optimizer; `torch.utils.flop_counter`), the method's over supervised's: the work, whatever the "
-              "machine. A time ratio below it means the method's larger batches run faster per image here."]
-    (RESULTS / f"method_ratio-{args.tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (RESULTS / f"method_ratio-{args.tag}.md").write_text(markdown(record))
+    print(markdown(record))
     return 0
 
 
