@@ -58,7 +58,7 @@ QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "base-seeds": lambda r: _points(r, "base_"),
     "novel": lambda r: _mean_points(r, "novel_"),
     "novel-seeds": lambda r: _points(r, "novel_"),
-    "tail": lambda r: difference_text(_with_tails(r), "tail_").removesuffix(" points"),  # the last 3 evaluations
+    "tail": lambda r: difference_text(_with_tails(r), "tail_").removesuffix(" points"),  # TAIL_EVALUATIONS
     "tail-seeds": lambda r: _points(_with_tails(r), "tail_"),
     "code": lambda r: "mixed code versions" if r.get("mixed_code") else "one code version",
 }
