@@ -178,7 +178,7 @@ def add_search_commands(commands) -> None:
 
 
 def add_analysis_commands(commands) -> None:
-    """``report`` and ``analyze calibration|gradcam|compare``."""
+    """``report`` and ``analyze calibration|pseudo-labels|gradcam|compare``."""
     report = commands.add_parser("report", help="table and plots of every finished run under a folder")
     report.add_argument("runs", type=Path, help="a run directory or a folder of runs (a sweep)")
     report.add_argument("--out", type=Path, help="where the CSV, Markdown and PNG files go (default: RUNS/report)")
@@ -197,6 +197,15 @@ def add_analysis_commands(commands) -> None:
     calibration.add_argument("--bins", type=int, default=10)
     calibration.add_argument("--out", type=Path, default=Path("analysis"))
     calibration.set_defaults(handler=cmd_calibration)
+    pseudo = analyze.add_parser("pseudo-labels", help="per class: the share of pixels a confidence threshold lets "
+                                "through, and how often those are right")
+    pseudo.add_argument("--checkpoint", required=True)
+    pseudo.add_argument("--thresholds", nargs="+", type=float, default=[0.8, 0.95],
+                        help="confidence thresholds τ in [0, 1] (default: 0.8 0.95)")
+    pseudo.add_argument("--images", choices=("unlabeled", "val"), default="unlabeled",
+                        help="the config split's unlabeled images that have a mask on disk (default), or val")
+    pseudo.add_argument("--out", type=Path, default=Path("analysis"))
+    pseudo.set_defaults(handler=cmd_pseudo_labels)
     gradcam = analyze.add_parser("gradcam", help="Grad-CAM of one pixel's prediction as a heat-map overlay")
     gradcam.add_argument("--checkpoint", required=True)
     gradcam.add_argument("--image", required=True, type=Path)
@@ -575,6 +584,21 @@ def cmd_calibration(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from raysemi.analysis.analyze import write_pseudo_labels
+    from raysemi.engine.inference import load_eval_model
+    from raysemi.engine.storage import check_output_folder
+
+    outside = [t for t in args.thresholds if not 0.0 <= t <= 1.0]
+    if outside:
+        raise DataError(f"--thresholds: {outside[0]} is outside [0, 1]; a threshold is a class probability")
+    check_output_folder(args.out, "--out")
+    rows, table = write_pseudo_labels(load_eval_model(args.checkpoint), args.out, args.thresholds, args.images)
+    print_pseudo_labels(rows, title=f"pseudo-labels of {args.checkpoint} on the {args.images} images")
+    print(f"wrote {table}")
+    return 0
+
+
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from raysemi.analysis.analyze import write_gradcam
     from raysemi.engine.inference import load_eval_model
@@ -610,6 +634,24 @@ def print_results(summary: dict, title: str) -> None:
         if key.startswith("miou_"):
             table.add_row(f"mIoU {key.removeprefix('miou_')}", f"{summary[key]:.4f}")
     table.add_row("pixel acc", f"{summary['pixel_acc']:.4f}")
+    console.print(table)
+
+
+def print_pseudo_labels(rows: list[dict], title: str) -> None:
+    """One line per class, and for each threshold its passed share, recall and precision."""
+    thresholds = list(dict.fromkeys(row["threshold"] for row in rows))
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("pixels", justify="right")
+    for threshold in thresholds:
+        for column in ("passed", "recall", "precision"):
+            table.add_column(f"{column} τ={threshold:g}", justify="right")
+    for name in dict.fromkeys(row["class"] for row in rows):
+        cells = {row["threshold"]: row for row in rows if row["class"] == name}
+        first = cells[thresholds[0]]
+        table.add_row(name, str(first["pixels"]), *(
+            "-" if cells[t][column] != cells[t][column] else f"{cells[t][column]:.3f}"
+            for t in thresholds for column in ("passed", "recall", "precision")))
     console.print(table)
 
 

@@ -55,6 +55,20 @@ def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path, ray_loc
     assert main(["analyze", "calibration", "--checkpoint", str(run_dir), "--out", str(analysis)]) == 0
     with (analysis / "calibration.csv").open() as handle:
         assert sum(int(row["pixels"]) for row in csv.DictReader(handle)) == 8 * 48 * 64  # every val pixel
+    # pseudo-labels per class (on val: this run has no unlabeled image); at τ = 0 every pixel passes and recall is
+    # pixel accuracy; all labels used, so the default (the unlabeled images' held-back masks) has nothing to score
+    assert main(["analyze", "pseudo-labels", "--checkpoint", str(run_dir), "--thresholds", "0", "1",
+                 "--images", "val", "--out", str(analysis)]) == 0
+    with (analysis / "pseudo_labels.csv").open() as handle:
+        totals = {float(r["threshold"]): r for r in csv.DictReader(handle) if r["class"] == "all"}
+    assert int(totals[0.0]["pixels"]) == 8 * 48 * 64 and float(totals[0.0]["passed"]) == 1.0
+    assert float(totals[0.0]["recall"]) == pytest.approx(summary["pixel_acc"], abs=1e-6)
+    assert float(totals[0.0]["recall"]) == pytest.approx(float(totals[0.0]["precision"]))
+    assert float(totals[1.0]["passed"]) < 0.05  # a softmax reaches exactly 1 on (almost) no pixel
+    assert main(["analyze", "pseudo-labels", "--checkpoint", str(run_dir), "--thresholds", "1.5"]) == 2
+    assert "--thresholds: 1.5 is outside [0, 1]" in capsys.readouterr().err
+    assert main(["analyze", "pseudo-labels", "--checkpoint", str(run_dir), "--out", str(analysis)]) == 2
+    assert "none of the 0 unlabeled images" in capsys.readouterr().err
     image = sorted((synthetic_root / "val/images").iterdir())[0]
     assert main(["analyze", "gradcam", "--checkpoint", str(run_dir), "--image", str(image), "--pixel", "20,30",
                  "--out", str(analysis / "cam.png")]) == 0

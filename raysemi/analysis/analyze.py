@@ -1,4 +1,5 @@
-"""``raysemi analyze``: calibration, Grad-CAM and side-by-side predictions of trained checkpoints."""
+"""``raysemi analyze``: calibration, pseudo-label quality, Grad-CAM and side-by-side predictions of trained
+checkpoints."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from torch import nn
 
 from raysemi.analysis.calibration import CalibrationBins
 from raysemi.analysis.gradcam import grad_cam
-from raysemi.data.dataset import open_dataset
-from raysemi.data.formats import IMAGE_SUFFIXES, read_image
+from raysemi.analysis.pseudo_labels import PseudoLabelCounts
+from raysemi.data.dataset import DatasetSource, open_dataset
+from raysemi.data.formats import IMAGE_SUFFIXES, Sample, read_image
 from raysemi.engine.evaluate import palette_table, predict_logits
 from raysemi.engine.inference import LoadedModel, image_batch, predict_image, val_batches
 from raysemi.errors import DataError
@@ -54,6 +56,48 @@ def write_calibration(loaded: LoadedModel, out: Path, bins: int = 10) -> tuple[f
         writer.writerows(rows)
     plot_calibration(rows, figure)
     return result.expected_calibration_error(), [table, figure]
+
+
+@torch.no_grad()
+def checkpoint_pseudo_labels(loaded: LoadedModel, thresholds: list[float],
+                             images: str = "unlabeled") -> PseudoLabelCounts:
+    """Per-class pseudo-label counts of ``loaded`` at each threshold, on the unlabeled images of its config's
+    split that have a mask on disk (a benchmark's held-back masks), or on its val split.
+
+    The prediction is the eval model's on the whole image (no augmentation, eval-mode BatchNorm): a method's
+    weak view in training is a crop of the same image, so the shares are those of the model at the checkpoint,
+    not of any one training step.
+    """
+    source = open_dataset(loaded.cfg.data)
+    counts = PseudoLabelCounts.empty(thresholds, len(loaded.class_names))
+    for batch in val_batches(source.reader, _masked_images(source, images), loaded):
+        output = predict_logits(loaded.model, batch["image"], loaded.cfg.eval)
+        counts.update(probabilities(loaded.model, output), batch["mask"], source.classes.ignore_index)
+    return counts
+
+
+def _masked_images(source: DatasetSource, images: str) -> list[Sample]:
+    if images == "val":
+        return source.val
+    unlabeled = {sample.image for sample in source.split.unlabeled}
+    masked = [sample for sample in source.train if sample.mask is not None and sample.image in unlabeled]
+    if not masked:
+        raise DataError(f"--images=unlabeled: none of the {len(unlabeled)} unlabeled images of "
+                        f"{source.root} has a mask on disk to score pseudo-labels against; use --images=val")
+    return masked
+
+
+def write_pseudo_labels(loaded: LoadedModel, out: Path, thresholds: list[float],
+                        images: str = "unlabeled") -> tuple[list[dict], Path]:
+    """``pseudo_labels.csv`` in ``out`` (:meth:`PseudoLabelCounts.rows`); returns the rows and the file."""
+    rows = checkpoint_pseudo_labels(loaded, thresholds, images).rows(loaded.class_names)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "pseudo_labels.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows, table
 
 
 def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
