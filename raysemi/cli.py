@@ -650,7 +650,7 @@ def print_pseudo_labels(rows: list[dict], title: str) -> None:
         cells = {row["threshold"]: row for row in rows if row["class"] == name}
         first = cells[thresholds[0]]
         table.add_row(name, str(first["pixels"]), *(
-            "-" if cells[t][column] != cells[t][column] else f"{cells[t][column]:.3f}"
+            "-" if cells[t][column] is None else f"{cells[t][column]:.3f}"
             for t in thresholds for column in ("passed", "recall", "precision")))
     console.print(table)
 

@@ -40,20 +40,24 @@ def test_confidence_of_exactly_one_lands_in_the_last_bin():
     assert [r["pixels"] for r in bins.rows()] == [0, 0, 0, 1]
 
 
-def test_pseudo_label_counts_per_class_at_each_threshold():
-    # 5 pixels of 3 classes: (confidence, predicted, true) = (0.95, 0, 0), (0.95, 0, 2), (0.55, 1, 1), an ignored
-    # one, (0.85, 1, 1)
+def five_pixel_counts() -> PseudoLabelCounts:
+    """5 pixels of 3 classes at τ = 0.5 and 0.9: (confidence, predicted, true) = (0.95, 0, 0), (0.95, 0, 2),
+    (0.55, 1, 1), an ignored one, (0.85, 1, 1)."""
     probabilities = torch.tensor([[0.95, 0.03, 0.02], [0.95, 0.03, 0.02], [0.25, 0.55, 0.2], [0.9, 0.05, 0.05],
                                   [0.1, 0.85, 0.05]])
     counts = PseudoLabelCounts.empty([0.5, 0.9], classes=3)
     counts.update(probabilities.T.reshape(1, 3, 1, 5), torch.tensor([[[0, 2, 1, 255, 1]]]))
-    rows = {(r["threshold"], r["class"]): r for r in counts.rows(["a", "b", "c"])}
+    return counts
+
+
+def test_pseudo_label_counts_per_class_at_each_threshold():
+    rows = {(r["threshold"], r["class"]): r for r in five_pixel_counts().rows(["a", "b", "c"])}
     # τ = 0.5: every pixel passes; class c's one pixel is called a, so a's precision is 1/2 and c's recall 0
     assert [rows[0.5, k]["pixels"] for k in "abc"] == [1, 2, 1] and rows[0.5, "all"]["pixels"] == 4
     assert [rows[0.5, k]["passed"] for k in "abc"] == [1.0, 1.0, 1.0]
     assert [rows[0.5, k]["recall"] for k in "abc"] == [1.0, 1.0, 0.0]
     assert rows[0.5, "a"]["precision"] == 0.5 and rows[0.5, "b"]["precision"] == 1.0
-    assert rows[0.5, "c"]["precision"] != rows[0.5, "c"]["precision"]  # NaN: nothing predicted as c
+    assert rows[0.5, "c"]["precision"] is None  # nothing predicted as c
     assert (rows[0.5, "all"]["recall"], rows[0.5, "all"]["precision"]) == (0.75, 0.75)
     # τ = 0.9: only the two 0.95 pixels pass; none of b's two pixels does
     assert [rows[0.9, k]["passed"] for k in "abc"] == [1.0, 0.0, 1.0]
@@ -61,21 +65,30 @@ def test_pseudo_label_counts_per_class_at_each_threshold():
     assert (rows[0.9, "all"]["passed"], rows[0.9, "all"]["recall"], rows[0.9, "all"]["precision"]) == (0.5, 0.25, 0.5)
 
 
+def test_the_pseudo_label_benchmark_page_shows_each_threshold_and_a_dash_for_no_prediction(benchmark_script):
+    script = benchmark_script(Path(__file__).resolve().parents[1] / "experiments/benchmarks/pseudo_labels.py")
+    page = script.markdown({"run": five_pixel_counts().rows(["a", "b", "c"])})
+    assert "| class | pixels | passed τ=0.5 | recall τ=0.5 | precision τ=0.5 | passed τ=0.9 |" in page
+    # b: both pixels pass τ = 0.5 and are right; neither passes 0.9, and nothing is called b there
+    assert "| b | 2 | 1.000 | 1.000 | 1.000 | 0.000 | 0.000 | - |" in page
+    assert "| all | 4 | 1.000 | 0.750 | 0.750 | 0.500 | 0.250 | 0.500 |" in page
+
+
 def test_pseudo_labels_are_scored_on_the_unlabeled_images_that_have_masks_on_disk():
     from types import SimpleNamespace
 
-    from raysemi.analysis.analyze import _masked_images
+    from raysemi.analysis.analyze import scored_images
     from raysemi.data.formats import Sample
 
     train = [Sample(Path("a.png"), Path("a_mask.png")), Sample(Path("b.png"), Path("b_mask.png")),
              Sample(Path("c.png"), None)]
     unlabeled = [Sample(Path("b.png"), None), Sample(Path("c.png"), None)]  # a split never carries their masks
     source = SimpleNamespace(train=train, val=[train[0]], split=SimpleNamespace(unlabeled=unlabeled), root="data")
-    assert _masked_images(source, "unlabeled") == [train[1]]  # b: unlabeled, and its mask is on disk
-    assert _masked_images(source, "val") == [train[0]]
+    assert scored_images(source, "unlabeled") == [train[1]]  # b: unlabeled, and its mask is on disk
+    assert scored_images(source, "val") == [train[0]]
     source.split.unlabeled = unlabeled[1:]
     with pytest.raises(DataError, match="none of the 1 unlabeled images of data has a mask"):
-        _masked_images(source, "unlabeled")
+        scored_images(source, "unlabeled")
 
 
 def _two_feature_model():

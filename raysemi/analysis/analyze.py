@@ -70,13 +70,19 @@ def checkpoint_pseudo_labels(loaded: LoadedModel, thresholds: list[float],
     """
     source = open_dataset(loaded.cfg.data)
     counts = PseudoLabelCounts.empty(thresholds, len(loaded.class_names))
-    for batch in val_batches(source.reader, _masked_images(source, images), loaded):
+    for batch in val_batches(source.reader, scored_images(source, images), loaded):
         output = predict_logits(loaded.model, batch["image"], loaded.cfg.eval)
         counts.update(probabilities(loaded.model, output), batch["mask"], source.classes.ignore_index)
     return counts
 
 
-def _masked_images(source: DatasetSource, images: str) -> list[Sample]:
+def scored_images(source: DatasetSource, images: str) -> list[Sample]:
+    """``val``: the val samples; ``unlabeled``: the train samples with a mask on disk that the split lists as
+    unlabeled (the split's own unlabeled samples never carry their masks).
+
+    Raises:
+        DataError: when no unlabeled image has a mask.
+    """
     if images == "val":
         return source.val
     unlabeled = {sample.image for sample in source.split.unlabeled}

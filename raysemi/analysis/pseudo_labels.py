@@ -57,10 +57,10 @@ class PseudoLabelCounts:
             self.passed_right[index] += torch.bincount(truth[passing & right], minlength=classes).double()
             self.predicted_passed[index] += torch.bincount(prediction[passing], minlength=classes).double()
 
-    def rows(self, class_names: list[str]) -> list[dict[str, float | str]]:
+    def rows(self, class_names: list[str]) -> list[dict[str, float | str | None]]:
         """One row per (threshold, class), then an ``all`` row per threshold: ``threshold``, ``class``,
-        ``pixels``, ``passed``, ``recall`` and ``precision`` (NaN where the denominator is 0)."""
-        rows = []
+        ``pixels``, ``passed``, ``recall`` and ``precision`` (None where the denominator is 0)."""
+        rows: list[dict[str, float | str | None]] = []
         for index, threshold in enumerate(self.thresholds.tolist()):
             per_class = [(name, self.true_pixels[k], self.passed[index, k], self.passed_right[index, k],
                           self.predicted_passed[index, k]) for k, name in enumerate(class_names)]
@@ -71,10 +71,10 @@ class PseudoLabelCounts:
 
 
 def _row(threshold: float, name: str, pixels: torch.Tensor, passed: torch.Tensor, right: torch.Tensor,
-         predicted: torch.Tensor) -> dict[str, float | str]:
+         predicted: torch.Tensor) -> dict[str, float | str | None]:
     return {"threshold": threshold, "class": name, "pixels": int(pixels), "passed": _share(passed, pixels),
             "recall": _share(right, pixels), "precision": _share(right, predicted)}
 
 
-def _share(part: torch.Tensor, whole: torch.Tensor) -> float:
-    return float(part / whole) if whole > 0 else float("nan")
+def _share(part: torch.Tensor, whole: torch.Tensor) -> float | None:
+    return float(part / whole) if whole > 0 else None

@@ -1,0 +1,80 @@
+"""Which pixels a confidence threshold lets through, per class: trained runs' pseudo-labels at several thresholds
+on their own unlabeled frames (P2's unlabeled frames have masks, which training never reads).
+
+A method that trains on ``argmax p`` only where ``max p ≥ τ`` (UniMatch, CPS with a threshold) gets no
+unlabeled signal for a class whose pixels rarely pass. Per class (:class:`raysemi.analysis.pseudo_labels.
+PseudoLabelCounts`): the share of its pixels that pass τ, the share given a passing and right pseudo-label
+(recall), and the precision of the passing pixels predicted as the class. The prediction is the checkpoint's
+whole-frame eval prediction, the model at the end of training.
+
+Usage (from the repository root)::
+
+    python experiments/benchmarks/pseudo_labels.py --protocol p2 --runs unimatch-seed0-it1000-selection \\
+        --thresholds 0.8 0.95
+
+reads each run's newest checkpoint under ``experiments/benchmarks/_work/gain/<protocol>/`` (``--work`` points at
+another checkout's runs) and writes ``experiments/benchmarks/results/pseudo_labels-<protocol>.json`` (runs already
+there are kept) and the same name with ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from raysemi.analysis.analyze import checkpoint_pseudo_labels
+from raysemi.bench.tables import fmt
+from raysemi.engine.inference import load_eval_model
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "experiments" / "benchmarks" / "results"
+WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"
+COLUMNS = ("passed", "recall", "precision")
+
+
+def measure(run_dir: Path, thresholds: list[float]) -> list[dict]:
+    loaded = load_eval_model(run_dir)
+    return checkpoint_pseudo_labels(loaded, thresholds).rows(loaded.class_names)
+
+
+def markdown(results: dict[str, list[dict]]) -> str:
+    lines = ["# Pseudo-labels per class at each confidence threshold (`pseudo_labels.py`)", "",
+             "On each run's own unlabeled frames, with the checkpoint's whole-frame prediction. passed: share of "
+             "the class's pixels whose confidence is at least τ; recall: share given a passing, right "
+             "pseudo-label; precision: of the passing pixels predicted as the class, the share that are.", ""]
+    for run, rows in sorted(results.items()):
+        thresholds = list(dict.fromkeys(row["threshold"] for row in rows))
+        header = [f"{column} τ={t:g}" for t in thresholds for column in COLUMNS]
+        lines += [f"## {run}", "", "| class | pixels | " + " | ".join(header) + " |",
+                  "|---|---|" + "---|" * len(header)]
+        for name in dict.fromkeys(row["class"] for row in rows):
+            cells = {row["threshold"]: row for row in rows if row["class"] == name}
+            values = [fmt(cells[t][column], 3) for t in thresholds for column in COLUMNS]
+            lines.append(f"| {name} | {cells[thresholds[0]]['pixels']} | " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", default="p2")
+    parser.add_argument("--runs", nargs="+", required=True, help="run folder names under the work folder")
+    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.8, 0.95])
+    parser.add_argument("--work", type=Path, default=WORK, help="the folder holding <protocol>/<run> folders")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = RESULTS / f"pseudo_labels-{args.protocol}.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for run in args.runs:
+        results[run] = measure(args.work / args.protocol / run, args.thresholds)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        overall = [row for row in results[run] if row["class"] == "all"]
+        print(f"{run}: " + ", ".join(f"τ={row['threshold']:g} passes {row['passed']:.3f}" for row in overall))
+    out.with_suffix(".md").write_text(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
