@@ -11,7 +11,7 @@ import torch
 
 from raysemi.bench.confusions import errors_by_class
 from raysemi.bench.protocol import Protocol, UnknownVariant, known_variants, variant_overrides
-from raysemi.bench.runs import write_result
+from raysemi.bench.runs import measure_runs, write_result
 from raysemi.bench.suite import Comparison, Plan, baselines_to_run, record_line
 from raysemi.engine.metrics import ConfusionMatrix
 
@@ -65,3 +65,20 @@ def test_write_result_writes_the_record_and_its_table(tmp_path):
     page = write_result(tmp_path / "results", "speed-x", {"a": [1, 2]}, "# x\n", indent=2)
     assert page == tmp_path / "results" / "speed-x.md" and page.read_text() == "# x\n"
     assert (tmp_path / "results" / "speed-x.json").read_text() == json.dumps({"a": [1, 2]}, indent=2)
+
+
+def test_measure_runs_keeps_earlier_results_and_writes_after_each_run(tmp_path, capsys):
+    out = tmp_path / "measured.json"
+    out.write_text(json.dumps({"old": {"size": 1}, "b": {"size": 0}}))
+    seen = []
+
+    def measure(run_dir):
+        seen.append(json.loads(out.read_text()))  # what a stop at this point would have left
+        return {"size": len(run_dir.name)}
+
+    results = measure_runs(out, {"a": tmp_path / "run-a", "b": tmp_path / "bb"}, measure,
+                           lambda name, result: f"{name}: {result['size']}")
+    assert results == {"old": {"size": 1}, "b": {"size": 2}, "a": {"size": 5}}
+    assert json.loads(out.read_text()) == results
+    assert seen[1]["a"] == {"size": 5}  # a was on disk before b was measured
+    assert capsys.readouterr().out.splitlines() == ["a: 5", "b: 2"]

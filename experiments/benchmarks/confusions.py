@@ -17,12 +17,12 @@ points at another checkout's runs) and the same name with ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from raysemi.bench.confusions import errors_by_class
+from raysemi.bench.runs import add_run_folder_arguments, measure_runs
 from raysemi.bench.tables import fmt
 from raysemi.engine.inference import evaluate_checkpoint, load_eval_model
 
@@ -72,18 +72,16 @@ def markdown(results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--protocol", default="p2")
-    parser.add_argument("--runs", nargs="+", required=True, help="run folder names under the work folder")
-    parser.add_argument("--work", type=Path, default=WORK, help="the folder holding <protocol>/<run> folders")
+    add_run_folder_arguments(parser, WORK)
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = RESULTS / f"confusions-{args.protocol}.json"
-    results = json.loads(out.read_text()) if out.exists() else {}
-    for run in args.runs:
-        results[run] = measure(args.work / args.protocol / run)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"{run}: val {results[run]['val']['miou']:.4f}, unlabeled {results[run]['unlabeled']['miou']:.4f}")
+    results = measure_runs(out, {run: args.work / args.protocol / run for run in args.runs}, measure, describe)
     out.with_suffix(".md").write_text(markdown(results))
+
+
+def describe(run: str, result: dict) -> str:
+    return f"{run}: val {result['val']['miou']:.4f}, unlabeled {result['unlabeled']['miou']:.4f}"
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ there are kept) and the same name with ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from raysemi.analysis.analyze import checkpoint_pseudo_labels
+from raysemi.bench.runs import add_run_folder_arguments, measure_runs
 from raysemi.bench.tables import fmt
 from raysemi.engine.inference import load_eval_model
 
@@ -60,20 +60,19 @@ def markdown(results: dict[str, list[dict]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--protocol", default="p2")
-    parser.add_argument("--runs", nargs="+", required=True, help="run folder names under the work folder")
+    add_run_folder_arguments(parser, WORK)
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.8, 0.95])
-    parser.add_argument("--work", type=Path, default=WORK, help="the folder holding <protocol>/<run> folders")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = RESULTS / f"pseudo_labels-{args.protocol}.json"
-    results = json.loads(out.read_text()) if out.exists() else {}
-    for run in args.runs:
-        results[run] = measure(args.work / args.protocol / run, args.thresholds)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        overall = [row for row in results[run] if row["class"] == "all"]
-        print(f"{run}: " + ", ".join(f"τ={row['threshold']:g} passes {row['passed']:.3f}" for row in overall))
+    runs = {run: args.work / args.protocol / run for run in args.runs}
+    results = measure_runs(out, runs, lambda run_dir: measure(run_dir, args.thresholds), describe)
     out.with_suffix(".md").write_text(markdown(results))
+
+
+def describe(run: str, rows: list[dict]) -> str:
+    overall = [row for row in rows if row["class"] == "all"]
+    return f"{run}: " + ", ".join(f"τ={row['threshold']:g} passes {row['passed']:.3f}" for row in overall)
 
 
 if __name__ == "__main__":

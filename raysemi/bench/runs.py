@@ -7,9 +7,10 @@ Training time comes from the intervals the loop logs (``steps_per_s`` every ``tr
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from raysemi.tracking import read_metrics
@@ -98,3 +99,27 @@ def write_result(results: Path, name: str, record: dict | list, markdown: str, i
     write_json(results / f"{name}.json", record, indent)
     write_text(results / f"{name}.md", markdown)
     return results / f"{name}.md"
+
+
+def measure_runs(out: Path, runs: Mapping[str, Path], measure: Callable[[Path], dict | list],
+                 describe: Callable[[str, dict | list], str]) -> dict[str, dict | list]:
+    """Measure each run directory of ``runs`` (name → folder) with ``measure`` and keep the results by name in the
+    JSON file ``out``, rewritten (atomically) after each run, so a stop keeps what was measured; results of runs
+    already in ``out`` that ``runs`` does not name are kept. Prints ``describe(name, result)`` per run and
+    returns every result in ``out``."""
+    from raysemi.atomic import write_json
+
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for name, run_dir in runs.items():
+        results[name] = measure(run_dir)
+        write_json(out, results, 1)
+        print(describe(name, results[name]))
+    return results
+
+
+def add_run_folder_arguments(parser: argparse.ArgumentParser, work: Path) -> None:
+    """``--protocol`` (default p2), ``--runs`` (folder names) and ``--work`` (default ``work``): the options of a
+    script that measures finished runs in ``<work>/<protocol>/<run>``."""
+    parser.add_argument("--protocol", default="p2")
+    parser.add_argument("--runs", nargs="+", required=True, help="run folder names under the work folder")
+    parser.add_argument("--work", type=Path, default=work, help="the folder holding <protocol>/<run> folders")
