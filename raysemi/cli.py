@@ -639,19 +639,14 @@ def print_results(summary: dict, title: str) -> None:
 
 def print_pseudo_labels(rows: list[dict], title: str) -> None:
     """One line per class, and for each threshold its passed share, recall and precision."""
-    thresholds = list(dict.fromkeys(row["threshold"] for row in rows))
+    from raysemi.analysis.pseudo_labels import COLUMNS, by_class
+
+    thresholds, lines = by_class(rows)
     table = Table(title=title)
-    table.add_column("class")
-    table.add_column("pixels", justify="right")
-    for threshold in thresholds:
-        for column in ("passed", "recall", "precision"):
-            table.add_column(f"{column} τ={threshold:g}", justify="right")
-    for name in dict.fromkeys(row["class"] for row in rows):
-        cells = {row["threshold"]: row for row in rows if row["class"] == name}
-        first = cells[thresholds[0]]
-        table.add_row(name, str(first["pixels"]), *(
-            "-" if cells[t][column] is None else f"{cells[t][column]:.3f}"
-            for t in thresholds for column in ("passed", "recall", "precision")))
+    for header in ["class", "pixels", *(f"{c} τ={t:g}" for t in thresholds for c in COLUMNS)]:
+        table.add_column(header, justify="left" if header == "class" else "right")
+    for name, pixels, values in lines:
+        table.add_row(name, str(pixels), *("-" if v is None else f"{v:.3f}" for v in values))
     console.print(table)
 
 

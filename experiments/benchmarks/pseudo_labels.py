@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from raysemi.analysis.analyze import checkpoint_pseudo_labels
+from raysemi.analysis.pseudo_labels import COLUMNS, by_class
 from raysemi.bench.runs import add_run_folder_arguments, measure_runs
 from raysemi.bench.tables import fmt
 from raysemi.engine.inference import load_eval_model
@@ -32,7 +33,6 @@ from raysemi.engine.inference import load_eval_model
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"
-COLUMNS = ("passed", "recall", "precision")
 
 
 def measure(run_dir: Path, thresholds: list[float]) -> list[dict]:
@@ -46,14 +46,12 @@ def markdown(results: dict[str, list[dict]]) -> str:
              "the class's pixels whose confidence is at least τ; recall: share given a passing, right "
              "pseudo-label; precision: of the passing pixels predicted as the class, the share that are.", ""]
     for run, rows in sorted(results.items()):
-        thresholds = list(dict.fromkeys(row["threshold"] for row in rows))
+        thresholds, table = by_class(rows)
         header = [f"{column} τ={t:g}" for t in thresholds for column in COLUMNS]
         lines += [f"## {run}", "", "| class | pixels | " + " | ".join(header) + " |",
                   "|---|---|" + "---|" * len(header)]
-        for name in dict.fromkeys(row["class"] for row in rows):
-            cells = {row["threshold"]: row for row in rows if row["class"] == name}
-            values = [fmt(cells[t][column], 3) for t in thresholds for column in COLUMNS]
-            lines.append(f"| {name} | {cells[thresholds[0]]['pixels']} | " + " | ".join(values) + " |")
+        lines += [f"| {name} | {pixels} | " + " | ".join(fmt(v, 3) for v in values) + " |"
+                  for name, pixels, values in table]
         lines.append("")
     return "\n".join(lines)
 

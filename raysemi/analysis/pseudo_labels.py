@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+COLUMNS = ("passed", "recall", "precision")  # each threshold's shares, in table order
+
 
 @dataclass
 class PseudoLabelCounts:
@@ -68,6 +70,17 @@ class PseudoLabelCounts:
                      self.predicted_passed[index].sum())
             rows += [_row(threshold, *entry) for entry in [*per_class, total]]
         return rows
+
+
+def by_class(rows: list[dict]) -> tuple[list[float], list[tuple[str, int, list[float | None]]]]:
+    """:meth:`PseudoLabelCounts.rows` as a table: the thresholds, and per class (then ``all``) its name, its pixels
+    and the :data:`COLUMNS` of each threshold in turn."""
+    thresholds = list(dict.fromkeys(row["threshold"] for row in rows))
+    table = []
+    for name in dict.fromkeys(row["class"] for row in rows):
+        cells = {row["threshold"]: row for row in rows if row["class"] == name}
+        table.append((name, cells[thresholds[0]]["pixels"], [cells[t][c] for t in thresholds for c in COLUMNS]))
+    return thresholds, table
 
 
 def _row(threshold: float, name: str, pixels: torch.Tensor, passed: torch.Tensor, right: torch.Tensor,
