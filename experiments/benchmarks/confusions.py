@@ -21,44 +21,30 @@ from pathlib import Path
 
 import torch
 
+from raysemi.analysis.analyze import checkpoint_confusion
 from raysemi.bench.confusions import errors_by_class
 from raysemi.bench.runs import add_run_folder_arguments, measure_runs
 from raysemi.bench.tables import fmt
-from raysemi.engine.inference import evaluate_checkpoint, load_eval_model
+from raysemi.engine.inference import load_eval_model
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"
 
 
-def unlabeled_pairs(run_dir: Path) -> Path:
-    """A split file of ``image mask`` lines for the run's unlabeled frames, taken from its ``data.train_split``."""
-    from raysemi.config import load_config
-
-    cfg = load_config(run_dir / "config.yaml")
-    images = set((run_dir / "unlabeled.txt").read_text().split())
-    pairs = [line for line in Path(cfg.data.train_split).read_text().splitlines() if line.split()[0] in images]
-    if len(pairs) != len(images):
-        raise SystemExit(f"{cfg.data.train_split}: masks found for {len(pairs)} of {run_dir}'s {len(images)} "
-                         f"unlabeled frames; every unlabeled frame needs a line `image mask` there")
-    path = run_dir / "unlabeled_pairs.txt"
-    path.write_text("\n".join(pairs) + "\n")
-    return path
-
-
 def measure(run_dir: Path) -> dict:
+    loaded = load_eval_model(run_dir)
     result = {}
-    for split, overrides in (("val", []), ("unlabeled", [f"data.val_split={unlabeled_pairs(run_dir)}"])):
-        loaded = load_eval_model(run_dir, overrides)
-        confusion = evaluate_checkpoint(loaded, threads=2)
+    for split in ("val", "unlabeled"):
+        confusion = checkpoint_confusion(loaded, split, threads=2)
         result[split] = {"miou": round(confusion.miou(), 4), "classes": errors_by_class(confusion, loaded.class_names)}
     return result
 
 
 def markdown(results: dict[str, dict]) -> str:
     lines = ["# Where the models err (`confusions.py`)", "",
-             "Per class: IoU on the held-out val clip / on the run's own unlabeled frames, and on val the class "
-             "that takes most of its pixels (share of them).", ""]
+             "Per class: IoU on the held-out val clip (a `-selection` run's: the selection clip) / on the run's own "
+             "unlabeled frames, and on val the class that takes most of its pixels (share of them).", ""]
     for run, result in sorted(results.items()):
         lines += [f"## {run}: val mIoU {result['val']['miou']:.4f}, unlabeled frames {result['unlabeled']['miou']:.4f}",
                   "", "| class | IoU val | IoU unlabeled | val: most taken by |", "|---|---|---|---|"]

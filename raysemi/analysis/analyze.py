@@ -4,6 +4,7 @@ checkpoints."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ from raysemi.analysis.gradcam import grad_cam
 from raysemi.analysis.pseudo_labels import PseudoLabelCounts
 from raysemi.data.dataset import DatasetSource, open_dataset
 from raysemi.data.formats import IMAGE_SUFFIXES, Sample, read_image
-from raysemi.engine.evaluate import palette_table, predict_logits
+from raysemi.engine.evaluate import evaluate, palette_table, predict_logits
 from raysemi.engine.inference import LoadedModel, image_batch, predict_image, val_batches
+from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.errors import DataError
 
 DEFAULT_LAYERS = ("segmenter.head", "model.pixel_decoder")  # decoder features of a segmenter / a MaskFormer
@@ -61,24 +63,38 @@ def write_calibration(loaded: LoadedModel, out: Path, bins: int = 10) -> tuple[f
 @torch.no_grad()
 def checkpoint_pseudo_labels(loaded: LoadedModel, thresholds: list[float],
                              images: str = "unlabeled") -> PseudoLabelCounts:
-    """Per-class pseudo-label counts of ``loaded`` at each threshold, on the unlabeled images of its config's
-    split that have a mask on disk (a benchmark's held-back masks), or on its val split.
+    """Per-class pseudo-label counts of ``loaded`` at each threshold, on the ``images`` of
+    :func:`scored_images`.
 
     The prediction is the eval model's on the whole image (no augmentation, eval-mode BatchNorm): a method's
     weak view in training is a crop of the same image, so the shares are those of the model at the checkpoint,
     not of any one training step.
     """
-    source = open_dataset(loaded.cfg.data)
+    source, batches = scored_batches(loaded, images)
     counts = PseudoLabelCounts.empty(thresholds, len(loaded.class_names))
-    for batch in val_batches(source.reader, scored_images(source, images), loaded):
+    for batch in batches:
         output = predict_logits(loaded.model, batch["image"], loaded.cfg.eval)
         counts.update(probabilities(loaded.model, output), batch["mask"], source.classes.ignore_index)
     return counts
 
 
+def checkpoint_confusion(loaded: LoadedModel, images: str = "val", threads: int = 4) -> ConfusionMatrix:
+    """The confusion matrix of ``loaded`` on the ``images`` of :func:`scored_images`."""
+    source, batches = scored_batches(loaded, images, threads)
+    return evaluate(loaded.model, batches, len(loaded.class_names), loaded.cfg.eval, source.classes.ignore_index)
+
+
+def scored_batches(loaded: LoadedModel, images: str,
+                   threads: int = 4) -> tuple[DatasetSource, Iterator[dict[str, torch.Tensor]]]:
+    """The dataset of ``loaded``'s config and the eval batches of its ``images`` (:func:`scored_images`)."""
+    source = open_dataset(loaded.cfg.data)
+    return source, val_batches(source.reader, scored_images(source, images), loaded, threads)
+
+
 def scored_images(source: DatasetSource, images: str) -> list[Sample]:
-    """``val``: the val samples; ``unlabeled``: the train samples with a mask on disk that the split lists as
-    unlabeled (the split's own unlabeled samples never carry their masks).
+    """``val``: the samples evaluation scores (the val split, or the selection split's); ``unlabeled``: the
+    train samples with a mask on disk that the split lists as unlabeled (the split's own unlabeled samples never
+    carry their masks).
 
     Raises:
         DataError: when no unlabeled image has a mask.
