@@ -2,9 +2,9 @@
 those are right.
 
 Methods with a confidence threshold (UniMatch, FixMatch-style CPS) train on a pixel's argmax only where
-``max_k p_k ≥ τ``. One overall pass rate hides where the threshold bites: a τ that passes most Road pixels may
-pass almost no Pole pixels, and then the small classes get no unlabeled signal at all. Counted per class, with
-the true masks of images the method saw without them (a benchmark's unlabeled pool), this measures it:
+``max_k p_k ≥ τ``. One overall pass rate hides what a class gets: its pixels may seldom pass τ, or pass under
+another class's name (then a lower τ only passes more wrong labels). Counted per class, with the true masks of
+images the method saw without them (a benchmark's unlabeled pool), this tells the two apart:
 
 - ``passed``: the share of the class's true pixels whose prediction passes τ (whatever class it says);
 - ``recall``: the share of the class's true pixels that get a passing *and* right pseudo-label;
@@ -28,7 +28,8 @@ class PseudoLabelCounts:
         thresholds: ``(T,)`` confidence thresholds τ.
         true_pixels: ``(K,)`` non-ignored pixels of each true class.
         passed: ``(T, K)`` of them, pixels whose confidence is at least τ.
-        passed_right: ``(T, K)`` of those, pixels predicted as their true class.
+        passed_right: ``(T, K)`` of those, pixels predicted as their true class (the same count by predicted
+            class: the recall's and the precision's numerator).
         predicted_passed: ``(T, K)`` passing pixels by *predicted* class (the precision's denominator).
     """
 
