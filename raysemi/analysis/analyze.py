@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from raysemi.engine.inference import LoadedModel, image_batch, predict_image, va
 from raysemi.engine.metrics import ConfusionMatrix
 from raysemi.errors import DataError
 
+C = TypeVar("C", CalibrationBins, PseudoLabelCounts)  # the per-pixel accumulators of probabilities
 DEFAULT_LAYERS = ("segmenter.head", "model.pixel_decoder")  # decoder features of a segmenter / a MaskFormer
 
 
@@ -33,15 +35,9 @@ def probabilities(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
     return output.softmax(1)
 
 
-@torch.no_grad()
 def checkpoint_calibration(loaded: LoadedModel, bins: int = 10) -> CalibrationBins:
     """Confidence bins of ``loaded`` over its config's val split."""
-    source = open_dataset(loaded.cfg.data)
-    result = CalibrationBins.empty(bins)
-    for batch in val_batches(source.reader, source.val, loaded):
-        output = predict_logits(loaded.model, batch["image"], loaded.cfg.eval)
-        result.update(probabilities(loaded.model, output), batch["mask"], source.classes.ignore_index)
-    return result
+    return accumulate_probabilities(loaded, "val", CalibrationBins.empty(bins))
 
 
 def write_calibration(loaded: LoadedModel, out: Path, bins: int = 10) -> tuple[float, list[Path]]:
@@ -50,17 +46,11 @@ def write_calibration(loaded: LoadedModel, out: Path, bins: int = 10) -> tuple[f
 
     result = checkpoint_calibration(loaded, bins)
     rows = result.rows()
-    out.mkdir(parents=True, exist_ok=True)
-    table, figure = out / "calibration.csv", out / "calibration.png"
-    with table.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table, figure = write_rows(out / "calibration.csv", rows), out / "calibration.png"
     plot_calibration(rows, figure)
     return result.expected_calibration_error(), [table, figure]
 
 
-@torch.no_grad()
 def checkpoint_pseudo_labels(loaded: LoadedModel, thresholds: list[float],
                              images: str = "unlabeled") -> PseudoLabelCounts:
     """Per-class pseudo-label counts of ``loaded`` at each threshold, on the ``images`` of
@@ -70,18 +60,31 @@ def checkpoint_pseudo_labels(loaded: LoadedModel, thresholds: list[float],
     weak view in training is a crop of the same image, so the shares are those of the model at the checkpoint,
     not of any one training step.
     """
-    source, batches = scored_batches(loaded, images)
-    counts = PseudoLabelCounts.empty(thresholds, len(loaded.class_names))
-    for batch in batches:
-        output = predict_logits(loaded.model, batch["image"], loaded.cfg.eval)
-        counts.update(probabilities(loaded.model, output), batch["mask"], source.classes.ignore_index)
-    return counts
+    return accumulate_probabilities(loaded, images, PseudoLabelCounts.empty(thresholds, len(loaded.class_names)))
+
+
+def write_pseudo_labels(loaded: LoadedModel, out: Path, thresholds: list[float],
+                        images: str = "unlabeled") -> tuple[list[dict], Path]:
+    """``pseudo_labels.csv`` in ``out`` (:meth:`PseudoLabelCounts.rows`); returns the rows and the file."""
+    rows = checkpoint_pseudo_labels(loaded, thresholds, images).rows(loaded.class_names)
+    return rows, write_rows(out / "pseudo_labels.csv", rows)
 
 
 def checkpoint_confusion(loaded: LoadedModel, images: str = "val", threads: int = 4) -> ConfusionMatrix:
     """The confusion matrix of ``loaded`` on the ``images`` of :func:`scored_images`."""
     source, batches = scored_batches(loaded, images, threads)
     return evaluate(loaded.model, batches, len(loaded.class_names), loaded.cfg.eval, source.classes.ignore_index)
+
+
+@torch.no_grad()
+def accumulate_probabilities(loaded: LoadedModel, images: str, counts: C) -> C:
+    """``counts.update(probabilities, mask, ignore_index)`` (a :class:`CalibrationBins`, a
+    :class:`PseudoLabelCounts`) over the eval batches of ``images`` (:func:`scored_images`); returns ``counts``."""
+    source, batches = scored_batches(loaded, images)
+    for batch in batches:
+        output = predict_logits(loaded.model, batch["image"], loaded.cfg.eval)
+        counts.update(probabilities(loaded.model, output), batch["mask"], source.classes.ignore_index)
+    return counts
 
 
 def scored_batches(loaded: LoadedModel, images: str,
@@ -109,17 +112,14 @@ def scored_images(source: DatasetSource, images: str) -> list[Sample]:
     return masked
 
 
-def write_pseudo_labels(loaded: LoadedModel, out: Path, thresholds: list[float],
-                        images: str = "unlabeled") -> tuple[list[dict], Path]:
-    """``pseudo_labels.csv`` in ``out`` (:meth:`PseudoLabelCounts.rows`); returns the rows and the file."""
-    rows = checkpoint_pseudo_labels(loaded, thresholds, images).rows(loaded.class_names)
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / "pseudo_labels.csv"
-    with table.open("w", newline="") as handle:
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """``rows`` (dicts with the same keys) as a CSV file at ``path``, its folder made; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return rows, table
+    return path
 
 
 def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
