@@ -733,6 +733,12 @@ def test_repeatability_runs_one_seed_three_times_and_records_the_differences(gai
     assert not list((gain.RUNS / "p1").glob("*.json"))  # kept apart: no comparison pairs a repeatability run
     assert "| cac | 1 | cpu | 2 / 2 / 1 | 0.4000 / 0.4000 / 0.4300 | +0.00 | +3.00 | yes |" in (
         gain.RUNS / "README.md").read_text()
+    by_name = {record["name"]: record}  # documents quote it: p1 at 8 iterations, not its budget of 1,000
+    assert record["name"] == "p1/it8/cac-seed1-repeatability"
+    assert [quotes.quoted(f"{record['name']}#{field}", by_name) for field in quotes.REPEAT_FIELDS] == [
+        "+0.0", "+3.0", "0.4000 / 0.4000 / 0.4300", "2 / 2 / 1"]
+    with pytest.raises(ValueError, match="#seeds is not a repeatability quote field; choose one of same-threads"):
+        quotes.quoted(f"{record['name']}#seeds", by_name)
 
     # at another code version: read as they are, retrained with --rerun-stale (the old JSONs kept in stale/)
     for name in names.values():
@@ -793,7 +799,7 @@ def test_every_quoted_gain_figure_equals_summary_json(document):
     """The gain figures the README, the benchmarks page and the notes quote are markers filled from
     summary.json; one that differs from its record (or names none) fails here: run `gain.py --table`."""
     records = json.loads((REPO / "experiments" / "benchmarks" / "results" / "summary.json").read_text())
-    by_name = {r["name"]: r for r in records if r.get("kind") == "comparison"}
+    by_name = quotes.quotable(records)
     found = list(quotes.QUOTE.finditer((REPO / document).read_text()))
     assert len(found) >= 20, f"{document}: {len(found)} gain quotes; its figures should be markers"
     for quote in found:

@@ -1,8 +1,9 @@
 """Figures a document quotes from comparison records, filled in so they cannot drift from the results.
 
 A quoted figure is a marker ``<!-- gain:NAME[#FIELD] -->TEXT<!-- /gain -->``: NAME a comparison record's
-``name``, FIELD what of it (:data:`QUOTE_FIELDS`; none: the mean ± std of the paired differences, in points).
-:func:`fill_quotes` rewrites every TEXT from the records.
+``name``, FIELD what of it (:data:`QUOTE_FIELDS`; none: the mean ± std of the paired differences, in points),
+or NAME a repeatability record's (``p2/supervised-seed0-repeatability``) and FIELD one of
+:data:`REPEAT_FIELDS`. :func:`fill_quotes` rewrites every TEXT from the records.
 """
 
 from __future__ import annotations
@@ -64,14 +65,35 @@ QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
 }
 
 
+def _signed_points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+# A repeatability record's figures (:mod:`raysemi.bench.repeats`): runs a, b at one thread count, c at another
+REPEAT_FIELDS: dict[str, Callable[[dict], str]] = {
+    "same-threads": lambda r: _signed_points(r["same_threads_diff"]),
+    "other-threads": lambda r: _signed_points(r["other_threads_diff"]),
+    "miou": lambda r: " / ".join(f"{m:.4f}" for m in r["miou"]),
+    "threads": lambda r: " / ".join(map(str, r["torch_threads"])),
+}
+
+
+def _quoted_repeat(field: str, record: dict) -> str:
+    if field not in REPEAT_FIELDS:
+        raise ValueError(f"#{field} is not a repeatability quote field; choose one of {', '.join(REPEAT_FIELDS)}")
+    return REPEAT_FIELDS[field](record)
+
+
 def quoted(key: str, records: dict[str, dict]) -> str:
     """The text of the quote ``key``: ``NAME``, ``NAME#FIELD``, or for a per-seed field one seed's figure
-    (``NAME#seed1``, ``NAME#gap-seed2``, ``NAME#base-seed0``, ``NAME#novel-seed1``); ValueError naming what is
-    missing."""
+    (``NAME#seed1``, ``NAME#gap-seed2``, ``NAME#base-seed0``, ``NAME#novel-seed1``); for a repeatability record
+    ``NAME#FIELD`` of :data:`REPEAT_FIELDS`. ValueError naming what is missing."""
     name, _, field = key.partition("#")
     if name not in records:
         raise ValueError(f"no summary.json record named {name}")
     record = records[name]
+    if record.get("kind") == "repeatability":
+        return _quoted_repeat(field, record)
     one_seed = re.fullmatch(r"(?P<field>(?:\w+-)?seed)(?P<seed>\d+)", field)
     if one_seed:
         field = one_seed["field"] + "s"
@@ -90,10 +112,15 @@ def quoted(key: str, records: dict[str, dict]) -> str:
     return " / ".join(value) if isinstance(value, list) else value
 
 
+def quotable(records: list[dict]) -> dict[str, dict]:
+    """The comparison and repeatability records of ``records``, by ``name``."""
+    return {r["name"]: r for r in records if r.get("kind") in ("comparison", "repeatability") and "name" in r}
+
+
 def fill_quotes(text: str, records: list[dict]) -> tuple[str, list[str]]:
     """``text`` with every quote set from ``records`` (the comparison ones, by ``name``), and one line per quote
     that cannot be (left as it was)."""
-    by_name = {r["name"]: r for r in records if r.get("kind") == "comparison"}
+    by_name = quotable(records)
     problems = []
 
     def fill(match: re.Match) -> str:

@@ -158,12 +158,24 @@ def record_name(record: dict, plan: Plan) -> str:
     """What a record compares, as quotes name it: ``p2/cac-vs-supervised``; ``selection/`` after the protocol
     on the selection split, ``it600/`` at a budget other than the protocol's, ``[overrides]`` after an
     ablation's method, ``@it2000`` after a baseline trained at another budget (a chained method's total)."""
+    overrides = f"[{','.join(record['overrides'])}]" if record.get("overrides") else ""
+    at = f"@it{record['baseline_iterations']}" if record["baseline_iterations"] != record["iterations"] else ""
+    return f"{_name_prefix(record, plan)}/{record['method']}{overrides}-vs-{record['baseline']}{at}"
+
+
+def repeat_name(record: dict, plan: Plan) -> str:
+    """A repeatability record's name, as quotes name it: ``p2/supervised-seed0-repeatability`` (the protocol
+    part as in :func:`record_name`)."""
+    return f"{_name_prefix(record, plan)}/{record['method']}-seed{record['seed']}-repeatability"
+
+
+def _name_prefix(record: dict, plan: Plan) -> str:
+    """``p2``, ``p2/selection``, ``p1/it600``: the protocol, then the split and budget where not the report
+    split and the protocol's budget."""
     parts = [record["protocol"]] + (["selection"] if record["split"] == "selection" else [])
     if record["iterations"] != plan.protocol_budget(record["protocol"]):
         parts.append(f"it{record['iterations']}")
-    overrides = f"[{','.join(record['overrides'])}]" if record.get("overrides") else ""
-    at = f"@it{record['baseline_iterations']}" if record["baseline_iterations"] != record["iterations"] else ""
-    return "/".join(parts) + f"/{record['method']}{overrides}-vs-{record['baseline']}{at}"
+    return "/".join(parts)
 
 
 def comparison_section(paired: Paired, index: dict[tuple, dict], spreads: dict[tuple, dict], plan: Plan) -> list[str]:
@@ -227,7 +239,8 @@ def write_outputs(plan: Plan, results: Path, folder: Path, header: list[str], do
     compared = comparisons(found, index, plan, allow_mixed, refused)
     for line in dict.fromkeys(refused):
         say(line)
-    repeat_records = repeats.repeatability_records(runs.load_runs(folder, "*/repeatability/*.json"))
+    repeat_records = [{"name": repeat_name(r, plan), **r}
+                      for r in repeats.repeatability_records(runs.load_runs(folder, "*/repeatability/*.json"))]
     records = [p.record for p in compared] + repeat_records
     results.mkdir(parents=True, exist_ok=True)
     runs.write_records(results / "summary.json", records)  # atomic: many invocations rebuild it side by side
