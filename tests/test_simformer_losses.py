@@ -98,6 +98,23 @@ def test_student_similarity_and_distillation_gradient():
     assert teacher.grad is None and scores_a.grad is not None
 
 
+def test_with_one_novel_class_the_distillation_sends_no_gradient():
+    # K_n = 1: every score "vector" is a positive scalar, normalised to 1, so the student is 1 at every pair
+    # whatever the scores, clamped to 1 - eps: the loss is BCE(1 - eps, teacher), and the scores get gradient 0.
+    # (Why P2's Car-alone split cannot show pixel–pixel transfer: its `full` trains like its `basic`.)
+    scores_a = torch.tensor([[0.9], [0.2], [0.01]], requires_grad=True)
+    scores_b = torch.tensor([[0.5], [0.05]], requires_grad=True)
+    student = novel_similarity(scores_a, scores_b)
+    assert student.tolist() == [[1.0, 1.0]] * 3
+    teacher = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.99, 0.01]])
+    loss = similarity_distillation_loss(student, teacher)
+    top = torch.tensor(1 - 1e-6).item()  # 1 - eps as a float32 holds it
+    expected = -(teacher * math.log(top) + (1 - teacher) * math.log(1 - top)).mean().item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert scores_a.grad.abs().max().item() == 0.0 and scores_b.grad.abs().max().item() == 0.0
+
+
 def _two_class_image(h=4, w=4):
     """Class 1 (base) fills the left half; class 3 (novel) is tagged; its mask row holds junk that must not
     matter."""
