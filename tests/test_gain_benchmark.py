@@ -426,7 +426,8 @@ def test_seed_and_skip_baseline_run_the_method_alone_at_the_seeds_given(gain, mo
     assert trained == [("cps", 1)]
     assert sorted(p.name for p in (gain.RUNS / "p1").iterdir()) == ["cps-seed1-it8.json"]
     run = json.loads((gain.RUNS / "p1" / "cps-seed1-it8.json").read_text())
-    assert (run["seed"], run["baseline"], run["device"]) == (1, "supervised", "cpu")  # paired once one exists
+    # paired once one exists; the Ray runner trains at p1_synthetic.yaml's train.torch_threads
+    assert (run["seed"], run["baseline"], run["device"], run["torch_threads"]) == (1, "supervised", "cpu", 2)
     assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "3", "--seed", "0", "--iterations", "8"]) == 0
     assert trained[1:] == [("supervised", 3), ("supervised_unlabeled_bn", 3), ("cps", 3),  # in the order given
                            ("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]
@@ -455,8 +456,20 @@ def test_train_run_plain_decodes_in_two_processes_beside_one_thread(monkeypatch,
     gain = benchmark_script(BENCHMARKS / "gain.py")
     calls = []
     monkeypatch.setattr(raysemi.engine.plain, "train_plain", lambda cfg, **kwargs: calls.append(kwargs) or {})
-    gain.train_run_plain("cfg")
+    assert gain.train_run_plain("cfg") == {"torch_threads": 1}  # the count it trained at, for the record
     assert calls == [{"data_workers": 2, "torch_threads": 1}]
+
+
+def test_a_plain_runner_record_keeps_the_thread_count_it_trained_at(gain, monkeypatch):
+    import raysemi.engine.plain
+
+    trained = []
+    fake = fake_trainer(trained)
+    monkeypatch.setattr(raysemi.engine.plain, "train_plain", lambda cfg, **kwargs: fake(cfg))
+    assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "0", "--skip-baseline", "--iterations", "8",
+                      "--runner", "plain"]) == 0
+    # 1 thread beside its decode processes, not p1_synthetic.yaml's 2
+    assert json.loads((gain.RUNS / "p1" / "cps-seed0-it8.json").read_text())["torch_threads"] == 1
 
 
 # Stands in for gain.py: `SECONDS CODE [extra...]` prints its arguments and start time, sleeps SECONDS, prints its

@@ -246,10 +246,12 @@ def train_run(cfg) -> dict:
 def train_run_plain(cfg, torch_threads: int | None = 1) -> dict:
     """``train_run`` without Ray (``--runner plain``: torch DataLoader processes feed the same loop, on CUDA when
     present); for a machine that runs many benchmark runs side by side. ``torch_threads=None``: the config's
-    ``train.torch_threads`` (the repeatability runs set it)."""
+    ``train.torch_threads`` (the repeatability runs set it). The summary says which count trained
+    (``torch_threads``), so the run record keeps it rather than the config's."""
     from raysemi.engine.plain import train_plain
 
-    return train_plain(cfg, data_workers=PLAIN_DATA_WORKERS, torch_threads=torch_threads)
+    summary = train_plain(cfg, data_workers=PLAIN_DATA_WORKERS, torch_threads=torch_threads)
+    return {**summary, "torch_threads": torch_threads or cfg.train.torch_threads}
 
 
 def device_name(trainer: Callable[[object], dict] | None) -> str:

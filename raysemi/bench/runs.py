@@ -49,13 +49,14 @@ def run_cost(run_dir: Path, last_dir: Path, iterations: int, stage_budgets: Mapp
 
 def measured(cfg, summary: dict, run_dir: Path, iterations: int, started: float,
              stage_budgets: Mapping[str, int] | None = None) -> dict:
-    """What a run of ``cfg`` trained in ``run_dir`` measured, as its run record keeps it: ``torch_threads``,
+    """What a run of ``cfg`` trained in ``run_dir`` measured, as its run record keeps it: ``torch_threads`` (the
+    summary's where the trainer replaced the config's count, as the plain runner does),
     ``val_miou``, ``per_class_iou`` and ``miou_<group>`` (rounded to 4 places), its cost (:func:`run_cost`; a
     chain's last stage is the summary's ``run_dir``), ``wall_time_s`` since ``started`` (a ``time.perf_counter``
     reading), the val ``curve`` (``[[step, mIoU], ...]``) and the ``date``."""
     last_dir = Path(summary.get("run_dir", run_dir))
     return {
-        "torch_threads": cfg.train.torch_threads, "val_miou": round(summary["miou"], 4),
+        "torch_threads": summary.get("torch_threads", cfg.train.torch_threads), "val_miou": round(summary["miou"], 4),
         "per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in summary["iou"].items()},
         **({k: round(v, 4) for k, v in summary.items() if k.startswith("miou_")}),
         **run_cost(run_dir, last_dir, iterations, stage_budgets),
