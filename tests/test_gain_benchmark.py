@@ -832,7 +832,9 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
             "<!-- gain:p2/cac-vs-supervised#seed2 --><!-- /gain -->), gap "
             "<!-- gain:p2/simformer_full-vs-simformer_basic#gap-seeds --><!-- /gain -->, base "
             "<!-- gain:p2/simformer_full-vs-simformer_basic#base --><!-- /gain -->, novel "
-            "<!-- gain:p2/simformer_full-vs-simformer_basic#novel-seeds --><!-- /gain -->; "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#novel-seeds --><!-- /gain -->, headroom "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#headroom-seeds --><!-- /gain -->, "
+            "<!-- gain:p2/simformer_full-vs-simformer_basic#headroom --><!-- /gain -->; "
             "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->; "
             "<!-- gain:p2/cac-vs-supervised#code -->?<!-- /gain -->, "
             "<!-- gain:p2/simformer_full-vs-simformer_basic#code -->?<!-- /gain -->")
@@ -843,6 +845,8 @@ def test_fill_quotes_sets_each_figure_from_its_record_and_reports_the_ones_it_ca
     # shares of the gap: (0.55 − 0.10) / (0.65 − 0.10) = 0.82; seed 1 has no oracle; base: (+1.0 − 1.4) / 2
     assert "#gap-seeds -->0.82 / -<" in filled and "#base -->-0.2<" in filled
     assert "#novel-seeds -->+45.0 / +50.0<" in filled  # 0.55 − 0.10, 0.54 − 0.04
+    # the oracle over the baseline on the novel classes: 0.65 − 0.10; seed 1 has no oracle, so the mean is seed 0's
+    assert "#headroom-seeds -->+55.0 / -<" in filled and "#headroom -->+55.0<" in filled
     assert "<!-- gain:p2/cps-vs-supervised -->-0.1 ± 3.4<!-- /gain -->" in filled  # no record: left as it was
     assert "#code -->one code version<" in filled and "#code -->mixed code versions<" in filled
     assert problems == ["gain:p2/cps-vs-supervised: no summary.json record named p2/cps-vs-supervised"]

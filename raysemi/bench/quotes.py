@@ -24,6 +24,12 @@ def _gap_shares(record: dict) -> list[float | None]:
                                                    record["oracle_novel_miou"])]
 
 
+def _novel_headroom(record: dict) -> list[float | None]:
+    """Each seed's oracle − baseline novel mIoU (None without an oracle run): what the novel masks add, the most a
+    weak-shot method can gain on the novel classes."""
+    return [None if o is None else o - b for o, b in zip(record["oracle_novel_miou"], record["baseline_novel_miou"])]
+
+
 def _diffs(record: dict, prefix: str = "") -> list[float]:
     return [m - b for m, b in zip(record[f"{prefix}miou"], record[f"baseline_{prefix}miou"])]
 
@@ -61,12 +67,14 @@ QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "novel-seeds": lambda r: _points(r, "novel_"),
     "tail": lambda r: difference_text(_with_tails(r), "tail_").removesuffix(" points"),  # TAIL_EVALUATIONS
     "tail-seeds": lambda r: _points(_with_tails(r), "tail_"),
+    "headroom": lambda r: _signed_points(mean_of(_novel_headroom(r))),
+    "headroom-seeds": lambda r: [_signed_points(v) for v in _novel_headroom(r)],
     "code": lambda r: "mixed code versions" if r.get("mixed_code") else "one code version",
 }
 
 
-def _signed_points(value: float) -> str:
-    return f"{100 * value:+.1f}"
+def _signed_points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}"
 
 
 # A repeatability record's figures (:mod:`raysemi.bench.repeats`): runs a, b at one thread count, c at another
