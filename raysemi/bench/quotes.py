@@ -34,9 +34,14 @@ def _diffs(record: dict, prefix: str = "") -> list[float]:
     return [m - b for m, b in zip(record[f"{prefix}miou"], record[f"baseline_{prefix}miou"])]
 
 
+def _signed_points(value: float | None) -> str:
+    """A difference in mIoU as signed points (``+5.3``); ``-`` for None."""
+    return "-" if value is None else f"{100 * value:+.1f}"
+
+
 def _points(record: dict, prefix: str = "") -> list[str]:
     """Each seed's ``{prefix}miou`` difference, in signed points."""
-    return [f"{100 * d:+.1f}" for d in _diffs(record, prefix)]
+    return [_signed_points(d) for d in _diffs(record, prefix)]
 
 
 def _with_tails(record: dict) -> dict:
@@ -48,7 +53,7 @@ def _with_tails(record: dict) -> dict:
 
 
 def _mean_points(record: dict, prefix: str) -> str:
-    return f"{100 * statistics.mean(_diffs(record, prefix)):+.1f}"
+    return _signed_points(statistics.mean(_diffs(record, prefix)))
 
 
 # Each field's figures per seed (a list; its name ends in "seeds"), or its one figure (a string)
@@ -71,10 +76,6 @@ QUOTE_FIELDS: dict[str, Callable[[dict], str | list[str]]] = {
     "headroom-seeds": lambda r: [_signed_points(v) for v in _novel_headroom(r)],
     "code": lambda r: "mixed code versions" if r.get("mixed_code") else "one code version",
 }
-
-
-def _signed_points(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:+.1f}"
 
 
 # A repeatability record's figures (:mod:`raysemi.bench.repeats`): runs a, b at one thread count, c at another
