@@ -74,6 +74,20 @@ def test_the_pseudo_label_benchmark_page_shows_each_threshold_and_a_dash_for_no_
     assert "| all | 4 | 1.000 | 0.750 | 0.750 | 0.500 | 0.250 | 0.500 |" in page
 
 
+def test_the_confusions_page_of_a_run_without_unlabeled_frames_says_why_its_column_is_empty(benchmark_script):
+    script = benchmark_script(Path(__file__).resolve().parents[1] / "experiments/benchmarks/confusions.py")
+    val = {"miou": 0.7, "classes": {"road": {"iou": 0.6, "recall": 0.6, "top_error": "sky", "top_error_share": 0.3},
+                                    "sky": {"iou": 0.8, "recall": 1.0, "top_error": None, "top_error_share": None}}}
+    unlabeled = {"miou": 0.5, "classes": {"road": {"iou": 0.4}, "sky": {"iou": 0.6}}}
+    page = script.markdown({"oracle": {"val": val, "unlabeled": None, "unlabeled_missing": "no unlabeled image"},
+                            "semi": {"val": val, "unlabeled": unlabeled}})
+    assert "## oracle: val mIoU 0.7000, unlabeled frames none\n\nNo unlabeled frames scored: no unlabeled image" in page
+    assert "## semi: val mIoU 0.7000, unlabeled frames 0.5000\n\n| class |" in page
+    assert page.count("| road | 0.600 | - | sky (0.30) |") == 1  # the oracle's row
+    assert "| road | 0.600 | 0.400 | sky (0.30) |" in page
+    assert page.count("| sky | 0.800 |") == 2 and "| sky | 0.800 | - | - |" in page
+
+
 def test_pseudo_labels_are_scored_on_the_unlabeled_images_that_have_masks_on_disk():
     from types import SimpleNamespace
 
