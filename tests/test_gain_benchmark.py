@@ -783,6 +783,22 @@ def test_selection_split_runs_are_scored_there_and_never_paired_with_report_runs
         readme.index("## Protocol p1, selection split")
 
 
+def test_a_selection_split_ablation_faces_the_method_at_its_defaults_and_a_report_one_does_not(gain):
+    """The choice between an ablation and the method's defaults is made on the selection split: there the
+    ablation gets a record against the method's own plain runs (the paired difference the choice rests on)."""
+    for seed, (default, ablation) in enumerate([(0.30, 0.33), (0.32, 0.31), (0.28, 0.30)]):
+        for split in ("selection", "report"):
+            write_run(gain, "cac", seed, default, "supervised", split=split)
+            write_run(gain, "cac", seed, ablation, "supervised", overrides=("cac.gamma=0.5",), split=split)
+    by_name = {r["name"]: r for r in gain.write_outputs()}
+    record = by_name["p1/selection/it600/cac[cac.gamma=0.5]-vs-cac"]
+    assert record["seeds"] == [0, 1, 2] and record["baseline_miou"] == [0.30, 0.32, 0.28]
+    assert record["diff_mean"] == 0.0133  # (+0.03 − 0.01 + 0.02) / 3, to 4 places
+    assert quotes.quoted(f"{record['name']}#seeds", by_name) == "+3.0 / -1.0 / +2.0"
+    assert "p1/it600/cac[cac.gamma=0.5]-vs-cac" not in by_name  # the report split makes no choice
+    assert "### p1: cac against cac at its defaults, 600 it (cac.gamma=0.5)" in (gain.RUNS / "README.md").read_text()
+
+
 @pytest.mark.parametrize("method", ["supervised", "cps", "cac"])
 def test_a_local_run_at_a_fixed_seed_and_thread_count_is_bit_repeatable(synthetic_root, tmp_path, method):
     """Two local-runner runs of one config (same seed, one thread, CPU) end with identical weights: batches are

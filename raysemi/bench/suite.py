@@ -6,7 +6,8 @@ A suite's run records (:mod:`raysemi.bench.pairs`) also carry ``protocol``, ``it
 named, or None) and ``curve`` (``[[step, val mIoU], ...]``). The suite says, in a :class:`Plan`, which baselines
 each method must beat; a comparison pairs a method's runs of one (protocol, budget, overrides, split) with the
 baseline's plain runs of the same protocol and split, at the same budget or, for a chained method
-(``at_total``), at the method's total iterations.
+(``at_total``), at the method's total iterations. On the selection split an ablation also faces the method's
+own plain runs: the difference a choice is made on.
 """
 
 from __future__ import annotations
@@ -115,15 +116,18 @@ def comparisons(found: list[dict], index: dict[tuple, dict], plan: Plan, allow_m
                 refused: list[str] | None = None) -> list[Paired]:
     """One record per (protocol, method, overrides, split, budget) and each of its baselines (the plan's and the
     one its runs name), over the seeds where both runs exist and ran the same code version (any version with
-    ``allow_mixed``; the record then says ``mixed_code``) with the same :func:`speed_choices`. A refused pair's
-    line goes to ``refused``."""
+    ``allow_mixed``; the record then says ``mixed_code``) with the same :func:`speed_choices`. On the selection
+    split an ablation is also compared with the method's own runs without its overrides: the paired difference
+    a choice is made on (``p2/selection/cac[cac.gamma=0.5]-vs-cac``). A refused pair's line goes to
+    ``refused``."""
     groups: dict[tuple, list[dict]] = {}
     for r in found:
         groups.setdefault((r["protocol"], r["method"], r["iterations"], tuple(r["overrides"]), r["split"]),
                           []).append(r)
     records = []
     for (protocol, method, iterations, overrides, split), group in sorted(groups.items()):
-        for comparison in comparisons_of(plan, method, {r["baseline"] for r in group if r["baseline"]}):
+        choice = bool(overrides) and split == "selection"
+        for comparison in comparisons_of(plan, method, {r["baseline"] for r in group if r["baseline"]}, choice):
             budget = baseline_budget(comparison, iterations, plan.total_iterations)
             baselines = [index.get((protocol, comparison.baseline, r["seed"], budget, (), split)) for r in group]
             paired = pairs.pair_by_seed(group, filter(None, baselines),
@@ -146,12 +150,13 @@ def comparisons(found: list[dict], index: dict[tuple, dict], plan: Plan, allow_m
     return records
 
 
-def comparisons_of(plan: Plan, method: str, named: set[str]) -> list[Comparison]:
+def comparisons_of(plan: Plan, method: str, named: set[str], choice: bool = False) -> list[Comparison]:
     """The plan's comparisons of ``method`` and those its runs' ``baseline`` fields name (no method against
-    itself, none twice)."""
+    itself, none twice); with ``choice`` (an ablation's runs) last the method against itself, i.e. against its
+    runs without the ablation's overrides."""
     planned = plan.planned(method)
     extra = [Comparison(method, b) for b in sorted(named) if b != method and Comparison(method, b) not in planned]
-    return planned + extra
+    return planned + extra + ([Comparison(method, method)] if choice else [])
 
 
 def record_name(record: dict, plan: Plan) -> str:
@@ -184,7 +189,9 @@ def comparison_section(paired: Paired, index: dict[tuple, dict], spreads: dict[t
     records by protocol and split), and per class the headroom variant's IoU at the same budget."""
     record, paired_runs = paired.record, paired.pairs
     key = tuple(record.get("overrides", ()))
-    title = f"### {record['protocol']}: {record['method']} against {record['baseline']}, {record['iterations']} it"
+    defaults = " at its defaults" if record["baseline"] == record["method"] else ""
+    title = (f"### {record['protocol']}: {record['method']} against {record['baseline']}{defaults}, "
+             f"{record['iterations']} it")
     if record["baseline_iterations"] != record["iterations"]:
         title += f" (baseline {record['baseline_iterations']} it)"
     notes = []
