@@ -397,6 +397,8 @@ def test_the_plan_names_every_baseline_each_method_must_beat(gain):
     assert planned("self_correction_conv") == [("supervised", True), ("supervised", False),
                                                ("self_correction_none", False), ("supervised_boxes", True)]
     assert planned("simformer3_full") == [("simformer3_basic", False), ("simformer3_basic_nocomp", False)]
+    assert planned("supervised_cps_optim") == [("supervised", False)]
+    assert planned("supervised_unlabeled_bn_cps_optim") == [("supervised", False), ("supervised_cps_optim", False)]
     # what gain.py --method cac trains beside it (the control only with --control; undefined variants skipped)
     assert gain.baselines_to_run("p2", ["cac"], 1000, "supervised") == [("supervised", 1000),
                                                                         ("supervised_unlabeled_bn", 1000)]

@@ -194,7 +194,9 @@ def planned_comparisons(method: str) -> list[Comparison]:
     against ``supervised`` at its summed budget and at the protocol's, against ``self_correction_none`` and
     against ``supervised_boxes`` (box-filled F ∪ W) at its summed budget; SimFormer ``full`` against the
     supplementary's ``basic`` and the weaker ``basic_nocomp``; the headroom and BatchNorm runs against
-    ``supervised``; a method in :data:`RIVALS` also against its rivals (UniMatch, which has no control, CAC)."""
+    ``supervised``; CPS's published-optimizer baselines against ``supervised`` (the optimizer's own effect) and
+    the BatchNorm one also against ``supervised_cps_optim`` (BatchNorm's under that optimizer); a method in
+    :data:`RIVALS` also against its rivals (UniMatch, which has no control, CAC)."""
     base = method.removesuffix("_control")
     if base in SEMI_SUPERVISED:
         own = [Comparison(method, f"{base}_control")] if method == base and base in WITH_CONTROL else []
@@ -210,6 +212,8 @@ def planned_comparisons(method: str) -> list[Comparison]:
     if method.endswith("_full") and method in ORACLES:
         name = method.removesuffix("_full")
         return [Comparison(method, f"{name}_basic"), Comparison(method, f"{name}_basic_nocomp")]
+    if method in CPS_BASELINES:
+        return [Comparison(method, b) for b in ("supervised", "supervised_cps_optim") if b != method]
     if method in ("supervised_all_labels", "supervised_unlabeled_bn", "supervised_boxes"):
         return [Comparison(method, "supervised")]
     return []
