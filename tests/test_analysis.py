@@ -1,4 +1,5 @@
-"""Calibration bins and Grad-CAM on inputs whose answers are worked out by hand."""
+"""Calibration bins, Grad-CAM and recomputed BatchNorm statistics on inputs whose answers are worked out by
+hand."""
 
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 import yaml
 from torch import nn
 
+from raysemi.analysis.batchnorm import recompute_batchnorm
 from raysemi.analysis.calibration import CalibrationBins
 from raysemi.analysis.gradcam import grad_cam
 from raysemi.analysis.plots import curve_labels
@@ -103,6 +105,39 @@ def test_pseudo_labels_are_scored_on_the_unlabeled_images_that_have_masks_on_dis
     source.split.unlabeled = unlabeled[1:]
     with pytest.raises(DataError, match="none of the 1 unlabeled images of data has a mask"):
         scored_images(source, "unlabeled")
+
+
+def test_recomputed_batchnorm_statistics_are_the_batch_average_with_dropout_off_and_weights_kept():
+    # a dropout layer before the BatchNorm would zero half its inputs if it ran in training mode
+    model = nn.Sequential(nn.Dropout(p=0.5), nn.BatchNorm2d(1, momentum=0.1))
+    with torch.no_grad():
+        model[1].weight.fill_(2.0), model[1].bias.fill_(-1.0)
+    model.train()
+    # batch A: 0 and 2 (mean 1, unbiased variance 2); batch B: 4 and 4 (mean 4, variance 0)
+    batches = [torch.tensor([0.0, 2.0]).reshape(2, 1, 1, 1), torch.tensor([4.0, 4.0]).reshape(2, 1, 1, 1)]
+    assert recompute_batchnorm(model, iter(batches)) == 1
+    norm = model[1]
+    # each batch weighs the same, whatever the momentum: mean (1 + 4) / 2, variance (2 + 0) / 2
+    assert norm.running_mean.item() == 2.5 and norm.running_var.item() == 1.0
+    assert norm.momentum == 0.1 and not any(module.training for module in model.modules())
+    assert (norm.weight.item(), norm.bias.item()) == (2.0, -1.0)
+    # eval mode uses the new statistics: (4 − 2.5) / √(1 + ε) · 2 − 1
+    assert model(torch.tensor([4.0]).reshape(1, 1, 1, 1)).item() == pytest.approx(2.0, abs=1e-4)
+
+
+def test_recomputing_batchnorm_without_a_layer_or_a_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match="Linear has no BatchNorm layer to recompute"):
+        recompute_batchnorm(nn.Linear(2, 2), [torch.zeros(1, 2)])
+    with pytest.raises(ValueError, match="no image batch"):
+        recompute_batchnorm(nn.BatchNorm2d(1), [])
+
+
+def test_the_batchnorm_page_shows_each_run_with_every_statistics_column(benchmark_script):
+    script = benchmark_script(Path(__file__).resolve().parents[1] / "experiments/benchmarks/bn_statistics.py")
+    page = script.markdown({"control": {"trained": 0.2861, "labeled": 0.2026, "unlabeled": 0.2346,
+                                        "alternating": 0.28, "labeled_frames": 12, "unlabeled_frames": 300}})
+    assert "| run | as trained | BN on labeled frames | BN on unlabeled frames | BN on both, alternating |" in page
+    assert "| control | 0.2861 | 0.2026 | 0.2346 | 0.2800 | 12 / 300 |" in page
 
 
 def _two_feature_model():
