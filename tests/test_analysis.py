@@ -132,12 +132,27 @@ def test_recomputing_batchnorm_without_a_layer_or_a_batch_is_a_clear_error():
         recompute_batchnorm(nn.BatchNorm2d(1), [])
 
 
-def test_the_batchnorm_page_shows_each_run_with_every_statistics_column(benchmark_script):
+def test_the_batchnorm_page_shows_each_run_and_the_paired_differences_of_each_seed(benchmark_script):
     script = benchmark_script(Path(__file__).resolve().parents[1] / "experiments/benchmarks/bn_statistics.py")
-    page = script.markdown({"control": {"trained": 0.2861, "labeled": 0.2026, "unlabeled": 0.2346,
-                                        "alternating": 0.28, "labeled_frames": 12, "unlabeled_frames": 300}})
+
+    def run(trained, labeled, unlabeled, alternating):
+        return {"trained": trained, "labeled": labeled, "unlabeled": unlabeled, "alternating": alternating,
+                "labeled_frames": 12, "unlabeled_frames": 254}
+
+    page = script.markdown({"cps-seed0-it1000": run(0.29, 0.22, 0.28, 0.27),
+                            "cps_control-seed0-it1000": run(0.28, 0.20, 0.23, 0.22),
+                            "cps-seed1-it1000": run(0.27, 0.25, 0.26, 0.25),
+                            "cps_control-seed1-it1000": run(0.25, 0.24, 0.25, 0.25),
+                            "supervised_cps_optim-seed1-it1000-rerun": run(0.2, 0.2, 0.2, 0.2)})
     assert "| run | as trained | BN on labeled frames | BN on unlabeled frames | BN on both, alternating |" in page
-    assert "| control | 0.2861 | 0.2026 | 0.2346 | 0.2800 | 12 / 300 |" in page
+    assert "| cps_control-seed0-it1000 | 0.2800 | 0.2000 | 0.2300 | 0.2200 | 12 / 254 |" in page
+    assert "| cps − cps_control | 0 | +1.0 | +2.0 | +5.0 | +5.0 |" in page
+    assert "| cps − cps_control | 1 | +2.0 | +1.0 | +1.0 | +0.0 |" in page
+    # mean ± sample std of the two seeds: as trained (1 + 2) / 2 = 1.5, std √((0.5² + 0.5²) / 1) = 0.7
+    assert "| cps − cps_control | mean of 2 | +1.5 ± 0.7 | +1.5 ± 0.7 | +3.0 ± 2.8 | +2.5 ± 3.5 |" in page
+    # one seed of supervised: its pairs show that seed and no mean
+    assert "| cps − supervised_cps_optim | 1 | +7.0 | +5.0 | +6.0 | +5.0 |" in page
+    assert "| cps − supervised_cps_optim | mean" not in page
 
 
 def _two_feature_model():

@@ -23,6 +23,8 @@ not on training crops.
 from __future__ import annotations
 
 import argparse
+import re
+import statistics
 from collections.abc import Iterator
 from itertools import chain, cycle
 from pathlib import Path
@@ -40,6 +42,11 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
 WORK = REPO / "experiments" / "benchmarks" / "_work" / "gain"
 STATISTICS = ("labeled", "unlabeled", "alternating")  # the frames each recomputed column gathers statistics on
+COLUMNS = ("trained", *STATISTICS)
+# the differences the page shows, seed by seed, where both runs of a seed were measured: issue 36's question
+# (does CPS's cross supervision gain over its λ = 0 control, and what does the control gain over supervised?)
+PAIRS = (("cps", "cps_control"), ("cps", "supervised_cps_optim"), ("cps_control", "supervised_cps_optim"))
+RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)-")
 
 
 def measure(run_dir: Path) -> dict:
@@ -49,23 +56,23 @@ def measure(run_dir: Path) -> dict:
     source = open_dataset(loaded.cfg.data)
     frames = {"labeled": source.split.labeled, "unlabeled": scored_images(source, "unlabeled")}
     result = {"trained": round(checkpoint_confusion(loaded, "val", threads=2).miou(), 4)}
-    for statistics in STATISTICS:
+    for column in STATISTICS:
         loaded = load_eval_model(run_dir)
-        recompute_batchnorm(loaded.model, statistics_batches(loaded, source, frames, statistics))
-        result[statistics] = round(checkpoint_confusion(loaded, "val", threads=2).miou(), 4)
+        recompute_batchnorm(loaded.model, statistics_batches(loaded, source, frames, column))
+        result[column] = round(checkpoint_confusion(loaded, "val", threads=2).miou(), 4)
     return result | {f"{name}_frames": len(samples) for name, samples in frames.items()}
 
 
 def statistics_batches(loaded: LoadedModel, source: DatasetSource, frames: dict[str, list[Sample]],
-                       statistics: str) -> Iterator[torch.Tensor]:
+                       column: str) -> Iterator[torch.Tensor]:
     """``(N, 3, H, W)`` normalised eval batches of the ``labeled`` or ``unlabeled`` frames, or, ``alternating``,
     each unlabeled batch after a labeled one (the labeled frames cycled)."""
     def images(samples: list[Sample]) -> Iterator[torch.Tensor]:
         return (batch["image"] for batch in val_batches(source.reader, samples, loaded, 2))
 
-    if statistics == "alternating":
+    if column == "alternating":
         return chain.from_iterable(zip(cycle(list(images(frames["labeled"]))), images(frames["unlabeled"])))
-    return images(frames[statistics])
+    return images(frames[column])
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -79,7 +86,25 @@ def markdown(results: dict[str, dict]) -> str:
     for run, r in sorted(results.items()):
         lines.append(f"| {run} | {r['trained']:.4f} | {r['labeled']:.4f} | {r['unlabeled']:.4f} | "
                      f"{r['alternating']:.4f} | {r['labeled_frames']} / {r['unlabeled_frames']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + differences(results)) + "\n"
+
+
+def differences(results: dict[str, dict]) -> list[str]:
+    """The table of :data:`PAIRS`' differences (points) per seed and their mean ± std over seeds, in each column;
+    a run's variant and seed are read from its name (``<variant>-seed<N>-...``)."""
+    by_key = {(m["variant"], int(m["seed"])): r for run, r in results.items() if (m := RUN_NAME.match(run))}
+    lines = ["", "Differences in points, seed by seed (the same frames' statistics on both sides of a recomputed "
+             "column):", "", "| difference | seed | as trained | BN on labeled | BN on unlabeled | BN alternating |",
+             "|---|---|---|---|---|---|"]
+    for method, baseline in PAIRS:
+        seeds = sorted(seed for variant, seed in by_key if variant == method and (baseline, seed) in by_key)
+        rows = [[100 * (by_key[method, seed][c] - by_key[baseline, seed][c]) for c in COLUMNS] for seed in seeds]
+        for seed, row in zip(seeds, rows, strict=True):
+            lines.append(f"| {method} − {baseline} | {seed} | " + " | ".join(f"{d:+.1f}" for d in row) + " |")
+        if len(rows) > 1:
+            spread = [f"{statistics.mean(col):+.1f} ± {statistics.stdev(col):.1f}" for col in zip(*rows)]
+            lines.append(f"| {method} − {baseline} | mean of {len(rows)} | " + " | ".join(spread) + " |")
+    return lines
 
 
 def describe(run: str, result: dict) -> str:
