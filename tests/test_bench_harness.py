@@ -11,7 +11,7 @@ import torch
 
 from raysemi.bench.confusions import errors_by_class
 from raysemi.bench.protocol import Protocol, UnknownVariant, known_variants, variant_overrides
-from raysemi.bench.runs import measure_runs, write_result
+from raysemi.bench.runs import measure_runs, write_result, write_run_folder_page
 from raysemi.bench.suite import Comparison, Plan, baselines_to_run, record_line
 from raysemi.engine.metrics import ConfusionMatrix
 
@@ -82,3 +82,14 @@ def test_measure_runs_keeps_earlier_results_and_writes_after_each_run(tmp_path, 
     assert json.loads(out.read_text()) == results
     assert seen[1]["a"] == {"size": 5}  # a was on disk before b was measured
     assert capsys.readouterr().out.splitlines() == ["a: 5", "b: 2"]
+
+
+def test_a_run_folder_page_measures_the_named_folders_of_the_protocol_and_writes_its_markdown(tmp_path):
+    import argparse
+
+    out = tmp_path / "page-p2.json"
+    args = argparse.Namespace(protocol="p2", runs=["a", "bbb"], work=tmp_path / "work")
+    write_run_folder_page(args, out, lambda run_dir: {"path": str(run_dir.relative_to(tmp_path))},
+                          lambda name, result: name, lambda results: " ".join(sorted(results)))
+    assert json.loads(out.read_text()) == {"a": {"path": "work/p2/a"}, "bbb": {"path": "work/p2/bbb"}}
+    assert out.with_suffix(".md").read_text() == "a bbb"

@@ -33,7 +33,7 @@ import torch
 
 from raysemi.analysis.analyze import checkpoint_confusion, scored_images
 from raysemi.analysis.batchnorm import recompute_batchnorm
-from raysemi.bench.runs import add_run_folder_arguments, measure_runs
+from raysemi.bench.runs import add_run_folder_arguments, write_run_folder_page
 from raysemi.data.dataset import DatasetSource, open_dataset
 from raysemi.data.formats import Sample
 from raysemi.engine.inference import LoadedModel, load_eval_model, val_batches
@@ -117,10 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_folder_arguments(parser, WORK)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    out = RESULTS / f"bn_statistics-{args.protocol}.json"
-    results = measure_runs(out, {run: args.work / args.protocol / run for run in args.runs}, measure, describe)
-    out.with_suffix(".md").write_text(markdown(results))
+    write_run_folder_page(args, RESULTS / f"bn_statistics-{args.protocol}.json", measure, describe, markdown)
 
 
 if __name__ == "__main__":

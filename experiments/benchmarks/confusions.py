@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from raysemi.analysis.analyze import checkpoint_confusion
 from raysemi.bench.confusions import errors_by_class
-from raysemi.bench.runs import add_run_folder_arguments, measure_runs
+from raysemi.bench.runs import add_run_folder_arguments, write_run_folder_page
 from raysemi.bench.tables import fmt
 from raysemi.engine.inference import LoadedModel, load_eval_model
 from raysemi.errors import DataError
@@ -74,10 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_folder_arguments(parser, WORK)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    out = RESULTS / f"confusions-{args.protocol}.json"
-    results = measure_runs(out, {run: args.work / args.protocol / run for run in args.runs}, measure, describe)
-    out.with_suffix(".md").write_text(markdown(results))
+    write_run_folder_page(args, RESULTS / f"confusions-{args.protocol}.json", measure, describe, markdown)
 
 
 def describe(run: str, result: dict) -> str:

@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from raysemi.analysis.analyze import checkpoint_pseudo_labels
 from raysemi.analysis.pseudo_labels import COLUMNS, by_class
-from raysemi.bench.runs import add_run_folder_arguments, measure_runs
+from raysemi.bench.runs import add_run_folder_arguments, write_run_folder_page
 from raysemi.bench.tables import fmt
 from raysemi.engine.inference import load_eval_model
 
@@ -61,11 +59,8 @@ def main() -> None:
     add_run_folder_arguments(parser, WORK)
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.8, 0.95])
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    out = RESULTS / f"pseudo_labels-{args.protocol}.json"
-    runs = {run: args.work / args.protocol / run for run in args.runs}
-    results = measure_runs(out, runs, lambda run_dir: measure(run_dir, args.thresholds), describe)
-    out.with_suffix(".md").write_text(markdown(results))
+    write_run_folder_page(args, RESULTS / f"pseudo_labels-{args.protocol}.json",
+                          lambda run_dir: measure(run_dir, args.thresholds), describe, markdown)
 
 
 def describe(run: str, rows: list[dict]) -> str:

@@ -124,3 +124,16 @@ def add_run_folder_arguments(parser: argparse.ArgumentParser, work: Path) -> Non
     parser.add_argument("--protocol", default="p2")
     parser.add_argument("--runs", nargs="+", required=True, help="run folder names under the work folder")
     parser.add_argument("--work", type=Path, default=work, help="the folder holding <protocol>/<run> folders")
+
+
+def write_run_folder_page(args: argparse.Namespace, out: Path, measure: Callable[[Path], dict | list],
+                          describe: Callable[[str, dict | list], str],
+                          markdown: Callable[[dict[str, dict | list]], str]) -> None:
+    """:func:`measure_runs` (at one torch thread) over the run folders that :func:`add_run_folder_arguments` parsed
+    into ``args``, keeping the results in ``out``; then ``markdown`` of every result there, written beside it
+    (``.md``)."""
+    import torch
+
+    torch.set_num_threads(1)
+    results = measure_runs(out, {run: args.work / args.protocol / run for run in args.runs}, measure, describe)
+    out.with_suffix(".md").write_text(markdown(results))
