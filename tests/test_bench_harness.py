@@ -9,9 +9,10 @@ import json
 import pytest
 import torch
 
+from raysemi.bench import runs
 from raysemi.bench.confusions import errors_by_class
 from raysemi.bench.protocol import Protocol, UnknownVariant, known_variants, variant_overrides
-from raysemi.bench.runs import measure_runs, write_result, write_run_folder_page
+from raysemi.bench.runs import machine_name, measure_runs, write_result, write_run_folder_page
 from raysemi.bench.suite import Comparison, Plan, baselines_to_run, record_line
 from raysemi.engine.metrics import ConfusionMatrix
 
@@ -93,3 +94,13 @@ def test_a_run_folder_page_measures_the_named_folders_of_the_protocol_and_writes
                           lambda name, result: name, lambda results: " ".join(sorted(results)))
     assert json.loads(out.read_text()) == {"a": {"path": "work/p2/a"}, "bbb": {"path": "work/p2/bbb"}}
     assert out.with_suffix(".md").read_text() == "a bbb"
+
+
+def test_machine_name_is_the_cpu_model_and_the_instruction_set_torch_dispatches_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel Xeon 8480\n\n"
+                       "processor\t: 1\nmodel name\t: Intel Xeon 8480\n")
+    assert machine_name(cpuinfo) == "Intel Xeon 8480 (AVX512)"
+    monkeypatch.setattr(runs.platform, "processor", lambda: "arm")  # no /proc/cpuinfo (macOS, Windows)
+    assert machine_name(tmp_path / "absent") == "arm (AVX512)"

@@ -12,7 +12,7 @@ import pytest
 from raysemi.bench import lineage, pairs, quotes, tables, versions
 from raysemi.bench import plan as bench_plan
 from raysemi.bench.pairs import difference_text
-from raysemi.bench.runs import step_times
+from raysemi.bench.runs import machine_name, step_times
 from raysemi.bench.store import run_name
 from raysemi.bench.tables import levelled_off
 from raysemi.config import load_config
@@ -284,6 +284,17 @@ def test_pairs_of_different_devices_are_flagged(gain):
     assert "**Seeds [1] compare runs on different devices**" in (gain.RUNS / "README.md").read_text()
 
 
+def test_pairs_on_different_processors_are_flagged_and_unrecorded_ones_are_not(gain):
+    machines = {0: ("CPU A (AVX2)", "CPU A (AVX2)"), 1: ("CPU A (AVX2)", "CPU B (AVX512)"), 2: (None, "CPU B (AVX512)")}
+    for seed, (baseline_machine, method_machine) in machines.items():
+        write_run(gain, "supervised", seed, 0.30, **({"machine": baseline_machine} if baseline_machine else {}))
+        write_run(gain, "cps", seed, 0.36, "supervised", machine=method_machine)
+    gain.write_outputs()
+    assert "**Seeds [1] compare runs on different processors**" in (gain.RUNS / "README.md").read_text()
+    record = next(r for r in json.loads((gain.RESULTS / "summary.json").read_text()) if r.get("method") == "cps")
+    assert record["baseline_runs"]["machine"] == ["CPU A (AVX2)", "CPU A (AVX2)", None]
+
+
 def test_runs_of_different_code_versions_are_paired_only_when_allowed(gain, capsys):
     """A pair whose code versions differ (or one is unknown: a JSON from before the field) is refused with one
     line naming both runs, their versions and what to do; --allow-mixed-code pairs it and the tables flag it."""
@@ -430,6 +441,9 @@ def test_seed_and_skip_baseline_run_the_method_alone_at_the_seeds_given(gain, mo
     run = json.loads((gain.RUNS / "p1" / "cps-seed1-it8.json").read_text())
     # paired once one exists; the Ray runner trains at p1_synthetic.yaml's train.torch_threads
     assert (run["seed"], run["baseline"], run["device"], run["torch_threads"]) == (1, "supervised", "cpu", 2)
+    import torch
+
+    assert run["machine"] == machine_name() and run["machine"].endswith(f"({torch.backends.cpu.get_cpu_capability()})")
     assert gain.main(["--protocol", "p1", "--method", "cps", "--seed", "3", "--seed", "0", "--iterations", "8"]) == 0
     assert trained[1:] == [("supervised", 3), ("supervised_unlabeled_bn", 3), ("cps", 3),  # in the order given
                            ("supervised", 0), ("supervised_unlabeled_bn", 0), ("cps", 0)]

@@ -317,7 +317,8 @@ README_HEADER = ["# Gains over baselines on the benchmark protocols", "",
                  "(×100), paired by seed (same split, same labeled batches, same code version). Training time leaves",
                  "out start-up and evaluation and sums a chained method's stages; it/s compares only runs of the same",
                  "invocation on the same machine. The report split gives the headline numbers; the selection split,",
-                 "where hyperparameters are chosen, has sections of its own and is never mixed with it.", ""]
+                 "where hyperparameters are chosen, has sections of its own and is never mixed with it. Runs from",
+                 "2026-12-07 on record their processor (`machine`); a pair of two different ones is flagged.", ""]
 
 
 def refusal(run: dict, baseline: dict) -> str:

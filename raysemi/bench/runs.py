@@ -1,4 +1,5 @@
-"""What a benchmark run cost and where it ran, from its run directory; reading and writing run records.
+"""What a benchmark run cost and where it ran (device and processor), from its run directory; reading and writing
+run records.
 
 Training time comes from the intervals the loop logs (``steps_per_s`` every ``train.log_every`` steps in
 ``metrics.jsonl``): unlike wall time it leaves out start-up, evaluation and any interruption. A chained run
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -77,6 +79,27 @@ def device_name(on_cuda_when_present: bool) -> str:
     import torch
 
     return torch.cuda.get_device_name() if on_cuda_when_present and torch.cuda.is_available() else "cpu"
+
+
+def machine_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor a run trained on, as far as its numerics go: the CPU's model name (``cpuinfo``'s first
+    ``model name``, else :func:`platform.processor`, else the architecture) and the vector instruction set that
+    PyTorch's CPU kernels dispatch on (:func:`torch.backends.cpu.get_cpu_capability`: ``AVX2``, ``AVX512``, ...),
+    as ``"<model> (<instruction set>)"``. A run of one code version, seed and thread count trains differently on
+    a processor whose kernels differ, so a pair is read only between runs of one machine."""
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in _lines(cpuinfo) if line.startswith("model name")),
+                 None) or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def _lines(path: Path) -> list[str]:
+    """``path``'s lines; none for a file that is not there or cannot be read (not every system has one)."""
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def load_runs(folder: Path, pattern: str) -> list[dict]:

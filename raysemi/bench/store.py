@@ -109,7 +109,8 @@ class RunStore:
                          device: Callable[[], str]) -> dict:
         """Train ``request`` (resuming its run directory) and write its record: the request, ``baseline`` (the one
         its command named), what it measured (:func:`raysemi.bench.runs.measured`), the commit, the code
-        version, ``device()`` (where it trained, asked once it has) and its speed choices."""
+        version, ``device()`` (where it trained, asked once it has), the processor
+        (:func:`raysemi.bench.runs.machine_name`) and its speed choices."""
         from raysemi.atomic import write_json
 
         run_dir, variant, iterations = self.run_dir(request), request.variant, request.iterations
@@ -123,7 +124,7 @@ class RunStore:
             "iterations": iterations, "split": request.split, "overrides": list(request.extra),
             **runs.measured(cfg, summary, run_dir, iterations, started, self.stage_budgets(variant, iterations)),
             "commit": versions.commit_id(self.repo), "code_version": self.code_version(request.protocol),
-            "device": device(), "speed": runs.speed_record(summary),
+            "device": device(), "machine": runs.machine_name(), "speed": runs.speed_record(summary),
             **({"repeat": request.repeat} if request.repeat else {}),
         }
         write_json(self.path(request), result)  # atomic: a run counts as finished only once its whole JSON is there

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from raysemi.bench import lineage, pairs, quotes, repeats, runs, tables
 
-SIDE_FIELDS = ("commit", "code_version", "total_iterations", "train_time_s")  # each comparison side, per seed
+# each comparison side's per-seed values that its record keeps
+SIDE_FIELDS = ("commit", "code_version", "machine", "total_iterations", "train_time_s")
 
 
 @dataclass(frozen=True)

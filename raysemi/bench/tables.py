@@ -1,5 +1,5 @@
 """Markdown tables of paired comparisons (:mod:`raysemi.bench.pairs`): per seed, per class, and the notes that
-say when a difference should not be read yet (different code versions, different devices).
+say when a difference should not be read yet (different code versions, devices or processors).
 
 mIoU and IoU print as fractions with 4 decimals; differences as points (×100) with one; ``-`` stands for a
 missing value.
@@ -103,12 +103,21 @@ def comparison_table(record: dict, pairs: Sequence[Pair], *, remedy: str, notes:
     lines = seed_table(pairs, speed) + [
         "", f"Difference: **{difference_text(record)}** (mean ± std over {len(pairs)} paired seeds)"
         + (f"; {cost_text(record, pairs)}" if speed else ".") + tail, "", *notes]
-    lines += code_notes(pairs, remedy, unrecorded_match)
-    devices = differing_seeds(pairs, "device", default="cpu")  # runs from before the field trained on the CPU
-    if devices:
-        lines += [f"**Seeds {devices} compare runs on different devices** (see each run's `device`): run both on "
-                  "one device before reading the difference.", ""]
+    lines += code_notes(pairs, remedy, unrecorded_match) + machine_notes(pairs)
     return lines + weak_shot_table(record) + per_class_table(pairs, all_labels, all_labels_name) + [""]
+
+
+def machine_notes(pairs: Sequence[Pair]) -> list[str]:
+    """Flags over the seeds whose two runs trained on different devices (a run that records no ``device`` trained
+    on the CPU) and over those whose runs both record a ``machine`` (processor and the instruction set its kernels
+    use) and differ in it. A run from before the ``machine`` field is not flagged: its processor is unknown."""
+    devices = differing_seeds(pairs, "device", default="cpu")
+    machines = [r["seed"] for r, b in pairs if r.get("machine") and b.get("machine") and r["machine"] != b["machine"]]
+    lines = [f"**Seeds {devices} compare runs on different devices** (see each run's `device`): run both on "
+             "one device before reading the difference.", ""] if devices else []
+    return lines + ([f"**Seeds {machines} compare runs on different processors** (see each run's `machine`): one "
+                     "code version and seed trains differently where the CPU kernels differ; run both on one "
+                     "machine before reading the difference.", ""] if machines else [])
 
 
 def weak_shot_table(record: dict) -> list[str]:
