@@ -112,12 +112,17 @@ def machine_notes(pairs: Sequence[Pair]) -> list[str]:
     on the CPU) and over those whose runs both record a ``machine`` (processor and the instruction set its kernels
     use) and differ in it. A run from before the ``machine`` field is not flagged: its processor is unknown."""
     devices = differing_seeds(pairs, "device", default="cpu")
-    machines = [r["seed"] for r, b in pairs if r.get("machine") and b.get("machine") and r["machine"] != b["machine"]]
-    lines = [f"**Seeds {devices} compare runs on different devices** (see each run's `device`): run both on "
-             "one device before reading the difference.", ""] if devices else []
-    return lines + ([f"**Seeds {machines} compare runs on different processors** (see each run's `machine`): one "
-                     "code version and seed trains differently where the CPU kernels differ; run both on one "
-                     "machine before reading the difference.", ""] if machines else [])
+    processors = differing_seeds([(r, b) for r, b in pairs if r.get("machine") and b.get("machine")], "machine")
+    return (seed_flag(devices, "devices", "device", "run both on one device before reading the difference.")
+            + seed_flag(processors, "processors", "machine", "one code version and seed trains differently where "
+                        "the CPU kernels differ; run both on one machine before reading the difference."))
+
+
+def seed_flag(seeds: list[int], differ_in: str, field: str, remedy: str) -> list[str]:
+    """A bold line saying that ``seeds`` compare runs on different ``differ_in`` (each run's ``field``), and
+    ``remedy``; nothing for no seed."""
+    return [f"**Seeds {seeds} compare runs on different {differ_in}** (see each run's `{field}`): {remedy}",
+            ""] if seeds else []
 
 
 def weak_shot_table(record: dict) -> list[str]:
